@@ -1,0 +1,71 @@
+"""Tiny random models for unit tests: real transformers classes, seconds to build, no files needed."""
+from __future__ import annotations
+
+import string
+
+import torch
+from tokenizers import Tokenizer, models, pre_tokenizers, decoders
+from transformers import (LlamaConfig, LlamaForCausalLM, ParakeetEncoderConfig, PreTrainedTokenizerFast,
+                          Qwen2Config, Qwen2ForCausalLM, WhisperConfig)
+
+from steermoe.config import SteerMoEConfig
+from steermoe.encoders import encoder_from_config
+from steermoe.model import SteerMoEModel
+
+CHAT_TEMPLATE = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+                 "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+
+
+def char_tokenizer() -> PreTrainedTokenizerFast:
+    specials = ["<pad>", "<|im_end|>", "<|im_start|>"]
+    vocab = {t: i for i, t in enumerate(specials + list(string.printable))}
+    core = Tokenizer(models.WordLevel(vocab, unk_token="<pad>"))
+    core.pre_tokenizer = pre_tokenizers.Split("", "isolated")
+    core.decoder = decoders.Fuse()
+    tok = PreTrainedTokenizerFast(tokenizer_object=core, pad_token="<pad>", eos_token="<|im_end|>",
+                                  additional_special_tokens=["<|im_start|>"])
+    tok.chat_template = CHAT_TEMPLATE
+    return tok
+
+
+def whisper_config(n_mels=80, layers=2, d=32) -> WhisperConfig:
+    return WhisperConfig(num_mel_bins=n_mels, d_model=d, encoder_layers=layers, encoder_attention_heads=4,
+                         encoder_ffn_dim=2 * d, decoder_layers=1, decoder_attention_heads=4, decoder_ffn_dim=2 * d,
+                         max_source_positions=1500, vocab_size=64, pad_token_id=0, bos_token_id=1,
+                         eos_token_id=1, decoder_start_token_id=1)
+
+
+def parakeet_config(layers=2, d=32) -> ParakeetEncoderConfig:
+    return ParakeetEncoderConfig(hidden_size=d, num_hidden_layers=layers, num_attention_heads=4,
+                                 intermediate_size=2 * d, subsampling_conv_channels=8, num_mel_bins=80)
+
+
+def decoder(kind="qwen2", hidden=48, vocab=128):
+    if kind == "qwen2":
+        cfg = Qwen2Config(vocab_size=vocab, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=2,
+                          num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048)
+        return Qwen2ForCausalLM(cfg)
+    cfg = LlamaConfig(vocab_size=vocab, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=2048)
+    return LlamaForCausalLM(cfg)
+
+
+def tiny_model(method="layer_wise", encoder="whisper", decoder_kind="qwen2", seed=0, **options) -> SteerMoEModel:
+    torch.manual_seed(seed)
+    enc_cfg = whisper_config() if encoder == "whisper" else parakeet_config()
+    window = options.pop("encoder_window", "dynamic")
+    stack = encoder_from_config(enc_cfg, window).eval()
+    config = SteerMoEConfig(method=method, encoder_window=window, num_experts=4, **options)
+    return SteerMoEModel(config, stack, decoder(decoder_kind).eval(), char_tokenizer()).eval()
+
+
+def features(encoder: str, frames: list[int], n_mels=80, seed=0):
+    """Random log-mel-like features, zero beyond each length, in the encoder's layout."""
+    g = torch.Generator().manual_seed(seed)
+    lengths = torch.tensor(frames)
+    feats = torch.zeros(len(frames), n_mels, max(frames))
+    for i, n in enumerate(frames):
+        feats[i, :, :n] = torch.randn(n_mels, n, generator=g)
+    if encoder != "whisper":
+        feats = feats.transpose(1, 2).contiguous()  # Parakeet takes (B, F, n_mels)
+    return feats, lengths
