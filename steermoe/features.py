@@ -1,0 +1,46 @@
+"""On-the-fly encoder features: 16 kHz mono waveforms -> log-mel (Whisper) or normalised log-mel fbank (Parakeet).
+
+Each utterance is featurised on its own and zero-padded to the batch maximum, so an utterance's features do not
+depend on its batch mates. Whisper's 30 s window (original behaviour) pads the *audio* to 30 s first.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+SAMPLE_RATE = 16000
+
+
+class AudioFeatures:
+    def __init__(self, kind: str, num_mel_bins: int, window: str = "dynamic"):
+        from transformers import ParakeetFeatureExtractor, WhisperFeatureExtractor
+
+        self.kind, self.window = kind, window
+        if kind == "whisper":
+            self.extractor = WhisperFeatureExtractor(feature_size=num_mel_bins)
+        else:
+            self.extractor = ParakeetFeatureExtractor(feature_size=num_mel_bins)
+
+    def __call__(self, waveforms: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return features (B, n_mels, F) for Whisper or (B, F, n_mels) for Parakeet, and frame counts (B,)."""
+        if self.kind == "whisper":
+            padding = "max_length" if self.window == "30s" else "longest"
+            per_utt = [self.extractor(w, sampling_rate=SAMPLE_RATE, padding=padding,
+                                      return_tensors="pt").input_features[0] for w in waveforms]  # (n_mels, F_b)
+            time_axis = 1
+        else:
+            per_utt = []
+            for w in waveforms:
+                out = self.extractor(w, sampling_rate=SAMPLE_RATE, return_tensors="pt")
+                per_utt.append(out.input_features[0, : int(out.attention_mask.sum())])  # (F_b, n_mels)
+            time_axis = 0
+        lengths = torch.tensor([f.shape[time_axis] for f in per_utt])
+        longest = int(lengths.max())
+        shape = (len(per_utt),) + ((per_utt[0].shape[0], longest) if time_axis else (longest, per_utt[0].shape[1]))
+        batch = torch.zeros(shape)
+        for b, f in enumerate(per_utt):
+            if time_axis:
+                batch[b, :, : f.shape[1]] = f
+            else:
+                batch[b, : f.shape[0]] = f
+        return batch, lengths
