@@ -18,7 +18,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from steermoe.config import ConfigError, SteerMoEConfig
-from steermoe.encoders import ModelFolderError, load_encoder, read_model_config
+from steermoe.encoders import ENCODER_TYPES, ModelFolderError, load_encoder, read_model_config
 from steermoe.steering import Steering, pool
 
 AUDIO_MARK = "<|steermoe_audio|>"  # where the audio prompt goes inside a chat template; never tokenised
@@ -197,8 +197,11 @@ def load_decoder(path: str | Path, dtype: torch.dtype = torch.float32):
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
-    model_type = read_model_config(path).get("model_type")
-    if model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
+    config = read_model_config(path)
+    model_type = config.get("model_type")
+    # Whisper has a causal-LM class too (for assisted decoding); an encoder-decoder is never our decoder
+    if model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES or model_type in ENCODER_TYPES \
+            or config.get("is_encoder_decoder"):
         raise ModelFolderError(f"{path} holds a {model_type!r} model, not a causal language model "
                                f"(AutoModelForCausalLM)")
     decoder = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)

@@ -1,0 +1,175 @@
+"""The SteerMoE model on tiny random configs: gradients, padding invariance, ablation equivalences, pooling."""
+import pytest
+import torch
+
+from steermoe.config import ConfigError, SteerMoEConfig
+from steermoe.model import IGNORE_INDEX
+from steermoe.steering import pool
+from tests.tiny import features, tiny_model
+
+METHODS = ["layer_wise", "linear", "post_encoder", "lora"]
+TARGETS = ["hello there", "a much longer target sentence here"]
+
+
+@pytest.mark.parametrize("encoder", ["whisper", "parakeet"])
+@pytest.mark.parametrize("method", METHODS)
+def test_only_trainable_parameters_change(method, encoder):
+    model = tiny_model(method, encoder, pooling_kernel_size=2)
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    frozen_before = {n: p.detach().clone() for n, p in model.named_parameters() if not p.requires_grad}
+    groups = model.parameter_groups()
+    assert {id(p) for ps in groups.values() for p in ps} == {id(p) for p in model.parameters() if p.requires_grad}
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2, weight_decay=0.1)
+    model.train()
+    feats, lengths = features(encoder, [37, 52])
+    model(feats, lengths, TARGETS).loss.backward()
+    for name, param in model.named_parameters():
+        if name in trainable:
+            assert param.grad is not None and torch.isfinite(param.grad).all(), name
+        else:
+            assert param.grad is None, f"frozen {name} received a gradient"
+    optimizer.step()
+    for name, param in model.named_parameters():
+        if name in frozen_before:
+            assert torch.equal(param, frozen_before[name]), f"frozen {name} changed"
+    expected = {"layer_wise": {"steering_vectors", "layer_scales", "router", "projection"},
+                "post_encoder": {"steering_vectors", "layer_scales", "router", "projection"},
+                "linear": {"projection"}, "lora": {"projection", "lora"}}[method]
+    assert {g for g, ps in groups.items() if ps} == expected
+
+
+@pytest.mark.parametrize("encoder,decoder,prompt_format,method", [
+    ("whisper", "qwen2", "raw", "layer_wise"),
+    ("whisper", "llama", "chat", "post_encoder"),
+    ("parakeet", "qwen2", "chat", "layer_wise"),
+    ("parakeet", "llama", "raw", "lora"),
+])
+def test_padding_invariance(encoder, decoder, prompt_format, method):
+    """An utterance in a padded batch gives the same logits and the same generated text as alone."""
+    model = tiny_model(method, encoder, decoder, pooling_kernel_size=3, prompt_format=prompt_format)
+    short_frames, long_frames = 49, 97  # encoder lengths 25 (Whisper) and 7 (Parakeet): a pooling window straddles the end
+    batch_feats, batch_lengths = features(encoder, [short_frames, long_frames], seed=1)
+    alone_feats, alone_lengths = features(encoder, [short_frames], seed=1)  # same random draw for utterance 0
+    if encoder == "whisper":
+        alone_feats = batch_feats[:1, :, :short_frames]
+    else:
+        alone_feats = batch_feats[:1, :short_frames]
+    with torch.no_grad():
+        batch_out = model(batch_feats, batch_lengths, TARGETS)
+        alone_out = model(alone_feats, alone_lengths, TARGETS[:1])
+    n = alone_out.logits.shape[1]
+    assert batch_out.logits.shape[1] > n  # the short utterance really was padded
+    torch.testing.assert_close(batch_out.logits[0, -n:], alone_out.logits[0], atol=2e-5, rtol=1e-4)
+    torch.testing.assert_close(batch_out.loss, model(batch_feats, batch_lengths, TARGETS).loss)
+    batch_text = model.generate(batch_feats, batch_lengths, max_new_tokens=8)
+    alone_text = model.generate(alone_feats, alone_lengths, max_new_tokens=8)
+    assert batch_text[0] == alone_text[0]
+
+
+def test_labels_cover_target_and_eos_only():
+    model = tiny_model("linear")
+    feats, lengths = features("whisper", [30, 60])
+    audio, audio_lengths = model.encode(feats, lengths)
+    embeds, mask, positions, labels = model.pack(audio, audio_lengths, None, ["ab", "xyz"])
+    eos = model.tokenizer.eos_token_id
+    for b, target in enumerate(["ab", "xyz"]):
+        ids = model.tokenizer(target, add_special_tokens=False).input_ids + [eos]
+        assert labels[b][labels[b] != IGNORE_INDEX].tolist() == ids
+        assert labels[b, -len(ids):].tolist() == ids  # target and EOS close the sequence
+    assert mask[0].sum() < mask[1].sum() and mask[0, 0] == 0  # left padding is masked
+    assert positions[0, mask[0].argmax()] == 0 and positions[1, 0] == 0
+
+
+@pytest.mark.parametrize("encoder", ["whisper", "parakeet"])
+def test_layer_wise_with_zero_scales_equals_linear(encoder):
+    steered = tiny_model("layer_wise", encoder, seed=3, pooling_kernel_size=2)
+    linear = tiny_model("linear", encoder, seed=3, pooling_kernel_size=2)
+    linear.load_state_dict(steered.state_dict(), strict=False)  # same frozen weights and projection
+    feats, lengths = features(encoder, [33, 50])
+    with torch.no_grad():
+        differs = steered(feats, lengths, TARGETS).logits
+        steered.steering.layer_scales.zero_()
+        same = steered(feats, lengths, TARGETS).logits
+        reference = linear(feats, lengths, TARGETS).logits
+    torch.testing.assert_close(same, reference, atol=1e-6, rtol=1e-6)
+    assert not torch.allclose(differs, reference, atol=1e-6)  # the scales were doing something
+
+
+def test_pooling_by_hand_and_odd_lengths():
+    x = torch.arange(1.0, 8.0).view(1, 7, 1).repeat(2, 1, 1)  # frames 1..7
+    lengths = torch.tensor([7, 5])
+    avg, avg_lengths = pool(x, lengths, 4, "avg")
+    assert avg_lengths.tolist() == [2, 2]
+    assert avg[0, :, 0].tolist() == [2.5, 6.0]  # (1+2+3+4)/4, (5+6+7)/3
+    assert avg[1, :, 0].tolist() == [2.5, 5.0]  # the second window holds only frame 5
+    mx, _ = pool(x, lengths, 4, "max")
+    assert mx[0, :, 0].tolist() == [4.0, 7.0] and mx[1, :, 0].tolist() == [4.0, 5.0]
+    assert pool(x, lengths, 1, "avg")[0] is x
+
+
+@pytest.mark.parametrize("frames,kernel,expected", [(37, 2, [10]), (37, 3, [7]), (41, 4, [6]), (1, 4, [1])])
+def test_encoder_output_lengths(frames, kernel, expected):
+    model = tiny_model("layer_wise", pooling_kernel_size=kernel)
+    feats, lengths = features("whisper", [frames])
+    audio, audio_lengths = model.encode(feats, lengths)
+    assert audio_lengths.tolist() == expected == [audio.shape[1]]  # ceil(ceil(F / 2) / k)
+
+
+def test_pooling_position_mid_stack_and_max_prompt_tokens():
+    model = tiny_model("layer_wise", pooling_kernel_size=2, pooling_position=1, max_prompt_tokens=5)
+    feats, lengths = features("whisper", [40, 13])
+    audio, audio_lengths = model.encode(feats, lengths)
+    assert audio.shape[1] == 5 and audio_lengths.tolist() == [5, 4]  # 40 -> 20 -> 10 -> 5; 13 -> 7 -> 4
+
+
+def test_30s_window_attends_the_whole_window():
+    model = tiny_model("linear", encoder_window="30s", pooling_kernel_size=4)
+    feats, lengths = features("whisper", [40, 3000])
+    audio, audio_lengths = model.encode(feats, lengths)
+    assert audio_lengths.tolist() == [375, 375]  # 1500 encoder frames / 4, for every utterance
+
+
+def test_generate_beam_search():
+    model = tiny_model("layer_wise")
+    feats, lengths = features("whisper", [30, 45])
+    texts = model.generate(feats, lengths, max_new_tokens=4, num_beams=3)
+    assert len(texts) == 2 and all(isinstance(t, str) for t in texts)
+
+
+def test_frozen_parts_stay_in_eval_mode():
+    model = tiny_model("layer_wise", "parakeet").train()
+    assert model.training and not model.encoder.training and not model.decoder.training
+
+
+@pytest.mark.parametrize("options,message", [
+    ({"method": "steer"}, "method"),
+    ({"pooling_type": "median"}, "pooling_type"),
+    ({"num_experts": 0}, "num_experts"),
+    ({"pooling_kernel_size": "4"}, "pooling_kernel_size"),
+    ({"encoder_window": "10s"}, "encoder_window"),
+    ({"steering_scale": "0.1"}, "steering_scale"),
+])
+def test_config_rejects_bad_values(options, message):
+    with pytest.raises(ConfigError, match=message):
+        SteerMoEConfig(**options)
+
+
+def test_config_rejects_unknown_keys():
+    with pytest.raises(ConfigError, match="num_expert"):
+        SteerMoEConfig.from_dict({"num_expert": 8})
+
+
+def test_model_rejects_inconsistent_options():
+    with pytest.raises(ConfigError, match="pooling_position"):
+        tiny_model("layer_wise", pooling_position=9)
+    with pytest.raises(ConfigError, match="use_adapter"):
+        tiny_model("linear", use_adapter=False)
+    with pytest.raises(ValueError, match="30s"):
+        tiny_model("linear", "parakeet", encoder_window="30s")
+
+
+def test_lora_targets_attention_and_feed_forward():
+    model = tiny_model("lora", lora_r=4)
+    names = [n for n, p in model.encoder.named_parameters() if p.requires_grad]
+    for target in ["q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"]:
+        assert any(f".{target}.lora_A" in n for n in names), target
