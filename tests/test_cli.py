@@ -1,0 +1,30 @@
+"""The `steermoe` command line."""
+import subprocess
+import sys
+
+import pytest
+
+from steermoe.smoke import SENTENCES, run_smoke
+
+
+def test_help_does_not_import_torch():
+    code = "import sys; from steermoe.cli import build_parser; build_parser(); print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
+def test_models_list():
+    out = subprocess.run([sys.executable, "-m", "steermoe.cli", "models", "list"], capture_output=True, text=True,
+                         check=True)
+    assert [line.split()[0] for line in out.stdout.splitlines()] == ["whisper-tiny.en", "whisper-base",
+                                                                    "smollm2-135m-instruct"]
+
+
+@pytest.mark.slow
+def test_smoke_job_learns(embedded_models):
+    """Real weights, real speech, real steps: the loss falls and the model starts reproducing the sentences."""
+    result = run_smoke(embedded_models["whisper-tiny.en"].parent, steps=40, log=lambda _: None)
+    first, last = sum(result["losses"][:4]) / 4, sum(result["losses"][-4:]) / 4
+    assert last < 0.2 * first, result["losses"]
+    exact = sum(h.lower().strip(" .") == r for h, r in zip(result["hypotheses"], SENTENCES))
+    assert exact >= 2, result["hypotheses"]
