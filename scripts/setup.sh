@@ -6,7 +6,7 @@ cd "$(dirname "$0")/.."
 
 # espeak-ng and sox synthesise and resample the embedded default's speech corpora
 APT_PACKAGES="espeak-ng sox"
-missing=$(for p in $APT_PACKAGES; do dpkg -s "$p" >/dev/null 2>&1 || echo "$p"; done)
+missing=$(for p in $APT_PACKAGES; do dpkg -s "$p" >/dev/null 2>&1 || printf "%s " "$p"; done)
 if [ -n "$missing" ]; then
   sudo=""; [ "$(id -u)" -ne 0 ] && sudo="sudo"
   echo "setup: installing Debian packages: $missing"

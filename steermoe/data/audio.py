@@ -1,0 +1,44 @@
+"""Audio I/O for preparation: decode anything soundfile reads, down-mix to mono, resample to 16 kHz, encode FLAC."""
+from __future__ import annotations
+
+import io
+
+import numpy as np
+
+SAMPLE_RATE = 16000
+
+
+class AudioError(ValueError):
+    """Audio that cannot be used. `reason` is a fixed category (counted in manifests); `detail` says more."""
+
+    def __init__(self, reason: str, detail: str = ""):
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason, self.detail = reason, detail
+
+
+def decode(source, target_rate: int = SAMPLE_RATE) -> np.ndarray:
+    """Path or encoded bytes -> float32 mono at target_rate. Deterministic (soxr, fixed quality)."""
+    import soundfile as sf
+    import soxr
+
+    try:
+        data, rate = sf.read(io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else source,
+                             dtype="float32", always_2d=True)
+    except Exception as err:  # soundfile raises several types for bad data; all mean the same here
+        raise AudioError("undecodable audio", f"{type(err).__name__}: {err}") from None
+    if data.shape[0] == 0:
+        raise AudioError("empty audio", "0 samples")
+    mono = data.mean(axis=1) if data.shape[1] > 1 else data[:, 0]
+    if rate != target_rate:
+        mono = soxr.resample(mono, rate, target_rate, quality="HQ")
+    return np.ascontiguousarray(mono, dtype=np.float32)
+
+
+def encode_flac(audio: np.ndarray, rate: int = SAMPLE_RATE) -> bytes:
+    """float32 mono -> 16-bit FLAC bytes (lossless for 16-bit PCM, about half the size of WAV)."""
+    import soundfile as sf
+
+    buffer = io.BytesIO()
+    pcm = np.clip(np.round(audio * 32767.0), -32768, 32767).astype(np.int16)
+    sf.write(buffer, pcm, rate, format="FLAC", subtype="PCM_16")
+    return buffer.getvalue()
