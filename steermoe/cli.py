@@ -34,6 +34,41 @@ def _models_list(args) -> None:
         print(f"{model.name:<24}{model.license:<12}{', '.join(model.packages)}")
 
 
+def _data_prepare(args) -> None:
+    from steermoe.data import corpora
+    from steermoe.data.layout import Filters, prepare_corpus
+
+    if args.corpus == "parquet":
+        splits = corpora.generic_parquet(args.root, args.audio_column, args.text_column, args.split)
+    else:
+        splits = corpora.READERS[args.corpus](args.root[0])
+    filters = Filters(filter_dataset=not args.no_filter, max_audio_length=args.max_audio_length,
+                      max_text_length=args.max_text_length)
+    _print_manifest(prepare_corpus(args.corpus, splits, Path(args.out), filters, workers=args.workers))
+
+
+def _data_synth(args) -> None:
+    from steermoe.data import synth_aqa, synth_en, synth_zh
+
+    build = {"synth-en": synth_en.build_synth_en, "synth-aqa": synth_aqa.build_synth_aqa,
+             "synth-zh": synth_zh.build_synth_zh}[args.name]
+    sizes = None
+    if args.sizes:
+        try:
+            sizes = {k: int(v) for k, v in (item.split("=") for item in args.sizes)}
+        except ValueError:
+            raise SystemExit(f"steermoe: error: --sizes takes split=count pairs, e.g. train=1200 dev=100, "
+                             f"got {' '.join(args.sizes)}")
+    _print_manifest(build(Path(args.out), sizes, seed=args.seed, workers=args.workers))
+
+
+def _print_manifest(manifest: dict) -> None:
+    for split, info in manifest["splits"].items():
+        dropped = {**manifest["rejected"][split], **manifest["filtered"][split]}
+        print(f"{manifest['corpus']}/{split}: {info['rows']} rows, {info['hours']:.2f} h, {info['speakers']} "
+              f"speakers; dropped: {dropped or 'none'}")
+
+
 def _smoke(args) -> None:
     from steermoe.smoke import run_smoke
 
@@ -67,6 +102,29 @@ def build_parser() -> argparse.ArgumentParser:
     p = models.add_parser("list", help="list the embedded models")
     p.set_defaults(func=_models_list)
 
+    data = sub.add_parser("data", help="prepare corpora into the common layout").add_subparsers(dest="action",
+                                                                                              required=True)
+    p = data.add_parser("prepare", help="prepare a real corpus from its published layout")
+    p.add_argument("--corpus", required=True, choices=["librispeech", "librispeech-parquet", "aishell1", "aishell2",
+                                                       "clotho-aqa", "parquet"])
+    p.add_argument("--root", required=True, nargs="+", help="corpus folder (parquet: one or more folders/files)")
+    p.add_argument("--out", required=True, help="prepared corpus folder")
+    p.add_argument("--audio-column", default="audio", help="parquet: the audio column (audio_column)")
+    p.add_argument("--text-column", default="text", help="parquet: the text column (text_column)")
+    p.add_argument("--split", default=None, help="parquet: split name (default: the folder or file name)")
+    p.add_argument("--max-audio-length", type=float, default=30.0, help="seconds (max_audio_length)")
+    p.add_argument("--max-text-length", type=int, default=448, help="characters (max_text_length)")
+    p.add_argument("--no-filter", action="store_true", help="filter_dataset: false")
+    p.add_argument("--workers", type=int, default=None)
+    p.set_defaults(func=_data_prepare)
+    p = data.add_parser("synth", help="build a synthetic corpus of the embedded default")
+    p.add_argument("name", choices=["synth-en", "synth-aqa", "synth-zh"])
+    p.add_argument("--out", required=True)
+    p.add_argument("--sizes", nargs="*", help="split=count pairs, e.g. train=1200 dev=100 test=200")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--workers", type=int, default=None)
+    p.set_defaults(func=_data_synth)
+
     p = sub.add_parser("smoke", help="engine smoke job: import models, synthesise speech, train a few steps")
     p.add_argument("--models", default="models")
     p.add_argument("--steps", type=int, default=30)
@@ -78,12 +136,13 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     # errors a user can fix get one clear line, not a traceback
     from steermoe.config import ConfigError
+    from steermoe.data.layout import DataError
     from steermoe.embedded import EmbeddedModelError
     from steermoe.encoders import ModelFolderError
 
     try:
         args.func(args)
-    except (ConfigError, ModelFolderError, EmbeddedModelError) as err:
+    except (ConfigError, ModelFolderError, EmbeddedModelError, DataError) as err:
         print(f"steermoe: error: {err}", file=sys.stderr)
         return 2
     return 0
