@@ -75,6 +75,23 @@ def _smoke(args) -> None:
     run_smoke(Path(args.models), steps=args.steps)
 
 
+def _train(args) -> None:
+    from steermoe.runconfig import load_run_config
+    from steermoe.train import train
+
+    run = load_run_config(args.config)
+    if args.deepspeed_config:  # the seed's launch flag
+        run.training.use_deepspeed, run.training.deepspeed_config = True, args.deepspeed_config
+    train(run)
+
+
+def _evaluate(args) -> None:
+    from steermoe.evaluate import evaluate
+    from steermoe.runconfig import load_run_config
+
+    evaluate(load_run_config(args.config), checkpoint=args.checkpoint, output_dir=args.out)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="steermoe", description="SteerMoE speech-LLM experiments")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -125,6 +142,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=None)
     p.set_defaults(func=_data_synth)
 
+    p = sub.add_parser("train", help="train one experiment from its YAML config (resumes automatically)")
+    p.add_argument("--config", required=True, help="{method}_{encoder}_{decoder}_{dataset}_train.yaml")
+    p.add_argument("--deepspeed_config", "--deepspeed-config", default=None,
+                   help="DeepSpeed JSON (sets training.use_deepspeed, as the seed's launcher flag did)")
+    p.set_defaults(func=_train)
+    p = sub.add_parser("evaluate", help="decode a test split with a trained checkpoint and score it")
+    p.add_argument("--config", required=True, help="{method}_{encoder}_{decoder}_{dataset}_test.yaml")
+    p.add_argument("--checkpoint", default=None, help="trained folder (default: evaluation.checkpoint)")
+    p.add_argument("--out", default=None, help="output folder (default: evaluation.output_dir)")
+    p.set_defaults(func=_evaluate)
+
     p = sub.add_parser("smoke", help="engine smoke job: import models, synthesise speech, train a few steps")
     p.add_argument("--models", default="models")
     p.add_argument("--steps", type=int, default=30)
@@ -135,14 +163,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     # errors a user can fix get one clear line, not a traceback
-    from steermoe.config import ConfigError
-    from steermoe.data.layout import DataError
-    from steermoe.embedded import EmbeddedModelError
-    from steermoe.encoders import ModelFolderError
+    from steermoe.errors import USER_ERRORS
 
     try:
         args.func(args)
-    except (ConfigError, ModelFolderError, EmbeddedModelError, DataError) as err:
+    except USER_ERRORS as err:
         print(f"steermoe: error: {err}", file=sys.stderr)
         return 2
     return 0

@@ -4,16 +4,14 @@ YAML loading (the seed schema) maps onto this object; the model reads nothing el
 """
 from __future__ import annotations
 
+import json
 from dataclasses import asdict, dataclass, field, fields
+from steermoe.errors import ConfigError  # noqa: F401  (re-exported: the model options raise it)
 
 METHODS = ("layer_wise", "linear", "post_encoder", "lora")
 POOLING_TYPES = ("avg", "max")
 ENCODER_WINDOWS = ("30s", "dynamic")
 PROMPT_FORMATS = ("raw", "chat")
-
-
-class ConfigError(ValueError):
-    """A configuration value is invalid; the message says which key and what to do."""
 
 
 @dataclass
@@ -65,6 +63,9 @@ class SteerMoEConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    def to_json_string(self) -> str:  # what transformers' logging integrations expect of a model config
+        return json.dumps(self.to_dict(), indent=2)
 
     @classmethod
     def from_dict(cls, values: dict) -> "SteerMoEConfig":

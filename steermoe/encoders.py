@@ -14,14 +14,11 @@ from pathlib import Path
 import torch
 from torch import nn
 from torch.nn import functional as F
+from steermoe.errors import ModelFolderError
 
 WHISPER_TYPES = ("whisper",)
 PARAKEET_TYPES = ("parakeet_encoder", "parakeet_ctc", "parakeet_tdt", "parakeet_rnnt")
 ENCODER_TYPES = WHISPER_TYPES + PARAKEET_TYPES
-
-
-class ModelFolderError(FileNotFoundError):
-    """A model folder is missing or holds the wrong kind of model; the message says what to do."""
 
 
 def length_mask(lengths: torch.Tensor, max_len: int) -> torch.Tensor:
@@ -43,6 +40,7 @@ class WhisperStack(nn.Module):
         self.num_layers = encoder.config.encoder_layers
         self.num_mel_bins = encoder.config.num_mel_bins
         self.max_frames = encoder.config.max_source_positions  # 1500 encoder frames = 30 s
+        self.frames_per_second = 50.0  # 100 mel frames/s, conv stride 2
         self.layers = encoder.layers
 
     def embed(self, features: torch.Tensor, feature_lengths: torch.Tensor):
@@ -92,6 +90,7 @@ class ParakeetStack(nn.Module):
         self.hidden_size = encoder.config.hidden_size
         self.num_layers = encoder.config.num_hidden_layers
         self.num_mel_bins = encoder.config.num_mel_bins
+        self.frames_per_second = 100.0 / encoder.config.subsampling_factor  # 10 ms fbank hop
         self.layers = encoder.layers
 
     def embed(self, features: torch.Tensor, feature_lengths: torch.Tensor):

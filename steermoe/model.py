@@ -11,6 +11,7 @@ Methods share one code path and differ only in the trainable part:
 """
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import torch
@@ -103,24 +104,30 @@ class SteerMoEModel(nn.Module):
                     x, g = checkpoint(self._layer, i, x, ctx, use_reentrant=False)
                 else:
                     x, g = self._layer(i, x, ctx)
-                gates.append(g)
+                gates.append((g, lengths))
             if self.pool_at == enc.num_layers:
                 x, lengths = pool(x, lengths, cfg.pooling_kernel_size, cfg.pooling_type)
             x = enc.final_norm(x)
         if cfg.method == "post_encoder":
             x, g = self.steering(0, x)
-            gates = [g]
+            gates = [(g, lengths)]
         audio = self.prompt_proj(x)[:, : cfg.max_prompt_tokens]  # (B, T', H)
-        lengths = lengths.clamp(max=cfg.max_prompt_tokens)
-        if return_gates:
-            return audio, lengths, [g for g in gates if g is not None]
-        return audio, lengths
+        if return_gates:  # per steering site: gates (B, T_l, N) and the valid frames (B,) at that site
+            return audio, lengths.clamp(max=cfg.max_prompt_tokens), [(g, n) for g, n in gates if g is not None]
+        return audio, lengths.clamp(max=cfg.max_prompt_tokens)
 
     def _layer(self, i: int, x: torch.Tensor, ctx):
         x = self.encoder.run_layer(i, x, ctx)
         if self.config.method == "layer_wise":
             return self.steering(i, x)
         return x, None
+
+    def audio_prompt_length(self, seconds: float) -> int:
+        """Audio prompt tokens for an utterance of this duration (for length filtering before training)."""
+        enc = self.encoder
+        frames = enc.max_frames if getattr(enc, "window", None) == "30s" and enc.kind == "whisper" \
+            else math.ceil(seconds * enc.frames_per_second)
+        return min(math.ceil(frames / self.config.pooling_kernel_size), self.config.max_prompt_tokens)
 
     # ---- decoder input packing -----------------------------------------------------------------------------
     def _prompt_ids(self, prompt: str) -> tuple[list[int], list[int]]:
@@ -172,17 +179,24 @@ class SteerMoEModel(nn.Module):
 
     # ---- training and generation ---------------------------------------------------------------------------
     def forward(self, features: torch.Tensor, feature_lengths: torch.Tensor, targets: list[str],
-                prompts: list[str] | None = None):
-        audio, lengths = self.encode(features, feature_lengths)
+                prompts: list[str] | None = None, return_gates: bool = False, use_cache: bool = False):
+        """Teacher-forced loss. With return_gates, also the per-site router gates (for steering analysis)."""
+        audio, lengths, *gates = self.encode(features, feature_lengths, return_gates=return_gates)
         embeds, mask, positions, labels = self.pack(audio, lengths, prompts, targets)
-        return self.decoder(inputs_embeds=embeds, attention_mask=mask, position_ids=positions, labels=labels,
-                            use_cache=False)
+        out = self.decoder(inputs_embeds=embeds, attention_mask=mask, position_ids=positions, labels=labels,
+                           use_cache=use_cache)
+        if return_gates:
+            out["gates"] = gates[0]
+        return out
 
     @torch.no_grad()
     def generate(self, features: torch.Tensor, feature_lengths: torch.Tensor, prompts: list[str] | None = None,
-                 max_new_tokens: int = 128, num_beams: int = 1) -> list[str]:
-        """Batched deterministic decoding (greedy by default, beam search with num_beams > 1)."""
-        audio, lengths = self.encode(features, feature_lengths)
+                 max_new_tokens: int = 128, num_beams: int = 1, gate_stats=None) -> list[str]:
+        """Batched deterministic decoding (greedy by default, beam search with num_beams > 1).
+        gate_stats (analysis.GateStats), if given, accumulates the router gates of this batch."""
+        audio, lengths, *gates = self.encode(features, feature_lengths, return_gates=gate_stats is not None)
+        if gate_stats is not None:
+            gate_stats.add(gates[0])
         embeds, mask, _, _ = self.pack(audio, lengths, prompts)
         tok = self.tokenizer
         out = self.decoder.generate(inputs_embeds=embeds, attention_mask=mask, max_new_tokens=max_new_tokens,

@@ -4,7 +4,7 @@ import sys
 
 import torch
 
-from steermoe.data.batching import Collator, LengthGroupedBatches, PreparedSplit
+from steermoe.data.batching import Collator, LengthGroupedBatches, AudioRows
 from steermoe.features import AudioFeatures
 from tests.tiny import tiny_model
 
@@ -26,7 +26,7 @@ def test_collator_feeds_the_model(tmp_path):
     from steermoe.data.synth_en import build_synth_en
 
     build_synth_en(tmp_path / "c", {"train": 6, "dev": 1, "test": 1}, workers=1, progress=False)
-    split = PreparedSplit(tmp_path / "c", "train")
+    split = AudioRows.prepared(tmp_path / "c", "train")
     rows = [split[i] for i in range(4)]
     batch = Collator(AudioFeatures("whisper", 80), "transcribe: ")(rows)
     assert batch["features"].shape[:2] == (4, 80) and batch["features"].shape[2] == int(batch["feature_lengths"].max())

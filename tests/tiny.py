@@ -69,3 +69,43 @@ def features(encoder: str, frames: list[int], n_mels=80, seed=0):
     if encoder != "whisper":
         feats = feats.transpose(1, 2).contiguous()  # Parakeet takes (B, F, n_mels)
     return feats, lengths
+
+
+def save_tiny_models(root) -> tuple[str, str]:
+    """Tiny random Whisper and Qwen2 (with the char tokenizer) as Hugging Face folders, as a user would have them."""
+    from pathlib import Path
+
+    from transformers import WhisperForConditionalGeneration
+
+    root = Path(root)
+    torch.manual_seed(0)
+    WhisperForConditionalGeneration(whisper_config()).save_pretrained(root / "whisper-tiny-random")
+    decoder().save_pretrained(root / "qwen2-tiny-random")
+    char_tokenizer().save_pretrained(root / "qwen2-tiny-random")
+    return str(root / "whisper-tiny-random"), str(root / "qwen2-tiny-random")
+
+
+WORDS = ["one", "two", "three", "four", "five", "six"]
+
+
+def tone_corpus(out, sizes=None, seed=0) -> str:
+    """A prepared corpus of short tone sequences, each labelled with the words of its tones (0.2-0.6 s)."""
+    import numpy as np
+
+    from steermoe.data.audio import encode_flac
+    from steermoe.data.layout import RawItem, prepare_corpus
+
+    rng = np.random.default_rng(seed)
+    sizes = sizes or {"train": 32, "dev": 4, "test": 8}
+    splits = {}
+    for split, n in sizes.items():
+        items = []
+        for i in range(n):
+            tones = rng.integers(0, len(WORDS), size=int(rng.integers(1, 4)))
+            t = np.arange(int(0.2 * 16000)) / 16000
+            audio = np.concatenate([0.3 * np.sin(2 * np.pi * (300 + 150 * k) * t) for k in tones]).astype(np.float32)
+            items.append(RawItem(id=f"{split}-{i:03d}", audio=encode_flac(audio), text=" ".join(WORDS[k] for k in tones),
+                                 source=f"tone {split} {i}", speaker="tone"))
+        splits[split] = items
+    prepare_corpus("tones", splits, out, workers=1, progress=False)
+    return str(out)

@@ -2,22 +2,82 @@
 from __future__ import annotations
 
 import random
+from pathlib import Path
 
 import numpy as np
 import torch
 
 from steermoe.data.audio import decode
-from steermoe.data.layout import read_split
+from steermoe.data.layout import DataError, read_split
 from steermoe.features import AudioFeatures
 
 
-class PreparedSplit(torch.utils.data.Dataset):
-    """One prepared split; audio stays FLAC in memory and is decoded per item."""
+class AudioRows(torch.utils.data.Dataset):
+    """Utterances held as encoded audio in memory (FLAC/WAV bytes), decoded per item.
 
-    def __init__(self, corpus_dir, split: str):
+    columns: id, audio (bytes), duration (s), text; optional prompt (str) and answers (list of str).
+    """
+
+    def __init__(self, columns: dict[str, list]):
+        self.columns = columns
+        self.durations = columns["duration"]
+
+    @classmethod
+    def prepared(cls, corpus_dir, split: str) -> "AudioRows":
+        """A split of a corpus prepared by `steermoe data prepare|synth`."""
         table = read_split(corpus_dir, split)
-        self.columns = {name: table.column(name).to_pylist() for name in table.column_names}
-        self.durations = self.columns["duration"]
+        return cls({name: table.column(name).to_pylist() for name in table.column_names})
+
+    @classmethod
+    def from_parquet(cls, entries: list[str], audio_column: str = "audio", text_column: str = "text",
+                     key: str = "parquet_dirs") -> "AudioRows":
+        """Any parquet (the seed's `parquet_dirs`): each entry a .parquet file or a folder of them. The audio column
+        holds encoded bytes or Hugging Face's {bytes, path} struct; durations are read from the audio header when
+        the file has no `duration` column."""
+        import io
+
+        import pyarrow.parquet as pq
+        import soundfile as sf
+
+        files = []
+        for entry in entries:
+            path = Path(entry)
+            found = sorted(path.glob("*.parquet")) if path.is_dir() else [path] if path.is_file() else []
+            if not found:
+                raise DataError(f"{key}: {entry} is neither a .parquet file nor a folder with .parquet files; "
+                                f"prepare the data with `steermoe data prepare|synth` and point {key} at it")
+            files += found
+        columns = {"id": [], "audio": [], "duration": [], "text": [], "prompt": [], "answers": []}
+        for file in files:
+            table = pq.read_table(file)
+            for wanted, option in ((audio_column, "audio_column"), (text_column, "text_column")):
+                if wanted not in table.column_names:
+                    raise DataError(f"{file} has no column {wanted!r} ({option}); its columns: "
+                                    f"{', '.join(table.column_names)}")
+            audio = table.column(audio_column).to_pylist()
+            audio = [a["bytes"] if isinstance(a, dict) else a for a in audio]
+            n = len(audio)
+            get = lambda name, fill: table.column(name).to_pylist() if name in table.column_names else [fill] * n
+            columns["audio"] += audio
+            columns["text"] += table.column(text_column).to_pylist()
+            columns["id"] += [str(i) for i in get("id", None)] if "id" in table.column_names else \
+                [f"{file.stem}:{i}" for i in range(n)]
+            columns["prompt"] += get("prompt", None)
+            columns["answers"] += get("answers", None)
+            if "duration" in table.column_names:
+                columns["duration"] += [float(d) for d in table.column("duration").to_pylist()]
+            else:
+                for i, a in enumerate(audio):
+                    try:
+                        info = sf.info(io.BytesIO(a))
+                    except Exception as err:  # soundfile raises several types for bad data
+                        raise DataError(f"{file} row {i}: undecodable audio in {audio_column!r} ({err}); "
+                                        f"prepare the data with `steermoe data prepare`") from None
+                    columns["duration"].append(info.frames / info.samplerate)
+        return cls(columns)
+
+    def subset(self, indices: list[int]) -> "AudioRows":
+        return AudioRows({name: [values[i] for i in indices] for name, values in self.columns.items()})
 
     def __len__(self) -> int:
         return len(self.durations)

@@ -22,6 +22,7 @@ import pyarrow.parquet as pq
 
 from steermoe.data.audio import SAMPLE_RATE, AudioError, decode, encode_flac
 from steermoe.fsutil import replace_dir
+from steermoe.errors import DataError
 
 FORMAT_VERSION = 1
 SCHEMA = pa.schema([
@@ -34,10 +35,6 @@ SCHEMA = pa.schema([
     ("speaker", pa.string()),
     ("language", pa.string()),
 ])
-
-
-class DataError(ValueError):
-    """A corpus or split that cannot be prepared or read; the message names the file and what to do."""
 
 
 @dataclass

@@ -9,7 +9,6 @@ checksums is left alone. A new folder is built beside the old one, checked, and 
 """
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import json
 import shutil
@@ -17,14 +16,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from steermoe.fsutil import replace_dir
+from steermoe.fsutil import replace_dir, sha256_file as sha256
+from steermoe.errors import EmbeddedModelError
 
 MANIFEST = "steermoe_import.json"
 FORMAT_VERSION = 1
-
-
-class EmbeddedModelError(RuntimeError):
-    pass
 
 
 @dataclass(frozen=True)
@@ -59,14 +55,6 @@ EMBEDDED_MODELS = {m.name: m for m in [
          "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"),
     ), "Apache-2.0"),
 ]}
-
-
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 22), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def source_paths(model: EmbeddedModel) -> list[Path]:

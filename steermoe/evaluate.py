@@ -1,0 +1,95 @@
+"""Evaluation: decode the whole test split, deterministically and batched, and score it honestly (SPEC §6).
+
+Writes into the run's evaluation folder (atomically, as one folder):
+    predictions.jsonl   one line per utterance: id, reference(s), hypothesis, errors, reference units
+    metrics.json        the metric with counts and a 95 % bootstrap CI, real-time factor, decoding settings,
+                        checkpoint and config hashes
+    steering.json/.png  router usage per layer on the test audio, layer scales, steering-vector norms
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+
+import torch
+
+from steermoe import metrics
+from steermoe.analysis import GateStats, plot_steering, steering_parameters
+from steermoe.errors import ConfigError
+from steermoe.data.batching import Collator
+from steermoe.features import AudioFeatures
+from steermoe.fsutil import replace_dir, write_json
+from steermoe.runconfig import RunConfig
+from steermoe.train import load_model, load_rows, load_trainable
+
+
+def evaluate(run: RunConfig, checkpoint: Path | None = None, output_dir: Path | None = None, log=print) -> dict:
+    if run.mode == "train":
+        raise ConfigError(f"{run.path} is a training config (its name ends in _train); evaluate with the "
+                          f"_test/_eval config")
+    ev, top = run.evaluation, run.top
+    checkpoint = Path(checkpoint) if checkpoint else run.checkpoint_dir
+    output_dir = Path(output_dir) if output_dir else run.eval_dir
+    torch.manual_seed(top.seed)
+    model = load_model(run)
+    weights_sha = load_trainable(model, checkpoint)
+    model.eval()
+    rows = load_rows(run, top.parquet_dirs, "parquet_dirs")  # the whole split: no filtering at test time
+    collate = Collator(AudioFeatures(model.encoder.kind, model.encoder.num_mel_bins, top.encoder_window),
+                       top.textual_prompt)
+    # longest first: the slowest batch shows up at once, and similar lengths share a batch
+    order = sorted(range(len(rows)), key=lambda i: -rows.durations[i])
+    hypotheses: dict[int, str] = {}
+    stats = GateStats() if model.steering is not None else None
+    start, audio_seconds = time.time(), sum(rows.durations)
+    for first in range(0, len(order), ev.batch_size):
+        index = order[first:first + ev.batch_size]
+        batch = collate([rows[i] for i in index])
+        out = model.generate(batch["features"], batch["feature_lengths"], batch["prompts"],
+                             max_new_tokens=ev.max_new_tokens, num_beams=ev.num_beams, gate_stats=stats)
+        hypotheses.update(zip(index, out))
+        done = first + len(index)
+        log(f"decoded {done}/{len(rows)} utterances  {time.time() - start:.0f}s")
+    decode_seconds = time.time() - start
+
+    ids, refs = rows.columns["id"], rows.columns["text"]
+    hyps = [hypotheses[i] for i in range(len(rows))]
+    if ev.metric == "qa_accuracy":
+        answers = [a if a else [r] for a, r in zip(rows.columns["answers"], refs)]
+        score = metrics.score_qa(answers, hyps, seed=top.seed, resamples=ev.bootstrap_resamples)
+    else:
+        score = metrics.score_asr(refs, hyps, ev.metric, seed=top.seed, resamples=ev.bootstrap_resamples)
+    per_utterance = score.pop("per_utterance")
+    result = {
+        "config": run.name, "config_sha256": run.sha256, "method": run.method, **score,
+        "rtf": decode_seconds / audio_seconds, "decode_seconds": round(decode_seconds, 2),
+        "audio_seconds": round(audio_seconds, 2),
+        "decoding": {"strategy": "greedy" if ev.num_beams == 1 else "beam", "num_beams": ev.num_beams,
+                     "max_new_tokens": ev.max_new_tokens, "batch_size": ev.batch_size},
+        "checkpoint": str(checkpoint), "checkpoint_sha256": weights_sha,
+        "trainable_parameters": sum(p.numel() for p in model.trainable_state_dict().values()),
+        "device": "cuda" if torch.cuda.is_available() else "cpu", "threads": torch.get_num_threads(),
+    }
+
+    building = output_dir.parent / f".{output_dir.name}.partial"
+    shutil.rmtree(building, ignore_errors=True)
+    building.mkdir(parents=True)
+    with open(building / "predictions.jsonl", "w") as handle:
+        for i in range(len(rows)):
+            line = {"id": ids[i], "reference": refs[i], "hypothesis": hyps[i], **per_utterance[i]}
+            if rows.columns["prompt"][i]:
+                line["prompt"] = rows.columns["prompt"][i]
+            if rows.columns["answers"][i]:
+                line["answers"] = rows.columns["answers"][i]
+            handle.write(json.dumps(line, ensure_ascii=False) + "\n")
+    write_json(building / "metrics.json", result)
+    if stats is not None:
+        analysis = {**stats.result(), **steering_parameters(model)}
+        write_json(building / "steering.json", analysis)
+        plot_steering(analysis, building / "steering.png", title=run.name)
+    replace_dir(building, output_dir)
+    headline = f"{result['metric']} {result['value']:.4f} (95% CI {result['ci95'][0]:.4f}-{result['ci95'][1]:.4f})"
+    log(f"{run.name}: {headline} on {len(rows)} utterances, RTF {result['rtf']:.3f}; written to {output_dir}")
+    return result

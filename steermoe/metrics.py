@@ -1,0 +1,256 @@
+"""Honest evaluation metrics: corpus-level WER/CER, QA accuracy, bootstrap confidence intervals.
+
+Rates are corpus-level (total errors / total reference units), never a mean of per-utterance rates.
+Every headline value comes with a 95% percentile-bootstrap interval over utterances; the
+lenient QA score of the original code is kept only as a separately labelled secondary number.
+
+English normalisation is Whisper's EnglishTextNormalizer (the transformers port, functionally
+identical to openai/whisper's `whisper/normalizers/english.py`), so WERs are comparable with
+published Whisper-style numbers. Its British->American spelling table `normalizer_english.json`
+is vendored unchanged from openai-whisper 20250625 (`whisper/normalizers/english.json`,
+MIT License, Copyright (c) 2022 OpenAI).
+"""
+from __future__ import annotations
+
+import json
+import string
+import unicodedata
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import jiwer
+import numpy as np
+
+SPELLING_MAPPING = Path(__file__).with_name("normalizer_english.json")
+ARTICLES = {"a", "an", "the"}
+NUMBER_WORDS = {word: str(value) for value, word in enumerate(
+    "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen "
+    "fifteen sixteen seventeen eighteen nineteen twenty".split())}
+# bound the bootstrap's index matrix (elements per block) so large test sets do not need GBs
+BLOCK_ELEMENTS = 1 << 22
+
+
+# ---------------------------------------------------------------- normalisation
+
+@lru_cache(maxsize=None)
+def _english_normalizer():
+    # imported lazily: transformers is heavy and only English WER needs it
+    from transformers.models.whisper.english_normalizer import EnglishTextNormalizer
+
+    return EnglishTextNormalizer(json.loads(SPELLING_MAPPING.read_text(encoding="utf-8")))
+
+
+def normalize_english(text: str) -> str:
+    """Whisper English normalisation: lowercase, no punctuation/fillers, digits, American spelling.
+
+    One addition to Whisper's: tokens without a letter or digit are dropped, because Whisper's
+    leaves e.g. "wait..." as "wait ." and that stray "." would count as a word error.
+    """
+    return " ".join(word for word in _english_normalizer()(text).split()
+                    if any(c.isalnum() for c in word))
+
+
+def _is_punctuation(char: str) -> bool:
+    # ASCII symbols such as $+<=>|~ are not Unicode category P but are punctuation to a reader
+    return char in string.punctuation or unicodedata.category(char).startswith("P")
+
+
+def normalize_chinese(text: str) -> str:
+    """NFKC (full-width letters/digits -> ASCII), then drop all punctuation and all whitespace."""
+    return "".join(c for c in unicodedata.normalize("NFKC", text)
+                   if not (c.isspace() or _is_punctuation(c)))
+
+
+def normalize_answer(text: str) -> str:
+    """SQuAD-style answer normalisation, plus number words zero..twenty -> digits."""
+    # punctuation is deleted, not replaced by a space, as in the SQuAD evaluation script
+    text = "".join(c for c in text.lower() if not _is_punctuation(c))
+    words = (NUMBER_WORDS.get(word, word) for word in text.split())
+    return " ".join(word for word in words if word not in ARTICLES)
+
+
+# ---------------------------------------------------------------- alignment counts
+
+@dataclass
+class Counts:
+    substitutions: int
+    deletions: int
+    insertions: int
+    hits: int
+    reference_units: int
+    hypothesis_units: int
+
+    @property
+    def errors(self) -> int:
+        return self.substitutions + self.deletions + self.insertions
+
+
+def _insertions_only(hypothesis_units: int) -> Counts:
+    # an empty reference has no alignment: every hypothesis unit is an insertion
+    # (jiwer 3.x raises on empty references, so never hand one to it)
+    return Counts(0, 0, hypothesis_units, 0, 0, hypothesis_units)
+
+
+def _from_jiwer(out) -> Counts:
+    s, d, i, h = out.substitutions, out.deletions, out.insertions, out.hits
+    return Counts(s, d, i, h, reference_units=s + d + h, hypothesis_units=s + i + h)
+
+
+def word_counts(reference: str, hypothesis: str) -> Counts:
+    """Word-level alignment counts (words are whitespace-separated tokens)."""
+    # jiwer only collapses runs of whitespace and splits on " ", so a lone tab would glue two words
+    reference, hypothesis = " ".join(reference.split()), " ".join(hypothesis.split())
+    if not reference:
+        return _insertions_only(len(hypothesis.split()))
+    return _from_jiwer(jiwer.process_words(reference, hypothesis))
+
+
+def char_counts(reference: str, hypothesis: str) -> Counts:
+    """Character-level alignment counts; inner spaces are characters, outer whitespace is not."""
+    # jiwer strips both strings itself; stripping here keeps the empty-reference check consistent
+    reference, hypothesis = reference.strip(), hypothesis.strip()
+    if not reference:
+        return _insertions_only(len(hypothesis))
+    return _from_jiwer(jiwer.process_characters(reference, hypothesis))
+
+
+# ---------------------------------------------------------------- bootstrap
+
+def _index_blocks(n: int, seed: int, resamples: int):
+    """Resampled utterance indices, (rows, n) blocks totalling `resamples` rows."""
+    rng = np.random.default_rng(seed)
+    rows = max(1, BLOCK_ELEMENTS // n)
+    for start in range(0, resamples, rows):
+        yield rng.integers(0, n, size=(min(rows, resamples - start), n))
+
+
+def _rates(errors: np.ndarray, units: np.ndarray, index: np.ndarray) -> np.ndarray:
+    num, den = errors[index].sum(axis=1), units[index].sum(axis=1)
+    # a resample made only of empty references has no defined rate: NaN, ignored by nanpercentile
+    return np.divide(num, den, out=np.full(num.shape, np.nan), where=den > 0)
+
+
+def _arrays(errors, units) -> tuple[np.ndarray, np.ndarray]:
+    errors, units = np.asarray(errors, dtype=float), np.asarray(units, dtype=float)
+    if errors.shape != units.shape or errors.ndim != 1:
+        raise ValueError(f"errors and units must be 1-D of equal length, got {errors.shape} and {units.shape}")
+    if units.sum() <= 0:
+        raise ValueError("no reference units: the error rate is undefined")
+    return errors, units
+
+
+def bootstrap_ci(errors: np.ndarray, units: np.ndarray, seed: int = 0, resamples: int = 1000,
+                 level: float = 0.95) -> tuple[float, float]:
+    """Percentile-bootstrap interval of sum(errors)/sum(units), resampling utterances with replacement."""
+    errors, units = _arrays(errors, units)
+    rates = np.concatenate([_rates(errors, units, index)
+                            for index in _index_blocks(len(errors), seed, resamples)])
+    tail = 100 * (1 - level) / 2
+    low, high = np.nanpercentile(rates, [tail, 100 - tail])
+    return float(low), float(high)
+
+
+def paired_bootstrap(a: list[dict], b: list[dict], seed: int = 0, resamples: int = 1000) -> dict:
+    """Paired bootstrap of delta = rate(b) - rate(a) on the same utterances (per_utterance lists).
+
+    Both systems are scored on the same resampled utterance sets. `ci95` is the 2.5/97.5
+    percentile interval of the resampled deltas. `p_value` is two-sided:
+    min(1, 2 * min(P*(delta* <= 0), P*(delta* >= 0))), P* being the fraction of resamples, i.e.
+    twice the fraction of resamples whose delta has the sign opposite to the observed one or is
+    zero. Identical systems give 1.0; 0.0 means no resample reached zero (resolution 2/resamples).
+    """
+    if len(a) != len(b):
+        raise ValueError(f"paired bootstrap needs the same utterances: {len(a)} vs {len(b)} items")
+    errors_a, units = _arrays([u["errors"] for u in a], [u["reference_units"] for u in a])
+    errors_b, units_b = _arrays([u["errors"] for u in b], [u["reference_units"] for u in b])
+    # different reference units mean different references or normalisation: not a paired comparison
+    if not np.array_equal(units, units_b):
+        raise ValueError("paired bootstrap: reference units differ per utterance; "
+                         "a and b were not scored on the same references")
+    rate_a, rate_b = errors_a.sum() / units.sum(), errors_b.sum() / units.sum()
+    deltas = np.concatenate([_rates(errors_b, units, index) - _rates(errors_a, units, index)
+                             for index in _index_blocks(len(units), seed, resamples)])
+    deltas = deltas[~np.isnan(deltas)]
+    low, high = np.percentile(deltas, [2.5, 97.5])
+    p_value = min(1.0, 2 * min(np.mean(deltas <= 0), np.mean(deltas >= 0)))
+    return {"a": float(rate_a), "b": float(rate_b), "delta": float(rate_b - rate_a),
+            "ci95": [float(low), float(high)], "p_value": float(p_value), "resamples": resamples}
+
+
+# ---------------------------------------------------------------- scoring
+
+def _summary(counts: list[Counts], unit_key: str, seed: int, resamples: int) -> dict:
+    errors = [c.errors for c in counts]
+    units = [c.reference_units for c in counts]
+    total = sum(units)
+    if total == 0:
+        raise ValueError(f"all {len(counts)} references are empty after normalisation: "
+                         "the error rate is undefined")
+    return {"value": sum(errors) / total,
+            "ci95": list(bootstrap_ci(errors, units, seed, resamples)),
+            "substitutions": sum(c.substitutions for c in counts),
+            "deletions": sum(c.deletions for c in counts),
+            "insertions": sum(c.insertions for c in counts),
+            unit_key: total}
+
+
+def score_asr(references: list[str], hypotheses: list[str], metric: str, seed: int = 0,
+              resamples: int = 1000) -> dict:
+    """Corpus-level WER (Whisper-normalised, raw beside it) or CER (Chinese-normalised)."""
+    if len(references) != len(hypotheses):
+        raise ValueError(f"{len(references)} references but {len(hypotheses)} hypotheses")
+    if metric == "wer":
+        counts = [word_counts(normalize_english(r), normalize_english(h))
+                  for r, h in zip(references, hypotheses)]
+        result = {"metric": "wer", **_summary(counts, "reference_words", seed, resamples)}
+        # raw: exactly what the model wrote (case, punctuation, spelling all count)
+        raw = [word_counts(r, h) for r, h in zip(references, hypotheses)]
+        result["raw"] = _summary(raw, "reference_words", seed, resamples)
+    elif metric == "cer":
+        counts = [char_counts(normalize_chinese(r), normalize_chinese(h))
+                  for r, h in zip(references, hypotheses)]
+        result = {"metric": "cer", **_summary(counts, "reference_characters", seed, resamples)}
+    else:
+        raise ValueError(f"unknown ASR metric {metric!r}: use 'wer' or 'cer'")
+    result["utterances"] = len(references)
+    result["per_utterance"] = [{"errors": c.errors, "reference_units": c.reference_units}
+                               for c in counts]
+    return result
+
+
+def _accuracy(correct: list[bool], seed: int, resamples: int) -> dict:
+    if not correct:
+        return {"value": None, "ci95": None, "correct": 0, "utterances": 0}
+    hits = np.asarray(correct, dtype=float)
+    return {"value": float(hits.mean()), "ci95": list(bootstrap_ci(hits, np.ones_like(hits), seed, resamples)),
+            "correct": int(hits.sum()), "utterances": len(correct)}
+
+
+def score_qa(answers: list[list[str]], hypotheses: list[str], seed: int = 0, resamples: int = 1000) -> dict:
+    """QA accuracy: exact match of normalised answers (headline), yes/no subset, lenient substring score.
+
+    answers[i] lists item i's reference answers, the first being the target (majority) answer.
+    Exact: the normalised hypothesis equals any normalised reference (an empty one never counts).
+    lenient_substring: the original code's score, target in hypothesis or hypothesis in target
+    as normalised strings; it credits e.g. "no" inside "i do not know", so it is never the headline.
+    """
+    if len(answers) != len(hypotheses):
+        raise ValueError(f"{len(answers)} answer lists but {len(hypotheses)} hypotheses")
+    if not answers:
+        raise ValueError("no QA items to score")
+    if any(not refs for refs in answers):
+        raise ValueError("every QA item needs at least one reference answer")
+    exact, lenient, yes_no = [], [], []
+    for refs, hyp in zip(answers, hypotheses):
+        hyp = normalize_answer(hyp)
+        target = normalize_answer(refs[0])
+        correct = bool(hyp) and hyp in {normalize_answer(r) for r in refs}
+        exact.append(correct)
+        lenient.append(bool(hyp) and bool(target) and (target in hyp or hyp in target))
+        if target in ("yes", "no"):
+            yes_no.append(correct)
+    return {"metric": "exact_match", **_accuracy(exact, seed, resamples),
+            "yes_no": _accuracy(yes_no, seed, resamples),
+            "lenient_substring": _accuracy(lenient, seed, resamples),
+            "per_utterance": [{"errors": int(not c), "reference_units": 1} for c in exact]}

@@ -1,0 +1,406 @@
+"""Training: the Hugging Face Trainer driving a SteerMoE model from a run config (SPEC §6).
+
+What the original code got wrong and this file gets right: three optimiser groups whose learning rates reach the
+optimiser; steering-only gradient clipping applied right before the step (after the global clip); checkpoints of
+the trainable parameters only, marked complete only once fully written, resumed automatically; NaN losses stop
+the run with the last good checkpoint kept.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import time
+from collections import Counter
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader
+from transformers import EarlyStoppingCallback, Trainer, TrainerCallback, TrainingArguments
+
+from steermoe.analysis import GateStats, scalars, steering_parameters
+from steermoe.data.batching import AudioRows, Collator, LengthGroupedBatches
+from steermoe.features import AudioFeatures
+from steermoe.fsutil import replace_dir, sha256_file, write_json
+from steermoe.runconfig import RunConfig
+from steermoe.errors import ConfigError, DataError, TrainingError
+
+WEIGHTS = "model.safetensors"  # the Trainer's own name, so its resume and best-model loading find the file
+META = "steermoe.json"
+COMPLETE = "complete.json"  # written last into a checkpoint: file hashes; no marker means not complete
+DEV_HOLDOUT_MAX = 200
+
+
+# ---- model and data ------------------------------------------------------------------------------------------
+def load_model(run: RunConfig):
+    """The SteerMoE model for a run, its frozen parts from their own folders; checks the config's dims."""
+    from steermoe.model import build_model
+
+    dtype = getattr(torch, run.decoder.dtype)
+    model = build_model(run.model_config(), run.resolve(run.encoder.model_path), run.resolve(run.decoder.model_name),
+                        decoder_dtype=dtype)
+    section = f"{run.encoder_kind}_encoder"
+    for key, actual in (("feature_dim", model.encoder.hidden_size), ("num_layers", model.encoder.num_layers)):
+        stated = getattr(run.encoder, key)
+        if stated is not None and stated != actual:
+            raise ConfigError(f"{run.path}: {section}.{key} is {stated} but {run.encoder.model_path} has {actual}; "
+                              f"fix the value or remove the key")
+    model.gradient_checkpointing = run.top.gradient_checkpointing
+    return model
+
+
+def load_rows(run: RunConfig, entries: list[str], key: str) -> AudioRows:
+    return AudioRows.from_parquet([str(run.resolve(e)) for e in entries], run.top.audio_column, run.top.text_column,
+                                  key=f"{run.path}: {key}")
+
+
+def filter_rows(rows: AudioRows, model, run: RunConfig, name: str, log=print) -> AudioRows:
+    """Drop training rows that break the length limits (filter_dataset); report how many and why."""
+    t, tok = run.top, model.tokenizer
+    if not t.filter_dataset:
+        return rows
+    prompt_tokens = len(tok(t.textual_prompt, add_special_tokens=False).input_ids)
+    keep, dropped = [], Counter()
+    for i, (seconds, text) in enumerate(zip(rows.durations, rows.columns["text"])):
+        text_tokens = len(tok(text, add_special_tokens=False).input_ids)
+        if seconds > t.max_audio_length:
+            dropped["audio longer than max_audio_length"] += 1
+        elif text_tokens > t.max_text_length:
+            dropped["text longer than max_text_length tokens"] += 1
+        elif prompt_tokens + model.audio_prompt_length(seconds) + text_tokens + 1 > run.decoder.max_length:
+            dropped["sequence longer than llm_decoder.max_length"] += 1
+        else:
+            keep.append(i)
+    log(f"{name}: {len(keep)} of {len(rows)} rows kept" + (f"; dropped: {dict(dropped)}" if dropped else ""))
+    if not keep:
+        raise DataError(f"{run.path}: every row of {name} was filtered out ({dict(dropped)}); raise the limits or "
+                        f"set filter_dataset: false")
+    return rows.subset(keep) if dropped else rows
+
+
+def dev_holdout(rows: AudioRows) -> tuple[AudioRows, AudioRows]:
+    """Without eval_parquet_dirs: a fixed ~2 % of the training rows (chosen by id hash) become the dev set."""
+    import hashlib
+
+    n = max(1, min(DEV_HOLDOUT_MAX, len(rows) // 50))
+    order = sorted(range(len(rows)), key=lambda i: hashlib.sha256(str(rows.columns["id"][i]).encode()).digest())
+    dev = set(order[:n])
+    return rows.subset([i for i in range(len(rows)) if i not in dev]), rows.subset(sorted(dev))
+
+
+# ---- precision and launch ------------------------------------------------------------------------------------
+def resolve_precision(run: RunConfig, log=print) -> str:
+    """'fp16', 'bf16' or 'fp32': what the config asks for, as far as the device supports it."""
+    t = run.training
+    wanted = "fp16" if t.fp16 else "bf16" if t.bf16 else "fp32"
+    if torch.cuda.is_available():
+        if wanted == "bf16" and not torch.cuda.is_bf16_supported():
+            log("bf16 is not supported by this GPU: training in fp16")
+            return "fp16"
+        return wanted
+    if wanted == "fp32":
+        return wanted
+    if t.use_deepspeed:
+        log(f"{wanted} requested, but DeepSpeed on CPU supports neither fp16 nor bf16: training in fp32")
+        return "fp32"
+    if wanted == "fp16":
+        log("fp16 needs a GPU: training with bf16 autocast on CPU instead")
+    return "bf16"
+
+
+def distributed_env(run: RunConfig) -> None:
+    """DeepSpeed wants a process group even for one process; the port is derived from the experiment so that
+    concurrent runs on one machine never collide."""
+    import zlib
+
+    defaults = {"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1",
+                "MASTER_PORT": str(20000 + zlib.crc32(run.name.encode()) % 20000)}
+    for key, value in defaults.items():
+        os.environ.setdefault(key, value)
+    if not torch.cuda.is_available():
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
+
+
+# ---- the Trainer ---------------------------------------------------------------------------------------------
+def clip_group_hook(group_name: str, max_norm: float, norms: list):
+    """An optimiser step pre-hook that clips one parameter group's gradient norm to max_norm.
+
+    It runs after the Trainer's global clip and right before the update. Under DeepSpeed ZeRO the group holds the
+    flat fp32 partition whose .grad is the unscaled gradient, so the same hook works there. `norms` receives the
+    pre-clip norm of every step (for logging and tests).
+    """
+    def hook(optimizer, args, kwargs):
+        for group in optimizer.param_groups:
+            if group.get("name") == group_name:
+                params = [p for p in group["params"] if p.grad is not None]
+                if params:
+                    norms.append(float(torch.nn.utils.clip_grad_norm_(params, max_norm)))
+    return hook
+
+
+class SteerMoETrainer(Trainer):
+    def __init__(self, *args, run: RunConfig, log=print, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.run, self.print = run, log
+        self.steering_grad_norms: list[float] = []
+
+    # three groups, each with its learning rate; the scheduler scales each group's own rate
+    def create_optimizer(self, model=None):
+        if self.optimizer is None:
+            t, groups = self.run.training, self.model.parameter_groups()
+            spec = [("steering", groups["steering_vectors"] + groups["layer_scales"], t.steering_learning_rate),
+                    ("router", groups["router"], t.router_learning_rate),
+                    ("projection", groups["projection"] + groups["lora"], t.learning_rate)]
+            self.optimizer = torch.optim.AdamW(
+                [{"params": params, "lr": lr, "name": name, "weight_decay": t.weight_decay}
+                 for name, params, lr in spec if params], lr=t.learning_rate)
+            if self.run.clip_steering and spec[0][1]:
+                self.optimizer.register_step_pre_hook(
+                    clip_group_hook("steering", self.run.steering.steering_gradient_clip, self.steering_grad_norms))
+        return self.optimizer
+
+    def get_train_dataloader(self) -> DataLoader:
+        sampler = LengthGroupedBatches(self.train_dataset.durations, self.args.per_device_train_batch_size,
+                                       seed=self.args.seed)
+        return self.accelerator.prepare(DataLoader(self.train_dataset, batch_sampler=sampler,
+                                                   collate_fn=self.data_collator,
+                                                   num_workers=self.args.dataloader_num_workers))
+
+    def get_eval_dataloader(self, eval_dataset=None) -> DataLoader:
+        dataset = eval_dataset if eval_dataset is not None else self.eval_dataset
+        order = sorted(range(len(dataset)), key=dataset.durations.__getitem__)
+        size = self.args.per_device_eval_batch_size
+        batches = [order[i:i + size] for i in range(0, len(order), size)]
+        return self.accelerator.prepare(DataLoader(dataset, batch_sampler=batches, collate_fn=self.data_collator,
+                                                   num_workers=self.args.dataloader_num_workers))
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        top = self.run.top
+        analyse = (model.training and top.log_steering_analysis and self.model.steering is not None
+                   and self.state.global_step % top.steering_log_interval == 0)
+        out = model(inputs["features"], inputs["feature_lengths"], inputs["targets"], inputs["prompts"],
+                    return_gates=analyse, use_cache=self.run.decoder.use_cache)
+        loss = out["loss"]
+        if not torch.isfinite(loss):
+            raise TrainingError(f"the training loss became {float(loss.detach())} at step {self.state.global_step + 1}; "
+                                f"the last complete checkpoint in {self.args.output_dir} is kept. Lower the learning "
+                                f"rates or set gradient_clipping, then run the same command to resume")
+        if analyse:
+            stats = GateStats()
+            stats.add(out["gates"])
+            analysis = {"step": self.state.global_step, **stats.result(), **steering_parameters(self.model)}
+            with open(Path(self.args.output_dir) / "steering_log.jsonl", "a") as handle:
+                handle.write(json.dumps(analysis) + "\n")
+            self.log(scalars(analysis))
+        return (loss, out) if return_outputs else loss
+
+    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+        with torch.no_grad(), self.compute_loss_context_manager():
+            loss = self.compute_loss(model, inputs)
+        return loss.detach(), None, None
+
+    # checkpoints: trainable parameters only, in safetensors
+    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+        save_trainable(self.model, Path(output_dir or self.args.output_dir), self.run, state_dict)
+
+    def _issue_warnings_after_load(self, load_result) -> None:
+        trainable = set(self.model.trainable_state_dict())
+        missing = sorted(set(load_result.missing_keys) & trainable)
+        if missing or load_result.unexpected_keys:
+            raise TrainingError(f"checkpoint does not match the model: missing {missing[:3]}, unexpected "
+                                f"{load_result.unexpected_keys[:3]}")
+
+    def _save_checkpoint(self, model, trial) -> None:
+        super()._save_checkpoint(model, trial)  # the Trainer's rotation is off: it could delete the last good one
+        folder = Path(self.args.output_dir) / f"checkpoint-{self.state.global_step}"
+        files = {str(p.relative_to(folder)): sha256_file(p) for p in sorted(folder.rglob("*")) if p.is_file()}
+        write_json(folder / COMPLETE, {"step": self.state.global_step, "config_sha256": self.run.sha256,
+                                       "files": files})
+        limit = self.run.top.save_total_limit
+        if limit:
+            keep = {self.state.best_model_checkpoint and Path(self.state.best_model_checkpoint).name}
+            done = complete_checkpoints(Path(self.args.output_dir))
+            for old in done[limit:]:
+                if old.name not in keep:
+                    shutil.rmtree(old)
+
+
+def save_trainable(model, folder: Path, run: RunConfig, state_dict: dict | None = None) -> None:
+    from safetensors.torch import save_file
+
+    folder.mkdir(parents=True, exist_ok=True)
+    names = set(model.trainable_state_dict())
+    state = {k: v for k, v in (state_dict or model.trainable_state_dict()).items() if k in names}
+    save_file({k: v.detach().float().contiguous().cpu() for k, v in state.items()}, str(folder / WEIGHTS),
+              metadata={"format": "pt", "config_sha256": run.sha256})
+    write_json(folder / META, {"config": run.name, "config_sha256": run.sha256, "method": run.method,
+                               "model": run.model_config().to_dict(),
+                               "encoder": str(run.encoder.model_path), "decoder": str(run.decoder.model_name)})
+
+
+def complete_checkpoints(output_dir: Path) -> list[Path]:
+    """Checkpoint folders with a completion marker, newest first."""
+    found = [p for p in output_dir.glob("checkpoint-*") if (p / COMPLETE).is_file() and p.name[11:].isdigit()]
+    return sorted(found, key=lambda p: int(p.name[11:]), reverse=True)
+
+
+def resume_point(output_dir: Path, run: RunConfig, log=print) -> str | None:
+    """The newest intact checkpoint of this config. Incomplete folders (a kill mid-save) are removed; corrupted
+    ones and those of another config are moved aside, never deleted."""
+    for folder in output_dir.glob("checkpoint-*"):
+        if not (folder / COMPLETE).is_file():
+            log(f"removing incomplete checkpoint {folder} (interrupted while saving)")
+            shutil.rmtree(folder)
+    for folder in complete_checkpoints(output_dir):
+        marker = json.loads((folder / COMPLETE).read_text())
+        problem = None
+        if marker.get("config_sha256") != run.sha256:
+            problem = "was written by a different version of the config"
+        else:
+            for name, digest in marker["files"].items():
+                if not (folder / name).is_file() or sha256_file(folder / name) != digest:
+                    problem = f"is corrupted ({name} does not match its hash)"
+                    break
+        if problem is None:
+            return str(folder)
+        aside = output_dir / "superseded" / f"{folder.name}-{int(time.time())}"
+        aside.parent.mkdir(exist_ok=True)
+        folder.rename(aside)
+        log(f"checkpoint {folder.name} {problem}: moved to {aside}")
+    return None
+
+
+class StopOnSignal(TrainerCallback):
+    """SIGTERM / SIGUSR1 (what SLURM sends before a time limit): save a checkpoint at the end of the step, stop."""
+
+    def __init__(self):
+        self.received = None
+        for sig in (signal.SIGTERM, signal.SIGUSR1):
+            signal.signal(sig, self._handle)
+
+    def _handle(self, signum, frame):
+        self.received = signal.Signals(signum).name
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.received:
+            control.should_save = True
+            control.should_training_stop = True
+
+
+class Progress(TrainerCallback):
+    """One plain line per logging step: readable in Snakemake and SLURM logs, unlike a progress bar."""
+
+    def __init__(self, log):
+        self.log, self.start = log, time.time()
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        shown = {k: v for k, v in (logs or {}).items() if not k.startswith("steering/")}
+        if shown:
+            values = "  ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in shown.items())
+            self.log(f"step {state.global_step}/{state.max_steps}  {values}  {time.time() - self.start:.0f}s")
+
+
+def training_arguments(run: RunConfig, precision: str, has_dev: bool) -> TrainingArguments:
+    t, top = run.training, run.top
+    evaluate = has_dev and top.eval_steps is not None
+    return TrainingArguments(
+        output_dir=str(run.resolve(t.output_dir)), per_device_train_batch_size=t.batch_size,
+        per_device_eval_batch_size=run.evaluation.batch_size, num_train_epochs=t.epochs, max_steps=t.max_steps,
+        learning_rate=t.learning_rate, weight_decay=t.weight_decay, warmup_steps=t.warmup_steps,
+        lr_scheduler_type=t.lr_scheduler, max_grad_norm=t.gradient_clipping,
+        gradient_accumulation_steps=t.gradient_accumulation_steps,
+        fp16=precision == "fp16", bf16=precision == "bf16", use_cpu=not torch.cuda.is_available(),
+        deepspeed=str(run.resolve(t.deepspeed_config)) if t.use_deepspeed else None,
+        logging_steps=top.logging_steps, save_strategy="steps", save_steps=top.save_steps, save_total_limit=None,
+        eval_strategy="steps" if evaluate else "no", eval_steps=top.eval_steps if evaluate else None,
+        load_best_model_at_end=bool(top.use_early_stopping), metric_for_best_model="loss", greater_is_better=False,
+        seed=top.seed, data_seed=top.seed, dataloader_num_workers=top.dataloader_num_workers,
+        remove_unused_columns=False, report_to="none", disable_tqdm=True)
+
+
+def train(run: RunConfig, log=print) -> dict:
+    """Train one run to `training.output_dir/final`; resumes from the newest intact checkpoint."""
+    from torch.utils.tensorboard import SummaryWriter
+    from transformers import set_seed
+    from transformers.integrations import TensorBoardCallback
+
+    if run.mode == "eval":
+        raise ConfigError(f"{run.path} is an evaluation config (its name ends in _test/_eval); train with the "
+                          f"_train config")
+    t, top = run.training, run.top
+    if top.use_early_stopping and top.save_steps % top.eval_steps:
+        raise ConfigError(f"{run.path}: use_early_stopping keeps the best checkpoint, so save_steps ({top.save_steps})"
+                          f" must be a multiple of eval_steps ({top.eval_steps})")
+    if t.use_deepspeed:
+        distributed_env(run)
+        if not run.resolve(t.deepspeed_config).is_file():
+            raise ConfigError(f"{run.path}: training.deepspeed_config {t.deepspeed_config} does not exist")
+    output_dir = run.resolve(t.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    set_seed(top.seed)
+    precision = resolve_precision(run, log)
+    model = load_model(run)
+    train_rows = filter_rows(load_rows(run, top.parquet_dirs, "parquet_dirs"), model, run, "parquet_dirs", log)
+    dev_rows = None
+    if top.eval_steps is not None:
+        if top.eval_parquet_dirs:
+            dev_rows = load_rows(run, top.eval_parquet_dirs, "eval_parquet_dirs")
+        else:
+            train_rows, dev_rows = dev_holdout(train_rows)
+            log(f"eval_parquet_dirs not set: {len(dev_rows)} training rows held out as dev data")
+    features = AudioFeatures(model.encoder.kind, model.encoder.num_mel_bins, run.top.encoder_window)
+    collator = Collator(features, top.textual_prompt)
+
+    callbacks = [Progress(log), StopOnSignal(),
+                 TensorBoardCallback(SummaryWriter(log_dir=str(run.resolve(t.logging_dir))))]
+    if top.use_early_stopping:
+        callbacks.append(EarlyStoppingCallback(early_stopping_patience=top.early_stopping_patience))
+    trainer = SteerMoETrainer(model=model, args=training_arguments(run, precision, dev_rows is not None),
+                              train_dataset=train_rows, eval_dataset=dev_rows, data_collator=collator,
+                              callbacks=callbacks, run=run, log=log)
+    resume = resume_point(output_dir, run, log)
+    counts = {k: sum(p.numel() for p in v) for k, v in model.parameter_groups().items()}
+    log(f"{run.name}: {len(train_rows)} training utterances, {sum(counts.values()):,} trainable parameters, "
+        f"{precision}" + (f", resuming from {resume}" if resume else ""))
+    start = time.time()
+    result = trainer.train(resume_from_checkpoint=resume)
+    seconds = time.time() - start
+    signal_stop = callbacks[1].received
+    if signal_stop:
+        raise TrainingError(f"stopped by {signal_stop} at step {trainer.state.global_step}; a checkpoint was saved, "
+                            f"run the same command to resume")
+
+    summary = {"steps": trainer.state.global_step, "train_seconds_this_run": round(seconds, 1),
+               "train_loss": result.training_loss, "precision": precision, "trainable_parameters": counts,
+               "train_utterances": len(train_rows), "resumed_from": resume,
+               "best_checkpoint": trainer.state.best_model_checkpoint,
+               "log_history": trainer.state.log_history}
+    final = output_dir / "final"
+    building = output_dir / ".final.partial"
+    shutil.rmtree(building, ignore_errors=True)
+    save_trainable(model, building, run)
+    write_json(building / "train_summary.json", summary)
+    replace_dir(building, final)
+    log(f"{run.name}: {summary['steps']} steps in {seconds:.0f}s, final weights in {final}")
+    if t.use_deepspeed and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+    return summary
+
+
+def load_trainable(model, folder: Path) -> str:
+    """Load a trained folder's weights into the model (safetensors only); returns the weights' sha256."""
+    from safetensors.torch import load_file
+
+    path = Path(folder) / WEIGHTS
+    if not path.is_file():
+        raise ConfigError(f"{folder} has no {WEIGHTS}: train first (`steermoe train --config ...`), or point "
+                          f"evaluation.checkpoint at a trained folder")
+    state = load_file(str(path))
+    expected = set(model.trainable_state_dict())
+    missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
+    if missing or unexpected:
+        raise ConfigError(f"{path} does not fit this config's model (missing {missing[:3]}, unexpected "
+                          f"{unexpected[:3]}): was it trained with another method or encoder/decoder?")
+    model.load_state_dict(state, strict=False)
+    return sha256_file(path)

@@ -1,0 +1,371 @@
+"""Training and evaluation on tiny random models: every config key takes effect, checkpoints resume exactly."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+
+from steermoe.errors import ConfigError, DataError, TrainingError
+from steermoe.runconfig import load_run_config
+from tests.tiny import save_tiny_models, tone_corpus
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def tiny(tmp_path_factory):
+    root = tmp_path_factory.mktemp("tiny")
+    encoder, decoder = save_tiny_models(root)
+    return {"encoder": encoder, "decoder": decoder, "corpus": tone_corpus(root / "tones")}
+
+
+def write_config(folder: Path, tiny: dict, name="layer_wise_whisper_qwen_tones_train", **sections) -> Path:
+    """A small training (or evaluation) config; keyword arguments replace or extend its sections."""
+    config = {
+        "whisper_encoder": {"model_path": tiny["encoder"]},
+        "llm_decoder": {"model_name": tiny["decoder"]},
+        "steering": {"num_experts": 4},
+        "training": {"output_dir": str(folder / "out"), "batch_size": 4, "max_steps": 6, "learning_rate": 1e-2,
+                     "steering_learning_rate": 1e-2, "router_learning_rate": 1e-3, "weight_decay": 0.0},
+        "parquet_dirs": [f"{tiny['corpus']}/{'test' if name.endswith('_test') else 'train'}.parquet"],
+        "logging_steps": 1, "save_steps": 3, "textual_prompt": "say: ",
+    }
+    for key, value in sections.items():
+        if isinstance(value, dict) and isinstance(config.get(key), dict):
+            config[key] = {**config[key], **value}
+        else:
+            config[key] = value
+    path = folder / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def make_trainer(run):
+    """The Trainer exactly as `train` builds it, without training."""
+    from steermoe.data.batching import Collator
+    from steermoe.features import AudioFeatures
+    from steermoe.train import (SteerMoETrainer, filter_rows, load_model, load_rows, resolve_precision,
+                                training_arguments)
+
+    model = load_model(run)
+    rows = filter_rows(load_rows(run, run.top.parquet_dirs, "parquet_dirs"), model, run, "train")
+    collator = Collator(AudioFeatures("whisper", 80), run.top.textual_prompt)
+    return SteerMoETrainer(model=model, args=training_arguments(run, resolve_precision(run), False),
+                           train_dataset=rows, data_collator=collator, run=run)
+
+
+# ---- optimiser groups, clipping ------------------------------------------------------------------------------
+def test_three_learning_rates_reach_the_optimiser_and_the_scheduler_scales_each(tiny, tmp_path):
+    run = load_run_config(write_config(tmp_path, tiny, training={"learning_rate": 3e-4, "steering_learning_rate": 2e-2,
+                                                                  "router_learning_rate": 5e-3, "warmup_steps": 4,
+                                                                  "weight_decay": 0.05}))
+    trainer = make_trainer(run)
+    trainer.create_optimizer_and_scheduler(num_training_steps=6)
+    groups = {g["name"]: g for g in trainer.optimizer.param_groups}
+    assert {k: g["initial_lr"] if "initial_lr" in g else g["lr"] for k, g in groups.items()} == \
+        {"steering": 2e-2, "router": 5e-3, "projection": 3e-4}
+    assert all(g["weight_decay"] == 0.05 for g in groups.values())
+    model = trainer.model
+    assert {id(p) for p in groups["steering"]["params"]} == \
+        {id(model.steering.steering_vectors), id(model.steering.layer_scales)}
+    assert {id(p) for p in groups["projection"]["params"]} == {id(p) for p in model.prompt_proj.parameters()}
+    # linear warmup over 4 steps scales every group by the same factor
+    for _ in range(2):
+        trainer.optimizer.step()
+        trainer.lr_scheduler.step()
+    lrs = {g["name"]: g["lr"] for g in trainer.optimizer.param_groups}
+    assert lrs == pytest.approx({"steering": 1e-2, "router": 2.5e-3, "projection": 1.5e-4})
+
+
+def test_steering_clipping_changes_the_step_exactly_when_the_norm_exceeds_the_limit():
+    from steermoe.train import clip_group_hook
+
+    def step(limit, grad_scale):
+        vec = torch.nn.Parameter(torch.zeros(3))
+        other = torch.nn.Parameter(torch.zeros(3))
+        opt = torch.optim.SGD([{"params": [vec], "name": "steering"}, {"params": [other], "name": "router"}], lr=1.0)
+        norms = []
+        opt.register_step_pre_hook(clip_group_hook("steering", limit, norms))
+        vec.grad = torch.tensor([3.0, 4.0, 0.0]) * grad_scale  # norm 5 * scale
+        other.grad = torch.tensor([30.0, 40.0, 0.0])  # not steering: never clipped
+        opt.step()
+        return -vec.detach(), -other.detach(), norms
+
+    below, other, norms = step(limit=6.0, grad_scale=1.0)  # norm 5 < 6: untouched
+    assert torch.equal(below, torch.tensor([3.0, 4.0, 0.0])) and norms == [5.0]
+    assert torch.equal(other, torch.tensor([30.0, 40.0, 0.0]))
+    above, other, _ = step(limit=1.0, grad_scale=1.0)  # norm 5 > 1: scaled to norm 1
+    assert torch.allclose(above, torch.tensor([0.6, 0.8, 0.0]), atol=1e-5)
+    assert torch.equal(other, torch.tensor([30.0, 40.0, 0.0]))
+
+
+@pytest.mark.parametrize("switch", [{"clip_steering_gradients": True},
+                                    {"steering": {"num_experts": 4, "use_gradient_clipping": True}}])
+def test_steering_clip_runs_in_training_before_the_step(tiny, tmp_path, switch):
+    from steermoe.train import train
+
+    run = load_run_config(write_config(tmp_path, tiny, training={"max_steps": 2, "gradient_clipping": 0.0},
+                                       steering={"num_experts": 4, "steering_gradient_clip": 1e-6, **switch.get(
+                                           "steering", {})}, **{k: v for k, v in switch.items() if k != "steering"}))
+    before = None
+    from steermoe.train import SteerMoETrainer
+
+    seen = []
+    original = SteerMoETrainer.create_optimizer
+
+    def spy(self, model=None):
+        opt = original(self, model)
+        nonlocal before
+        before = self.model.steering.steering_vectors.detach().clone()
+        seen.append(self.steering_grad_norms)
+        return opt
+
+    SteerMoETrainer.create_optimizer = spy
+    try:
+        train(run, log=lambda *_: None)
+    finally:
+        SteerMoETrainer.create_optimizer = original
+    norms = seen[0]
+    assert len(norms) == 2 and all(n > 1e-6 for n in norms)  # the hook ran at every step, before clipping
+    after = load_file(f"{tmp_path}/out/final/model.safetensors")["steering.steering_vectors"]
+    # clipped to 1e-6 per step, Adam still moves ~lr per step: the direction is the clipped one (not zero)
+    assert not torch.equal(after, before)
+
+
+# ---- checkpoints -----------------------------------------------------------------------------------------------
+def test_checkpoints_hold_only_trainable_parameters_and_rotate(tiny, tmp_path):
+    from steermoe.train import COMPLETE, train
+
+    run = load_run_config(write_config(tmp_path, tiny, save_total_limit=1, save_steps=2))
+    summary = train(run, log=lambda *_: None)
+    out = tmp_path / "out"
+    assert summary["steps"] == 6
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-6"]  # save_total_limit: 1
+    assert (out / "checkpoint-6" / COMPLETE).is_file()
+    weights = load_file(str(out / "final" / "model.safetensors"))
+    model_trainable = set(summary["trainable_parameters"])
+    assert set(weights) == {"steering.steering_vectors", "steering.layer_scales", "steering.router.weight",
+                            "steering.router.bias", "prompt_proj.weight", "prompt_proj.bias"}
+    n = sum(t.numel() for t in weights.values())
+    assert n == sum(summary["trainable_parameters"].values()) and model_trainable
+    assert (out / "final" / "model.safetensors").stat().st_size < 4 * n * 1.05 + 4096
+    assert not list(out.rglob("*.bin"))  # no pickled model or training arguments
+    assert list((out / "logs").glob("events.out.tfevents.*"))  # TensorBoard in logging_dir (default output_dir/logs)
+
+
+def _run_cli(config: Path, env=None):
+    return subprocess.Popen([sys.executable, "-m", "steermoe.cli", "train", "--config", str(config)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO,
+                            env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})})
+
+
+def test_resume_after_sigkill_gives_the_weights_of_an_uninterrupted_run(tiny, tmp_path):
+    """Killed between checkpoints and started again with the same command: the same final weights, exactly."""
+    settings = dict(training={"max_steps": 12}, save_steps=4, dataloader_num_workers=0)
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    whole, killed = (write_config(tmp_path / x, tiny, **settings) for x in "ab")
+    assert _run_cli(whole).wait() == 0
+
+    proc = _run_cli(killed)
+    marker = tmp_path / "b" / "out" / "checkpoint-4" / "complete.json"
+    deadline = time.time() + 300
+    while not marker.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    assert marker.exists(), proc.communicate()[0][-2000:]
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (tmp_path / "b" / "out" / "final").exists()  # killed before the end
+    resumed = _run_cli(killed)
+    output = resumed.communicate()[0]
+    assert resumed.returncode == 0, output[-2000:]
+    assert "resuming from" in output
+    a = load_file(str(tmp_path / "a" / "out" / "final" / "model.safetensors"))
+    b = load_file(str(tmp_path / "b" / "out" / "final" / "model.safetensors"))
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+def test_incomplete_corrupt_and_foreign_checkpoints_are_never_resumed(tiny, tmp_path):
+    from steermoe.train import resume_point, train
+
+    run = load_run_config(write_config(tmp_path, tiny, training={"max_steps": 4}, save_steps=2))
+    train(run, log=lambda *_: None)
+    out = tmp_path / "out"
+    assert resume_point(out, run) == str(out / "checkpoint-4")
+    (out / "checkpoint-4" / "model.safetensors").write_bytes(b"garbage")  # corrupted
+    (out / "checkpoint-6").mkdir()  # a kill mid-save: no completion marker
+    messages = []
+    assert resume_point(out, run, log=messages.append) == str(out / "checkpoint-2")
+    assert not (out / "checkpoint-6").exists() and not (out / "checkpoint-4").exists()
+    assert len(list((out / "superseded").glob("checkpoint-4-*"))) == 1  # moved aside, not deleted
+    assert any("corrupted" in m for m in messages)
+    other = load_run_config(write_config(tmp_path, tiny, training={"max_steps": 5}, save_steps=2))  # edited config
+    assert resume_point(out, other, log=messages.append) is None
+    assert any("different version of the config" in m for m in messages)
+
+
+# ---- keys that take effect -------------------------------------------------------------------------------------
+def test_model_keys_reach_the_model(tiny, tmp_path):
+    from steermoe.train import load_model
+
+    run = load_run_config(write_config(
+        tmp_path, tiny, steering={"num_experts": 3, "steering_scale": 0.25, "use_layer_scales": False},
+        pooling_kernel_size=2, pooling_position=1, pooling_type="max", max_prompt_tokens=7, use_adapter=True,
+        gradient_checkpointing=True, encoder_window="30s"))
+    model = load_model(run)
+    assert model.steering.steering_vectors.shape == (2, 3, 32)
+    assert not isinstance(model.steering.layer_scales, torch.nn.Parameter)
+    assert torch.equal(model.steering.layer_scales, torch.full((2,), 0.25))
+    assert model.pool_at == 1 and model.config.pooling_type == "max" and model.config.pooling_kernel_size == 2
+    assert model.gradient_checkpointing and model.encoder.window == "30s"
+    feats = torch.randn(1, 80, 200)
+    audio, lengths = model.encode(feats, torch.tensor([200]))
+    assert audio.shape[1] == 7 and int(lengths[0]) == 7  # 30 s window -> 1500 frames, pooled, cut to 7
+
+
+def test_encoder_dims_are_checked(tiny, tmp_path):
+    from steermoe.train import load_model
+
+    run = load_run_config(write_config(tmp_path, tiny, whisper_encoder={"model_path": tiny["encoder"],
+                                                                         "feature_dim": 1280, "num_layers": 2}))
+    with pytest.raises(ConfigError, match=r"whisper_encoder.feature_dim is 1280 but .* has 32"):
+        load_model(run)
+
+
+def test_length_filters_and_columns(tiny, tmp_path):
+    from steermoe.train import filter_rows, load_model, load_rows
+
+    run = load_run_config(write_config(tmp_path, tiny, max_text_length=9, max_audio_length=0.5))
+    model = load_model(run)
+    rows = load_rows(run, run.top.parquet_dirs, "parquet_dirs")
+    kept = filter_rows(rows, model, run, "train", log=lambda *_: None)
+    tokens = [len(model.tokenizer(t, add_special_tokens=False).input_ids) for t in rows.columns["text"]]
+    expected = [i for i, (d, n) in enumerate(zip(rows.durations, tokens)) if d <= 0.5 and n <= 9]
+    assert kept.columns["id"] == [rows.columns["id"][i] for i in expected] and 0 < len(expected) < len(rows)
+    off = load_run_config(write_config(tmp_path, tiny, max_text_length=9, max_audio_length=0.5,
+                                       filter_dataset=False))
+    assert len(filter_rows(rows, model, off, "train")) == len(rows)
+    tight = load_run_config(write_config(tmp_path, tiny, llm_decoder={"model_name": tiny["decoder"],
+                                                                      "max_length": 10}))
+    with pytest.raises(DataError, match="every row .* filtered out .*llm_decoder.max_length"):
+        filter_rows(rows, model, tight, "train", log=lambda *_: None)
+    # audio_column / text_column: any parquet, here with renamed columns and no duration column
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(run.top.parquet_dirs[0]).drop(["duration"])
+    table = table.rename_columns([{"audio": "wav", "text": "sentence"}.get(n, n) for n in table.column_names])
+    pq.write_table(table, tmp_path / "renamed.parquet")
+    custom = load_run_config(write_config(tmp_path, tiny, parquet_dirs=[str(tmp_path)], audio_column="wav",
+                                          text_column="sentence"))
+    renamed = load_rows(custom, custom.top.parquet_dirs, "parquet_dirs")
+    assert renamed.columns["text"] == rows.columns["text"]
+    assert renamed.durations == pytest.approx(rows.durations, abs=1e-3)
+    bad = load_run_config(write_config(tmp_path, tiny, parquet_dirs=[str(tmp_path)], audio_column="audio"))
+    with pytest.raises(DataError, match=r"renamed.parquet has no column 'audio' \(audio_column\)"):
+        load_rows(bad, bad.top.parquet_dirs, "parquet_dirs")
+
+
+def test_logging_eval_steps_steering_analysis_and_early_stopping(tiny, tmp_path):
+    from steermoe.train import train
+
+    run = load_run_config(write_config(
+        tmp_path, tiny, training={"max_steps": 40, "learning_rate": 0.0, "steering_learning_rate": 0.0,
+                                  "router_learning_rate": 0.0, "logging_dir": str(tmp_path / "tb")},
+        logging_steps=2, eval_steps=2, save_steps=2, use_early_stopping=True, early_stopping_patience=2,
+        log_steering_analysis=True, steering_log_interval=3,
+        eval_parquet_dirs=[f"{tiny['corpus']}/dev.parquet"]))
+    summary = train(run, log=lambda *_: None)
+    # learning rates of zero: the dev loss never improves, so training stops after patience evaluations
+    assert summary["steps"] == 6
+    history = summary["log_history"]
+    assert [h["step"] for h in history if "loss" in h] == [2, 4, 6]
+    assert [h["step"] for h in history if "eval_loss" in h] == [2, 4, 6]
+    steering = [json.loads(line) for line in (tmp_path / "out" / "steering_log.jsonl").read_text().splitlines()]
+    assert [s["step"] for s in steering] == [0, 3]
+    assert len(steering[0]["mean_gate"]) == 2 and len(steering[0]["mean_gate"][0]) == 4
+    assert sum(steering[0]["mean_gate"][0]) == pytest.approx(1.0, abs=1e-4)
+    assert list((tmp_path / "tb").glob("events.out.tfevents.*"))
+
+
+def test_dev_holdout_without_eval_parquet_dirs(tiny, tmp_path):
+    from steermoe.train import dev_holdout, load_rows
+
+    run = load_run_config(write_config(tmp_path, tiny))
+    rows = load_rows(run, run.top.parquet_dirs, "parquet_dirs")
+    train_rows, dev = dev_holdout(rows)
+    assert len(dev) == 1 and len(train_rows) == len(rows) - 1
+    assert set(dev.columns["id"]).isdisjoint(train_rows.columns["id"])
+    assert dev_holdout(rows)[1].columns["id"] == dev.columns["id"]  # always the same rows
+
+
+def test_precision_follows_the_device(tiny, tmp_path):
+    from steermoe.train import resolve_precision
+
+    fp16 = load_run_config(write_config(tmp_path, tiny, training={"fp16": True}))
+    notes = []
+    expected = "fp16" if torch.cuda.is_available() else "bf16"
+    assert resolve_precision(fp16, notes.append) == expected
+    assert torch.cuda.is_available() or "fp16 needs a GPU" in notes[0]
+    assert resolve_precision(load_run_config(write_config(tmp_path, tiny))) == "fp32"
+
+
+def test_nan_loss_stops_with_a_clear_message(tiny, tmp_path):
+    from steermoe.train import train
+
+    run = load_run_config(write_config(tmp_path, tiny, steering={"num_experts": 4, "steering_scale": float("nan")}))
+    with pytest.raises(TrainingError, match="loss became nan at step 1.*checkpoint .* is kept"):
+        train(run, log=lambda *_: None)
+
+
+def test_train_refuses_an_evaluation_config(tiny, tmp_path):
+    from steermoe.train import train
+
+    with pytest.raises(ConfigError, match="is an evaluation config"):
+        train(load_run_config(write_config(tmp_path, tiny, name="layer_wise_whisper_qwen_tones_test")))
+
+
+# ---- evaluation ------------------------------------------------------------------------------------------------
+def test_evaluate_decodes_the_whole_split_deterministically(tiny, tmp_path):
+    from steermoe.evaluate import evaluate
+    from steermoe.train import train
+
+    train(load_run_config(write_config(tmp_path, tiny, training={"max_steps": 2})), log=lambda *_: None)
+    test = load_run_config(write_config(tmp_path, tiny, name="layer_wise_whisper_qwen_tones_test",
+                                        evaluation={"batch_size": 3, "max_new_tokens": 6}))
+    first = evaluate(test, log=lambda *_: None)
+    lines = [json.loads(x) for x in (tmp_path / "out" / "eval" / "predictions.jsonl").read_text().splitlines()]
+    assert len(lines) == first["utterances"] == 8  # every test utterance, in the split's order
+    assert [x["id"] for x in lines] == [f"test-{i:03d}" for i in range(8)]
+    assert first["decoding"] == {"strategy": "greedy", "num_beams": 1, "max_new_tokens": 6, "batch_size": 3}
+    assert first["checkpoint_sha256"] and first["rtf"] > 0 and first["ci95"][0] <= first["value"] <= first["ci95"][1]
+    assert sum(x["errors"] for x in lines) == first["substitutions"] + first["deletions"] + first["insertions"]
+    for name in ("metrics.json", "steering.json", "steering.png"):
+        assert (tmp_path / "out" / "eval" / name).is_file()
+    # batch size does not change a single hypothesis
+    again = evaluate(load_run_config(write_config(tmp_path, tiny, name="layer_wise_whisper_qwen_tones_test",
+                                                  evaluation={"batch_size": 8, "max_new_tokens": 6})),
+                     output_dir=tmp_path / "again", log=lambda *_: None)
+    relines = [json.loads(x) for x in (tmp_path / "again" / "predictions.jsonl").read_text().splitlines()]
+    assert [x["hypothesis"] for x in relines] == [x["hypothesis"] for x in lines]
+    assert again["value"] == first["value"]
+
+
+def test_evaluate_refuses_a_checkpoint_of_another_method(tiny, tmp_path):
+    from steermoe.evaluate import evaluate
+    from steermoe.train import train
+
+    train(load_run_config(write_config(tmp_path, tiny, training={"max_steps": 1})), log=lambda *_: None)
+    linear = load_run_config(write_config(tmp_path, tiny, name="linear_whisper_qwen_tones_test"))
+    with pytest.raises(ConfigError, match="does not fit this config's model"):
+        evaluate(linear, checkpoint=tmp_path / "out" / "final", log=lambda *_: None)
+    with pytest.raises(ConfigError, match="has no model.safetensors: train first"):
+        evaluate(linear, checkpoint=tmp_path / "nowhere", log=lambda *_: None)
