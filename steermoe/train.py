@@ -13,6 +13,7 @@ import shutil
 import signal
 import time
 from collections import Counter
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -111,15 +112,19 @@ def resolve_precision(run: RunConfig, log=print) -> str:
 
 def distributed_env(run: RunConfig) -> None:
     """DeepSpeed wants a process group even for one process; the port is derived from the experiment so that
-    concurrent runs on one machine never collide."""
+    concurrent runs on one machine never collide. Must run before deepspeed is imported."""
     import zlib
 
-    defaults = {"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1",
-                "MASTER_PORT": str(20000 + zlib.crc32(run.name.encode()) % 20000)}
+    defaults = {"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0", "LOCAL_WORLD_SIZE": "1",
+                "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(20000 + zlib.crc32(run.name.encode()) % 20000)}
     for key, value in defaults.items():
         os.environ.setdefault(key, value)
     if not torch.cuda.is_available():
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
+        import deepspeed.ops
+
+        # its shared-memory all-reduce is for several CPU processes and would be compiled first (~30 s): use gloo
+        deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
 
 
 # ---- the Trainer ---------------------------------------------------------------------------------------------
@@ -199,6 +204,30 @@ class SteerMoETrainer(Trainer):
         with torch.no_grad(), self.compute_loss_context_manager():
             loss = self.compute_loss(model, inputs)
         return loss.detach(), None, None
+
+    def train(self, *args, **kwargs):
+        if not self.is_deepspeed_enabled:
+            return super().train(*args, **kwargs)
+        import transformers.trainer as hf_trainer
+
+        # our DeepSpeed checkpoints hold the trainable parameters only, so they load non-strictly
+        original = hf_trainer.deepspeed_load_checkpoint
+        hf_trainer.deepspeed_load_checkpoint = lambda engine, path, load_module_strict=True: original(
+            engine, path, load_module_strict=False)
+        try:
+            return super().train(*args, **kwargs)
+        finally:
+            hf_trainer.deepspeed_load_checkpoint = original
+
+    def _save_optimizer_and_scheduler(self, output_dir: str) -> None:
+        if not self.is_deepspeed_enabled:
+            return super()._save_optimizer_and_scheduler(output_dir)
+        engine = self.model_wrapped  # DeepSpeed would write every frozen weight into its checkpoint too
+        engine.save_checkpoint = partial(type(engine).save_checkpoint, engine, exclude_frozen_parameters=True)
+        try:
+            super()._save_optimizer_and_scheduler(output_dir)
+        finally:
+            del engine.save_checkpoint
 
     # checkpoints: trainable parameters only, in safetensors
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
@@ -310,7 +339,10 @@ def training_arguments(run: RunConfig, precision: str, has_dev: bool) -> Trainin
         learning_rate=t.learning_rate, weight_decay=t.weight_decay, warmup_steps=t.warmup_steps,
         lr_scheduler_type=t.lr_scheduler, max_grad_norm=t.gradient_clipping,
         gradient_accumulation_steps=t.gradient_accumulation_steps,
-        fp16=precision == "fp16", bf16=precision == "bf16", use_cpu=not torch.cuda.is_available(),
+        fp16=precision == "fp16", bf16=precision == "bf16",
+        # DeepSpeed brings its own CPU accelerator; the Trainer's CPU mode is for plain training
+        use_cpu=not torch.cuda.is_available() and not t.use_deepspeed,
+        dataloader_pin_memory=torch.cuda.is_available(),
         deepspeed=str(run.resolve(t.deepspeed_config)) if t.use_deepspeed else None,
         logging_steps=top.logging_steps, save_strategy="steps", save_steps=top.save_steps, save_total_limit=None,
         eval_strategy="steps" if evaluate else "no", eval_steps=top.eval_steps if evaluate else None,
@@ -384,7 +416,9 @@ def train(run: RunConfig, log=print) -> dict:
     replace_dir(building, final)
     log(f"{run.name}: {summary['steps']} steps in {seconds:.0f}s, final weights in {final}")
     if t.use_deepspeed and torch.distributed.is_initialized():
-        torch.distributed.destroy_process_group()
+        import deepspeed.comm
+
+        deepspeed.comm.destroy_process_group()
     return summary
 
 

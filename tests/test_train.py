@@ -369,3 +369,77 @@ def test_evaluate_refuses_a_checkpoint_of_another_method(tiny, tmp_path):
         evaluate(linear, checkpoint=tmp_path / "out" / "final", log=lambda *_: None)
     with pytest.raises(ConfigError, match="has no model.safetensors: train first"):
         evaluate(linear, checkpoint=tmp_path / "nowhere", log=lambda *_: None)
+
+
+def test_batch_size_epochs_prompt_clipping_cache_and_workers_take_effect(tiny, tmp_path):
+    from steermoe.train import train
+
+    run = load_run_config(write_config(
+        tmp_path, tiny, training={"max_steps": -1, "epochs": 2, "batch_size": 8, "gradient_clipping": 0.5},
+        textual_prompt="spell it: ", dataloader_num_workers=1, llm_decoder={"model_name": tiny["decoder"],
+                                                                            "use_cache": True}))
+    trainer = make_trainer(run)
+    assert trainer.args.max_grad_norm == 0.5 and trainer.args.per_device_train_batch_size == 8
+    loader = trainer.get_train_dataloader()
+    assert loader.num_workers == 1
+    batch = next(iter(loader))
+    assert len(batch["targets"]) == 8 and set(batch["prompts"]) == {"spell it: "}
+    out = trainer.model(batch["features"], batch["feature_lengths"], batch["targets"], batch["prompts"],
+                        use_cache=run.decoder.use_cache)
+    assert out.past_key_values is not None  # llm_decoder.use_cache reaches the decoder
+    summary = train(run, log=lambda *_: None)
+    assert summary["steps"] == 2 * 32 // 8  # 32 rows, batch 8, 2 epochs
+    assert all(h["grad_norm"] >= 0 for h in summary["log_history"] if "grad_norm" in h)
+
+
+# ---- DeepSpeed (CPU, gloo) and the seed's own example ------------------------------------------------------------
+def _cli_train(config: Path) -> subprocess.CompletedProcess:
+    """DeepSpeed runs in its own process: it sets up a process group that would leak into later tests."""
+    return subprocess.run([sys.executable, "-m", "steermoe.cli", "train", "--config", str(config)], cwd=REPO,
+                          capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+
+@pytest.mark.parametrize("stage", ["stage2_simple", "stage3"])
+def test_deepspeed_zero_on_cpu_trains_to_the_same_loss_as_plain_training(tiny, tmp_path, stage):
+    settings = dict(training={"max_steps": 8}, save_steps=4, clip_steering_gradients=True,
+                    steering={"num_experts": 4, "steering_gradient_clip": 0.05})
+    (tmp_path / "plain").mkdir()
+    (tmp_path / "ds").mkdir()
+    plain = write_config(tmp_path / "plain", tiny, **settings)
+    ds = write_config(tmp_path / "ds", tiny, **{**settings, "training": {
+        "max_steps": 8, "use_deepspeed": True,
+        "deepspeed_config": str(REPO / "steermoe" / "deepspeed" / f"{stage}.json")}})
+    runs = {name: _cli_train(path) for name, path in (("plain", plain), ("ds", ds))}
+    for name, proc in runs.items():
+        assert proc.returncode == 0, (name, proc.stdout[-3000:], proc.stderr[-3000:])
+    losses = {name: [h["loss"] for h in json.loads(
+        (tmp_path / name / "out" / "final" / "train_summary.json").read_text())["log_history"] if "loss" in h]
+        for name in runs}
+    assert len(losses["plain"]) == 8
+    assert losses["ds"] == pytest.approx(losses["plain"], rel=1e-4, abs=1e-5)
+    # only trainable parameters in DeepSpeed's own checkpoint too (no frozen encoder/decoder weights)
+    states = list((tmp_path / "ds" / "out" / "checkpoint-8").rglob("*model_states.pt"))
+    assert states and all(p.stat().st_size < 200_000 for p in states)
+
+
+def test_the_seed_example_with_paths_changed_trains(tiny, tmp_path):
+    """The seed document's example config, only its paths changed: DeepSpeed and fp16 requested on a CPU."""
+    text = (Path(__file__).parent / "data" / "layer_wise_whisper_qwen7b_libri_train.yaml").read_text()
+    for old, new in (("/mnt/models/whisper-large-v3/", tiny["encoder"]),
+                     ("/mnt/models/Qwen2.5-7B-Instruct/", tiny["decoder"]),
+                     ("/mnt/results/", f"{tmp_path}/results/"), ("/mnt/logs/", f"{tmp_path}/logs/"),
+                     ("/mnt/processed_datasets/librispeech_asr/train.clean.100/", f"{tiny['corpus']}/train.parquet"),
+                     ("/mnt/processed_datasets/librispeech_asr/train.clean.360/", f"{tiny['corpus']}/dev.parquet")):
+        assert old in text
+        text = text.replace(old, new)
+    text = text.replace("feature_dim: 1280", "feature_dim: 32").replace("num_layers: 32", "num_layers: 2")
+    text = text.replace("pooling_position: 32", "pooling_position: 2")  # the last layer, as in the seed
+    config = tmp_path / "layer_wise_whisper_qwen7b_libri_train.yaml"
+    config.write_text(text)
+    proc = _cli_train(config)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    out = tmp_path / "results" / "layer_wise_steermoe_qwen7b_whisper_libri"
+    summary = json.loads((out / "final" / "train_summary.json").read_text())
+    assert summary["precision"] == ("fp16" if torch.cuda.is_available() else "fp32")  # DeepSpeed on CPU: fp32
+    assert summary["steps"] == 10 * -(-(36 - 1) // 4)  # 36 rows, 1 held out as dev data, batch 4, 10 epochs
+    assert list((tmp_path / "logs" / "layer_wise_steermoe_qwen7b_whisper_libri").glob("events.out.tfevents.*"))
