@@ -92,6 +92,32 @@ def _evaluate(args) -> None:
     evaluate(load_run_config(args.config), checkpoint=args.checkpoint, output_dir=args.out)
 
 
+def _aggregate(args) -> None:
+    from steermoe.aggregate import aggregate
+    from steermoe.matrix import load_matrix
+
+    experiments = load_matrix(args.matrix, args.catalog, quick=args.quick)
+    aggregate(experiments, Path(args.results), Path(args.out), logs_dir=Path(args.logs), seed=args.seed,
+              resamples=args.resamples)
+
+
+def _plan(args) -> None:
+    from steermoe.matrix import load_matrix
+    from steermoe.plan import format_plan, plan
+
+    experiments = load_matrix(args.matrix, args.catalog, quick=args.quick)
+    rows = plan(experiments, args.catalog, peak_tflops=args.peak_tflops, utilization=args.utilization)
+    document = {"peak_tflops": args.peak_tflops, "utilization": args.utilization, "experiments": rows}
+    if args.json == "-":
+        print(json.dumps(document, indent=2))
+        return
+    print(format_plan(rows, peak_tflops=args.peak_tflops, utilization=args.utilization))
+    if args.json:
+        from steermoe.fsutil import write_json
+
+        write_json(Path(args.json), document)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="steermoe", description="SteerMoE speech-LLM experiments")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -152,6 +178,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", default=None, help="trained folder (default: evaluation.checkpoint)")
     p.add_argument("--out", default=None, help="output folder (default: evaluation.output_dir)")
     p.set_defaults(func=_evaluate)
+
+    p = sub.add_parser("aggregate", help="collect every experiment into results/table.csv, comparisons and plots")
+    p.add_argument("--matrix", default="experiments/matrix.tsv")
+    p.add_argument("--catalog", default="experiments/catalog.yaml")
+    p.add_argument("--results", default="results", help="folder holding results/{experiment}/")
+    p.add_argument("--logs", default="logs", help="folder holding logs/{experiment}/{train,evaluate}.log")
+    p.add_argument("--out", default="results", help="where table.csv, comparisons.csv and plots/ go")
+    p.add_argument("--quick", action="store_true", help="the matrix's quick variant")
+    p.add_argument("--seed", type=int, default=0, help="paired-bootstrap seed")
+    p.add_argument("--resamples", type=int, default=1000, help="paired-bootstrap resamples")
+    p.set_defaults(func=_aggregate)
+    p = sub.add_parser("plan", help="per experiment: trainable parameters, training FLOPs and GPU-hours")
+    p.add_argument("--matrix", default="experiments/matrix.tsv")
+    p.add_argument("--catalog", default="experiments/catalog.yaml")
+    p.add_argument("--quick", action="store_true", help="the matrix's quick variant")
+    p.add_argument("--peak-tflops", type=float, default=989.0,
+                   help="accelerator peak TFLOP/s (default: H100 SXM bf16 dense, 989)")
+    p.add_argument("--utilization", type=float, default=0.4, help="achieved fraction of peak (default 0.4)")
+    p.add_argument("--json", nargs="?", const="-", default=None, metavar="PATH",
+                   help="print JSON instead of the table; with PATH, print the table and write JSON to PATH")
+    p.set_defaults(func=_plan)
 
     p = sub.add_parser("smoke", help="engine smoke job: import models, synthesise speech, train a few steps")
     p.add_argument("--models", default="models")

@@ -16,7 +16,9 @@ from pathlib import Path
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 from torch.utils.checkpoint import checkpoint
+from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from steermoe.config import ConfigError, SteerMoEConfig
 from steermoe.encoders import ENCODER_TYPES, ModelFolderError, load_encoder, read_model_config
@@ -180,11 +182,20 @@ class SteerMoEModel(nn.Module):
     # ---- training and generation ---------------------------------------------------------------------------
     def forward(self, features: torch.Tensor, feature_lengths: torch.Tensor, targets: list[str],
                 prompts: list[str] | None = None, return_gates: bool = False, use_cache: bool = False):
-        """Teacher-forced loss. With return_gates, also the per-site router gates (for steering analysis)."""
+        """Teacher-forced loss over target + EOS; logits (B, W, V) for the last W positions, W = longest target + 1.
+        With return_gates, also the per-site router gates (for steering analysis)."""
         audio, lengths, *gates = self.encode(features, feature_lengths, return_gates=return_gates)
         embeds, mask, positions, labels = self.pack(audio, lengths, prompts, targets)
-        out = self.decoder(inputs_embeds=embeds, attention_mask=mask, position_ids=positions, labels=labels,
-                           use_cache=use_cache)
+        base = self.decoder.base_model(inputs_embeds=embeds, attention_mask=mask, position_ids=positions,
+                                       use_cache=use_cache)
+        # Logits only where target tokens are predicted: every row ends in its target + EOS (left padding), so the
+        # last `width` positions cover them all. The LM head over the full vocabulary at every audio and prompt
+        # position would cost about a quarter of a small LLM's training step.
+        width = int((labels != IGNORE_INDEX).sum(1).max())
+        hidden = base.last_hidden_state[:, -width - 1:-1]  # (B, width, H): position t predicts token t+1
+        logits = self.decoder.get_output_embeddings()(hidden)  # (B, width, V)
+        loss = F.cross_entropy(logits.flatten(0, 1).float(), labels[:, -width:].flatten(), ignore_index=IGNORE_INDEX)
+        out = CausalLMOutputWithPast(loss=loss, logits=logits, past_key_values=base.past_key_values)
         if return_gates:
             out["gates"] = gates[0]
         return out

@@ -272,11 +272,17 @@ def parse_name(stem: str) -> tuple[str | None, str | None]:
 
 def load_run_config(path: str | Path) -> RunConfig:
     path = Path(path)
-    file = str(path)
     try:
         text = path.read_bytes()
     except OSError as err:
-        raise ConfigError(f"{file}: cannot read the config ({err.strerror})") from err
+        raise ConfigError(f"{path}: cannot read the config ({err.strerror})") from err
+    return parse_run_config(text, path)
+
+
+def parse_run_config(text: bytes, path: str | Path) -> RunConfig:
+    """Validate a config's bytes as if they were the file `path` (the name gives method and mode)."""
+    path = Path(path)
+    file = str(path)
     try:
         data = yaml.load(text.decode("utf-8"), Loader=_Loader)
     except (yaml.YAMLError, UnicodeDecodeError) as err:

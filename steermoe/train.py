@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 from torch.utils.data import DataLoader
-from transformers import EarlyStoppingCallback, Trainer, TrainerCallback, TrainingArguments
+from transformers import EarlyStoppingCallback, PrinterCallback, Trainer, TrainerCallback, TrainingArguments
 
 from steermoe.analysis import GateStats, scalars, steering_parameters
 from steermoe.data.batching import AudioRows, Collator, LengthGroupedBatches
@@ -391,6 +391,7 @@ def train(run: RunConfig, log=print) -> dict:
     trainer = SteerMoETrainer(model=model, args=training_arguments(run, precision, dev_rows is not None),
                               train_dataset=train_rows, eval_dataset=dev_rows, data_collator=collator,
                               callbacks=callbacks, run=run, log=log)
+    trainer.remove_callback(PrinterCallback)  # Progress prints one line per log instead
     resume = resume_point(output_dir, run, log)
     counts = {k: sum(p.numel() for p in v) for k, v in model.parameter_groups().items()}
     log(f"{run.name}: {len(train_rows)} training utterances, {sum(counts.values()):,} trainable parameters, "

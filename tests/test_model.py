@@ -173,3 +173,17 @@ def test_lora_targets_attention_and_feed_forward():
     names = [n for n, p in model.encoder.named_parameters() if p.requires_grad]
     for target in ["q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"]:
         assert any(f".{target}.lora_A" in n for n in names), target
+
+
+def test_target_only_logits_give_the_decoders_own_loss():
+    """The loss computed from target positions only equals the LLM's own loss over the full sequence."""
+    model = tiny_model("layer_wise", pooling_kernel_size=2)
+    feats, lengths = features("whisper", [40, 64])
+    with torch.no_grad():
+        out = model(feats, lengths, TARGETS)
+        audio, audio_lengths = model.encode(feats, lengths)
+        embeds, mask, positions, labels = model.pack(audio, audio_lengths, None, TARGETS)
+        full = model.decoder(inputs_embeds=embeds, attention_mask=mask, position_ids=positions, labels=labels)
+    torch.testing.assert_close(out.loss, full.loss, atol=1e-6, rtol=1e-6)
+    width = out.logits.shape[1]
+    torch.testing.assert_close(out.logits, full.logits[:, -width - 1:-1], atol=1e-6, rtol=1e-6)

@@ -1,0 +1,329 @@
+"""Aggregation: table rows and statuses, paired comparisons, determinism, atomicity, plots.
+
+Result folders are built by hand with the files `steermoe train` / `steermoe evaluate` write, so these tests need
+no model and run in seconds.
+"""
+import csv
+import hashlib
+import io
+import json
+
+import pytest
+
+from steermoe import aggregate as agg
+from steermoe.aggregate import aggregate, collect, log_error
+
+N = 60  # test utterances
+UNITS = [8 + (i % 7) for i in range(N)]  # reference words per utterance
+BASE_ERRORS = [3 if i % 2 else 2 for i in range(N)]  # ~ 26 % WER
+BETTER_ERRORS = [0 if i % 3 else 1 for i in range(N)]  # ~ 2 % WER
+
+
+def _sha(path):
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def write_configs(exp_id, dataset="synth-en"):
+    folder = agg.Path("results") / exp_id
+    folder.mkdir(parents=True, exist_ok=True)
+    train, test = folder / f"{exp_id}_train.yaml", folder / f"{exp_id}_test.yaml"
+    train.write_text(f"training:\n  output_dir: results/{exp_id}/train\nparquet_dirs: [data/{dataset}/train.parquet]\n")
+    test.write_text(f"training:\n  output_dir: results/{exp_id}/train\nparquet_dirs: [data/{dataset}/test.parquet]\n")
+    return train, test
+
+
+def experiment(exp_id, method, group="", baseline=False, metric="wer", dataset="synth-en", **overrides):
+    return {"id": exp_id, "method": method, "encoder": "whisper-tiny.en", "decoder": "smollm2", "dataset": dataset,
+            "overrides": overrides, "group": group, "baseline": baseline, "metric": metric,
+            "train_config": f"results/{exp_id}/{exp_id}_train.yaml",
+            "test_config": f"results/{exp_id}/{exp_id}_test.yaml"}
+
+
+def write_trained(exp_id, seconds=100.0, steps=40):
+    train, _ = write_configs(exp_id)
+    final = agg.Path("results") / exp_id / "train" / "final"
+    final.mkdir(parents=True, exist_ok=True)
+    history = [{"step": s, "loss": 5.0 / s, "learning_rate": 0.01} for s in range(5, steps + 1, 5)]
+    history += [{"step": s, "eval_loss": 6.0 / s} for s in (20, 40)]
+    (final / "train_summary.json").write_text(json.dumps({
+        "steps": steps, "train_seconds_this_run": seconds, "train_loss": 1.0, "precision": "fp32",
+        "trainable_parameters": {"steering_vectors": 6144, "router": 6168, "layer_scales": 4, "projection": 221760,
+                                 "lora": 0}, "log_history": history}))
+    (final / "steermoe.json").write_text(json.dumps({"config": train.stem, "config_sha256": _sha(train)}))
+
+
+def write_evaluated(exp_id, errors, units=UNITS, seconds=100.0, eval_seconds=20.0, steering=True, ids=None):
+    write_trained(exp_id, seconds=seconds)
+    _, test = write_configs(exp_id)
+    ev = agg.Path("results") / exp_id / "eval"
+    ev.mkdir(parents=True, exist_ok=True)
+    ids = ids or [f"utt{i:03d}" for i in range(len(errors))]
+    with open(ev / "predictions.jsonl", "w") as handle:
+        for i, (e, u) in enumerate(zip(errors, units)):
+            handle.write(json.dumps({"id": ids[i], "reference": "a b c", "hypothesis": "a b", "errors": e,
+                                     "reference_units": u}) + "\n")
+    value = sum(errors) / sum(units)
+    metrics = {"config": test.stem, "config_sha256": _sha(test), "method": exp_id.split("_")[0], "metric": "wer",
+               "value": value, "ci95": [value * 0.8, value * 1.2], "substitutions": sum(errors) - 2,
+               "deletions": 1, "insertions": 1, "reference_words": sum(units),
+               "raw": {"value": value + 0.1, "ci95": [value, value + 0.2], "substitutions": sum(errors) + 10,
+                       "deletions": 1, "insertions": 1, "reference_words": sum(units)},
+               "utterances": len(errors), "rtf": eval_seconds / 300, "decode_seconds": eval_seconds,
+               "audio_seconds": 300.0, "trainable_parameters": 234076}
+    (ev / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    if steering:
+        (ev / "steering.json").write_text(json.dumps({
+            "mean_gate": [[0.5, 0.25, 0.125, 0.125], [0.25, 0.25, 0.25, 0.25], [0.7, 0.1, 0.1, 0.1],
+                          [0.1, 0.2, 0.3, 0.4]],
+            "entropy": [1.2, 1.386, 0.94, 1.28], "max_entropy": 1.3863, "frames": [100] * 4,
+            "layer_scales": [0.1, 0.12, 0.09, 0.2], "vector_norms": [[0.1] * 4] * 4}))
+
+
+def write_log(exp_id, stage, text):
+    folder = agg.Path("logs") / exp_id
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"{stage}.log").write_text(text)
+
+
+BASE, BETTER, SAME = "linear_tiny_smol_synthen", "layer_wise_tiny_smol_synthen", "layer_wise_tiny_smol_synthen_k2"
+FAILED, FAILED_EVAL, NOT_RUN = "lora_tiny_smol_synthen", "post_encoder_tiny_smol_synthen", "layer_wise_base_smol_synthen"
+
+
+def build_matrix(seconds=100.0, eval_seconds=20.0):
+    """Six experiments: a baseline, a clearly better system, one identical to the baseline, a training failure,
+    an evaluation failure and one not run."""
+    exps = [experiment(BASE, "linear", group="methods", baseline=True),
+            experiment(BETTER, "layer_wise", group="methods", num_experts=4),
+            experiment(SAME, "layer_wise", group="methods", num_experts=4, pooling_kernel_size=2),
+            experiment(FAILED, "lora", group="methods"),
+            experiment(FAILED_EVAL, "post_encoder", group="methods"),
+            experiment(NOT_RUN, "layer_wise", group="", num_experts=8)]
+    write_evaluated(BASE, BASE_ERRORS, seconds=seconds, eval_seconds=eval_seconds, steering=False)
+    write_evaluated(BETTER, BETTER_ERRORS, seconds=seconds + 1, eval_seconds=eval_seconds + 1)
+    write_evaluated(SAME, BASE_ERRORS, seconds=seconds + 2, eval_seconds=eval_seconds + 2)
+    write_configs(FAILED)
+    write_log(FAILED, "train", "loading...\nsteermoe: error: results/x_train.yaml: unknown key 'steering.num_expert'; "
+                               "did you mean 'steering.num_experts'?\n")
+    write_trained(FAILED_EVAL)
+    write_log(FAILED_EVAL, "evaluate", "decoded 16/60\nTraceback (most recent call last):\n  File \"x.py\", line 3, "
+                                       "in <module>\n    f()\nRuntimeError: CUDA out of memory\n")
+    return exps
+
+
+def read_table(path):
+    return list(csv.DictReader(io.StringIO(path.read_text())))
+
+
+@pytest.fixture
+def workdir(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def run(exps, **kw):
+    return aggregate(exps, agg.Path("results"), agg.Path("results"), logs_dir=agg.Path("logs"), commit="abc123",
+                     resamples=400, log=lambda _: None, **kw)
+
+
+def test_table_rows_columns_and_status(workdir):
+    exps = build_matrix()
+    run(exps)
+    rows = read_table(workdir / "results/table.csv")
+    header = next(csv.reader(io.StringIO((workdir / "results/table.csv").read_text())))
+    assert header == agg.table_columns(["num_experts", "pooling_kernel_size"])
+    for column in ("experiment", "method", "encoder", "decoder", "dataset", "group", "metric", "value", "ci_low",
+                   "ci_high", "substitutions", "deletions", "insertions", "reference_units", "utterances",
+                   "trainable_parameters", "train_seconds", "eval_seconds", "rtf", "config_sha256", "git_commit",
+                   "status", "error", "log"):
+        assert column in header
+    # matrix order; evaluated English experiments give wer + wer_raw, the others one headline row
+    assert [(r["experiment"], r["metric"]) for r in rows] == [
+        (BASE, "wer"), (BASE, "wer_raw"), (BETTER, "wer"), (BETTER, "wer_raw"), (SAME, "wer"), (SAME, "wer_raw"),
+        (FAILED, "wer"), (FAILED_EVAL, "wer"), (NOT_RUN, "wer")]
+    by = {(r["experiment"], r["metric"]): r for r in rows}
+    base = by[(BASE, "wer")]
+    assert base["status"] == "ok" and base["error"] == "" and base["headline"] == "true"
+    assert base["value"] == f"{sum(BASE_ERRORS) / sum(UNITS):.6f}"
+    assert base["reference_units"] == str(sum(UNITS)) and base["utterances"] == str(N)
+    assert base["trainable_parameters"] == "234076" and base["train_steps"] == "40"
+    assert base["config_sha256"] == _sha(workdir / f"results/{BASE}/{BASE}_test.yaml")
+    assert base["train_config_sha256"] == _sha(workdir / f"results/{BASE}/{BASE}_train.yaml")
+    assert base["git_commit"] == "abc123" and base["test_set"] == "synth-en/test"
+    assert by[(BASE, "wer_raw")]["headline"] == "false"
+    assert by[(BETTER, "wer")]["num_experts"] == "4" and base["num_experts"] == ""
+    failed = by[(FAILED, "wer")]
+    assert failed["status"] == "failed at train" and failed["value"] == ""
+    assert failed["error"] == ("results/x_train.yaml: unknown key 'steering.num_expert'; did you mean "
+                               "'steering.num_experts'?")
+    assert failed["log"] == f"logs/{FAILED}/train.log"
+    failed_eval = by[(FAILED_EVAL, "wer")]
+    assert failed_eval["status"] == "failed at evaluate"
+    assert failed_eval["error"] == "RuntimeError: CUDA out of memory"
+    assert failed_eval["log"] == f"logs/{FAILED_EVAL}/evaluate.log"
+    assert by[(NOT_RUN, "wer")]["status"] == "not run" and by[(NOT_RUN, "wer")]["error"] == ""
+
+
+def test_comparisons_paired_bootstrap(workdir):
+    run(build_matrix())
+    rows = {r["experiment"]: r for r in read_table(workdir / "results/comparisons.csv")}
+    assert set(rows) == {BETTER, SAME, FAILED, FAILED_EVAL}  # NOT_RUN is in no group
+    better, same = rows[BETTER], rows[SAME]
+    assert better["status"] == "ok" and better["baseline"] == BASE and better["utterances"] == str(N)
+    assert float(better["delta"]) < 0 and float(better["ci_high"]) < 0 and better["significant"] == "true"
+    assert float(better["p_value"]) < 0.01
+    assert float(same["delta"]) == 0 and float(same["ci_low"]) <= 0 <= float(same["ci_high"])
+    assert same["significant"] == "false" and float(same["p_value"]) == 1.0
+    assert rows[FAILED]["status"] == "not available" and "failed at train" in rows[FAILED]["error"]
+
+
+def test_comparison_needs_the_same_utterances(workdir):
+    exps = [experiment(BASE, "linear", group="g", baseline=True), experiment(BETTER, "layer_wise", group="g")]
+    write_evaluated(BASE, BASE_ERRORS)
+    write_evaluated(BETTER, BETTER_ERRORS, ids=[f"other{i:03d}" for i in range(N)])
+    run(exps)
+    (row,) = read_table(workdir / "results/comparisons.csv")
+    assert row["status"] == "error" and "not decoded on the same test utterances" in row["error"]
+    assert f"results/{BETTER}/eval/predictions.jsonl" in row["error"]
+
+
+def test_comparison_matches_by_id_not_order(workdir):
+    exps = [experiment(BASE, "linear", group="g", baseline=True), experiment(SAME, "layer_wise", group="g")]
+    ids = [f"utt{i:03d}" for i in range(N)]
+    write_evaluated(BASE, BASE_ERRORS, ids=ids)
+    # the same system, its predictions written in reverse order
+    write_evaluated(SAME, BASE_ERRORS[::-1], units=UNITS[::-1], ids=ids[::-1])
+    run(exps)
+    (row,) = read_table(workdir / "results/comparisons.csv")
+    assert row["status"] == "ok" and float(row["delta"]) == 0 and float(row["p_value"]) == 1.0
+
+
+def _without_timing(text):
+    rows = list(csv.reader(io.StringIO(text)))
+    drop = [rows[0].index(c) for c in agg.TIMING_COLUMNS]
+    return [[v for i, v in enumerate(row) if i not in drop] for row in rows]
+
+
+def test_identical_inputs_give_identical_tables(tmp_path, monkeypatch):
+    tables = []
+    for name, seconds in (("a", 100.0), ("b", 250.0)):
+        (tmp_path / name).mkdir()
+        monkeypatch.chdir(tmp_path / name)
+        run(build_matrix(seconds=seconds, eval_seconds=seconds / 5))
+        tables.append(((tmp_path / name / "results/table.csv").read_text(),
+                       (tmp_path / name / "results/comparisons.csv").read_text()))
+    assert tables[0][0] != tables[1][0]  # the timing columns differ ...
+    assert _without_timing(tables[0][0]) == _without_timing(tables[1][0])  # ... and nothing else
+    assert tables[0][1] == tables[1][1]
+    # aggregating the same folder again is byte-identical
+    run(build_matrix(seconds=250.0, eval_seconds=50.0))
+    assert (tmp_path / "b/results/table.csv").read_text() == tables[1][0]
+
+
+def test_failure_midway_leaves_the_old_outputs(workdir, monkeypatch):
+    exps = build_matrix()
+    run(exps)
+    table, comparisons = (workdir / "results/table.csv").read_bytes(), (workdir / "results/comparisons.csv").read_bytes()
+    write_evaluated(NOT_RUN, BETTER_ERRORS)  # a new result arrives ...
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("plotting failed")
+
+    monkeypatch.setattr(agg, "plot_training_curves", broken)  # ... but the aggregation fails half-way
+    with pytest.raises(RuntimeError):
+        run(exps)
+    assert (workdir / "results/table.csv").read_bytes() == table
+    assert (workdir / "results/comparisons.csv").read_bytes() == comparisons
+    assert not list((workdir / "results").glob(".*.tmp"))
+    monkeypatch.undo()
+    monkeypatch.chdir(workdir)
+    run(exps)
+    assert (workdir / "results/table.csv").read_bytes() != table
+
+
+def test_plots_are_pngs(workdir):
+    run(build_matrix())
+    for name in ("metrics.png", "steering_gates.png", "training_curves.png"):
+        data = (workdir / "results/plots" / name).read_bytes()
+        assert data.startswith(b"\x89PNG\r\n\x1a\n") and len(data) > 5000, name
+
+
+def test_plots_without_results(workdir):
+    """An empty or all-failed matrix still gives every output (the aggregate rule declares them)."""
+    run([experiment(NOT_RUN, "layer_wise")])
+    rows = read_table(workdir / "results/table.csv")
+    assert [(r["experiment"], r["status"]) for r in rows] == [(NOT_RUN, "not run")]
+    assert read_table(workdir / "results/comparisons.csv") == []
+    for name in ("metrics.png", "steering_gates.png", "training_curves.png"):
+        assert (workdir / "results/plots" / name).read_bytes().startswith(b"\x89PNG")
+
+
+def test_qa_rows_and_comparison(workdir):
+    exps = [experiment("linear_tiny_smol_aqa", "linear", group="qa", baseline=True, metric="qa_accuracy",
+                       dataset="synth-aqa"),
+            experiment("layer_wise_tiny_smol_aqa", "layer_wise", group="qa", metric="qa_accuracy",
+                       dataset="synth-aqa")]
+    for exp_id, correct in (("linear_tiny_smol_aqa", [i % 2 == 0 for i in range(80)]),
+                            ("layer_wise_tiny_smol_aqa", [i % 10 != 0 for i in range(80)])):
+        write_evaluated(exp_id, [int(not c) for c in correct], units=[1] * 80, steering=False)
+        path = workdir / "results" / exp_id / "eval" / "metrics.json"
+        acc = sum(correct) / 80
+        path.write_text(json.dumps({
+            **{k: v for k, v in json.loads(path.read_text()).items() if k not in ("raw", "reference_words")},
+            "metric": "exact_match", "value": acc, "ci95": [acc - 0.1, acc + 0.1], "correct": sum(correct),
+            "yes_no": {"value": 0.5, "ci95": [0.3, 0.7], "correct": 10, "utterances": 20},
+            "lenient_substring": {"value": acc + 0.05, "ci95": [acc - 0.05, acc + 0.15], "correct": sum(correct) + 4,
+                                  "utterances": 80}}))
+    run(exps)
+    rows = read_table(workdir / "results/table.csv")
+    assert [r["metric"] for r in rows] == ["qa_accuracy", "qa_yes_no", "qa_lenient_substring"] * 2
+    lenient = rows[2]
+    assert "lenient" in lenient["note"] and "not an accuracy" in lenient["note"]
+    assert rows[0]["value"] == "0.500000" and rows[0]["correct"] == "40" and rows[0]["reference_units"] == "80"
+    assert rows[1]["utterances"] == "20"
+    (comparison,) = read_table(workdir / "results/comparisons.csv")
+    # accuracy rises from 0.5 to 0.9: delta is in accuracy units (positive = better)
+    assert comparison["metric"] == "qa_accuracy"
+    assert float(comparison["baseline_value"]) == pytest.approx(0.5)
+    assert float(comparison["delta"]) == pytest.approx(0.4) and float(comparison["ci_low"]) > 0
+    assert comparison["significant"] == "true"
+
+
+def test_malformed_and_stale_results(workdir):
+    exps = [experiment(BASE, "linear"), experiment(BETTER, "layer_wise")]
+    write_evaluated(BASE, BASE_ERRORS)
+    write_evaluated(BETTER, BETTER_ERRORS)
+    (workdir / "results" / BASE / "eval" / "metrics.json").write_text('{"metric": "wer", "value": 0.1,')
+    with open(workdir / "results" / BETTER / f"{BETTER}_test.yaml", "a") as handle:
+        handle.write("seed: 1\n")  # the rendered test config changed after evaluation
+    run(exps)
+    rows = {r["experiment"]: r for r in read_table(workdir / "results/table.csv")}
+    assert rows[BASE]["status"] == "invalid results"
+    assert rows[BASE]["error"].startswith(f"results/{BASE}/eval/metrics.json: not valid JSON")
+    assert rows[BETTER]["status"] == "stale" and "changed since evaluation" in rows[BETTER]["error"]
+
+
+def test_trained_but_not_evaluated_is_not_run(workdir):
+    write_trained(BETTER)
+    result = collect(experiment(BETTER, "layer_wise"), agg.Path("results"), agg.Path("logs"))
+    assert result.status == "not run" and result.error == "trained; not evaluated yet"
+
+
+def test_log_error(tmp_path):
+    log = tmp_path / "x.log"
+    assert log_error(log) is None
+    log.write_text("")
+    assert log_error(log) == "the log is empty"
+    log.write_text("step 1\nKilled\n")
+    assert log_error(log) == "Killed"
+    # a chained traceback: the last exception line wins
+    log.write_text("Traceback (most recent call last):\n  File \"a\", line 1\nKeyError: 'x'\n\nDuring handling of "
+                   "the above exception, another exception occurred:\n\nTraceback (most recent call last):\n  File "
+                   "\"b\", line 2\n    g()\nValueError: bad value\n  in context\n")
+    assert log_error(log) == "ValueError: bad value"
+    log.write_text("steermoe: error: data/x: no such split\nshutting down\n")
+    assert log_error(log) == "data/x: no such split"
+
+
+def test_duplicate_ids_are_refused(workdir):
+    with pytest.raises(agg.DataError, match="unique"):
+        run([experiment(BASE, "linear"), experiment(BASE, "linear")])
