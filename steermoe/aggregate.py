@@ -10,12 +10,16 @@ Inputs, per experiment `{exp}` (paths relative to the workflow root):
 
 Outputs (each written atomically, after everything was computed, table.csv last):
     table.csv          one row per experiment x test set x metric; failed and not-run experiments are rows too
-    comparisons.csv    per group with a baseline: each other experiment vs the baseline, paired bootstrap
+    comparisons.csv    per group with a baseline: each other experiment vs the baseline, paired bootstrap (only
+                       between ok experiments; otherwise the row says why not)
     plots/metrics.png, plots/steering_gates.png, plots/training_curves.png
 
 Status of an experiment:
     ok                   metrics.json is there and was computed with the current rendered configs
-    stale                metrics.json is there but a rendered config changed since (re-run the workflow)
+    stale                metrics.json is there (its values are kept) but a rendered config changed since, the
+                         trained model is gone, or the matrix asks for another metric: re-run the workflow
+    failed at model import / data preparation / render
+                         training never started because a step it needs failed; that step's log says why
     failed at train      no trained model; the train log says why
     failed at evaluate   trained, but no metrics; the evaluate log says why
     not run              nothing yet (or trained and not evaluated yet)
@@ -37,7 +41,7 @@ import json
 import math
 import subprocess
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from steermoe.errors import DataError
@@ -60,13 +64,14 @@ TIMING_COLUMNS = ("train_seconds", "eval_seconds", "rtf")
 ERROR_PREFIX = "steermoe: error:"
 OK, STALE = "ok", "stale"
 FAILED_TRAIN, FAILED_EVAL, NOT_RUN, INVALID = "failed at train", "failed at evaluate", "not run", "invalid results"
+FAILED_IMPORT, FAILED_DATA, FAILED_RENDER = "failed at model import", "failed at data preparation", "failed at render"
 
 COMPARISON_COLUMNS = ["group", "baseline", "experiment", "test_set", "metric", "baseline_value", "value", "delta",
                       "ci_low", "ci_high", "p_value", "significant", "utterances", "resamples", "status", "error"]
 
 
 def table_columns(override_columns: list[str]) -> list[str]:
-    return ["experiment", "method", "encoder", "decoder", "dataset", "group", "baseline", *override_columns,
+    return ["experiment", "method", "encoder", "decoder", "dataset", "group", "baseline", "tags", *override_columns,
             "test_set", "metric", "headline", "value", "ci_low", "ci_high", "substitutions", "deletions",
             "insertions", "correct", "reference_units", "utterances", "trainable_parameters", "train_steps",
             "train_seconds", "eval_seconds", "rtf", "config_sha256", "train_config_sha256", "git_commit", "status",
@@ -154,7 +159,6 @@ class ExperimentResult:
     config_sha256: str = ""
     train_config_sha256: str = ""
     test_set: str = ""
-    warnings: list[str] = field(default_factory=list)
 
 
 def _file_sha(path) -> str:
@@ -166,6 +170,9 @@ def _test_set(exp, test_config: Path | None) -> str:
     explicit = _get(exp, "test_set")
     if explicit:
         return str(explicit)
+    files = (_get(exp, "parquet") or {}).get("test")
+    if files:  # matrix.Experiment: the test split's parquet files
+        return f"{_get(exp, 'dataset')}/{'+'.join(Path(f).stem for f in files)}"
     if test_config is not None and test_config.is_file():
         try:
             import yaml
@@ -222,7 +229,14 @@ def collect(exp, results: Path, logs: Path, root: Path | None = None) -> Experim
     if out.metrics is not None:
         out.status, out.log = OK, str(eval_log) if eval_log.is_file() else ""
         out.config_sha256 = str(out.metrics.get("config_sha256") or "")
-        stale = []
+        if out.summary is None:  # the model these metrics came from is gone: training was re-run (and failed?)
+            message = log_error(train_log)
+            if message is not None and train_log.stat().st_mtime >= metrics_path.stat().st_mtime:
+                out.status, out.error, out.log = FAILED_TRAIN, message, str(train_log)
+                out.error += f" (the metrics in {metrics_path} are from an earlier model)"
+                out.metrics = out.steering = out.predictions_path = None
+                return out
+        stale = [f"{summary_path.parent} is missing"] if out.summary is None else []
         current_test = _file_sha(test_config)
         if current_test and out.config_sha256 and current_test != out.config_sha256:
             stale.append(f"{test_config} changed since evaluation")
@@ -246,9 +260,37 @@ def collect(exp, results: Path, logs: Path, root: Path | None = None) -> Experim
     message = log_error(train_log)
     if message is not None:
         out.status, out.error, out.log = FAILED_TRAIN, message, str(train_log)
+        return out
+    upstream = _upstream_failure(exp, Path(logs), root, train_config, test_config)
+    if upstream is not None:
+        out.status, out.error, out.log = upstream
     elif folder.is_dir() and any(folder.rglob("*")):
         out.error = f"{folder} holds no trained model and there is no {train_log}"
     return out
+
+
+def _upstream_failure(exp, logs: Path, root: Path, train_config: Path | None,
+                      test_config: Path | None) -> tuple[str, str, str] | None:
+    """Why training never started: a failed model import, data preparation or config rendering (their logs exist
+    and their outputs do not). None when nothing upstream failed (the experiment simply has not run yet)."""
+    exp_id = str(_get(exp, "id"))
+    checks = []
+    for entry in (_get(exp, "encoder_entry") or {}, _get(exp, "decoder_entry") or {}):
+        if entry.get("embedded") and entry.get("path"):
+            checks.append((FAILED_IMPORT, root / entry["path"] / "config.json",
+                           logs / "models" / f"{entry['embedded']}.log"))
+    if _get(exp, "data_dir"):
+        checks.append((FAILED_DATA, root / _get(exp, "data_dir") / "manifest.json",
+                       logs / "data" / f"{_get(exp, 'dataset')}.log"))
+    for config in (train_config, test_config):
+        if config is not None:
+            checks.append((FAILED_RENDER, config, logs / exp_id / f"render_{config.stem}.log"))
+    for status, output, log in checks:
+        if not output.exists():
+            message = log_error(log)
+            if message is not None:
+                return status, message, str(log)
+    return None
 
 
 def _check_metrics(metrics: dict, path: Path) -> None:
@@ -318,7 +360,7 @@ def table_rows(experiments: list, results: dict[str, ExperimentResult], override
         overrides = _get(exp, "overrides") or {}
         base = {"experiment": r.id, "method": _get(exp, "method"), "encoder": _get(exp, "encoder"),
                 "decoder": _get(exp, "decoder"), "dataset": _get(exp, "dataset"), "group": _get(exp, "group") or "",
-                "baseline": bool(_get(exp, "baseline")),
+                "baseline": bool(_get(exp, "baseline")), "tags": ",".join(_get(exp, "tags") or []),
                 **{c: overrides.get(c, "") for c in override_columns},
                 "test_set": r.test_set, "trainable_parameters": _trainable(r),
                 "train_steps": (r.summary or {}).get("steps"),
@@ -574,9 +616,10 @@ def git_commit(root: Path | None = None) -> str:
     return out.stdout.strip() if out.returncode == 0 else ""
 
 
-def override_columns(experiments: list) -> list[str]:
-    """The override keys used anywhere in the matrix, in order of first appearance."""
-    columns: dict[str, None] = {}
+def override_columns(experiments: list, declared: list[str] | None = None) -> list[str]:
+    """The matrix's override columns (`declared`, e.g. its header's), then any other override key used, in order
+    of first appearance."""
+    columns: dict[str, None] = dict.fromkeys(declared or [])
     for exp in experiments:
         columns.update(dict.fromkeys(_get(exp, "overrides") or {}))
     return list(columns)
@@ -584,7 +627,7 @@ def override_columns(experiments: list) -> list[str]:
 
 def aggregate(experiments: list, results_dir: Path, out_dir: Path, logs_dir: Path = Path("logs"),
               root: Path | None = None, commit: str | None = None, seed: int = 0, resamples: int = 1000,
-              plots: bool = True, log=print) -> dict:
+              plots: bool = True, columns: list[str] | None = None, log=print) -> dict:
     """Build table.csv, comparisons.csv and plots/*.png in out_dir. Everything is computed before anything is
     written, and every file is replaced atomically, table.csv last: a failure leaves the previous outputs."""
     ids = [str(_get(e, "id")) for e in experiments]
@@ -592,7 +635,7 @@ def aggregate(experiments: list, results_dir: Path, out_dir: Path, logs_dir: Pat
     if duplicates:
         raise DataError(f"experiment ids must be unique; repeated: {', '.join(duplicates)}")
     results = {i: collect(e, Path(results_dir), Path(logs_dir), root) for i, e in zip(ids, experiments)}
-    columns = override_columns(experiments)
+    columns = override_columns(experiments, columns)
     commit = git_commit(root) if commit is None else commit
     table = table_rows(experiments, results, columns, commit)
     comparisons = comparison_rows(experiments, results, seed=seed, resamples=resamples)

@@ -94,19 +94,21 @@ def _evaluate(args) -> None:
 
 def _aggregate(args) -> None:
     from steermoe.aggregate import aggregate
-    from steermoe.matrix import load_matrix
+    from steermoe.matrix import SETTINGS, load_matrix, read_matrix_rows
 
-    experiments = load_matrix(args.matrix, args.catalog, quick=args.quick)
+    experiments = load_matrix(args.matrix, args.catalog, quick=args.quick, results=args.results, data=args.data,
+                              models=args.models)
+    columns = [c for c in read_matrix_rows(args.matrix)[0] if c in SETTINGS]  # the matrix's override columns
     aggregate(experiments, Path(args.results), Path(args.out), logs_dir=Path(args.logs), seed=args.seed,
-              resamples=args.resamples)
+              resamples=args.resamples, columns=columns)
 
 
 def _plan(args) -> None:
     from steermoe.matrix import load_matrix
     from steermoe.plan import format_plan, plan
 
-    experiments = load_matrix(args.matrix, args.catalog, quick=args.quick)
-    rows = plan(experiments, args.catalog, peak_tflops=args.peak_tflops, utilization=args.utilization)
+    experiments = load_matrix(args.matrix, args.catalog, quick=args.quick, data=args.data, models=args.models)
+    rows = plan(experiments, quick=args.quick, peak_tflops=args.peak_tflops, utilization=args.utilization)
     document = {"peak_tflops": args.peak_tflops, "utilization": args.utilization, "experiments": rows}
     if args.json == "-":
         print(json.dumps(document, indent=2))
@@ -116,6 +118,38 @@ def _plan(args) -> None:
         from steermoe.fsutil import write_json
 
         write_json(Path(args.json), document)
+
+
+def _render(args) -> None:
+    from steermoe.errors import ConfigError
+    from steermoe.fsutil import write_atomic
+    from steermoe.matrix import load_matrix
+    from steermoe.render import TEMPLATES, environment, render, sha256
+
+    experiments = load_matrix(args.matrix, args.catalog, quick=args.quick, results=args.results, data=args.data,
+                              models=args.models)
+    chosen = experiments
+    if args.id:
+        known = {e.id: e for e in experiments}
+        unknown = [i for i in args.id if i not in known]
+        if unknown:
+            raise ConfigError(f"{args.matrix}: no experiment '{unknown[0]}'; experiments: {', '.join(known)}")
+        chosen = [known[i] for i in args.id]
+    modes = list(TEMPLATES) if args.mode == "both" else [args.mode]
+    if args.expect_sha256 and len(chosen) * len(modes) != 1:
+        raise ConfigError("--expect-sha256 needs exactly one --id and one --mode")
+    env = environment(args.templates)
+    for exp in chosen:
+        for mode in modes:
+            text = render(exp, args.templates, mode, env)
+            digest = sha256(text)
+            path = Path(exp.train_config if mode == "train" else exp.test_config)
+            if args.expect_sha256 and digest != args.expect_sha256:
+                raise ConfigError(f"{path}: rendered {digest[:12]}..., but the workflow planned {args.expect_sha256[:12]}"
+                                  f"...: the matrix, catalog or templates changed while the workflow ran; run it again")
+            path.parent.mkdir(parents=True, exist_ok=True)
+            write_atomic(path, text)
+            print(f"{path}  sha256 {digest}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -185,6 +219,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--results", default="results", help="folder holding results/{experiment}/")
     p.add_argument("--logs", default="logs", help="folder holding logs/{experiment}/{train,evaluate}.log")
     p.add_argument("--out", default="results", help="where table.csv, comparisons.csv and plots/ go")
+    p.add_argument("--data", default="data", help="prepared corpora (to tell why an experiment never trained)")
+    p.add_argument("--models", default="models", help="imported embedded models (likewise)")
     p.add_argument("--quick", action="store_true", help="the matrix's quick variant")
     p.add_argument("--seed", type=int, default=0, help="paired-bootstrap seed")
     p.add_argument("--resamples", type=int, default=1000, help="paired-bootstrap resamples")
@@ -193,12 +229,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--matrix", default="experiments/matrix.tsv")
     p.add_argument("--catalog", default="experiments/catalog.yaml")
     p.add_argument("--quick", action="store_true", help="the matrix's quick variant")
+    p.add_argument("--data", default="data", help="prepared corpora (their manifests give the utterance lengths)")
+    p.add_argument("--models", default="models", help="imported embedded models (their configs give the shapes)")
     p.add_argument("--peak-tflops", type=float, default=989.0,
                    help="accelerator peak TFLOP/s (default: H100 SXM bf16 dense, 989)")
     p.add_argument("--utilization", type=float, default=0.4, help="achieved fraction of peak (default 0.4)")
     p.add_argument("--json", nargs="?", const="-", default=None, metavar="PATH",
                    help="print JSON instead of the table; with PATH, print the table and write JSON to PATH")
     p.set_defaults(func=_plan)
+
+    p = sub.add_parser("render", help="render experiments' YAML configs from the templates (as the workflow does)")
+    p.add_argument("--matrix", default="experiments/matrix.tsv")
+    p.add_argument("--catalog", default="experiments/catalog.yaml")
+    p.add_argument("--templates", default="templates", help="folder of train.yaml.j2 and test.yaml.j2")
+    p.add_argument("--results", default="results")
+    p.add_argument("--data", default="data")
+    p.add_argument("--models", default="models")
+    p.add_argument("--quick", action="store_true", help="the matrix's quick variant")
+    p.add_argument("--id", action="append", help="experiment id (repeatable; default: every experiment)")
+    p.add_argument("--mode", choices=["train", "test", "both"], default="both")
+    p.add_argument("--expect-sha256", default=None, help="fail unless the rendered text has this hash")
+    p.set_defaults(func=_render)
 
     p = sub.add_parser("smoke", help="engine smoke job: import models, synthesise speech, train a few steps")
     p.add_argument("--models", default="models")

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import difflib
 import hashlib
+import math
 import re
 import shlex
 import zlib
@@ -150,7 +151,7 @@ def load_workflow_config(path: str | Path | None = None, overrides: dict | None 
     """experiments/config.yaml (the Snakemake configfile) with defaults filled in; `overrides` as `--config`."""
     config = dict(WORKFLOW_CONFIG_DEFAULTS)
     if path is not None:
-        data = _read_yaml(Path(path))
+        data = read_yaml(Path(path))
         if not isinstance(data, dict):
             raise ConfigError(f"{path}: the workflow config is a mapping of keys")
         unknown = sorted(set(data) - set(config))
@@ -174,7 +175,9 @@ def parse_bool(value, where: str) -> bool:
     raise ConfigError(f"{where}: {value!r} is not true or false")
 
 
-def _read_yaml(path: Path):
+def read_yaml(path: str | Path):
+    """A YAML file read with YAML 1.2 numbers (1e-2 is a float); errors name the file."""
+    path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as err:
@@ -253,7 +256,7 @@ def _check_splits(where: str, value) -> dict:
 def load_catalog(path: str | Path) -> Catalog:
     """Read and validate the catalog; errors name the file and the dotted key."""
     file = str(path)
-    data = _read_yaml(Path(path))
+    data = read_yaml(Path(path))
     data = _check_mapping(file, data, ("defaults", "encoders", "decoders", "datasets"),
                           required=("encoders", "decoders", "datasets"))
     defaults = _check_mapping(f"{file}: defaults", data.get("defaults"), ("settings", "resources", "quick"))
@@ -306,8 +309,13 @@ def load_catalog(path: str | Path) -> Catalog:
             if not entry["path"] and not entry["embedded"]:
                 raise ConfigError(f"{file}: {kind}.{name}: give 'path' (a local model folder) or 'embedded' "
                                   f"(an embedded model name: see `steermoe models list`)")
-            if entry["embedded"] and not is_safe_name(entry["embedded"]):
-                raise ConfigError(f"{file}: {kind}.{name}.embedded: {entry['embedded']!r} is not a model name")
+            if entry["embedded"]:
+                from steermoe.embedded import EMBEDDED_MODELS  # torch-free: the registry only
+
+                if entry["embedded"] not in EMBEDDED_MODELS:
+                    raise ConfigError(f"{file}: {kind}.{name}.embedded: {entry['embedded']!r} is not an embedded model"
+                                      f"{_closest(entry['embedded'], EMBEDDED_MODELS)}; embedded models: "
+                                      f"{_allowed(EMBEDDED_MODELS)}")
 
     datasets = {}
     for name, entry in entries("datasets").items():
@@ -388,7 +396,8 @@ class Experiment:
     tags: list = field(default_factory=list)
     language: str = ""
     task: str = ""
-    settings: dict = field(default_factory=dict)  # every setting, merged (see the module docstring)
+    settings: dict = field(default_factory=dict)  # the settings given (catalog, row, quick), merged in order of
+    #                                               precedence (module docstring); unset ones take runconfig's default
     resources: dict = field(default_factory=dict)  # train job: gpus, mem_mb, runtime (minutes), threads, ...
     train_dir: str = ""  # results/{id}/train (checkpoints; final/ is the trained artefact)
     final_dir: str = ""  # results/{id}/train/final (model.safetensors, steermoe.json, train_summary.json)
@@ -451,6 +460,8 @@ def _parse_cell(where: str, name: str, text: str):
         shown = {bool: "true or false", int: "an integer", float: "a number"}[wanted]
         allowed = f"; allowed: {_allowed(key.choices)}" if key.choices else ""
         raise ConfigError(f"{where}: {text!r} is not {shown}{allowed}") from None
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"{where}: {text!r} is not a finite number")
     return _check_value(where, key, value)
 
 

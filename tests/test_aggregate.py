@@ -7,6 +7,7 @@ import csv
 import hashlib
 import io
 import json
+import shutil
 
 import pytest
 
@@ -23,10 +24,13 @@ def _sha(path):
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+CONFIG_PATHS = {}  # experiment id -> (train, test) rendered config paths, when they do not follow {id}_{mode}.yaml
+
+
 def write_configs(exp_id, dataset="synth-en"):
     folder = agg.Path("results") / exp_id
     folder.mkdir(parents=True, exist_ok=True)
-    train, test = folder / f"{exp_id}_train.yaml", folder / f"{exp_id}_test.yaml"
+    train, test = CONFIG_PATHS.get(exp_id, (folder / f"{exp_id}_train.yaml", folder / f"{exp_id}_test.yaml"))
     train.write_text(f"training:\n  output_dir: results/{exp_id}/train\nparquet_dirs: [data/{dataset}/train.parquet]\n")
     test.write_text(f"training:\n  output_dir: results/{exp_id}/train\nparquet_dirs: [data/{dataset}/test.parquet]\n")
     return train, test
@@ -86,7 +90,8 @@ def write_log(exp_id, stage, text):
 
 
 BASE, BETTER, SAME = "linear_tiny_smol_synthen", "layer_wise_tiny_smol_synthen", "layer_wise_tiny_smol_synthen_k2"
-FAILED, FAILED_EVAL, NOT_RUN = "lora_tiny_smol_synthen", "post_encoder_tiny_smol_synthen", "layer_wise_base_smol_synthen"
+FAILED, FAILED_EVAL = "lora_tiny_smol_synthen", "post_encoder_tiny_smol_synthen"
+NOT_RUN = "layer_wise_base_smol_synthen"
 
 
 def build_matrix(seconds=100.0, eval_seconds=20.0):
@@ -222,7 +227,8 @@ def test_identical_inputs_give_identical_tables(tmp_path, monkeypatch):
 def test_failure_midway_leaves_the_old_outputs(workdir, monkeypatch):
     exps = build_matrix()
     run(exps)
-    table, comparisons = (workdir / "results/table.csv").read_bytes(), (workdir / "results/comparisons.csv").read_bytes()
+    table = (workdir / "results/table.csv").read_bytes()
+    comparisons = (workdir / "results/comparisons.csv").read_bytes()
     write_evaluated(NOT_RUN, BETTER_ERRORS)  # a new result arrives ...
 
     def broken(*args, **kwargs):
@@ -327,3 +333,68 @@ def test_log_error(tmp_path):
 def test_duplicate_ids_are_refused(workdir):
     with pytest.raises(agg.DataError, match="unique"):
         run([experiment(BASE, "linear"), experiment(BASE, "linear")])
+
+
+def test_aggregate_cli_with_the_matrix(workdir, monkeypatch, capsys):
+    from steermoe.cli import main
+    from steermoe.matrix import load_matrix
+
+    (workdir / "catalog.yaml").write_text("""
+encoders:
+  tiny: {type: whisper, path: models/tiny}
+decoders:
+  smol: {path: models/smol}
+datasets:
+  synth-en: {synth: synth-en, metric: wer, prompt: "transcribe: "}
+""")
+    (workdir / "matrix.tsv").write_text(
+        "method\tencoder\tdecoder\tdataset\tnum_experts\tencoder_window\tgroup\tbaseline\ttags\n"
+        "linear\ttiny\tsmol\tsynth-en\t\t\tg\ttrue\t\n"
+        "layer_wise\ttiny\tsmol\tsynth-en\t4\t\tg\tfalse\tmain,paper\n")
+    exps = load_matrix("matrix.tsv", "catalog.yaml")
+    monkeypatch.setattr(agg, "git_commit", lambda root=None: "feedbeef")
+    for exp in exps:
+        monkeypatch.setitem(CONFIG_PATHS, exp.id, (agg.Path(exp.train_config), agg.Path(exp.test_config)))
+    write_evaluated(exps[0].id, BASE_ERRORS, steering=False)
+    write_evaluated(exps[1].id, BETTER_ERRORS)
+    assert main(["aggregate", "--matrix", "matrix.tsv", "--catalog", "catalog.yaml", "--resamples", "300"]) == 0
+    rows = read_table(workdir / "results/table.csv")
+    assert [(r["experiment"], r["metric"], r["status"]) for r in rows] == [
+        ("linear_tiny_smol_synth-en", "wer", "ok"), ("linear_tiny_smol_synth-en", "wer_raw", "ok"),
+        ("layer_wise_tiny_smol_synth-en_experts4", "wer", "ok"),
+        ("layer_wise_tiny_smol_synth-en_experts4", "wer_raw", "ok")]
+    assert rows[2]["tags"] == "main,paper" and rows[2]["num_experts"] == "4" and rows[2]["git_commit"] == "feedbeef"
+    assert rows[2]["encoder_window"] == ""  # every override column of the matrix is a table column, even empty
+    assert rows[2]["test_set"] == "synth-en/test"
+    (comparison,) = read_table(workdir / "results/comparisons.csv")
+    assert comparison["significant"] == "true" and comparison["resamples"] == "300"
+    assert "layer_wise_tiny_smol_synth-en_experts4 vs linear_tiny_smol_synth-en" in capsys.readouterr().out
+
+
+def test_upstream_failures_explain_why_training_never_ran(workdir):
+    data_failed = {**experiment(BETTER, "layer_wise"), "data_dir": "data/synth-en"}
+    render_failed = experiment(SAME, "layer_wise")
+    write_log("data", "synth-en", "building...\nsteermoe: error: espeak-ng is not installed\n")
+    write_log(SAME, f"render_{SAME}_train", "steermoe: error: templates/train.yaml.j2: undefined 'steering'\n")
+    not_run = {**experiment(NOT_RUN, "layer_wise", dataset="synth-zh"), "data_dir": "data/synth-zh"}
+    run([data_failed, render_failed, not_run])
+    rows = {r["experiment"]: r for r in read_table(workdir / "results/table.csv")}
+    assert (rows[BETTER]["status"], rows[BETTER]["error"]) == ("failed at data preparation",
+                                                               "espeak-ng is not installed")
+    assert rows[BETTER]["log"] == "logs/data/synth-en.log"
+    assert rows[SAME]["status"] == "failed at render" and "undefined 'steering'" in rows[SAME]["error"]
+    assert rows[NOT_RUN]["status"] == "not run"  # its data has no log: it has simply not run yet
+
+
+def test_retraining_that_failed_hides_the_old_metrics(workdir):
+    write_evaluated(BETTER, BETTER_ERRORS)
+    # the train config changed: Snakemake removed final/ and re-ran training, which failed; eval/ is left over
+    shutil.rmtree(workdir / "results" / BETTER / "train" / "final")
+    write_log(BETTER, "train", "steermoe: error: training loss is NaN at step 12\n")
+    row = collect(experiment(BETTER, "layer_wise"), agg.Path("results"), agg.Path("logs"))
+    assert row.status == "failed at train" and row.error.startswith("training loss is NaN at step 12")
+    assert "from an earlier model" in row.error and row.metrics is None
+    # final/ gone without a failed training: stale, not ok
+    (workdir / "logs" / BETTER / "train.log").unlink()
+    row = collect(experiment(BETTER, "layer_wise"), agg.Path("results"), agg.Path("logs"))
+    assert row.status == "stale" and "final is missing" in row.error

@@ -1,0 +1,40 @@
+# SteerMoE experiment matrix: experiments/matrix.tsv x experiments/catalog.yaml -> results/table.csv
+#
+#   snakemake --cores all results/table.csv               run (or resume) the matrix locally
+#   snakemake --profile profiles/slurm results/table.csv  the same on a SLURM cluster
+#   snakemake --report results/report.html                HTML report (tables, plots)
+#
+# Rules call only the `steermoe` command: activate the project's venv first (source .venv/bin/activate), or put
+# .venv/bin on PATH. This file stays cheap to parse: nothing it loads imports torch.
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+
+configfile: "experiments/config.yaml"
+
+
+report: "workflow/report/workflow.rst"
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/models.smk"
+include: "workflow/rules/data.smk"
+include: "workflow/rules/render.smk"
+include: "workflow/rules/train.smk"
+include: "workflow/rules/evaluate.smk"
+include: "workflow/rules/aggregate.smk"
+
+
+rule all:
+    default_target: True
+    input:
+        f"{RESULTS}/table.csv",
+
+
+onerror:
+    # with --keep-going a failed experiment must not block the table: it gets a row with its status and reason
+    shell(
+        f"mkdir -p {LOGS} && {AGGREGATE_COMMAND} > {LOGS}/aggregate.log 2>&1"
+        f" || echo 'steermoe aggregate failed: see {LOGS}/aggregate.log'"
+    )

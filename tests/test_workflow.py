@@ -1,0 +1,517 @@
+"""The Snakemake workflow: validation before any job, the dry-run DAG, re-run semantics, lint, rendering.
+
+Fast tests run Snakemake on a copy of the workflow with a stand-in `steermoe` (tests/workflow_stub.py: the real
+`render`, stub outputs for everything else), so the DAG and its re-run triggers are exercised without training.
+The slow test runs the real thing on tiny random models and a tone corpus, through to results/table.csv.
+"""
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import zlib
+from pathlib import Path
+
+import pytest
+import yaml
+
+from steermoe.errors import ConfigError
+from steermoe.matrix import SETTINGS, auto_variant, load_catalog, load_matrix, setting_key
+from steermoe.render import environment, render, render_all
+from steermoe.runconfig import load_run_config
+
+REPO = Path(__file__).resolve().parent.parent
+VENV_BIN = Path(sys.executable).parent
+WORKFLOW = ["Snakefile", "workflow", "templates", "profiles", "experiments"]
+DEFAULT_IDS = ["layer_wise_whisper-tiny.en_smollm2_synth-en", "linear_whisper-tiny.en_smollm2_synth-en",
+               "layer_wise_whisper-tiny.en_smollm2_synth-aqa"]
+AGG = ("aggregate", "results/table.csv")  # the matrix and catalog are its inputs: any edit refreshes the table
+HEADER = "method\tencoder\tdecoder\tdataset\tnum_experts\tencoder_window\tmax_steps\tgroup\tbaseline\n"
+
+
+# ---- helpers -------------------------------------------------------------------------------------------------
+def copy_workflow(dest: Path) -> Path:
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in WORKFLOW:
+        source = REPO / name
+        if source.is_dir():
+            shutil.copytree(source, dest / name)
+        else:
+            shutil.copy2(source, dest / name)
+    return dest
+
+
+def stub_bin(folder: Path) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    script = folder / "steermoe"
+    script.write_text(f"#!/bin/sh\nexec {sys.executable} {REPO / 'tests' / 'workflow_stub.py'} \"$@\"\n")
+    script.chmod(0o755)
+    return folder
+
+
+def snakemake(root: Path, *args, stub: bool = True, env: dict | None = None, check: bool = True, timeout=600):
+    """Run snakemake in `root` (its profiles/default applies); with stub, `steermoe` is the stand-in."""
+    path = [str(VENV_BIN), os.environ.get("PATH", "")]
+    if stub:
+        path.insert(0, str(stub_bin(root.parent / f"{root.name}-bin")))
+    full_env = {**os.environ, "PATH": os.pathsep.join(path), "STEERMOE_STUB_LOG": str(root / "stub_calls.jsonl"),
+                "OMP_NUM_THREADS": "1", **(env or {})}
+    proc = subprocess.run([str(VENV_BIN / "snakemake"), "--cores", "2", *args], cwd=root, env=full_env,
+                          capture_output=True, text=True, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"snakemake {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n"
+                             f"{proc.stderr[-4000:]}")
+    return proc
+
+
+JOB = re.compile(r"^(?:local)?rule (\w+):\n(?:    .*\n)*?    output: (.*)$", re.M)
+
+
+def planned(root: Path, *args) -> set[tuple[str, str]]:
+    """The jobs a dry run plans, as (rule, what): the experiment id, dataset or model a job is for (rule `all`,
+    which has no output, is left out)."""
+    out = snakemake(root, "-n", *args).stdout
+    if "Nothing to be done" in out:
+        return set()
+    jobs = set()
+    for rule, outputs in JOB.findall(out):
+        first = outputs.split(", ")[0]
+        parts = Path(first).parts
+        what = parts[1] if parts[0] in ("results", "data", "models") and len(parts) > 2 else first
+        jobs.add((rule, what))
+    return jobs
+
+
+def experiment_jobs(exp_id: str) -> set[tuple[str, str]]:
+    return {(rule, exp_id) for rule in ("render_train", "render_test", "train", "evaluate")}
+
+
+def write_matrix(root: Path, *rows: str, header: str = HEADER) -> Path:
+    path = root / "experiments" / "matrix.tsv"
+    path.write_text(header + "".join(r + "\n" for r in rows))
+    return path
+
+
+@pytest.fixture(scope="module")
+def completed(tmp_path_factory) -> Path:
+    """The default matrix, run to completion with the stand-in `steermoe`."""
+    root = copy_workflow(tmp_path_factory.mktemp("completed") / "wf")
+    snakemake(root)
+    assert (root / "results" / "table.csv").is_file()
+    return root
+
+
+@pytest.fixture
+def done(completed, tmp_path) -> Path:
+    """A private copy of the completed workflow (file times and Snakemake's metadata kept)."""
+    root = tmp_path / "wf"
+    shutil.copytree(completed, root, symlinks=True)
+    (root / "stub_calls.jsonl").unlink(missing_ok=True)
+    return root
+
+
+def calls(root: Path) -> list[tuple[str, str]]:
+    log = root / "stub_calls.jsonl"
+    if not log.is_file():
+        return []
+    return [(c["command"], c["target"]) for c in map(json.loads, log.read_text().splitlines())]
+
+
+# ---- the default matrix --------------------------------------------------------------------------------------
+def test_default_matrix_validates_and_dry_runs(tmp_path):
+    root = copy_workflow(tmp_path / "wf")
+    jobs = planned(root)
+    expected = {("import_model", "whisper-tiny.en"), ("import_model", "smollm2-135m-instruct"),
+                ("prepare_data", "synth-en"), ("prepare_data", "synth-aqa"),
+                AGG} | set().union(*map(experiment_jobs, DEFAULT_IDS))
+    assert jobs == expected
+    experiments = load_matrix(root / "experiments/matrix.tsv", root / "experiments/catalog.yaml")
+    assert [e.id for e in experiments] == DEFAULT_IDS
+    base = experiments[1]
+    assert base.group == "synth-en" and base.baseline and experiments[0].group == "synth-en"
+    assert [e.metric for e in experiments] == ["wer", "wer", "qa_accuracy"]
+    assert base.train_config == f"results/{base.id}/linear_whisper-tiny.en_smollm2_synth-en_train.yaml"
+
+
+def test_seed_matrix_validates_and_plans_the_deepspeed_launch(tmp_path):
+    """The seed document's table: only paths to set. 7B decoders train on 4 GPUs via the DeepSpeed launcher."""
+    root = copy_workflow(tmp_path / "wf")
+    shutil.copy(root / "experiments/matrix-seed.tsv", root / "experiments/matrix.tsv")
+    experiments = load_matrix(root / "experiments/matrix.tsv", root / "experiments/catalog.yaml")
+    assert len(experiments) >= 9
+    out = snakemake(root, "-n", "-p", "--resources", "gpu=8").stdout
+    qwen7b = next(e for e in experiments if e.decoder == "qwen7b" and e.method == "layer_wise")
+    assert qwen7b.port == 20000 + zlib.crc32(qwen7b.id.encode()) % 20000
+    assert f"deepspeed --num_gpus 4 --master_port {qwen7b.port}" in out
+    assert "--module steermoe.cli train --config " + qwen7b.train_config in out
+    assert re.search(r"if \[ 1 -gt 1 \]", out)  # a one-GPU job (qwen3b) runs steermoe train itself
+    for exp in experiments:  # every rendered config is valid, on the placeholder paths
+        assert "/path/to/" in render(exp, root / "templates", "train")
+
+
+def test_snakefile_never_imports_torch(tmp_path):
+    root = copy_workflow(tmp_path / "wf")
+    proc = subprocess.run([sys.executable, "-X", "importtime", "-m", "snakemake", "--cores", "1", "-n"], cwd=root,
+                          capture_output=True, text=True, env={**os.environ, "PATH": f"{VENV_BIN}:{os.environ['PATH']}"})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    imported = {line.split("|")[-1].strip() for line in proc.stderr.splitlines() if line.startswith("import time:")}
+    assert "steermoe.matrix" in imported and "steermoe.render" in imported
+    assert not {m for m in imported if m.split(".")[0] in ("torch", "transformers", "deepspeed")}
+
+
+def test_lint_reports_nothing(tmp_path):
+    root = copy_workflow(tmp_path / "wf")
+    proc = snakemake(root, "--lint")
+    out = proc.stdout + proc.stderr
+    assert "Congratulations, your workflow is in a good condition!" in out, out
+    assert "Lints for" not in out
+
+
+# ---- validation before any job -------------------------------------------------------------------------------
+ROW = "layer_wise\twhisper-tiny.en\tsmollm2\tsynth-en\t\t\t\tsynth-en\tfalse"
+BASE = "linear\twhisper-tiny.en\tsmollm2\tsynth-en\t\t\t\tsynth-en\ttrue"
+BAD_ROWS = {
+    "method": ("layer-wise\twhisper-tiny.en\tsmollm2\tsynth-en\t\t\t\t\t",
+               r"row 3 \(line 4\), column 'method': unknown method 'layer-wise' \(did you mean 'layer_wise'\?\); "
+               r"allowed: layer_wise, linear, post_encoder, lora"),
+    "encoder": ("linear\twhisper-tiny\tsmollm2\tsynth-en\t\t\t\t\t",
+                r"row 3 \(line 4\), column 'encoder': unknown encoder \(not in .*catalog.yaml\) 'whisper-tiny' "
+                r"\(did you mean 'whisper-tiny.en'\?\); allowed: whisper-tiny.en, whisper-base, whisper-large-v3, "
+                r"conformer"),
+    "decoder": ("linear\twhisper-tiny.en\tqwen\tsynth-en\t\t\t\t\t",
+                r"row 3 \(line 4\), column 'decoder': unknown decoder .*'qwen'.*allowed: smollm2, qwen3b, qwen7b, "
+                r"llama7b"),
+    "dataset": ("linear\twhisper-tiny.en\tsmollm2\tlibrispeech\t\t\t\t\t",
+                r"row 3 \(line 4\), column 'dataset': unknown dataset .*'librispeech'.*allowed: synth-en, synth-aqa"),
+    "duplicate": (ROW.replace("synth-en\tfalse", "\tfalse"),
+                  r"row 3 \(line 4\): duplicate of row 1 \(line 2\): both are experiment "
+                  r"'layer_wise_whisper-tiny.en_smollm2_synth-en'"),
+    "int override": ("layer_wise\twhisper-tiny.en\tsmollm2\tsynth-en\tmany\t\t\t\t",
+                     r"row 3 \(line 4\), column 'num_experts': 'many' is not an integer"),
+    "range override": ("layer_wise\twhisper-tiny.en\tsmollm2\tsynth-en\t0\t\t\t\t",
+                       r"row 3 \(line 4\), column 'num_experts': must be greater than 0, got 0"),
+    "choice override": ("layer_wise\twhisper-tiny.en\tsmollm2\tsynth-en\t\t40s\t\t\t",
+                        r"row 3 \(line 4\), column 'encoder_window': '40s' is not one of 30s, dynamic"),
+    "empty cell": ("layer_wise\t\tsmollm2\tsynth-en\t\t\t\t\t",
+                   r"row 3 \(line 4\), column 'encoder': empty; allowed: whisper-tiny.en"),
+    "baseline": ("layer_wise\twhisper-tiny.en\tsmollm2\tsynth-en\t4\t\t\tsynth-en\tmaybe",
+                 r"row 3 \(line 4\), column 'baseline': 'maybe' is not true or false"),
+    "two baselines": ("layer_wise\twhisper-tiny.en\tsmollm2\tsynth-en\t4\t\t\tsynth-en\ttrue",
+                      r"group 'synth-en' has 2 baseline rows \(row 2 \(line 3\), row 3 \(line 4\)\)"),
+    "group across datasets": ("layer_wise\twhisper-tiny.en\tsmollm2\tsynth-aqa\t\t\t\tsynth-en\tfalse",
+                              r"row 3 \(line 4\), column 'dataset': group 'synth-en' compares on the test set of "
+                              r"its baseline"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_ROWS))
+def test_bad_rows_are_reported_by_row_and_column(tmp_path, case):
+    root = copy_workflow(tmp_path / "wf")
+    row, message = BAD_ROWS[case]
+    matrix = write_matrix(root, ROW, BASE, row)
+    with pytest.raises(ConfigError, match=message) as err:
+        load_matrix(matrix, root / "experiments/catalog.yaml")
+    assert str(err.value).startswith(f"{matrix}: ")  # the file first
+
+
+def test_unsafe_ids_and_columns_are_rejected(tmp_path):
+    root = copy_workflow(tmp_path / "wf")
+    catalog = root / "experiments/catalog.yaml"
+    header = "method\tencoder\tdecoder\tdataset\tvariant\n"
+    for variant, reason in (("../../etc", "is not allowed"), ("a/b", "is not allowed"), ("a_b", "no '_'"),
+                            ("test", "not one of train, test, eval"), ("x..y", "'..'")):
+        matrix = write_matrix(root, f"linear\twhisper-tiny.en\tsmollm2\tsynth-en\t{variant}", header=header)
+        with pytest.raises(ConfigError, match=rf"row 1 \(line 2\), column 'variant': .*{re.escape(reason)}"):
+            load_matrix(matrix, catalog)
+    matrix = write_matrix(root, "linear\twhisper-tiny.en\tsmollm2\tsynth-en\t2",
+                          header="method\tencoder\tdecoder\tdataset\tnum_expert\n")
+    with pytest.raises(ConfigError, match=r"unknown column 'num_expert' in the header \(line 1\) \(did you mean "
+                                          r"'num_experts'\?\); allowed columns: method, encoder"):
+        load_matrix(matrix, catalog)
+    bad = yaml.safe_load(catalog.read_text())
+    bad["encoders"]["whisper_tiny"] = bad["encoders"].pop("whisper-base")
+    catalog.write_text(yaml.safe_dump(bad))
+    with pytest.raises(ConfigError, match=r"encoders name 'whisper_tiny' is not allowed"):
+        load_catalog(catalog)
+
+
+def test_bad_row_stops_snakemake_before_any_job(tmp_path):
+    root = copy_workflow(tmp_path / "wf")
+    write_matrix(root, ROW, BASE, BAD_ROWS["encoder"][0])
+    proc = snakemake(root, check=False)
+    assert proc.returncode != 0
+    output = proc.stdout + proc.stderr
+    assert re.search(r"experiments/matrix.tsv: row 3 \(line 4\), column 'encoder': unknown encoder", output), output
+    assert "allowed: whisper-tiny.en, whisper-base, whisper-large-v3, conformer" in output
+    assert not calls(root) and not (root / "results").exists() and not (root / "data").exists()
+    # a catalog error names the key
+    write_matrix(root, ROW, BASE)
+    catalog = yaml.safe_load((root / "experiments/catalog.yaml").read_text())
+    catalog["datasets"]["synth-en"]["settings"]["batch_size"] = "eight"
+    (root / "experiments/catalog.yaml").write_text(yaml.safe_dump(catalog, allow_unicode=True))
+    proc = snakemake(root, check=False)
+    assert "datasets.synth-en.settings.batch_size: must be an integer, got 'eight'" in proc.stdout + proc.stderr
+
+
+def test_json_schemas_agree_with_the_settings_and_reject_bad_values(tmp_path):
+    from snakemake.utils import validate
+
+    schemas = REPO / "workflow" / "schemas"
+    settings = yaml.safe_load((schemas / "settings.schema.yaml").read_text())["properties"]
+    assert list(settings) == list(SETTINGS)
+    for name, spec in settings.items():
+        key = setting_key(name)
+        assert spec["type"][0] == {bool: "boolean", int: "integer", float: "number", str: "string"}[key.type], name
+        if key.choices:
+            assert spec["enum"][:-1] == list(key.choices)
+    catalog = yaml.safe_load((REPO / "experiments/catalog.yaml").read_text())
+    validate(catalog, str(schemas / "catalog.schema.yaml"), set_default=False)
+    catalog["decoders"]["smollm2"]["settings"] = {"num_experts": 0}
+    with pytest.raises(Exception, match="num_experts"):
+        validate(catalog, str(schemas / "catalog.schema.yaml"), set_default=False)
+    row = {"method": "linear", "encoder": "a", "decoder": "b", "dataset": "c", "num_experts": 4}
+    validate(row, str(schemas / "matrix.schema.yaml"), set_default=False)
+    for bad in ({"num_expert": 4}, {"encoder_window": "40s"}, {"variant": "test"}):
+        with pytest.raises(Exception):
+            validate({**row, **bad}, str(schemas / "matrix.schema.yaml"), set_default=False)
+
+
+def test_variants_and_ids():
+    assert auto_variant({}) is None
+    assert auto_variant({"encoder_window": "30s", "num_experts": 4, "max_steps": 50}) == "steps50-experts4-window30s"
+    assert auto_variant({"steering_scale": 0.05, "use_layer_scales": False}) == "scale0.05-layerscalesoff"
+    assert re.fullmatch(r"textprompt[0-9a-f]{8}", auto_variant({"textual_prompt": "say it: "}))
+
+
+def test_overrides_reach_the_rendered_config_and_quick_wins(tmp_path):
+    root = copy_workflow(tmp_path / "wf")
+    matrix = write_matrix(root, "layer_wise\twhisper-tiny.en\tsmollm2\tsynth-en\t4\t30s\t50\t\t",
+                          "layer_wise\twhisper-tiny.en\tsmollm2\tsynth-en\t\t\t\t\t")
+    catalog = root / "experiments/catalog.yaml"
+    exp, plain = load_matrix(matrix, catalog)
+    assert exp.id == "layer_wise_whisper-tiny.en_smollm2_synth-en_steps50-experts4-window30s"
+    assert exp.overrides == {"num_experts": 4, "encoder_window": "30s", "max_steps": 50}
+    assert exp.train_config.endswith("/layer_wise_whisper-tiny.en_smollm2_synth-en_train_steps50-experts4-window30s"
+                                     ".yaml")
+    text = render(exp, root / "templates", "train")
+    path = tmp_path / Path(exp.train_config).name
+    path.write_text(text)
+    run = load_run_config(path)
+    assert (run.steering.num_experts, run.top.encoder_window, run.training.max_steps) == (4, "30s", 50)
+    assert run.mode == "train" and run.method == "layer_wise"
+    assert run.decoder.dtype == "bfloat16" and run.training.learning_rate == 1e-2  # catalog: decoder, dataset
+    assert load_run_config(path).training.max_steps == 50
+    quick = load_matrix(matrix, catalog, quick=True)[0]
+    assert quick.id == exp.id and quick.settings["max_steps"] == 2  # quick wins over the row (CI size)
+    assert plain.settings["max_steps"] == 600
+
+
+# ---- rendering -----------------------------------------------------------------------------------------------
+def test_rendered_configs_load_and_are_deterministic(tmp_path):
+    root = copy_workflow(tmp_path / "wf")
+    catalog = root / "experiments/catalog.yaml"
+    for matrix in ("matrix.tsv", "matrix-seed.tsv"):
+        experiments = load_matrix(root / "experiments" / matrix, catalog)
+        first, second = render_all(experiments, root / "templates"), render_all(experiments, root / "templates")
+        assert first == second
+        for exp in experiments:
+            for mode, path in (("train", exp.train_config), ("test", exp.test_config)):
+                target = tmp_path / "rendered" / path
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.write_text(first[exp.id][mode])
+                run = load_run_config(target)
+                assert run.mode == ("train" if mode == "train" else "eval") and run.method == exp.method
+                assert run.training.output_dir == exp.train_dir
+                if mode == "test":
+                    assert run.top.parquet_dirs == exp.parquet["test"] and run.evaluation.metric == exp.metric
+                    assert str(run.eval_dir) == exp.eval_dir and str(run.checkpoint_dir) == exp.final_dir
+                else:
+                    assert run.top.parquet_dirs == exp.parquet["train"]
+                    assert run.top.eval_parquet_dirs == exp.parquet["dev"]
+    # the CLI writes the same bytes
+    env = {**os.environ, "PATH": f"{VENV_BIN}:{os.environ['PATH']}"}
+    subprocess.run([str(VENV_BIN / "steermoe"), "render"], cwd=root, check=True, env=env, capture_output=True)
+    experiments = load_matrix(root / "experiments/matrix.tsv", catalog)
+    texts = render_all(experiments, root / "templates")
+    for exp in experiments:
+        assert (root / exp.train_config).read_text() == texts[exp.id]["train"]
+        assert (root / exp.test_config).read_text() == texts[exp.id]["test"]
+
+
+def test_template_sandbox_and_undefined_variables(tmp_path):
+    root = copy_workflow(tmp_path / "wf")
+    exp = load_matrix(root / "experiments/matrix.tsv", root / "experiments/catalog.yaml")[0]
+    template = root / "templates" / "train.yaml.j2"
+    original = template.read_text()
+    template.write_text(original + "# {{ ''.__class__.__mro__[1].__subclasses__() }}\n")
+    with pytest.raises(ConfigError, match=r"train.yaml.j2, line \d+: blocked by the template sandbox: access to "
+                                          r"attribute '__class__' of 'str' object is unsafe"):
+        render(exp, root / "templates", "train")
+    template.write_text(original + "# {{ exp.__init__.__globals__ }}\n")
+    with pytest.raises(ConfigError, match=r"train.yaml.j2, line \d+: blocked by the template sandbox"):
+        render(exp, root / "templates", "train")
+    template.write_text(original + "learning_rate: {{ s.learning_rat }}\n")
+    with pytest.raises(ConfigError, match=r"templates/train.yaml.j2, line \d+: undefined variable: .*"
+                                          r"'learning_rat'"):
+        render(exp, root / "templates", "train")
+    template.write_text(original + "{{ nothing }}\n")
+    with pytest.raises(ConfigError, match=r"train.yaml.j2, line \d+: undefined variable: 'nothing' is undefined"):
+        render(exp, root / "templates", "train")
+    template.write_text(original + "{% include '../../etc/passwd' %}\n")
+    with pytest.raises(ConfigError, match=r"train.yaml.j2, line \d+: TemplateNotFound"):  # loader: templates/ only
+        render(exp, root / "templates", "train")
+    # a rendered config that the loader rejects names the experiment, its row and the key
+    template.write_text(original.replace("evaluation:", "evaluaton:"))
+    with pytest.raises(ConfigError, match=rf"experiment {exp.id} \(matrix row 1, line 5\): the config rendered from "
+                                          rf".*train.yaml.j2 is invalid: .*unknown key 'evaluaton'"):
+        render(exp, root / "templates", "train")
+    assert environment(root / "templates").is_safe_attribute("", "__class__", "") is False
+
+
+# ---- re-run semantics ----------------------------------------------------------------------------------------
+def test_second_invocation_runs_nothing(done):
+    assert planned(done) == set()
+    snakemake(done)
+    assert calls(done) == []
+
+
+def test_adding_a_row_adds_exactly_its_jobs(done, tmp_path):
+    matrix = done / "experiments" / "matrix.tsv"
+    matrix.write_text(matrix.read_text() + "layer_wise\twhisper-tiny.en\tsmollm2\tsynth-en\t4\t\t\t\t\n")
+    new = "layer_wise_whisper-tiny.en_smollm2_synth-en_experts4"
+    assert planned(done) == experiment_jobs(new) | {AGG}
+    # from scratch, too: the plan grows by exactly the new experiment's jobs
+    fresh = copy_workflow(tmp_path / "fresh")
+    before = planned(fresh)
+    shutil.copy(matrix, fresh / "experiments" / "matrix.tsv")
+    assert planned(fresh) == before | experiment_jobs(new)
+    snakemake(done)
+    assert sorted(calls(done)) == sorted([("train", new), ("evaluate", new), ("aggregate", "results")])
+
+
+def test_template_edit_reruns_only_the_experiments_whose_config_changed(done):
+    template = done / "templates" / "test.yaml.j2"
+    original = template.read_text()
+    template.write_text(original + "{# a template comment renders nothing #}\n")
+    assert planned(done) == set()
+    template.write_text(original + '{% if exp.method == "linear" %}\n# baseline\n{% endif %}\n')
+    linear = DEFAULT_IDS[1]
+    assert planned(done) == {("render_test", linear), ("evaluate", linear), AGG}
+    snakemake(done)
+    assert sorted(calls(done)) == [("aggregate", "results"), ("evaluate", linear)]
+    common = done / "templates" / "common.yaml.j2"
+    common.write_text(common.read_text().replace("use_cache: false", "use_cache: false  # KV cache off"))
+    assert {(rule, what) for rule, what in planned(done) if rule == "train"} == {("train", e) for e in DEFAULT_IDS}
+
+
+def test_catalog_edit_reruns_exactly_the_experiments_using_the_entry(done):
+    path = done / "experiments" / "catalog.yaml"
+    original = path.read_text()
+
+    def edit(old, new):
+        assert old in original
+        path.write_text(original.replace(old, new, 1))
+
+    # an entry no experiment uses: no experiment (only the table is refreshed)
+    edit("path: /path/to/Qwen2.5-7B-Instruct", "path: /models/Qwen2.5-7B-Instruct")
+    assert planned(done) == {AGG}
+    # a setting of synth-aqa: its one experiment
+    aqa = DEFAULT_IDS[2]
+    edit("      max_steps: 400", "      max_steps: 300")
+    assert planned(done) == experiment_jobs(aqa) | {AGG}
+    # an evaluation-only setting of synth-aqa: its evaluation only
+    edit("      max_new_tokens: 16", "      max_new_tokens: 24")
+    assert planned(done) == {("render_test", aqa), ("evaluate", aqa), AGG}
+    # synth-en's prompt: the two synth-en experiments
+    edit('prompt: "please transcribe the audio content into text: "\n    # CPU',
+         'prompt: "transcribe: "\n    # CPU')
+    assert planned(done) - {AGG} == \
+        experiment_jobs(DEFAULT_IDS[0]) | experiment_jobs(DEFAULT_IDS[1])
+    # synth-aqa's sizes: its data again, then its experiment
+    edit("sizes: {train: 600, dev: 60, test: 120}", "sizes: {train: 700, dev: 60, test: 120}")
+    assert planned(done) == {("prepare_data", "synth-aqa"), ("train", aqa), ("evaluate", aqa),
+                             AGG}
+    # the shared decoder: every experiment
+    edit("dtype: bfloat16               # frozen", "dtype: float32               # frozen")
+    assert {w for r, w in planned(done) if r == "train"} == set(DEFAULT_IDS)
+    # the evaluation-only setting: evaluation only
+    edit("    num_beams: 1", "    num_beams: 2")
+    assert {r for r, _ in planned(done)} == {"render_test", "evaluate", "aggregate"}
+
+
+def test_quick_switch_and_failed_experiment_does_not_block_the_others(done):
+    """--config quick=true re-renders every config; a failing train job does not stop the other experiments."""
+    jobs = planned(done, "--config", "quick=true")
+    assert {w for r, w in jobs if r == "train"} == set(DEFAULT_IDS)
+    assert {w for r, w in jobs if r == "prepare_data"} == {"synth-en", "synth-aqa"}  # quick sizes
+    proc = snakemake(done, "--config", "quick=true", env={"STEERMOE_STUB_FAIL": DEFAULT_IDS[2]}, check=False)
+    assert proc.returncode != 0
+    done_calls = calls(done)
+    assert ("evaluate", DEFAULT_IDS[0]) in done_calls and ("evaluate", DEFAULT_IDS[1]) in done_calls
+    assert ("evaluate", DEFAULT_IDS[2]) not in done_calls
+    assert done_calls[-1] == ("aggregate", "results")  # onerror: the table is still written
+    # the failed job's outputs are removed, its checkpoints are not (they are not outputs)
+    train_dir = done / "results" / DEFAULT_IDS[2] / "train"
+    assert (train_dir / "checkpoint-1" / "complete.json").is_file()
+    assert not (train_dir / "final" / "model.safetensors").exists()
+    rendered = (done / "results" / DEFAULT_IDS[0] / f"{DEFAULT_IDS[0]}_train.yaml").read_text()
+    assert "max_steps: 2\n" in rendered
+    manifest = json.loads((done / "data" / "synth-en" / "manifest.json").read_text())
+    argv = manifest["argv"]
+    assert argv[:4] == ["data", "synth", "synth-en", "--out"]
+    assert argv[argv.index("--sizes") + 1:argv.index("--sizes") + 4] == ["train=48", "dev=8", "test=16"]
+
+
+# ---- the real thing ------------------------------------------------------------------------------------------
+@pytest.mark.slow
+def test_tiny_matrix_end_to_end(tmp_path):
+    """Tiny random models, a tone corpus, 2 training steps: snakemake --cores 2 to results/table.csv for real."""
+    from tests.tiny import save_tiny_models, tone_corpus
+
+    check = subprocess.run([str(VENV_BIN / "steermoe"), "aggregate", "--help"], capture_output=True)
+    if check.returncode != 0:
+        pytest.skip("steermoe aggregate is not available")
+    encoder, decoder = save_tiny_models(tmp_path / "models")
+    tones = tone_corpus(tmp_path / "tones")
+    root = copy_workflow(tmp_path / "wf")
+    catalog = {
+        "defaults": {"settings": {"batch_size": 4, "max_steps": 2, "learning_rate": 1e-2, "num_experts": 4,
+                                  "logging_steps": 1, "save_steps": 2, "eval_steps": 2, "max_new_tokens": 8,
+                                  "bootstrap_resamples": 50},
+                     "resources": {"gpus": 0, "mem_mb": 2000, "runtime": 10, "threads": 1}},
+        "encoders": {"tiny-whisper": {"type": "whisper", "path": encoder}},
+        "decoders": {"tiny-qwen": {"path": decoder}, "missing": {"path": str(tmp_path / "no-such-model")}},
+        "datasets": {"tones": {"prepare": {"corpus": "parquet",
+                                           "root": [f"{tones}/{s}.parquet" for s in ("train", "dev", "test")]},
+                               "splits": {"train": "train", "dev": "dev", "test": "test"},
+                               "metric": "wer", "prompt": "say: "}},
+    }
+    (root / "experiments" / "catalog.yaml").write_text(yaml.safe_dump(catalog))
+    rows = ["layer_wise\ttiny-whisper\ttiny-qwen\ttones\tg\tfalse", "linear\ttiny-whisper\ttiny-qwen\ttones\tg\ttrue"]
+    header = "method\tencoder\tdecoder\tdataset\tgroup\tbaseline\n"
+    write_matrix(root, *rows, header=header)
+    snakemake(root, stub=False)
+    import csv
+
+    table = list(csv.DictReader((root / "results" / "table.csv").open()))
+    ids = ["layer_wise_tiny-whisper_tiny-qwen_tones", "linear_tiny-whisper_tiny-qwen_tones"]
+    assert {r["experiment"] for r in table} == set(ids) and all(r["status"] == "ok" for r in table)
+    for exp in ids:
+        metrics = json.loads((root / "results" / exp / "eval" / "metrics.json").read_text())
+        assert metrics["metric"] == "wer" and metrics["utterances"] == 8
+        summary = json.loads((root / "results" / exp / "train" / "final" / "train_summary.json").read_text())
+        assert summary["steps"] == 2
+        assert list((root / "results" / exp / "train").glob("checkpoint-*"))  # checkpoints kept, not outputs
+    assert (root / "results" / "comparisons.csv").is_file() and list((root / "results" / "plots").glob("*.png"))
+    assert "Nothing to be done" in snakemake(root, "-n", stub=False).stdout
+    snakemake(root, "--report", "results/report.html", stub=False)
+    assert (root / "results" / "report.html").stat().st_size > 10000
+    # a broken experiment fails, the others stay done, and the table says why (onerror aggregates)
+    write_matrix(root, *rows, "linear\ttiny-whisper\tmissing\ttones\t\tfalse", header=header)
+    proc = snakemake(root, stub=False, check=False)
+    assert proc.returncode != 0
+    table = list(csv.DictReader((root / "results" / "table.csv").open()))
+    failed = [r for r in table if r["experiment"] == "linear_tiny-whisper_missing_tones"]
+    assert failed and failed[0]["status"] != "ok" and failed[0]["error"]
+    assert {r["status"] for r in table if r["experiment"] in ids} == {"ok"}

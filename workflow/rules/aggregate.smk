@@ -1,0 +1,39 @@
+# Aggregation: every experiment into results/table.csv (one row per experiment x test set x metric, with status),
+# results/comparisons.csv (each group's rows against its baseline, paired bootstrap) and plots. The matrix and
+# catalog are inputs so that editing groups or baselines refreshes the table.
+
+
+rule aggregate:
+    input:
+        metrics=all_metrics(),
+        summaries=all_train_summaries(),
+        matrix=config["matrix"],
+        catalog=config["catalog"],
+    output:
+        table=report(
+            f"{RESULTS}/table.csv",
+            caption="../report/table.rst",
+            category="Results",
+            labels={"table": "all experiments"},
+        ),
+        comparisons=report(
+            f"{RESULTS}/comparisons.csv",
+            caption="../report/comparisons.rst",
+            category="Results",
+            labels={"table": "comparisons with baselines"},
+        ),
+        plots=report(
+            directory(f"{RESULTS}/plots"),
+            patterns=["{plot}.png"],
+            caption="../report/plots.rst",
+            category="Plots",
+        ),
+    log:
+        f"{LOGS}/aggregate.log",
+    params:
+        command=AGGREGATE_COMMAND,
+    localrule: True
+    conda:
+        "../envs/steermoe.yaml"
+    shell:
+        "{params.command} > {log} 2>&1"

@@ -1,0 +1,136 @@
+"""Load and validate the experiments (config, catalog, matrix) and render every experiment's configs, once, at
+parse time. Nothing here imports torch or transformers: steermoe.matrix and steermoe.render are torch-free, so a
+dry run stays fast. Every error names the file, the row and the column, and stops the workflow before any job."""
+import re
+import shlex
+from pathlib import Path, PurePosixPath
+
+from snakemake.exceptions import WorkflowError
+from snakemake.utils import validate
+
+from steermoe.errors import ConfigError
+from steermoe.matrix import (data_command, embedded_models_used, load_matrix, parse_bool, read_matrix_rows,
+                             read_yaml)
+from steermoe.render import render_all, sha256
+
+
+# `--config quick=true` arrives as a string
+try:
+    config["quick"] = parse_bool(config.get("quick", False), "config 'quick'")
+except ConfigError as err:
+    raise WorkflowError(str(err)) from None
+validate(config, "../schemas/config.schema.yaml")
+
+
+def _folder(key):
+    return str(PurePosixPath(config[key]))
+
+
+RESULTS, DATA, MODELS, LOGS = _folder("results"), _folder("data"), _folder("models"), "logs"
+QUICK = bool(config["quick"])
+
+try:
+    EXPERIMENTS = load_matrix(config["matrix"], config["catalog"], quick=QUICK, results=RESULTS, data=DATA,
+                              models=MODELS)
+    validate(read_yaml(config["catalog"]), "../schemas/catalog.schema.yaml", set_default=False)
+    _, _rows = read_matrix_rows(config["matrix"])
+    for _exp, (_line, _cells) in zip(EXPERIMENTS, _rows):
+        _record = {k: v for k, v in _cells.items() if v and k in ("method", "encoder", "decoder", "dataset",
+                                                                    "variant", "group", "tags")}
+        validate({**_record, **_exp.overrides, "baseline": _exp.baseline}, "../schemas/matrix.schema.yaml",
+                 set_default=False)
+    RENDERED = render_all(EXPERIMENTS, config["templates"])
+except ConfigError as err:
+    raise WorkflowError(str(err)) from None
+
+EXP = {exp.id: exp for exp in EXPERIMENTS}
+CONFIG_SHA256 = {exp_id: {mode: sha256(text) for mode, text in texts.items()} for exp_id, texts in RENDERED.items()}
+DATASETS = {exp.dataset: exp.dataset_entry for exp in EXPERIMENTS}
+EMBEDDED = embedded_models_used(EXPERIMENTS)
+
+
+def _alternatives(names):
+    return "|".join(re.escape(name) for name in sorted(names)) or "(?!)"
+
+
+wildcard_constraints:
+    exp=_alternatives(EXP),
+    dataset=_alternatives(DATASETS),
+    name=_alternatives(EMBEDDED),
+
+
+# ---- per-experiment lookups used by the rules ----------------------------------------------------------------
+def config_stem(mode):
+    """The config file stems of one mode (render rules' {stem} wildcard)."""
+    paths = [exp.train_config if mode == "train" else exp.test_config for exp in EXPERIMENTS]
+    return _alternatives(PurePosixPath(p).stem for p in paths)
+
+
+def rendered_sha256(mode):
+    def get(wildcards):
+        exp = EXP[wildcards.exp]
+        expected = exp.train_config if mode == "train" else exp.test_config
+        if PurePosixPath(expected).stem != wildcards.stem:
+            raise WorkflowError(f"{RESULTS}/{wildcards.exp}/{wildcards.stem}.yaml is not a config of experiment "
+                                f"{wildcards.exp} (its {mode} config is {expected})")
+        return CONFIG_SHA256[wildcards.exp][mode]
+    return get
+
+
+def data_manifest(wildcards):
+    return f"{EXP[wildcards.exp].data_dir}/manifest.json"
+
+
+def model_markers(wildcards):
+    """The import markers of the embedded models an experiment uses (none for models given by path)."""
+    return [f"{MODELS}/{name}/steermoe_import.json" for name in EXP[wildcards.exp].embedded_models]
+
+
+def train_config(wildcards):
+    return EXP[wildcards.exp].train_config
+
+
+def test_config(wildcards):
+    return EXP[wildcards.exp].test_config
+
+
+def resource(key, default=None, evaluate=False):
+    """A job resource from the catalog (the decoder's `resources`, else `defaults.resources`)."""
+    def get(wildcards):
+        res = EXP[wildcards.exp].resources
+        if evaluate:
+            if key == "gpu":
+                return min(1, res.get("gpus", 0))  # evaluation decodes on one device
+            if key in ("runtime", "mem_mb") and f"eval_{key}" in res:
+                return res[f"eval_{key}"]
+        return res.get("gpus" if key == "gpu" else key, default)
+    return get
+
+
+def train_threads(wildcards):
+    return EXP[wildcards.exp].resources.get("threads", 1)
+
+
+def master_port(wildcards):
+    return EXP[wildcards.exp].port
+
+
+def prepare_command(wildcards):
+    return data_command(DATASETS[wildcards.dataset], f"{DATA}/{wildcards.dataset}", quick=QUICK)
+
+
+def all_metrics():
+    return [exp.metrics for exp in EXPERIMENTS]
+
+
+def all_train_summaries():
+    return [exp.train_summary for exp in EXPERIMENTS]
+
+
+AGGREGATE_COMMAND = shlex.join(["steermoe", "aggregate", "--matrix", config["matrix"], "--catalog", config["catalog"],
+                                "--results", RESULTS, "--logs", LOGS, "--data", DATA, "--models", MODELS,
+                                "--out", RESULTS] + (["--quick"] if QUICK else []))
+
+RENDER_ARGS = shlex.join(["--matrix", config["matrix"], "--catalog", config["catalog"], "--templates",
+                          config["templates"], "--results", RESULTS, "--data", DATA, "--models", MODELS]
+                         + (["--quick"] if QUICK else []))

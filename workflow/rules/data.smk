@@ -1,0 +1,20 @@
+# Data preparation: one job per dataset, shared by every experiment on it. The command comes from the catalog
+# (`synth:` -> steermoe data synth, `prepare:` -> steermoe data prepare); it is a param, so editing the dataset's
+# catalog entry (sizes, root, ...) prepares it again and re-runs the experiments that use it.
+
+
+rule prepare_data:
+    output:
+        f"{DATA}/{{dataset}}/manifest.json",
+    log:
+        f"{LOGS}/data/{{dataset}}.log",
+    params:
+        command=prepare_command,
+    threads: 2
+    resources:
+        mem_mb=8000,
+        runtime=240,
+    conda:
+        "../envs/steermoe.yaml"
+    shell:
+        "{params.command} --workers {threads} > {log} 2>&1"
