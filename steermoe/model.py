@@ -193,7 +193,9 @@ class SteerMoEModel(nn.Module):
         # position would cost about a quarter of a small LLM's training step.
         width = int((labels != IGNORE_INDEX).sum(1).max())
         hidden = base.last_hidden_state[:, -width - 1:-1]  # (B, width, H): position t predicts token t+1
-        logits = self.decoder.get_output_embeddings()(hidden)  # (B, width, V)
+        # 2-D and contiguous: a strided 3-D input sends F.linear through bmm with a batch-expanded weight copy
+        logits = self.decoder.get_output_embeddings()(hidden.reshape(-1, hidden.shape[-1]))
+        logits = logits.view(*hidden.shape[:2], -1)  # (B, width, V)
         loss = F.cross_entropy(logits.flatten(0, 1).float(), labels[:, -width:].flatten(), ignore_index=IGNORE_INDEX)
         out = CausalLMOutputWithPast(loss=loss, logits=logits, past_key_values=base.past_key_values)
         if return_gates:

@@ -304,7 +304,7 @@ def test_overrides_reach_the_rendered_config_and_quick_wins(tmp_path):
     assert load_run_config(path).training.max_steps == 50
     quick = load_matrix(matrix, catalog, quick=True)[0]
     assert quick.id == exp.id and quick.settings["max_steps"] == 2  # quick wins over the row (CI size)
-    assert plain.settings["max_steps"] == 600
+    assert plain.settings["max_steps"] == 420
 
 
 # ---- rendering -----------------------------------------------------------------------------------------------
