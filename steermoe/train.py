@@ -22,10 +22,10 @@ from transformers import EarlyStoppingCallback, PrinterCallback, Trainer, Traine
 
 from steermoe.analysis import GateStats, scalars, steering_parameters
 from steermoe.data.batching import AudioRows, Collator, LengthGroupedBatches
+from steermoe.errors import ConfigError, DataError, TrainingError
 from steermoe.features import AudioFeatures
 from steermoe.fsutil import replace_dir, sha256_file, write_json
 from steermoe.runconfig import RunConfig
-from steermoe.errors import ConfigError, DataError, TrainingError
 
 WEIGHTS = "model.safetensors"  # the Trainer's own name, so its resume and best-model loading find the file
 META = "steermoe.json"
