@@ -152,6 +152,13 @@ def _render(args) -> None:
             print(f"{path}  sha256 {digest}")
 
 
+def _matrix_arguments(p: argparse.ArgumentParser) -> None:
+    """The options of every command that reads the experiment matrix."""
+    p.add_argument("--matrix", default="experiments/matrix.tsv")
+    p.add_argument("--catalog", default="experiments/catalog.yaml")
+    p.add_argument("--quick", action="store_true", help="the matrix's quick variant")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="steermoe", description="SteerMoE speech-LLM experiments")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -214,21 +221,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_evaluate)
 
     p = sub.add_parser("aggregate", help="collect every experiment into results/table.csv, comparisons and plots")
-    p.add_argument("--matrix", default="experiments/matrix.tsv")
-    p.add_argument("--catalog", default="experiments/catalog.yaml")
+    _matrix_arguments(p)
     p.add_argument("--results", default="results", help="folder holding results/{experiment}/")
     p.add_argument("--logs", default="logs", help="folder holding logs/{experiment}/{train,evaluate}.log")
     p.add_argument("--out", default="results", help="where table.csv, comparisons.csv and plots/ go")
     p.add_argument("--data", default="data", help="prepared corpora (to tell why an experiment never trained)")
     p.add_argument("--models", default="models", help="imported embedded models (likewise)")
-    p.add_argument("--quick", action="store_true", help="the matrix's quick variant")
     p.add_argument("--seed", type=int, default=0, help="paired-bootstrap seed")
     p.add_argument("--resamples", type=int, default=1000, help="paired-bootstrap resamples")
     p.set_defaults(func=_aggregate)
     p = sub.add_parser("plan", help="per experiment: trainable parameters, training FLOPs and GPU-hours")
-    p.add_argument("--matrix", default="experiments/matrix.tsv")
-    p.add_argument("--catalog", default="experiments/catalog.yaml")
-    p.add_argument("--quick", action="store_true", help="the matrix's quick variant")
+    _matrix_arguments(p)
     p.add_argument("--data", default="data", help="prepared corpora (their manifests give the utterance lengths)")
     p.add_argument("--models", default="models", help="imported embedded models (their configs give the shapes)")
     p.add_argument("--peak-tflops", type=float, default=989.0,
@@ -239,13 +242,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_plan)
 
     p = sub.add_parser("render", help="render experiments' YAML configs from the templates (as the workflow does)")
-    p.add_argument("--matrix", default="experiments/matrix.tsv")
-    p.add_argument("--catalog", default="experiments/catalog.yaml")
+    _matrix_arguments(p)
     p.add_argument("--templates", default="templates", help="folder of train.yaml.j2 and test.yaml.j2")
     p.add_argument("--results", default="results")
     p.add_argument("--data", default="data")
     p.add_argument("--models", default="models")
-    p.add_argument("--quick", action="store_true", help="the matrix's quick variant")
     p.add_argument("--id", action="append", help="experiment id (repeatable; default: every experiment)")
     p.add_argument("--mode", choices=["train", "test", "both"], default="both")
     p.add_argument("--expect-sha256", default=None, help="fail unless the rendered text has this hash")
