@@ -6,6 +6,9 @@ cd "$(dirname "$0")/.."
 
 # espeak-ng and sox synthesise and resample the embedded default's speech corpora
 APT_PACKAGES="espeak-ng sox"
+# --slurm: also SLURM and munge, for a private one-node cluster on this machine (scripts/local-slurm.sh, used by
+# tests/test_slurm.py)
+[ "${1:-}" = "--slurm" ] && APT_PACKAGES="$APT_PACKAGES slurmctld slurmd slurm-client munge"
 missing=$(for p in $APT_PACKAGES; do dpkg -s "$p" >/dev/null 2>&1 || printf "%s " "$p"; done)
 if [ -n "$missing" ]; then
   sudo=""; [ "$(id -u)" -ne 0 ] && sudo="sudo"

@@ -1,0 +1,128 @@
+#!/usr/bin/env bash
+# A private one-node SLURM cluster on this machine, for trying profiles/slurm (and for its test).
+#
+#   scripts/local-slurm.sh start DIR   munge + slurmctld + slurmd with all their files under DIR; waits until the
+#                                      node is idle, then prints the line to source: export SLURM_CONF=DIR/slurm.conf
+#   scripts/local-slurm.sh stop DIR    cancels the cluster's jobs and stops its daemons
+#
+# Needs the Debian packages slurmctld, slurmd, slurm-client and munge (scripts/setup.sh --slurm installs them).
+# Nothing outside DIR is touched: the cluster has its own munge key and socket, state, logs and free ports, so it
+# never meets a system SLURM. No accounting (sacct has no data: use `--slurm-status-command squeue`, which works
+# because MinJobAge keeps finished jobs visible for 10 minutes), and no cgroups (they rarely work in containers):
+# processes are tracked by PID (proctrack/linuxproc), tasks are not confined, memory is not enforced. Finished jobs
+# are logged one per line in DIR/jobcomp.log. Run as root (slurmd launches jobs as their user).
+set -euo pipefail
+
+usage() { echo "usage: $0 start|stop DIR" >&2; exit 2; }
+[ $# -eq 2 ] || usage
+action=$1
+dir=$(mkdir -p "$2" && cd "$2" && pwd)
+conf=$dir/slurm.conf
+
+fail() {
+  echo "local-slurm: $*" >&2
+  for log in "$dir"/log/*.log; do [ -s "$log" ] && { echo "--- $log (last lines)" >&2; tail -n 20 "$log" >&2; }; done
+  exit 1
+}
+
+stop_pid() {  # stop the daemon whose pid file is $1, waiting up to 10 s for it to exit
+  local pid
+  [ -s "$1" ] || return 0
+  pid=$(cat "$1")
+  if kill "$pid" 2>/dev/null; then
+    for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.2; done
+    kill -9 "$pid" 2>/dev/null || true
+  fi
+  rm -f "$1"
+}
+
+stop() {
+  if [ -s "$dir/run/slurmctld.pid" ]; then
+    SLURM_CONF=$conf scancel --user "$(id -un)" 2>/dev/null || true
+    sleep 1  # slurmd passes the cancellation on to the jobs' slurmstepd
+  fi
+  stop_pid "$dir/run/slurmd.pid"
+  stop_pid "$dir/run/slurmctld.pid"
+  stop_pid "$dir/run/munged.pid"
+}
+
+free_port() {
+  python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
+start() {
+  local missing=""
+  for tool in munged slurmctld slurmd sinfo sbatch squeue; do
+    command -v "$tool" >/dev/null || [ -x "/usr/sbin/$tool" ] || missing="$missing $tool"
+  done
+  [ -z "$missing" ] || fail "not installed:$missing (Debian: apt-get install slurmctld slurmd slurm-client munge)"
+  [ "$(id -u)" -eq 0 ] || fail "run as root: slurmd starts jobs as the submitting user"
+  export PATH=$PATH:/usr/sbin
+  stop  # a previous cluster in the same folder
+  mkdir -p "$dir"/{munge,state,spool,log,run}
+  chmod 700 "$dir/munge"
+
+  # munge: a private key and socket (the system's munged, if any, is left alone)
+  [ -s "$dir/munge/munge.key" ] || { head -c 1024 /dev/urandom > "$dir/munge/munge.key"; }
+  chmod 400 "$dir/munge/munge.key"
+  munged --force --socket="$dir/munge/munge.socket" --key-file="$dir/munge/munge.key" \
+    --pid-file="$dir/run/munged.pid" --log-file="$dir/log/munged.log" --seed-file="$dir/munge/munged.seed" \
+    || fail "munged did not start"
+
+  # one node: this machine, as slurmd sees it (CPUs, sockets, cores, memory)
+  local host node
+  host=$(hostname -s)
+  node=$(slurmd -C | head -n 1)
+  case $node in NodeName=*) ;; *) fail "slurmd -C gave no node description: $node" ;; esac
+  cat > "$conf" <<EOF
+# written by scripts/local-slurm.sh: a private one-node cluster
+ClusterName=steermoe-local
+SlurmctldHost=$host(127.0.0.1)
+SlurmctldPort=$(free_port)
+SlurmdPort=$(free_port)
+SlurmUser=root
+SlurmdUser=root
+AuthType=auth/munge
+CredType=cred/munge
+AuthInfo=socket=$dir/munge/munge.socket
+StateSaveLocation=$dir/state
+SlurmdSpoolDir=$dir/spool
+SlurmctldPidFile=$dir/run/slurmctld.pid
+SlurmdPidFile=$dir/run/slurmd.pid
+SlurmctldLogFile=$dir/log/slurmctld.log
+SlurmdLogFile=$dir/log/slurmd.log
+# no cgroups: PIDs only, tasks unconfined
+ProctrackType=proctrack/linuxproc
+TaskPlugin=task/none
+JobAcctGatherType=jobacct_gather/none
+AccountingStorageType=accounting_storage/none
+JobCompType=jobcomp/filetxt
+JobCompLoc=$dir/jobcomp.log
+SelectType=select/cons_tres
+SelectTypeParameters=CR_Core
+SchedulerType=sched/backfill
+MpiDefault=none
+ReturnToService=2
+# finished jobs stay visible to squeue (the executor's status command without accounting)
+MinJobAge=600
+$node NodeAddr=127.0.0.1 State=UNKNOWN
+PartitionName=local Nodes=ALL Default=YES MaxTime=INFINITE State=UP
+EOF
+  export SLURM_CONF=$conf
+  slurmctld -c -f "$conf" || fail "slurmctld did not start"
+  slurmd -f "$conf" -N "$host" || fail "slurmd did not start"
+  local state=""
+  for _ in $(seq 120); do
+    state=$(sinfo --noheader --nodes "$host" --format %t 2>/dev/null || true)
+    [ "$state" = idle ] && break
+    sleep 0.5
+  done
+  [ "$state" = idle ] || fail "node $host is '${state:-unreachable}', not idle, after 60 s"
+  echo "export SLURM_CONF=$conf"
+}
+
+case $action in
+  start) start ;;
+  stop) stop ;;
+  *) usage ;;
+esac
