@@ -13,7 +13,6 @@ import shutil
 import signal
 import time
 from collections import Counter
-from functools import partial
 from pathlib import Path
 
 import torch
@@ -26,6 +25,8 @@ from steermoe.errors import ConfigError, DataError, TrainingError
 from steermoe.features import AudioFeatures
 from steermoe.fsutil import replace_dir, sha256_file, write_json
 from steermoe.runconfig import RunConfig
+from steermoe.trainstate import (SCALER, SCHEDULER, load_optimizer, load_rng, rng_stem, save_optimizer, save_rng,
+                                 unsafe_files)
 
 WEIGHTS = "model.safetensors"  # the Trainer's own name, so its resume and best-model loading find the file
 META = "steermoe.json"
@@ -219,15 +220,46 @@ class SteerMoETrainer(Trainer):
         finally:
             hf_trainer.deepspeed_load_checkpoint = original
 
+    # training state as safetensors + JSON (steermoe/trainstate.py), where the Trainer would write pickles
     def _save_optimizer_and_scheduler(self, output_dir: str) -> None:
-        if not self.is_deepspeed_enabled:
-            return super()._save_optimizer_and_scheduler(output_dir)
-        engine = self.model_wrapped  # DeepSpeed would write every frozen weight into its checkpoint too
-        engine.save_checkpoint = partial(type(engine).save_checkpoint, engine, exclude_frozen_parameters=True)
-        try:
-            super()._save_optimizer_and_scheduler(output_dir)
-        finally:
-            del engine.save_checkpoint
+        from accelerate.utils import DeepSpeedSchedulerWrapper
+
+        if self.is_deepspeed_enabled:
+            # DeepSpeed's own checkpoint (pickled, see README); without every frozen weight, which it would include
+            self.model_wrapped.save_checkpoint(output_dir, exclude_frozen_parameters=True)
+        elif self.args.should_save:
+            save_optimizer(self.optimizer, self.model, Path(output_dir))
+        if self.args.should_save and not isinstance(self.lr_scheduler, DeepSpeedSchedulerWrapper):
+            write_json(Path(output_dir) / SCHEDULER, self.lr_scheduler.state_dict())
+
+    def _load_optimizer_and_scheduler(self, checkpoint: str | None) -> None:
+        from accelerate.utils import DeepSpeedSchedulerWrapper
+
+        if checkpoint is None:
+            return
+        if not self.is_deepspeed_enabled:  # DeepSpeed has restored its optimiser together with the model
+            load_optimizer(self.optimizer, self.model, Path(checkpoint))
+        if not isinstance(self.lr_scheduler, DeepSpeedSchedulerWrapper):
+            self.lr_scheduler.load_state_dict(json.loads((Path(checkpoint) / SCHEDULER).read_text()))
+
+    def _save_scaler(self, output_dir: str) -> None:
+        scaler = getattr(self.accelerator, "scaler", None)  # fp16 on a GPU without DeepSpeed only
+        if scaler is not None and self.args.should_save:
+            write_json(Path(output_dir) / SCALER, scaler.state_dict())
+
+    def _load_scaler(self, checkpoint: str | None) -> None:
+        scaler = getattr(self.accelerator, "scaler", None)
+        if scaler is not None and checkpoint is not None and (Path(checkpoint) / SCALER).is_file():
+            scaler.load_state_dict(json.loads((Path(checkpoint) / SCALER).read_text()))
+
+    def _save_rng_state(self, output_dir: str) -> None:
+        save_rng(Path(output_dir), rng_stem(self.args.process_index, self.args.world_size))
+
+    def _load_rng_state(self, checkpoint: str | None) -> None:
+        if checkpoint is not None and not load_rng(Path(checkpoint),
+                                                   rng_stem(self.args.process_index, self.args.world_size)):
+            self.print(f"{checkpoint} has no RNG state for process {self.args.process_index} (saved with another "
+                       f"number of processes?): random draws will differ from an uninterrupted run")
 
     # checkpoints: trainable parameters only, in safetensors
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
@@ -284,8 +316,16 @@ def resume_point(output_dir: Path, run: RunConfig, log=print) -> str | None:
     for folder in complete_checkpoints(output_dir):
         marker = json.loads((folder / COMPLETE).read_text())
         problem = None
+        unlisted = sorted({str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file()}
+                          - set(marker["files"]) - {COMPLETE})
+        unsafe = unsafe_files(marker["files"], run.training.use_deepspeed)
         if marker.get("config_sha256") != run.sha256:
             problem = "was written by a different version of the config"
+        elif unlisted:
+            problem = f"holds files its {COMPLETE} does not list ({', '.join(unlisted[:3])}); they are never loaded"
+        elif unsafe:
+            problem = (f"holds pickled state ({', '.join(unsafe[:3])}; an older steermoe wrote such files), which is "
+                       f"never loaded")
         else:
             for name, digest in marker["files"].items():
                 if not (folder / name).is_file() or sha256_file(folder / name) != digest:
