@@ -1,6 +1,7 @@
 """Training and evaluation on tiny random models: every config key takes effect, checkpoints resume exactly."""
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -420,6 +421,25 @@ def test_deepspeed_zero_on_cpu_trains_to_the_same_loss_as_plain_training(tiny, t
     # only trainable parameters in DeepSpeed's own checkpoint too (no frozen encoder/decoder weights)
     states = list((tmp_path / "ds" / "out" / "checkpoint-8").rglob("*model_states.pt"))
     assert states and all(p.stat().st_size < 200_000 for p in states)
+    # pickles only in DeepSpeed's own files (global_step*/); our scheduler and RNG state in JSON and safetensors
+    from steermoe.trainstate import unsafe_files
+
+    out = tmp_path / "ds" / "out"
+    names = [str(p.relative_to(out / "checkpoint-4")) for p in (out / "checkpoint-4").rglob("*") if p.is_file()]
+    assert {"scheduler.json", "rng_state.safetensors", "rng_state.json"} <= set(names)
+    assert not unsafe_files(names, deepspeed=True)
+    assert {Path(n).parts[0] for n in unsafe_files(names, deepspeed=False)} == {"global_step4", "latest",
+                                                                               "zero_to_fp32.py", "zero_to_torch.py"}
+    # resumed from checkpoint-4: exactly the weights of the uninterrupted run
+    whole = load_file(str(out / "final" / "model.safetensors"))
+    shutil.rmtree(out / "checkpoint-8")
+    shutil.rmtree(out / "final")
+    resumed = _cli_train(ds)
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    assert "resuming from" in resumed.stdout
+    again = load_file(str(out / "final" / "model.safetensors"))
+    for key in whole:
+        assert torch.equal(whole[key], again[key]), key
 
 
 def test_the_seed_example_with_paths_changed_trains(tiny, tmp_path):
