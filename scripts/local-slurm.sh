@@ -69,11 +69,14 @@ start() {
     --pid-file="$dir/run/munged.pid" --log-file="$dir/log/munged.log" --seed-file="$dir/munge/munged.seed" \
     || fail "munged did not start"
 
-  # one node: this machine, as slurmd sees it (CPUs, sockets, cores, memory)
-  local host node
+  # one node: this machine, as slurmd sees it (CPUs, sockets, cores). Memory is not enforced here (no cgroups);
+  # it is advertised as at least 64 GiB (config_overrides) so that a profile's requests fit on a small machine.
+  local host node memory
   host=$(hostname -s)
   node=$(slurmd -C | head -n 1)
-  case $node in NodeName=*) ;; *) fail "slurmd -C gave no node description: $node" ;; esac
+  case $node in NodeName=*RealMemory=*) ;; *) fail "slurmd -C gave no node description: $node" ;; esac
+  memory=${node##*RealMemory=}; memory=${memory%% *}
+  [ "$memory" -ge 65536 ] || node=${node/RealMemory=$memory/RealMemory=65536}
   cat > "$conf" <<EOF
 # written by scripts/local-slurm.sh: a private one-node cluster
 ClusterName=steermoe-local
@@ -103,6 +106,7 @@ SelectTypeParameters=CR_Core
 SchedulerType=sched/backfill
 MpiDefault=none
 ReturnToService=2
+SlurmdParameters=config_overrides
 # finished jobs stay visible to squeue (the executor's status command without accounting)
 MinJobAge=600
 $node NodeAddr=127.0.0.1 State=UNKNOWN
