@@ -5,9 +5,12 @@ Heavy imports (torch, transformers) happen inside the subcommands so `steermoe -
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import sys
 from pathlib import Path
+
+STORAGE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM}
 
 
 def _params(args) -> None:
@@ -83,6 +86,13 @@ def _train(args) -> None:
     if args.deepspeed_config:  # the seed's launch flag
         run.training.use_deepspeed, run.training.deepspeed_config = True, args.deepspeed_config
     train(run)
+
+
+def _launch(args) -> None:
+    from steermoe.launch import launch, master_port
+
+    command = args.command[1:] if args.command[:1] == ["--"] else args.command
+    launch(command, args.gpus, args.port if args.port is not None else master_port(" ".join(command)))
 
 
 def _evaluate(args) -> None:
@@ -220,6 +230,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="output folder (default: evaluation.output_dir)")
     p.set_defaults(func=_evaluate)
 
+    p = sub.add_parser("launch", help="run a job on its own GPUs of this machine (claimed with lock files; several "
+                                      "GPUs through the DeepSpeed launcher): steermoe launch --gpus N -- COMMAND")
+    p.add_argument("--gpus", type=int, default=0, help="GPUs the job gets (0: none visible to it)")
+    p.add_argument("--port", type=int, default=None, help="distributed master port (default: derived from COMMAND)")
+    p.add_argument("command", nargs=argparse.REMAINDER, help="the job's command line, after --")
+    p.set_defaults(func=_launch)
+
     p = sub.add_parser("aggregate", help="collect every experiment into results/table.csv, comparisons and plots")
     _matrix_arguments(p)
     p.add_argument("--results", default="results", help="folder holding results/{experiment}/")
@@ -261,6 +278,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    # a log file (Snakemake, SLURM) gets every progress line at once: a killed job's log shows how far it got
+    sys.stdout.reconfigure(line_buffering=True)
     # errors a user can fix get one clear line, not a traceback
     from steermoe.errors import USER_ERRORS
 
@@ -268,6 +287,13 @@ def main(argv: list[str] | None = None) -> int:
         args.func(args)
     except USER_ERRORS as err:
         print(f"steermoe: error: {err}", file=sys.stderr)
+        return 2
+    except OSError as err:  # a full disk, a read-only or unwritable folder: the user's to fix, not a bug
+        if err.errno not in STORAGE_ERRNOS:
+            raise
+        where = f" {err.filename}" if err.filename else ""
+        print(f"steermoe: error: cannot write{where}: {err.strerror}; free space or make the folder writable, then "
+              f"run the same command again (finished results and complete checkpoints are kept)", file=sys.stderr)
         return 2
     return 0
 

@@ -30,7 +30,6 @@ import hashlib
 import math
 import re
 import shlex
-import zlib
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
@@ -38,7 +37,8 @@ import yaml
 
 from steermoe.config import METHODS
 from steermoe.errors import ConfigError
-from steermoe.runconfig import METRICS, SCHEMA, Key, _check_value, _Loader
+from steermoe.launch import master_port
+from steermoe.runconfig import METRICS, SCHEMA, Key, _check_value, _Loader, yaml_problem
 
 # ---- settings: the config keys a catalog or a matrix column may set ---------------------------------------------
 # name (catalog key and matrix column) -> dotted key of the run config (steermoe.runconfig.SCHEMA)
@@ -120,6 +120,8 @@ RESERVED_PARTS = ("train", "test", "eval")  # the name convention reads the mode
 
 NAME_RE = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?$")  # catalog names and variants: no `_`, no `/`
 ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+PATH_RE = re.compile(r"^[A-Za-z0-9._+/-]+$")  # paths that reach file names and shell commands
+PATH_SETTINGS = ("deepspeed_config",)  # settings whose value is a path
 MAX_ID_LENGTH = 200
 TRUE, FALSE = ("true", "yes", "1", "y", "on"), ("false", "no", "0", "n", "off")
 
@@ -135,6 +137,18 @@ def setting_key(name: str) -> Key:
 
 def is_safe_name(name: str) -> bool:
     return bool(NAME_RE.match(name)) and ".." not in name
+
+
+def check_safe_path(where: str, value: str, relative: bool = True) -> str:
+    """A path that reaches file names and shell commands: no spaces or shell characters; from the matrix also no
+    absolute path and no '..' (the matrix names files inside the workflow; the catalog holds the machine's paths)."""
+    parts = PurePosixPath(value).parts
+    if not PATH_RE.match(value) or (relative and (value.startswith("/") or ".." in parts)):
+        rules = "letters, digits, '.', '_', '-', '+' and '/' (no spaces or shell characters such as ; $ ` ( ) & | *)"
+        if relative:
+            rules += "; a path relative to the workflow folder, without '..' (machine paths go in the catalog)"
+        raise ConfigError(f"{where}: {value!r} is not an allowed path: use {rules}")
+    return value
 
 
 def _closest(value: str, allowed) -> str:
@@ -185,7 +199,7 @@ def read_yaml(path: str | Path):
     try:
         return yaml.load(text, Loader=_Loader)  # YAML 1.2 numbers: 1e-2 is a float
     except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML: {err}") from err
+        raise ConfigError(f"{path}: {yaml_problem(err)}") from err
 
 
 # ---- the catalog ---------------------------------------------------------------------------------------------
@@ -429,7 +443,7 @@ class Experiment:
     @property
     def port(self) -> int:
         """The distributed master port of the experiment's training job (stable, spread over 20000-39999)."""
-        return 20000 + zlib.crc32(self.id.encode()) % 20000
+        return master_port(self.id)
 
 
 class _Where:
@@ -462,6 +476,8 @@ def _parse_cell(where: str, name: str, text: str):
         raise ConfigError(f"{where}: {text!r} is not {shown}{allowed}") from None
     if isinstance(value, float) and not math.isfinite(value):
         raise ConfigError(f"{where}: {text!r} is not a finite number")
+    if name in PATH_SETTINGS:
+        check_safe_path(where, value)
     return _check_value(where, key, value)
 
 

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import time
 from collections import Counter
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -21,10 +23,10 @@ from transformers import EarlyStoppingCallback, PrinterCallback, Trainer, Traine
 
 from steermoe.analysis import GateStats, scalars, steering_parameters
 from steermoe.data.batching import AudioRows, Collator, LengthGroupedBatches
-from steermoe.errors import ConfigError, DataError, TrainingError
+from steermoe.errors import ConfigError, DataError, ModelFolderError, TrainingError
 from steermoe.features import AudioFeatures
-from steermoe.fsutil import replace_dir, sha256_file, write_json
-from steermoe.runconfig import RunConfig
+from steermoe.fsutil import replace_dir, sha256_file, storage_problem, write_json
+from steermoe.runconfig import DEEPSPEED_DIR, RunConfig
 from steermoe.trainstate import (SCALER, SCHEDULER, load_optimizer, load_rng, rng_stem, save_optimizer, save_rng,
                                  unsafe_files)
 
@@ -40,9 +42,16 @@ def load_model(run: RunConfig):
     from steermoe.model import build_model
 
     dtype = getattr(torch, run.decoder.dtype)
-    model = build_model(run.model_config(), run.resolve(run.encoder.model_path), run.resolve(run.decoder.model_name),
-                        decoder_dtype=dtype)
     section = f"{run.encoder_kind}_encoder"
+    encoder, decoder = run.resolve(run.encoder.model_path), run.resolve(run.decoder.model_name)
+    try:
+        model = build_model(run.model_config(), encoder, decoder, decoder_dtype=dtype)
+    except ModelFolderError as err:  # say which key of which config named the folder
+        import traceback
+
+        frames = {frame.name for frame in traceback.extract_tb(err.__traceback__)}
+        key = "llm_decoder.model_name" if "load_decoder" in frames else f"{section}.model_path"
+        raise ModelFolderError(f"{run.path}: {key}: {err}") from None
     for key, actual in (("feature_dim", model.encoder.hidden_size), ("num_layers", model.encoder.num_layers)):
         stated = getattr(run.encoder, key)
         if stated is not None and stated != actual:
@@ -114,10 +123,10 @@ def resolve_precision(run: RunConfig, log=print) -> str:
 def distributed_env(run: RunConfig) -> None:
     """DeepSpeed wants a process group even for one process; the port is derived from the experiment so that
     concurrent runs on one machine never collide. Must run before deepspeed is imported."""
-    import zlib
+    from steermoe.launch import master_port
 
     defaults = {"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0", "LOCAL_WORLD_SIZE": "1",
-                "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(20000 + zlib.crc32(run.name.encode()) % 20000)}
+                "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(master_port(run.name))}
     for key, value in defaults.items():
         os.environ.setdefault(key, value)
     if not torch.cuda.is_available():
@@ -126,6 +135,38 @@ def distributed_env(run: RunConfig) -> None:
 
         # its shared-memory all-reduce is for several CPU processes and would be compiled first (~30 s): use gloo
         deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
+
+
+def read_deepspeed_config(run: RunConfig) -> dict:
+    """The DeepSpeed JSON of a run; a missing or unparsable file is a ConfigError naming the line."""
+    path = run.resolve(run.training.deepspeed_config)
+    where = f"{run.path}: training.deepspeed_config {path}"
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except OSError as err:
+        raise ConfigError(f"{where}: cannot read it ({err.strerror}); the shipped ones are in {DEEPSPEED_DIR}") from None
+    except json.JSONDecodeError as err:
+        raise ConfigError(f"{where} is not valid JSON: {err.msg} at line {err.lineno}, column {err.colno}") from None
+
+
+# what the Trainer calls a value the DeepSpeed JSON may contradict -> the config key that sets it
+DEEPSPEED_KEYS = {"per_device_train_batch_size": "training.batch_size", "learning_rate": "training.learning_rate",
+                  "gradient_accumulation_steps": "training.gradient_accumulation_steps",
+                  "max_grad_norm": "training.gradient_clipping", "weight_decay": "training.weight_decay",
+                  "train_batch_size": "training.batch_size x gradient_accumulation_steps x processes",
+                  "fp16|fp16_full_eval": "training.fp16 (on this device)",
+                  "bf16|bf16_full_eval": "training.bf16 (on this device)"}
+
+
+def check_deepspeed_agrees(run: RunConfig, args: TrainingArguments) -> None:
+    """A value the DeepSpeed JSON sets explicitly (not "auto") must equal the config's; the Trainer would only say
+    so after loading everything, with a traceback."""
+    found = [re.match(r"- ds (\S+)=(.*) vs hf (\S+)=(.*)$", m) for m in args.hf_deepspeed_config.mismatches]
+    if found:
+        what = "; ".join(f"{m[1]} is {m[2]} but {DEEPSPEED_KEYS.get(m[3], m[3])} is {m[4]}" for m in found if m)
+        raise ConfigError(f"{run.path}: the DeepSpeed config {run.training.deepspeed_config} contradicts this config: "
+                          f"{what}; set those DeepSpeed values to \"auto\" (filled in from this config) or make them "
+                          f"equal")
 
 
 # ---- the Trainer ---------------------------------------------------------------------------------------------
@@ -171,7 +212,8 @@ class SteerMoETrainer(Trainer):
                                        seed=self.args.seed)
         return self.accelerator.prepare(DataLoader(self.train_dataset, batch_sampler=sampler,
                                                    collate_fn=self.data_collator,
-                                                   num_workers=self.args.dataloader_num_workers))
+                                                   num_workers=self.args.dataloader_num_workers,
+                                                   worker_init_fn=ignore_stop_signals))
 
     def get_eval_dataloader(self, eval_dataset=None) -> DataLoader:
         dataset = eval_dataset if eval_dataset is not None else self.eval_dataset
@@ -179,7 +221,8 @@ class SteerMoETrainer(Trainer):
         size = self.args.per_device_eval_batch_size
         batches = [order[i:i + size] for i in range(0, len(order), size)]
         return self.accelerator.prepare(DataLoader(dataset, batch_sampler=batches, collate_fn=self.data_collator,
-                                                   num_workers=self.args.dataloader_num_workers))
+                                                   num_workers=self.args.dataloader_num_workers,
+                                                   worker_init_fn=ignore_stop_signals))
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         top = self.run.top
@@ -189,9 +232,12 @@ class SteerMoETrainer(Trainer):
                     return_gates=analyse, use_cache=self.run.decoder.use_cache)
         loss = out["loss"]
         if not torch.isfinite(loss):
-            raise TrainingError(f"the training loss became {float(loss.detach())} at step {self.state.global_step + 1}; "
-                                f"the last complete checkpoint in {self.args.output_dir} is kept. Lower the learning "
-                                f"rates or set gradient_clipping, then run the same command to resume")
+            kept = complete_checkpoints(Path(self.args.output_dir))
+            raise TrainingError(f"{self.run.path}: the training loss became {float(loss.detach())} at step "
+                                f"{self.state.global_step + 1}; stopped. The last complete checkpoint "
+                                f"({kept[0] if kept else 'none yet'}) is kept. Lower the learning rates or set "
+                                f"gradient_clipping (an edited config starts afresh; the old checkpoints are moved to "
+                                f"superseded/)")
         if analyse:
             stats = GateStats()
             stats.add(out["gates"])
@@ -273,8 +319,9 @@ class SteerMoETrainer(Trainer):
                                 f"{load_result.unexpected_keys[:3]}")
 
     def _save_checkpoint(self, model, trial) -> None:
-        super()._save_checkpoint(model, trial)  # the Trainer's rotation is off: it could delete the last good one
         folder = Path(self.args.output_dir) / f"checkpoint-{self.state.global_step}"
+        with storage_errors(folder, "checkpoint"):
+            super()._save_checkpoint(model, trial)  # the Trainer's rotation is off: it could delete the last good one
         files = {str(p.relative_to(folder)): sha256_file(p) for p in sorted(folder.rglob("*")) if p.is_file()}
         write_json(folder / COMPLETE, {"step": self.state.global_step, "config_sha256": self.run.sha256,
                                        "files": files})
@@ -285,6 +332,21 @@ class SteerMoETrainer(Trainer):
             for old in done[limit:]:
                 if old.name not in keep:
                     shutil.rmtree(old)
+
+
+@contextmanager
+def storage_errors(folder: Path, what: str):
+    """A write that failed because the disk is full or read-only becomes one clear error; the last complete
+    checkpoint (and an earlier final/ folder) stay as they were."""
+    try:
+        yield
+    except Exception as err:
+        problem = storage_problem(folder)
+        if problem is None:
+            raise
+        raise TrainingError(f"cannot write the {what} {folder}: {problem} ({type(err).__name__}: {err}). Free space "
+                            f"or make the folder writable, then run the same command again: training resumes from "
+                            f"the last complete checkpoint") from None
 
 
 def save_trainable(model, folder: Path, run: RunConfig, state_dict: dict | None = None) -> None:
@@ -340,12 +402,22 @@ def resume_point(output_dir: Path, run: RunConfig, log=print) -> str | None:
     return None
 
 
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+
+
+def ignore_stop_signals(worker_id: int) -> None:
+    """DataLoader workers leave SIGTERM / SIGUSR1 to the main process: a scheduler signals the whole process group,
+    and a worker dying of it would crash the run before StopOnSignal could save a checkpoint."""
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
+
+
 class StopOnSignal(TrainerCallback):
     """SIGTERM / SIGUSR1 (what SLURM sends before a time limit): save a checkpoint at the end of the step, stop."""
 
     def __init__(self):
         self.received = None
-        for sig in (signal.SIGTERM, signal.SIGUSR1):
+        for sig in STOP_SIGNALS:
             signal.signal(sig, self._handle)
 
     def _handle(self, signum, frame):
@@ -405,9 +477,8 @@ def train(run: RunConfig, log=print) -> dict:
         raise ConfigError(f"{run.path}: use_early_stopping keeps the best checkpoint, so save_steps ({top.save_steps})"
                           f" must be a multiple of eval_steps ({top.eval_steps})")
     if t.use_deepspeed:
+        read_deepspeed_config(run)
         distributed_env(run)
-        if not run.resolve(t.deepspeed_config).is_file():
-            raise ConfigError(f"{run.path}: training.deepspeed_config {t.deepspeed_config} does not exist")
     output_dir = run.resolve(t.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     set_seed(top.seed)
@@ -428,7 +499,10 @@ def train(run: RunConfig, log=print) -> dict:
                  TensorBoardCallback(SummaryWriter(log_dir=str(run.resolve(t.logging_dir))))]
     if top.use_early_stopping:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=top.early_stopping_patience))
-    trainer = SteerMoETrainer(model=model, args=training_arguments(run, precision, dev_rows is not None),
+    args = training_arguments(run, precision, dev_rows is not None)
+    if t.use_deepspeed:
+        check_deepspeed_agrees(run, args)
+    trainer = SteerMoETrainer(model=model, args=args,
                               train_dataset=train_rows, eval_dataset=dev_rows, data_collator=collator,
                               callbacks=callbacks, run=run, log=log)
     trainer.remove_callback(PrinterCallback)  # Progress prints one line per log instead
@@ -452,8 +526,9 @@ def train(run: RunConfig, log=print) -> dict:
     final = output_dir / "final"
     building = output_dir / ".final.partial"
     shutil.rmtree(building, ignore_errors=True)
-    save_trainable(model, building, run)
-    write_json(building / "train_summary.json", summary)
+    with storage_errors(building, "final weights"):
+        save_trainable(model, building, run)
+        write_json(building / "train_summary.json", summary)
     replace_dir(building, final)
     log(f"{run.name}: {summary['steps']} steps in {seconds:.0f}s, final weights in {final}")
     if t.use_deepspeed and torch.distributed.is_initialized():

@@ -143,9 +143,10 @@ def test_seed_matrix_validates_and_plans_the_deepspeed_launch(tmp_path):
     out = snakemake(root, "-n", "-p", "--resources", "gpu=8").stdout
     qwen7b = next(e for e in experiments if e.decoder == "qwen7b" and e.method == "layer_wise")
     assert qwen7b.port == 20000 + zlib.crc32(qwen7b.id.encode()) % 20000
-    assert f"deepspeed --num_gpus 4 --master_port {qwen7b.port}" in out
-    assert "--module steermoe.cli train --config " + qwen7b.train_config in out
-    assert re.search(r"if \[ 1 -gt 1 \]", out)  # a one-GPU job (qwen3b) runs steermoe train itself
+    assert re.search(rf"steermoe launch --gpus 4 --port {qwen7b.port} -- +steermoe train --config "
+                     rf"{re.escape(qwen7b.train_config)}", out)
+    qwen3b = next(e for e in experiments if e.decoder == "qwen3b")
+    assert f"steermoe launch --gpus 1 --port {qwen3b.port} --" in out
     for exp in experiments:  # every rendered config is valid, on the placeholder paths
         assert "/path/to/" in render(exp, root / "templates", "train")
 

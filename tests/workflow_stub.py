@@ -1,5 +1,5 @@
 """A stand-in `steermoe` command for fast workflow tests: the Snakemake DAG, re-run semantics and launch logic
-are tested without training anything. `render` runs the real command (the configs are the real ones, and the
+are tested without training anything. `render` and `launch` run the real command (the configs are the real ones, and the
 configs the stub reads are validated by the real loader); every other subcommand writes its rule's outputs.
 
 Each call is appended to $STEERMOE_STUB_LOG as one JSON line: {"command": ..., "target": ...}.
@@ -23,7 +23,7 @@ def _record(command, target):
 
 
 def main(argv):
-    if argv[0] == "render":
+    if argv[0] in ("render", "launch"):
         from steermoe.cli import main as real
 
         return real(argv)

@@ -21,4 +21,5 @@ rule evaluate:
     conda:
         "../envs/steermoe.yaml"
     shell:
-        "OMP_NUM_THREADS={threads} steermoe evaluate --config {input.config} > {log} 2>&1"
+        "OMP_NUM_THREADS={threads} steermoe launch --gpus {resources.gpu} -- "
+        "steermoe evaluate --config {input.config} > {log} 2>&1"

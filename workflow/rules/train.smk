@@ -1,8 +1,9 @@
 # Training. The output is the final folder's weights (written atomically with steermoe.json and
 # train_summary.json); checkpoints (results/{exp}/train/checkpoint-*) are NOT outputs, so Snakemake never deletes
 # them when a job fails, and `steermoe train` resumes from the newest complete one when the job runs again.
-# One process on CPU or one GPU; with gpu > 1 the DeepSpeed launcher starts one process per GPU, with a master
-# port derived from the experiment id so that concurrent jobs on one node never collide.
+# `steermoe launch` gives the job its own `gpu` GPUs of this machine (lock files; CUDA_VISIBLE_DEVICES), so jobs
+# sharing a node never see each other's GPUs; with gpu > 1 it starts the DeepSpeed launcher (one process per GPU)
+# with a master port derived from the experiment id, so that concurrent jobs on one node never collide.
 
 
 rule train:
@@ -27,11 +28,6 @@ rule train:
         "../envs/steermoe.yaml"
     shell:
         """
-        export OMP_NUM_THREADS={threads}
-        if [ {resources.gpu} -gt 1 ]; then
-            deepspeed --num_gpus {resources.gpu} --master_port {params.port} \
-                --module steermoe.cli train --config {input.config} > {log} 2>&1
-        else
+        OMP_NUM_THREADS={threads} steermoe launch --gpus {resources.gpu} --port {params.port} -- \
             steermoe train --config {input.config} > {log} 2>&1
-        fi
         """
