@@ -1,7 +1,7 @@
 # SteerMoE experiment matrix: experiments/matrix.tsv x experiments/catalog.yaml -> results/table.csv
 #
 #   snakemake --cores all results/table.csv               run (or resume) the matrix locally
-#   snakemake --profile profiles/slurm results/table.csv  the same on a SLURM cluster
+#   snakemake --workflow-profile profiles/slurm results/table.csv  the same on a SLURM cluster
 #   snakemake --report results/report.html                HTML report (tables, plots)
 #
 # Rules call only the `steermoe` command: activate the project's venv first (source .venv/bin/activate), or put

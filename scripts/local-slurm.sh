@@ -1,16 +1,19 @@
 #!/usr/bin/env bash
 # A private one-node SLURM cluster on this machine, for trying profiles/slurm (and for its test).
 #
-#   scripts/local-slurm.sh start DIR   munge + slurmctld + slurmd with all their files under DIR; waits until the
-#                                      node is idle, then prints the line to source: export SLURM_CONF=DIR/slurm.conf
+#   scripts/local-slurm.sh start DIR   munge + slurmctld + slurmd with their files under DIR; waits until the node
+#                                      is idle, then prints the line to source: export SLURM_CONF=DIR/slurm.conf
 #   scripts/local-slurm.sh stop DIR    cancels the cluster's jobs and stops its daemons
 #
 # Needs the Debian packages slurmctld, slurmd, slurm-client and munge (scripts/setup.sh --slurm installs them).
-# Nothing outside DIR is touched: the cluster has its own munge key and socket, state, logs and free ports, so it
-# never meets a system SLURM. No accounting (sacct has no data: use `--slurm-status-command squeue`, which works
-# because MinJobAge keeps finished jobs visible for 10 minutes), and no cgroups (they rarely work in containers):
-# processes are tracked by PID (proctrack/linuxproc), tasks are not confined, memory is not enforced. Finished jobs
-# are logged one per line in DIR/jobcomp.log. Run as root (slurmd launches jobs as their user).
+# The cluster has its own munge key and socket, state, logs and free ports under DIR. One thing lies outside DIR:
+# /etc/slurm/slurm.conf, a symbolic link to DIR/slurm.conf while the cluster runs, because the executor plugin's job
+# step drops SLURM_CONF before its `srun`, which then reads only the standard location. An existing slurm.conf that
+# is not such a link (a real cluster's) is never touched: the script stops instead.
+# No accounting (sacct has no data: use `--slurm-status-command squeue`, which works because MinJobAge keeps
+# finished jobs visible for 10 minutes), and no cgroups (they rarely work in containers): processes are tracked by
+# PID (proctrack/linuxproc), tasks are not confined, memory is not enforced. Finished jobs are logged one per line
+# in DIR/jobcomp.log. Run as root (slurmd starts jobs as their user).
 set -euo pipefail
 
 usage() { echo "usage: $0 start|stop DIR" >&2; exit 2; }
@@ -18,6 +21,8 @@ usage() { echo "usage: $0 start|stop DIR" >&2; exit 2; }
 action=$1
 dir=$(mkdir -p "$2" && cd "$2" && pwd)
 conf=$dir/slurm.conf
+system_conf=/etc/slurm/slurm.conf
+HEADER="# written by scripts/local-slurm.sh: a private one-node cluster"
 
 fail() {
   echo "local-slurm: $*" >&2
@@ -44,6 +49,25 @@ stop() {
   stop_pid "$dir/run/slurmd.pid"
   stop_pid "$dir/run/slurmctld.pid"
   stop_pid "$dir/run/munged.pid"
+  [ "$(readlink "$system_conf" 2>/dev/null)" != "$conf" ] || rm -f "$system_conf"
+}
+
+link_system_conf() {  # /etc/slurm/slurm.conf -> DIR/slurm.conf, unless it belongs to something else
+  local target other
+  if [ -e "$system_conf" ] || [ -L "$system_conf" ]; then
+    target=$(readlink "$system_conf" || true)
+    other=$(dirname "$target")
+    # ours: a link to a config this script wrote, or into a folder that is gone
+    if [ -z "$target" ] || { ! grep -qs "^$HEADER" "$target" && [ -e "$other" ]; }; then
+      fail "$system_conf exists and is not a link made by this script: not touching a real SLURM's config"
+    fi
+    if [ "$target" != "$conf" ] && [ -s "$other/run/slurmctld.pid" ] && kill -0 "$(cat "$other/run/slurmctld.pid")" 2>/dev/null; then
+      fail "another local cluster runs in $other: stop it first ($0 stop $other)"
+    fi
+    rm -f "$system_conf"
+  fi
+  mkdir -p "$(dirname "$system_conf")"
+  ln -s "$conf" "$system_conf"
 }
 
 free_port() {
@@ -78,7 +102,7 @@ start() {
   memory=${node##*RealMemory=}; memory=${memory%% *}
   [ "$memory" -ge 65536 ] || node=${node/RealMemory=$memory/RealMemory=65536}
   cat > "$conf" <<EOF
-# written by scripts/local-slurm.sh: a private one-node cluster
+$HEADER
 ClusterName=steermoe-local
 SlurmctldHost=$host(127.0.0.1)
 SlurmctldPort=$(free_port)
@@ -112,6 +136,7 @@ MinJobAge=600
 $node NodeAddr=127.0.0.1 State=UNKNOWN
 PartitionName=local Nodes=ALL Default=YES MaxTime=INFINITE State=UP
 EOF
+  link_system_conf
   export SLURM_CONF=$conf
   slurmctld -c -f "$conf" || fail "slurmctld did not start"
   slurmd -f "$conf" -N "$host" || fail "slurmd did not start"
