@@ -37,6 +37,8 @@ def test_plan_holds_out_sentences_and_a_voice():
     train_voices = {v for _, v, _ in plans["train"]}
     assert TEST_ONLY_VOICE not in train_voices and TEST_ONLY_VOICE in {v for _, v, _ in plans["test"]}
     assert len(train_voices) >= 4 and any(v.startswith("piper") for v in train_voices)
+    more = plan({"train": 1200, "dev": 50, "test": 100}, seed=0)  # more training data: a superset, same test and dev
+    assert more["test"] == plans["test"] and more["dev"] == plans["dev"] and more["train"][:600] == plans["train"]
 
 
 def test_build_is_byte_identical(corpus, tmp_path):

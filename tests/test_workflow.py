@@ -419,7 +419,7 @@ def test_catalog_edit_reruns_exactly_the_experiments_using_the_entry(done):
     assert planned(done) == {AGG}
     # a setting of synth-aqa: its one experiment
     aqa = DEFAULT_IDS[2]
-    edit("      max_steps: 400", "      max_steps: 300")
+    edit("      max_steps: 300", "      max_steps: 250")
     assert planned(done) == experiment_jobs(aqa) | {AGG}
     # an evaluation-only setting of synth-aqa: its evaluation only
     edit("      max_new_tokens: 16", "      max_new_tokens: 24")

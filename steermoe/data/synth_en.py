@@ -67,7 +67,7 @@ TEMPLATES = [
 TRAIN_VOICES = ["piper:1.0", "piper:0.85", "piper:1.2", "espeak:en-us+m3:165:45", "espeak:en-gb+f3:150:60",
                 "espeak:en-us+m7:175:40"]
 TEST_ONLY_VOICE = "espeak:en-gb-scotland+m2:155:50"
-DEFAULT_SIZES = {"train": 1200, "dev": 100, "test": 200}
+DEFAULT_SIZES = {"train": 2400, "dev": 100, "test": 200}
 
 
 def vocabulary() -> set[str]:
@@ -105,11 +105,13 @@ def speak(job: tuple[str, str]) -> bytes:
 
 
 def plan(sizes: dict[str, int], seed: int) -> dict[str, list[tuple[str, str, str]]]:
-    """Per split, (id, voice, sentence). Sentences are unique across splits; voices rotate per utterance."""
+    """Per split, (id, voice, sentence). Sentences are unique across splits; voices rotate per utterance.
+    Test and dev sentences are drawn first, so a larger training split leaves them unchanged (comparable results)."""
     rng = random.Random(seed)
     seen: set[str] = set()
     out = {}
-    for split, count in sizes.items():
+    for split in sorted(sizes, key=lambda name: {"test": 0, "dev": 1}.get(name, 2)):
+        count = sizes[split]
         voices = TRAIN_VOICES + ([TEST_ONLY_VOICE] if split == "test" else [])
         rows = []
         while len(rows) < count:
