@@ -10,6 +10,14 @@ from snakemake.utils import min_version
 
 min_version("9.0")
 
+# a Snakemake killed by SIGKILL or a power loss leaves its lock: the same command removes it once the run that
+# held it is provably gone (steermoe/snakelock.py); an active run keeps its lock
+from steermoe import snakelock
+
+if workflow.is_main_process:
+    snakelock.clear_stale_lock()
+    snakelock.register()
+
 
 configfile: "experiments/config.yaml"
 
@@ -32,7 +40,12 @@ rule all:
         f"{RESULTS}/table.csv",
 
 
+onsuccess:
+    snakelock.unregister()
+
+
 onerror:
+    snakelock.unregister()
     # with --keep-going a failed experiment must not block the table: it gets a row with its status and reason
     shell(
         f"mkdir -p {LOGS} && {AGGREGATE_COMMAND} > {LOGS}/aggregate.log 2>&1"

@@ -355,8 +355,10 @@ def save_trainable(model, folder: Path, run: RunConfig, state_dict: dict | None 
     folder.mkdir(parents=True, exist_ok=True)
     names = set(model.trainable_state_dict())
     state = {k: v for k, v in (state_dict or model.trainable_state_dict()).items() if k in names}
+    # one metadata key: safetensors writes several in a random order, and the same weights must give the same
+    # bytes (evaluation and the table record the file's hash); the config's hash is in META beside it
     save_file({k: v.detach().float().contiguous().cpu() for k, v in state.items()}, str(folder / WEIGHTS),
-              metadata={"format": "pt", "config_sha256": run.sha256})
+              metadata={"format": "pt"})
     write_json(folder / META, {"config": run.name, "config_sha256": run.sha256, "method": run.method,
                                "model": run.model_config().to_dict(),
                                "encoder": str(run.encoder.model_path), "decoder": str(run.decoder.model_name)})

@@ -187,7 +187,7 @@ def assert_same_training(final: Path, reference: Path) -> None:
         assert torch.equal(got[key], want[key]), key
     losses = [[(h["step"], h["loss"]) for h in json.loads((f / "train_summary.json").read_text())["log_history"]
                if "loss" in h] for f in (final, reference)]
-    assert losses[0] == losses[1] and len(losses[0]) == 40
+    assert losses[0] == losses[1] and losses[0]
 
 
 def stop_with(sig: signal.Signals, config: Path, log: Path, after_step: int) -> int:
@@ -275,13 +275,13 @@ def aggregated(tmp_path_factory):
     root.mkdir()
     (root / "catalog.yaml").write_text("encoders:\n  tiny: {type: whisper, path: models/tiny}\n"
                                        "decoders:\n  smol: {path: models/smol}\n"
-                                       "datasets:\n  synth-en: {synth: synth-en, metric: wer}\n")
+                                       "datasets:\n  synth-en: {synth: synth-en, metric: wer, prompt: 'say: '}\n")
     (root / "matrix.tsv").write_text("method\tencoder\tdecoder\tdataset\tnum_experts\tgroup\tbaseline\n"
                                      "linear\ttiny\tsmol\tsynth-en\t\tg\ttrue\n"
                                      "layer_wise\ttiny\tsmol\tsynth-en\t4\tg\tfalse\n"
                                      "layer_wise\ttiny\tsmol\tsynth-en\t8\tg\tfalse\n")
     command = ["aggregate", "--matrix", "matrix.tsv", "--catalog", "catalog.yaml", "--resamples", "300"]
-    cwd = os.getcwd()
+    cwd, exps = os.getcwd(), []
     os.chdir(root)  # the result-writing helpers write relative to the working directory
     try:
         exps = load_matrix("matrix.tsv", "catalog.yaml")
@@ -332,3 +332,108 @@ def test_sigkill_during_aggregation_leaves_whole_files_and_the_rerun_completes(a
     assert not list(results.rglob(".*.tmp"))
     rows = list(csv.DictReader(io.StringIO((results / "table.csv").read_text())))
     assert [r["status"] for r in rows if r["metric"] == "wer"] == ["ok", "ok", "ok"]
+
+
+# ---- the workflow: Snakemake killed mid-train, then the same command --------------------------------------------
+def tiny_workflow(root: Path, tiny: dict) -> Path:
+    """A copy of the workflow whose matrix is one experiment on the tiny models and the tone corpus."""
+    from tests.test_workflow import copy_workflow, write_matrix
+
+    copy_workflow(root)
+    corpus = Path(tiny["corpus"])
+    catalog = {
+        "defaults": {"settings": {"batch_size": 4, "max_steps": 200, "learning_rate": 1e-2, "num_experts": 4,
+                                  "warmup_steps": 0, "logging_steps": 1, "save_steps": 5, "eval_steps": 5, "save_total_limit": 3,
+                                  "use_early_stopping": False, "max_new_tokens": 8, "bootstrap_resamples": 50},
+                     "resources": {"gpus": 0, "mem_mb": 2000, "runtime": 10, "threads": 1}},
+        "encoders": {"tiny-whisper": {"type": "whisper", "path": tiny["encoder"]}},
+        "decoders": {"tiny-qwen": {"path": tiny["decoder"]}},
+        "datasets": {"tones": {"prepare": {"corpus": "parquet",
+                                           "root": [str(corpus / f"{s}.parquet") for s in ("train", "dev", "test")]},
+                               "splits": {"train": "train", "dev": "dev", "test": "test"},
+                               "metric": "wer", "prompt": "say: "}},
+    }
+    (root / "experiments" / "catalog.yaml").write_text(yaml.safe_dump(catalog))
+    write_matrix(root, "layer_wise\ttiny-whisper\ttiny-qwen\ttones", header="method\tencoder\tdecoder\tdataset\n")
+    return root
+
+
+EXPERIMENT = "layer_wise_tiny-whisper_tiny-qwen_tones"
+
+
+def start_snakemake(root: Path, log: Path) -> subprocess.Popen:
+    with open(log, "w") as handle:
+        return subprocess.Popen([str(VENV_BIN / "snakemake"), "--cores", "2", "results/table.csv"], cwd=root,
+                                stdout=handle, stderr=subprocess.STDOUT, env=job_env(), start_new_session=True)
+
+
+def run_snakemake(root: Path, log: Path) -> str:
+    code = start_snakemake(root, log).wait(timeout=900)
+    assert code == 0, log.read_text()[-4000:]
+    return log.read_text()
+
+
+def table_without_timing(path: Path) -> list[dict]:
+    from steermoe.aggregate import TIMING_COLUMNS
+
+    return [{k: v for k, v in row.items() if k not in TIMING_COLUMNS}
+            for row in csv.DictReader(io.StringIO(path.read_text()))]
+
+
+@pytest.mark.slow
+def test_snakemake_killed_mid_train_resumes_with_the_same_command(tiny, tmp_path):
+    reference = tiny_workflow(tmp_path / "reference", tiny)
+    run_snakemake(reference, tmp_path / "reference.log")
+
+    root = tiny_workflow(tmp_path / "wf", tiny)
+    proc = start_snakemake(root, tmp_path / "killed.log")
+    train = root / "results" / EXPERIMENT / "train"
+    wait_until(lambda: (train / "checkpoint-10" / "complete.json").is_file(), proc, "checkpoint-10 was written")
+    assert kill_group(proc) == -signal.SIGKILL  # Snakemake and its running job, as when a login node dies
+    assert not (train / "final" / "model.safetensors").exists()  # (Snakemake made the empty folder)
+
+    text = run_snakemake(root, tmp_path / "rerun.log")
+    assert "steermoe: removed the lock left by a Snakemake run that is no longer running" in text
+    train_log = (root / "logs" / EXPERIMENT / "train.log").read_text()
+    assert f"resuming from results/{EXPERIMENT}/train/checkpoint-" in train_log, train_log[-2000:]
+    assert list(train.glob("checkpoint-*"))  # Snakemake deleted no checkpoint
+    assert_same_training(train / "final", reference / "results" / EXPERIMENT / "train" / "final")
+    assert_same_evaluation(root / "results" / EXPERIMENT / "eval", reference / "results" / EXPERIMENT / "eval")
+    assert table_without_timing(root / "results" / "table.csv") == \
+        table_without_timing(reference / "results" / "table.csv")
+    assert "Nothing to be done" in run_snakemake(root, tmp_path / "again.log")
+
+
+def test_a_lock_is_removed_only_when_every_run_that_could_hold_it_is_gone(tmp_path):
+    import socket
+
+    from steermoe import snakelock
+
+    meta = tmp_path / ".snakemake"
+    (meta / "locks").mkdir(parents=True)
+
+    def lock_with(*owners) -> bool:
+        shutil.rmtree(meta / snakelock.OWNERS, ignore_errors=True)
+        (meta / snakelock.OWNERS).mkdir()
+        (meta / "locks" / "0.output.lock").write_text("results/table.csv\n")
+        for i, owner in enumerate(owners):
+            (meta / snakelock.OWNERS / f"{i}.json").write_text(json.dumps(owner))
+        return snakelock.clear_stale_lock(meta, log=messages.append)
+
+    messages = []
+    ended = subprocess.Popen(["true"])
+    ended.wait()
+    dead = {"host": socket.gethostname(), "pid": ended.pid, "start": "1"}
+    alive = {"host": socket.gethostname(), "pid": os.getpid(), "start": snakelock._start_time(os.getpid())}
+    reused = {**alive, "start": "1"}  # this pid, but another process: the recorded run is gone
+    elsewhere = {**dead, "host": socket.gethostname() + "-other"}  # cannot be checked from here
+    assert not lock_with()  # a lock of unknown origin stays (Snakemake's own message says what to do)
+    assert not lock_with(dead, alive) and not lock_with(elsewhere, dead)
+    assert (meta / "locks" / "0.output.lock").is_file() and not messages
+    assert lock_with(dead, reused)
+    assert not list((meta / "locks").iterdir()) and not list((meta / snakelock.OWNERS).iterdir())
+    assert "removed the lock left by a Snakemake run that is no longer running" in messages[0]
+    record = snakelock.register(meta)  # a run records itself, and removes the record when it ends
+    assert json.loads(record.read_text()) == alive
+    snakelock.unregister(meta)
+    assert not record.exists()
