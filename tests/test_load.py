@@ -79,10 +79,12 @@ def test_eight_concurrent_evaluations_write_what_each_writes_alone(tmp_path):
     encoder, decoder = save_tiny_models(tmp_path / "models")
     tiny = {"encoder": encoder, "decoder": decoder, "corpus": tone_corpus(tmp_path / "tones")}
     trained = tmp_path / "trained"
+    trained.mkdir()
     train(load_run_config(write_config(trained, tiny, training={"max_steps": 3})), log=lambda *_: None)
     configs = []
     for i, settings in enumerate(EVALUATIONS):
         folder = tmp_path / f"exp{i}"
+        folder.mkdir()
         # two experiments share a results folder: their evaluation folders are siblings
         out = tmp_path / "shared" / f"eval{i}" if i in (6, 7) else folder / "eval"
         configs.append(write_config(folder, tiny, name=f"layer_wise_whisper_qwen_tones_test_e{i}",
