@@ -10,6 +10,16 @@ from snakemake.utils import min_version
 
 min_version("9.0")
 
+# Snakemake's message for a broken configfile names neither the file nor the line: read it first (safe YAML)
+from snakemake.exceptions import WorkflowError
+from steermoe.errors import ConfigError
+from steermoe.matrix import read_yaml
+
+try:
+    read_yaml("experiments/config.yaml")
+except ConfigError as err:
+    raise WorkflowError(str(err)) from None
+
 # a Snakemake killed by SIGKILL or a power loss leaves its lock: the same command removes it once the run that
 # held it is provably gone (steermoe/snakelock.py); an active run keeps its lock
 from steermoe import snakelock

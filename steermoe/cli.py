@@ -8,6 +8,7 @@ import argparse
 import errno
 import json
 import sys
+import threading
 from pathlib import Path
 
 STORAGE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM}
@@ -80,11 +81,12 @@ def _smoke(args) -> None:
 
 def _train(args) -> None:
     from steermoe.runconfig import load_run_config
-    from steermoe.train import train
 
-    run = load_run_config(args.config)
+    run = load_run_config(args.config)  # before torch is imported: a mistake in the config shows at once
     if args.deepspeed_config:  # the seed's launch flag
         run.training.use_deepspeed, run.training.deepspeed_config = True, args.deepspeed_config
+    from steermoe.train import train
+
     train(run)
 
 
@@ -96,10 +98,12 @@ def _launch(args) -> None:
 
 
 def _evaluate(args) -> None:
-    from steermoe.evaluate import evaluate
     from steermoe.runconfig import load_run_config
 
-    evaluate(load_run_config(args.config), checkpoint=args.checkpoint, output_dir=args.out)
+    run = load_run_config(args.config)  # before torch is imported: a mistake in the config shows at once
+    from steermoe.evaluate import evaluate
+
+    evaluate(run, checkpoint=args.checkpoint, output_dir=args.out)
 
 
 def _aggregate(args) -> None:
@@ -276,12 +280,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _storage_errors_quiet_in_threads(args) -> None:
+    """A background writer (TensorBoard's) that hits a full or read-only disk would print a traceback; its owner
+    re-raises the error in the main thread, where main() reports it in one line."""
+    if not (isinstance(args.exc_value, OSError) and args.exc_value.errno in STORAGE_ERRNOS):
+        threading.__excepthook__(args)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     # a log file (Snakemake, SLURM) gets every progress line at once: a killed job's log shows how far it got
     sys.stdout.reconfigure(line_buffering=True)
     # errors a user can fix get one clear line, not a traceback
     from steermoe.errors import USER_ERRORS
+
+    threading.excepthook = _storage_errors_quiet_in_threads
 
     try:
         args.func(args)

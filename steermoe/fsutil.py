@@ -33,6 +33,27 @@ def write_json(path: Path, obj) -> None:
     write_atomic(path, json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
 
 
+def storage_problem(path: Path) -> str | None:
+    """Why files cannot be written under `path` (its disk is full or read-only), or None. Checked after a write
+    failed: libraries report a full disk in their own ways (torch.save: a RuntimeError), the disk itself does not."""
+    path = Path(path)
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    stats = os.statvfs(path)
+    if stats.f_flag & os.ST_RDONLY:
+        return f"{path} is on a read-only file system"
+    if stats.f_bavail * stats.f_frsize < 1 << 20:
+        return f"the disk holding {path} is full ({stats.f_bavail * stats.f_frsize // 1024} KiB free)"
+    if not os.access(path, os.W_OK):
+        return f"{path} is not writable"
+    import resource
+
+    limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+    if limit != resource.RLIM_INFINITY:
+        return f"files are limited to {limit // 1024} KiB (ulimit -f)"
+    return None
+
+
 def sha256_file(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as handle:

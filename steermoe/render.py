@@ -84,7 +84,7 @@ def context(exp: Experiment, mode: str) -> dict:
 
 def _template_error(err: Exception, templates: Path, name: str) -> ConfigError:
     """A one-line error naming the template file, its line and what went wrong."""
-    from jinja2 import TemplateSyntaxError, UndefinedError
+    from jinja2 import TemplateNotFound, TemplateSyntaxError, UndefinedError
     from jinja2.exceptions import SecurityError
 
     line, file = getattr(err, "lineno", None), getattr(err, "filename", None) or str(templates / name)
@@ -101,6 +101,9 @@ def _template_error(err: Exception, templates: Path, name: str) -> ConfigError:
         return ConfigError(f"{where}: blocked by the template sandbox: {err}")
     if isinstance(err, TemplateSyntaxError):
         return ConfigError(f"{where}: template syntax error: {err.message}")
+    if isinstance(err, TemplateNotFound):
+        return ConfigError(f"{where}: TemplateNotFound: {err.name!r}: templates include only files of the templates "
+                           f"folder {templates} (no absolute paths, no '..')")
     return ConfigError(f"{where}: {type(err).__name__}: {err}")
 
 

@@ -146,6 +146,16 @@ _Loader.add_implicit_resolver(
 )
 
 
+def yaml_problem(err: Exception) -> str:
+    """What is wrong with a YAML text, in one line, for a message after the file's name."""
+    mark = getattr(err, "problem_mark", None)
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+    what = getattr(err, "problem", None) or str(err).replace("\n", " ")
+    if isinstance(err, yaml.constructor.ConstructorError):  # e.g. !!python/object: only plain data is read
+        return f"not valid YAML here{where}: tags that build Python objects are refused, plain values only ({what})"
+    return f"not valid YAML{where}: {what}"
+
+
 def _all_keys() -> dict[str, str]:
     """Every valid dotted key -> its section ('' for top level)."""
     keys = {}
@@ -287,7 +297,7 @@ def parse_run_config(text: bytes, path: str | Path) -> RunConfig:
     try:
         data = yaml.load(text.decode("utf-8"), Loader=_Loader)
     except (yaml.YAMLError, UnicodeDecodeError) as err:
-        raise ConfigError(f"{file}: not valid YAML: {err}") from err
+        raise ConfigError(f"{file}: {yaml_problem(err)}") from err
     if not isinstance(data, dict):
         raise ConfigError(f"{file}: a config is a YAML mapping of keys; got {type(data).__name__}")
     sections, top = {}, {}

@@ -497,13 +497,14 @@ def train(run: RunConfig, log=print) -> dict:
     features = AudioFeatures(model.encoder.kind, model.encoder.num_mel_bins, run.top.encoder_window)
     collator = Collator(features, top.textual_prompt)
 
+    args = training_arguments(run, precision, dev_rows is not None)
+    if t.use_deepspeed:
+        check_deepspeed_agrees(run, args)  # before anything is written
+
     callbacks = [Progress(log), StopOnSignal(),
                  TensorBoardCallback(SummaryWriter(log_dir=str(run.resolve(t.logging_dir))))]
     if top.use_early_stopping:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=top.early_stopping_patience))
-    args = training_arguments(run, precision, dev_rows is not None)
-    if t.use_deepspeed:
-        check_deepspeed_agrees(run, args)
     trainer = SteerMoETrainer(model=model, args=args,
                               train_dataset=train_rows, eval_dataset=dev_rows, data_collator=collator,
                               callbacks=callbacks, run=run, log=log)

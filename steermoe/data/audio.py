@@ -22,16 +22,29 @@ def decode(source, target_rate: int = SAMPLE_RATE) -> np.ndarray:
     import soxr
 
     try:
-        data, rate = sf.read(io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else source,
-                             dtype="float32", always_2d=True)
+        with sf.SoundFile(io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else source) as handle:
+            data, rate, cut = handle.read(dtype="float32", always_2d=True), handle.samplerate, _truncated(handle)
     except Exception as err:  # soundfile raises several types for bad data; all mean the same here
         raise AudioError("undecodable audio", f"{type(err).__name__}: {err}") from None
+    if cut:
+        raise AudioError("truncated audio", cut)
     if data.shape[0] == 0:
         raise AudioError("empty audio", "0 samples")
     mono = data.mean(axis=1) if data.shape[1] > 1 else data[:, 0]
     if rate != target_rate:
         mono = soxr.resample(mono, rate, target_rate, quality="HQ")
     return np.ascontiguousarray(mono, dtype=np.float32)
+
+
+def _truncated(handle) -> str | None:
+    """A WAV file cut off before the end its header states (libsndfile decodes what is there without an error).
+    Streaming writers' placeholder sizes (0, 0xFFFFFFFF) are no sign of it."""
+    import re
+
+    found = re.search(r"^data : (\d+) \(should be (\d+)\)", handle.extra_info, re.M)
+    if found and 0 < int(found[2]) < int(found[1]) < 0xFFFFFFFF:
+        return f"the data chunk holds {found[2]} of the {found[1]} bytes its header states"
+    return None
 
 
 def encode_flac(audio: np.ndarray, rate: int = SAMPLE_RATE) -> bytes:

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from steermoe.data.audio import decode
+from steermoe.data.audio import AudioError, decode
 from steermoe.data.layout import DataError, read_split
 from steermoe.features import AudioFeatures
 
@@ -18,9 +18,10 @@ class AudioRows(torch.utils.data.Dataset):
     columns: id, audio (bytes), duration (s), text; optional prompt (str) and answers (list of str).
     """
 
-    def __init__(self, columns: dict[str, list]):
+    def __init__(self, columns: dict[str, list], source: str = ""):
         self.columns = columns
         self.durations = columns["duration"]
+        self.source = source  # where the rows come from (a config key and its files), for error messages
 
     @classmethod
     def prepared(cls, corpus_dir, split: str) -> "AudioRows":
@@ -45,7 +46,7 @@ class AudioRows(torch.utils.data.Dataset):
             found = sorted(path.glob("*.parquet")) if path.is_dir() else [path] if path.is_file() else []
             if not found:
                 raise DataError(f"{key}: {entry} is neither a .parquet file nor a folder with .parquet files; "
-                                f"prepare the data with `steermoe data prepare|synth` and point {key} at it")
+                                f"prepare the data with `steermoe data prepare|synth` and point the key at it")
             files += found
         columns = {"id": [], "audio": [], "duration": [], "text": [], "prompt": [], "answers": []}
         for file in files:
@@ -74,17 +75,24 @@ class AudioRows(torch.utils.data.Dataset):
                         raise DataError(f"{file} row {i}: undecodable audio in {audio_column!r} ({err}); "
                                         f"prepare the data with `steermoe data prepare`") from None
                     columns["duration"].append(info.frames / info.samplerate)
-        return cls(columns)
+        if not columns["id"]:
+            raise DataError(f"{key}: {', '.join(map(str, files))} hold(s) no rows (an empty split); prepare the data "
+                            f"again or point the key at a split with rows")
+        return cls(columns, f"{key} ({', '.join(map(str, files))})")
 
     def subset(self, indices: list[int]) -> "AudioRows":
-        return AudioRows({name: [values[i] for i in indices] for name, values in self.columns.items()})
+        return AudioRows({name: [values[i] for i in indices] for name, values in self.columns.items()}, self.source)
 
     def __len__(self) -> int:
         return len(self.durations)
 
     def __getitem__(self, index: int) -> dict:
         row = {name: values[index] for name, values in self.columns.items() if name != "audio"}
-        return {**row, "audio": decode(self.columns["audio"][index])}
+        try:
+            return {**row, "audio": decode(self.columns["audio"][index])}
+        except AudioError as err:  # prepared data never has such rows: `steermoe data prepare` lists and skips them
+            raise DataError(f"{self.source}: utterance {row['id']!r}: {err}; prepare the data with `steermoe data "
+                            f"prepare`, which skips such rows and lists them in rejects.jsonl") from None
 
 
 class Collator:

@@ -9,17 +9,19 @@ from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
 from steermoe.errors import ConfigError
-from steermoe.matrix import (data_command, embedded_models_used, load_matrix, parse_bool, read_matrix_rows,
-                             read_yaml)
+from steermoe.matrix import (check_safe_path, data_command, embedded_models_used, load_matrix, parse_bool,
+                             read_matrix_rows, read_yaml)
 from steermoe.render import render_all, sha256
 
 
 # `--config quick=true` arrives as a string
 try:
     config["quick"] = parse_bool(config.get("quick", False), "config 'quick'")
+    validate(config, "../schemas/config.schema.yaml")
+    for _key in ("matrix", "catalog", "templates", "results", "models", "data"):  # they reach shell commands
+        check_safe_path(f"config '{_key}'", str(config[_key]), relative=False)
 except ConfigError as err:
     raise WorkflowError(str(err)) from None
-validate(config, "../schemas/config.schema.yaml")
 
 
 def _folder(key):
@@ -44,6 +46,7 @@ try:
     RENDERED = render_all(EXPERIMENTS, config["templates"])
 except ConfigError as err:
     raise WorkflowError(str(err)) from None
+
 
 class _Experiments(dict):
     def __missing__(self, exp_id):
