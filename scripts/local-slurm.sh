@@ -30,6 +30,11 @@ fail() {
   exit 1
 }
 
+abort() {  # a start that failed half-way: stop what runs, then report
+  stop
+  fail "$@"
+}
+
 stop_pid() {  # stop the daemon whose pid file is $1, waiting up to 10 s for it to exit
   local pid
   [ -s "$1" ] || return 0
@@ -83,6 +88,7 @@ start() {
   [ "$(id -u)" -eq 0 ] || fail "run as root: slurmd starts jobs as the submitting user"
   export PATH=$PATH:/usr/sbin
   stop  # a previous cluster in the same folder
+  link_system_conf  # first: it refuses when another cluster or a real SLURM owns /etc/slurm/slurm.conf
   mkdir -p "$dir"/{munge,state,spool,log,run}
   chmod 700 "$dir/munge"
 
@@ -91,14 +97,14 @@ start() {
   chmod 400 "$dir/munge/munge.key"
   munged --force --socket="$dir/munge/munge.socket" --key-file="$dir/munge/munge.key" \
     --pid-file="$dir/run/munged.pid" --log-file="$dir/log/munged.log" --seed-file="$dir/munge/munged.seed" \
-    || fail "munged did not start"
+    || abort "munged did not start"
 
   # one node: this machine, as slurmd sees it (CPUs, sockets, cores). Memory is not enforced here (no cgroups);
   # it is advertised as at least 64 GiB (config_overrides) so that a profile's requests fit on a small machine.
   local host node memory
   host=$(hostname -s)
   node=$(slurmd -C | head -n 1)
-  case $node in NodeName=*RealMemory=*) ;; *) fail "slurmd -C gave no node description: $node" ;; esac
+  case $node in NodeName=*RealMemory=*) ;; *) abort "slurmd -C gave no node description: $node" ;; esac
   memory=${node##*RealMemory=}; memory=${memory%% *}
   [ "$memory" -ge 65536 ] || node=${node/RealMemory=$memory/RealMemory=65536}
   cat > "$conf" <<EOF
@@ -136,17 +142,16 @@ MinJobAge=600
 $node NodeAddr=127.0.0.1 State=UNKNOWN
 PartitionName=local Nodes=ALL Default=YES MaxTime=INFINITE State=UP
 EOF
-  link_system_conf
   export SLURM_CONF=$conf
-  slurmctld -c -f "$conf" || fail "slurmctld did not start"
-  slurmd -f "$conf" -N "$host" || fail "slurmd did not start"
+  slurmctld -c -f "$conf" || abort "slurmctld did not start"
+  slurmd -f "$conf" -N "$host" || abort "slurmd did not start"
   local state=""
   for _ in $(seq 120); do
     state=$(sinfo --noheader --nodes "$host" --format %t 2>/dev/null || true)
     [ "$state" = idle ] && break
     sleep 0.5
   done
-  [ "$state" = idle ] || fail "node $host is '${state:-unreachable}', not idle, after 60 s"
+  [ "$state" = idle ] || abort "node $host is '${state:-unreachable}', not idle, after 60 s"
   echo "export SLURM_CONF=$conf"
 }
 
