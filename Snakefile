@@ -22,6 +22,8 @@ except ConfigError as err:
 
 # a Snakemake killed by SIGKILL or a power loss leaves its lock: the same command removes it once the run that
 # held it is provably gone (steermoe/snakelock.py); an active run keeps its lock
+import os
+
 from steermoe import snakelock
 
 if workflow.is_main_process:
@@ -61,3 +63,9 @@ onerror:
         f"mkdir -p {LOGS} && {AGGREGATE_COMMAND} > {LOGS}/aggregate.log 2>&1"
         f" || echo 'steermoe aggregate failed: see {LOGS}/aggregate.log'"
     )
+    # ... but that table must not look finished: Snakemake never re-creates the missing inputs of an up-to-date
+    # output, so the same command would retry nothing. Dated 2 Jan 1970 (Snakemake ignores a time of 0), it is
+    # older than the matrix: the next run retries the failed jobs (training resumes from its checkpoints) and
+    # aggregates again.
+    if os.path.exists(f"{RESULTS}/table.csv"):
+        os.utime(f"{RESULTS}/table.csv", (86400, 86400))

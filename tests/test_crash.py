@@ -380,27 +380,41 @@ def table_without_timing(path: Path) -> list[dict]:
             for row in csv.DictReader(io.StringIO(path.read_text()))]
 
 
-@pytest.mark.slow
-def test_snakemake_killed_mid_train_resumes_with_the_same_command(tiny, tmp_path):
-    reference = tiny_workflow(tmp_path / "reference", tiny)
-    run_snakemake(reference, tmp_path / "reference.log")
+@pytest.fixture(scope="module")
+def workflow_reference(tiny, tmp_path_factory):
+    """The tiny workflow run once without interruption."""
+    reference = tiny_workflow(tmp_path_factory.mktemp("workflow-reference") / "wf", tiny)
+    run_snakemake(reference, reference.parent / "run.log")
+    return reference
 
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["SIGKILL", "SIGTERM"])
+def test_snakemake_stopped_mid_train_resumes_with_the_same_command(tiny, workflow_reference, tmp_path, sig):
+    """SIGKILL: Snakemake and its job die at once (a lost login node); SIGTERM: what Ctrl-C or `kill` of the run
+    sends to the process group, the train job saving a checkpoint first."""
     root = tiny_workflow(tmp_path / "wf", tiny)
-    proc = start_snakemake(root, tmp_path / "killed.log")
+    proc = start_snakemake(root, tmp_path / "stopped.log")
     train = root / "results" / EXPERIMENT / "train"
     wait_until(lambda: (train / "checkpoint-10" / "complete.json").is_file(), proc, "checkpoint-10 was written")
-    assert kill_group(proc) == -signal.SIGKILL  # Snakemake and its running job, as when a login node dies
+    code = kill_group(proc, sig)
+    assert code == -signal.SIGKILL if sig == signal.SIGKILL else code != 0
     assert not (train / "final" / "model.safetensors").exists()  # (Snakemake made the empty folder)
+    stopped = (root / "logs" / EXPERIMENT / "train.log").read_text()
+    newest = max(int(p.name.split("-")[1]) for p in train.glob("checkpoint-*"))
+    if sig == signal.SIGTERM:
+        assert f"stopped by SIGTERM at step {newest}; a checkpoint was saved" in stopped, stopped[-2000:]
 
     text = run_snakemake(root, tmp_path / "rerun.log")
-    assert "steermoe: removed the lock left by a Snakemake run that is no longer running" in text
+    assert ("steermoe: removed the lock left by a Snakemake run that is no longer running" in text) == \
+        (sig == signal.SIGKILL)  # after SIGTERM Snakemake removed its lock itself
     train_log = (root / "logs" / EXPERIMENT / "train.log").read_text()
-    assert f"resuming from results/{EXPERIMENT}/train/checkpoint-" in train_log, train_log[-2000:]
-    assert list(train.glob("checkpoint-*"))  # Snakemake deleted no checkpoint
-    assert_same_training(train / "final", reference / "results" / EXPERIMENT / "train" / "final")
-    assert_same_evaluation(root / "results" / EXPERIMENT / "eval", reference / "results" / EXPERIMENT / "eval")
+    assert f"resuming from results/{EXPERIMENT}/train/checkpoint-{newest}" in train_log, train_log[-2000:]
+    reference = workflow_reference / "results" / EXPERIMENT
+    assert_same_training(train / "final", reference / "train" / "final")
+    assert_same_evaluation(root / "results" / EXPERIMENT / "eval", reference / "eval")
     assert table_without_timing(root / "results" / "table.csv") == \
-        table_without_timing(reference / "results" / "table.csv")
+        table_without_timing(workflow_reference / "results" / "table.csv")
     assert "Nothing to be done" in run_snakemake(root, tmp_path / "again.log")
 
 
