@@ -38,11 +38,12 @@ def decode(source, target_rate: int = SAMPLE_RATE) -> np.ndarray:
 
 def _truncated(handle) -> str | None:
     """A WAV file cut off before the end its header states (libsndfile decodes what is there without an error).
-    Streaming writers' placeholder sizes (0, 0xFFFFFFFF) are no sign of it."""
+    Streaming writers' placeholder sizes are no sign of it: 0, and 0x7FFFF000 and above (espeak-ng --stdout writes
+    0x7FFFF000, others 0xFFFFFFFF)."""
     import re
 
     found = re.search(r"^data : (\d+) \(should be (\d+)\)", handle.extra_info, re.M)
-    if found and 0 < int(found[2]) < int(found[1]) < 0xFFFFFFFF:
+    if found and 0 < int(found[2]) < int(found[1]) < 0x7FFFF000:
         return f"the data chunk holds {found[2]} of the {found[1]} bytes its header states"
     return None
 
