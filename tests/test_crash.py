@@ -220,6 +220,27 @@ def test_sigterm_and_sigusr1_save_a_checkpoint_and_the_same_command_resumes_exac
     assert_same_training(out / "final", uninterrupted)
 
 
+@pytest.mark.slow
+def test_sigkill_while_a_checkpoint_is_written_resumes_from_the_previous_one(tiny, uninterrupted, tmp_path):
+    config = write_config(tmp_path, tiny, **{**TRAIN, "save_steps": 15})
+    out, log = tmp_path / "out", tmp_path / "train.log"
+    proc = start(["train", "--config", config], log)
+    wait_until(in_log(log, "32 training utterances"), proc, "training began")  # incomplete folders are gone by now
+    marker = out / "checkpoint-30" / ".complete.json.tmp"  # where the completion marker is built
+    marker.parent.mkdir(parents=True)
+    os.mkfifo(marker)  # opening it blocks: the checkpoint's files are written, its marker is not
+    wait_until(blocked_on_fifo(proc), proc, "checkpoint-30 was being marked complete", timeout=600)
+    assert kill_group(proc) == -signal.SIGKILL
+    assert (out / "checkpoint-15" / "complete.json").is_file()
+    assert (out / "checkpoint-30" / "model.safetensors").is_file()
+    assert not (out / "checkpoint-30" / "complete.json").exists()
+
+    text = finish(["train", "--config", config], log)
+    assert f"removing incomplete checkpoint {out}/checkpoint-30" in text
+    assert f"resuming from {out}/checkpoint-15" in text
+    assert_same_training(out / "final", uninterrupted)
+
+
 # ---- evaluation ------------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def trained(tiny, tmp_path_factory):
@@ -343,8 +364,9 @@ def tiny_workflow(root: Path, tiny: dict) -> Path:
     corpus = Path(tiny["corpus"])
     catalog = {
         "defaults": {"settings": {"batch_size": 4, "max_steps": 200, "learning_rate": 1e-2, "num_experts": 4,
-                                  "warmup_steps": 0, "logging_steps": 1, "save_steps": 5, "eval_steps": 5, "save_total_limit": 3,
-                                  "use_early_stopping": False, "max_new_tokens": 8, "bootstrap_resamples": 50},
+                                  "warmup_steps": 0, "logging_steps": 1, "save_steps": 5, "eval_steps": 5,
+                                  "save_total_limit": 3, "use_early_stopping": False, "max_new_tokens": 8,
+                                  "bootstrap_resamples": 50},
                      "resources": {"gpus": 0, "mem_mb": 2000, "runtime": 10, "threads": 1}},
         "encoders": {"tiny-whisper": {"type": "whisper", "path": tiny["encoder"]}},
         "decoders": {"tiny-qwen": {"path": tiny["decoder"]}},
