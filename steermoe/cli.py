@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import errno
 import json
+import os
 import sys
 import threading
 from pathlib import Path
@@ -304,7 +305,7 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as err:  # a full disk, a read-only or unwritable folder: the user's to fix, not a bug
         if err.errno not in STORAGE_ERRNOS:
             raise
-        where = f" {err.filename}" if err.filename else ""
+        where = f" {os.fsdecode(err.filename)}" if err.filename else ""  # TensorBoard gives bytes
         print(f"steermoe: error: cannot write{where}: {err.strerror}; free space or make the folder writable, then "
               f"run the same command again (finished results and complete checkpoints are kept)", file=sys.stderr)
         return 2

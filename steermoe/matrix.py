@@ -168,14 +168,18 @@ def load_workflow_config(path: str | Path | None = None, overrides: dict | None 
         data = read_yaml(Path(path))
         if not isinstance(data, dict):
             raise ConfigError(f"{path}: the workflow config is a mapping of keys")
-        unknown = sorted(set(data) - set(config))
-        if unknown:
-            raise ConfigError(f"{path}: unknown key '{unknown[0]}'{_closest(unknown[0], config)}; "
-                              f"valid keys: {_allowed(config)}")
+        check_workflow_keys(data, str(path))
         config.update(data)
     config.update(overrides or {})
     config["quick"] = parse_bool(config["quick"], "config 'quick'")
     return config
+
+
+def check_workflow_keys(config: dict, where: str) -> None:
+    unknown = sorted(set(config) - set(WORKFLOW_CONFIG_DEFAULTS))
+    if unknown:
+        raise ConfigError(f"{where}: unknown key '{unknown[0]}'{_closest(unknown[0], WORKFLOW_CONFIG_DEFAULTS)}; "
+                          f"valid keys: {_allowed(WORKFLOW_CONFIG_DEFAULTS)}")
 
 
 def parse_bool(value, where: str) -> bool:

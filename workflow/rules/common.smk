@@ -9,13 +9,14 @@ from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
 from steermoe.errors import ConfigError
-from steermoe.matrix import (check_safe_path, data_command, embedded_models_used, load_matrix, parse_bool,
-                             read_matrix_rows, read_yaml)
+from steermoe.matrix import (check_safe_path, check_workflow_keys, data_command, embedded_models_used, load_matrix,
+                             parse_bool, read_matrix_rows, read_yaml)
 from steermoe.render import render_all, sha256
 
 
 # `--config quick=true` arrives as a string
 try:
+    check_workflow_keys(config, "config (experiments/config.yaml and --config)")
     config["quick"] = parse_bool(config.get("quick", False), "config 'quick'")
     validate(config, "../schemas/config.schema.yaml")
     for _key in ("matrix", "catalog", "templates", "results", "models", "data"):  # they reach shell commands
