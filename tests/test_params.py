@@ -1,6 +1,5 @@
 """Parameter accounting: SPEC formulas, meta-device builds of full-size shapes, the CLI."""
 import json
-import resource
 import subprocess
 import sys
 
@@ -57,11 +56,14 @@ def test_full_size_shapes_on_meta_device():
 
 def test_params_cli_7b_with_little_memory():
     """`steermoe params` builds Whisper-large-v3 + Qwen2.5-7B shapes without allocating their ~30 GB of weights."""
-    out = subprocess.run([sys.executable, "-m", "steermoe.cli", "params", "--encoder", "whisper-large-v3",
+    # the child reports its own peak (RUSAGE_CHILDREN would include every earlier subprocess of the test session)
+    child = ("import resource, sys; from steermoe.cli import main; code = main(sys.argv[1:]); "
+             "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr); sys.exit(code)")
+    out = subprocess.run([sys.executable, "-c", child, "params", "--encoder", "whisper-large-v3",
                           "--decoder", "qwen2.5-7b-instruct", "--json"], capture_output=True, text=True, check=True)
     counts = json.loads(out.stdout)
     assert counts["trainable"] == sum(formula_counts(32, 8, 1280, 3584).values()) == 5_246_752
-    peak_mib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    peak_mib = int(out.stderr.split()[-1]) / 1024
     assert peak_mib < 2048, f"peak RSS {peak_mib:.0f} MiB: weights were allocated"
 
 
