@@ -11,7 +11,7 @@ from steermoe.data.layout import read_split
 from steermoe.data.synth_en import TEST_ONLY_VOICE, build_synth_en, plan, sentence, vocabulary
 from steermoe.features import AudioFeatures
 
-SIZES = {"train": 30, "dev": 6, "test": 14}
+SIZES = {"train": 30, "dev": 6, "test": 28}
 
 
 @pytest.fixture(scope="module")
@@ -63,4 +63,6 @@ def test_whisper_base_understands_the_test_audio(corpus, embedded_models):
         return " ".join(re.sub(r"[^a-z0-9' ]+", " ", text.lower()).split())
 
     wer = jiwer.wer([words(r["text"]) for r in rows], [words(h) for h in hyps])
-    assert wer <= 0.25, f"WER {wer:.1%}"  # measured 18.5 % (piper ~10 %, robotic espeak voices more)
+    # measured 18.5 % to 26.4 % over different draws (piper ~10 %, robotic espeak voices more); unintelligible
+    # audio gives WER near 100 %
+    assert wer <= 0.30, f"WER {wer:.1%}"
