@@ -1,5 +1,5 @@
-"""Orchestration: `snakemake -n` on a generated 1,000-row matrix (target <= 5 s), and the start-up cost of the
-`steermoe` command that every job pays (`steermoe --help`, median).
+"""Orchestration: `snakemake -n` on a generated 1,000-row matrix (target <= 5 s), and the start-up cost every job
+pays: the `steermoe` command (`steermoe --help`) and, for train/evaluate jobs, importing the engine (medians).
 
 The workflow (Snakefile, workflow/, templates/, profiles/, experiments/) is copied into a temporary folder and its
 matrix replaced by N distinct rows over the catalog's embedded models and synthetic datasets (method x encoder x
@@ -55,14 +55,19 @@ def main(argv=None) -> dict:
         jobs = _job_count(first.stdout + first.stderr)
         dry_run = timed_command(command, repetitions, cwd=root, env=env)
     cli = timed_command([str(bin_dir / "steermoe"), "--help"], 3 if args.quick else 7)
-    seconds, cli_seconds = median(dry_run), median(cli)
+    # what a train or evaluate job pays before its own work: torch, transformers and the engine
+    engine = timed_command([sys.executable, "-c", "import steermoe.train, steermoe.evaluate"], 1 if args.quick else 3)
+    seconds, cli_seconds, engine_seconds = median(dry_run), median(cli), median(engine)
     result = {"rows": rows, "jobs": jobs, "dry_run_seconds": dry_run, "median_dry_run_seconds": seconds,
               "target_seconds": TARGET_SECONDS, "cli_help_seconds": cli, "median_cli_help_seconds": cli_seconds,
+              "engine_import_seconds": engine, "median_engine_import_seconds": engine_seconds,
               "verdict": verdict(seconds, TARGET_SECONDS, higher_is_better=False)}
     if rows != 1000:
         result["verdict"] = f"not judged ({rows} rows; the target is for 1,000)"
     table = [[f"snakemake -n, {rows}-row matrix ({jobs} jobs)", seconds, f"<= {TARGET_SECONDS:g}"],
-             ["steermoe --help (per-job start-up)", cli_seconds, "reported"]]
+             ["steermoe --help (the CLI's start-up)", cli_seconds, "reported"],
+             ["import steermoe.train, steermoe.evaluate (a train/evaluate job's start-up)", engine_seconds,
+              "reported"]]
     return report("orchestration", args, result, ["what", "s (median)", "target"], table)
 
 
