@@ -345,23 +345,19 @@ def test_template_sandbox_and_undefined_variables(tmp_path):
     exp = load_matrix(root / "experiments/matrix.tsv", root / "experiments/catalog.yaml")[0]
     template = root / "templates" / "train.yaml.j2"
     original = template.read_text()
-    template.write_text(original + "# {{ ''.__class__.__mro__[1].__subclasses__() }}\n")
-    with pytest.raises(ConfigError, match=r"train.yaml.j2, line \d+: blocked by the template sandbox: access to "
-                                          r"attribute '__class__' of 'str' object is unsafe"):
-        render(exp, root / "templates", "train")
-    template.write_text(original + "# {{ exp.__init__.__globals__ }}\n")
-    with pytest.raises(ConfigError, match=r"train.yaml.j2, line \d+: blocked by the template sandbox"):
-        render(exp, root / "templates", "train")
-    template.write_text(original + "learning_rate: {{ s.learning_rat }}\n")
-    with pytest.raises(ConfigError, match=r"templates/train.yaml.j2, line \d+: undefined variable: .*"
-                                          r"'learning_rat'"):
-        render(exp, root / "templates", "train")
-    template.write_text(original + "{{ nothing }}\n")
-    with pytest.raises(ConfigError, match=r"train.yaml.j2, line \d+: undefined variable: 'nothing' is undefined"):
-        render(exp, root / "templates", "train")
-    template.write_text(original + "{% include '../../etc/passwd' %}\n")
-    with pytest.raises(ConfigError, match=r"train.yaml.j2, line \d+: TemplateNotFound"):  # loader: templates/ only
-        render(exp, root / "templates", "train")
+    cases = [
+        ("# {{ ''.__class__.__mro__[1].__subclasses__() }}", r"train.yaml.j2, line \d+: blocked by the template "
+         r"sandbox: access to attribute '__class__' of 'str' object is unsafe"),
+        ("# {{ exp.__init__.__globals__ }}", r"train.yaml.j2, line \d+: blocked by the template sandbox"),
+        ("learning_rate: {{ s.learning_rat }}", r"templates/train.yaml.j2, line \d+: undefined variable: .*"
+                                                r"'learning_rat'"),
+        ("{{ nothing }}", r"train.yaml.j2, line \d+: undefined variable: 'nothing' is undefined"),
+        ("{% include '../../etc/passwd' %}", r"train.yaml.j2, line \d+: TemplateNotFound"),  # loader: templates/ only
+    ]
+    for line, message in cases:
+        template.write_text(original + line + "\n")
+        with pytest.raises(ConfigError, match=message):
+            render(exp, root / "templates", "train")
     # a rendered config that the loader rejects names the experiment, its row and the key
     template.write_text(original.replace("evaluation:", "evaluaton:"))
     with pytest.raises(ConfigError, match=rf"experiment {exp.id} \(matrix row 1, line 5\): the config rendered from "
