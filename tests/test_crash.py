@@ -359,22 +359,11 @@ def test_sigkill_during_aggregation_leaves_whole_files_and_the_rerun_completes(a
 def tiny_workflow(root: Path, tiny: dict) -> Path:
     """A copy of the workflow whose matrix is one experiment on the tiny models and the tone corpus."""
     from tests.test_workflow import copy_workflow, write_matrix
+    from tests.tiny import tiny_catalog
 
     copy_workflow(root)
-    corpus = Path(tiny["corpus"])
-    catalog = {
-        "defaults": {"settings": {"batch_size": 4, "max_steps": 200, "learning_rate": 1e-2, "num_experts": 4,
-                                  "warmup_steps": 0, "logging_steps": 1, "save_steps": 5, "eval_steps": 5,
-                                  "save_total_limit": 3, "use_early_stopping": False, "max_new_tokens": 8,
-                                  "bootstrap_resamples": 50},
-                     "resources": {"gpus": 0, "mem_mb": 2000, "runtime": 10, "threads": 1}},
-        "encoders": {"tiny-whisper": {"type": "whisper", "path": tiny["encoder"]}},
-        "decoders": {"tiny-qwen": {"path": tiny["decoder"]}},
-        "datasets": {"tones": {"prepare": {"corpus": "parquet",
-                                           "root": [str(corpus / f"{s}.parquet") for s in ("train", "dev", "test")]},
-                               "splits": {"train": "train", "dev": "dev", "test": "test"},
-                               "metric": "wer", "prompt": "say: "}},
-    }
+    catalog = tiny_catalog(tiny["encoder"], tiny["decoder"], tiny["corpus"], max_steps=200, warmup_steps=0,
+                           save_steps=5, eval_steps=5, save_total_limit=3, use_early_stopping=False)
     (root / "experiments" / "catalog.yaml").write_text(yaml.safe_dump(catalog))
     write_matrix(root, "layer_wise\ttiny-whisper\ttiny-qwen\ttones", header="method\tencoder\tdecoder\tdataset\n")
     return root

@@ -200,24 +200,13 @@ SECRETS = {"HF_TOKEN": "hf_SECRETtoken1234567890", "HUGGING_FACE_HUB_TOKEN": "hf
 def test_no_secret_or_environment_reaches_logs_or_provenance(tmp_path):
     """The whole matrix (tiny models, real steermoe) with secrets in the environment: no file under results/,
     logs/ or .snakemake/ holds any of them (checkpoints, TensorBoard events and safetensors included)."""
-    from tests.tiny import save_tiny_models, tone_corpus
+    from tests.tiny import save_tiny_models, tiny_catalog, tone_corpus
 
     encoder, decoder = save_tiny_models(tmp_path / "models")
     tones = tone_corpus(tmp_path / "tones")
     root = copy_workflow(tmp_path / "wf")
-    catalog = {
-        "defaults": {"settings": {"batch_size": 4, "max_steps": 2, "learning_rate": 1e-2, "num_experts": 4,
-                                  "logging_steps": 1, "save_steps": 1, "eval_steps": 2, "max_new_tokens": 4,
-                                  "bootstrap_resamples": 20, "log_steering_analysis": True,
-                                  "steering_log_interval": 1},
-                     "resources": {"gpus": 0, "mem_mb": 2000, "runtime": 10, "threads": 1}},
-        "encoders": {"tiny-whisper": {"type": "whisper", "path": encoder}},
-        "decoders": {"tiny-qwen": {"path": decoder}},
-        "datasets": {"tones": {"prepare": {"corpus": "parquet",
-                                           "root": [f"{tones}/{s}.parquet" for s in ("train", "dev", "test")]},
-                               "splits": {"train": "train", "dev": "dev", "test": "test"},
-                               "metric": "wer", "prompt": "say: "}},
-    }
+    catalog = tiny_catalog(encoder, decoder, tones, save_steps=1, max_new_tokens=4, bootstrap_resamples=20,
+                           log_steering_analysis=True, steering_log_interval=1)
     (root / "experiments" / "catalog.yaml").write_text(yaml.safe_dump(catalog))
     write_matrix(root, "layer_wise\ttiny-whisper\ttiny-qwen\ttones", header="method\tencoder\tdecoder\tdataset\n")
     snakemake(root, "--printshellcmds", stub=False, env=SECRETS)

@@ -464,7 +464,7 @@ def test_quick_switch_and_failed_experiment_does_not_block_the_others(done):
 @pytest.mark.slow
 def test_tiny_matrix_end_to_end(tmp_path):
     """Tiny random models, a tone corpus, 2 training steps: snakemake --cores 2 to results/table.csv for real."""
-    from tests.tiny import save_tiny_models, tone_corpus
+    from tests.tiny import save_tiny_models, tiny_catalog, tone_corpus
 
     check = subprocess.run([str(VENV_BIN / "steermoe"), "aggregate", "--help"], capture_output=True)
     if check.returncode != 0:
@@ -472,18 +472,8 @@ def test_tiny_matrix_end_to_end(tmp_path):
     encoder, decoder = save_tiny_models(tmp_path / "models")
     tones = tone_corpus(tmp_path / "tones")
     root = copy_workflow(tmp_path / "wf")
-    catalog = {
-        "defaults": {"settings": {"batch_size": 4, "max_steps": 2, "learning_rate": 1e-2, "num_experts": 4,
-                                  "logging_steps": 1, "save_steps": 2, "eval_steps": 2, "max_new_tokens": 8,
-                                  "bootstrap_resamples": 50},
-                     "resources": {"gpus": 0, "mem_mb": 2000, "runtime": 10, "threads": 1}},
-        "encoders": {"tiny-whisper": {"type": "whisper", "path": encoder}},
-        "decoders": {"tiny-qwen": {"path": decoder}, "missing": {"path": str(tmp_path / "no-such-model")}},
-        "datasets": {"tones": {"prepare": {"corpus": "parquet",
-                                           "root": [f"{tones}/{s}.parquet" for s in ("train", "dev", "test")]},
-                               "splits": {"train": "train", "dev": "dev", "test": "test"},
-                               "metric": "wer", "prompt": "say: "}},
-    }
+    catalog = tiny_catalog(encoder, decoder, tones, save_steps=2)
+    catalog["decoders"]["missing"] = {"path": str(tmp_path / "no-such-model")}
     (root / "experiments" / "catalog.yaml").write_text(yaml.safe_dump(catalog))
     rows = ["layer_wise\ttiny-whisper\ttiny-qwen\ttones\tg\tfalse", "linear\ttiny-whisper\ttiny-qwen\ttones\tg\ttrue"]
     header = "method\tencoder\tdecoder\tdataset\tgroup\tbaseline\n"

@@ -85,6 +85,23 @@ def save_tiny_models(root) -> tuple[str, str]:
     return str(root / "whisper-tiny-random"), str(root / "qwen2-tiny-random")
 
 
+def tiny_catalog(encoder: str, decoder: str, corpus: str, **settings) -> dict:
+    """A workflow catalog of the tiny models (tiny-whisper, tiny-qwen) and a tone corpus (tones); `settings`
+    override the defaults' settings."""
+    base = {"batch_size": 4, "max_steps": 2, "learning_rate": 1e-2, "num_experts": 4, "logging_steps": 1,
+            "eval_steps": 2, "max_new_tokens": 8, "bootstrap_resamples": 50}
+    return {
+        "defaults": {"settings": {**base, **settings},
+                     "resources": {"gpus": 0, "mem_mb": 2000, "runtime": 10, "threads": 1}},
+        "encoders": {"tiny-whisper": {"type": "whisper", "path": encoder}},
+        "decoders": {"tiny-qwen": {"path": decoder}},
+        "datasets": {"tones": {"prepare": {"corpus": "parquet",
+                                           "root": [f"{corpus}/{s}.parquet" for s in ("train", "dev", "test")]},
+                               "splits": {"train": "train", "dev": "dev", "test": "test"},
+                               "metric": "wer", "prompt": "say: "}},
+    }
+
+
 WORDS = ["one", "two", "three", "four", "five", "six"]
 
 
