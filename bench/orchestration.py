@@ -4,8 +4,7 @@ pays: the `steermoe` command (`steermoe --help`) and, for train/evaluate jobs, i
 The workflow (Snakefile, workflow/, templates/, profiles/, experiments/) is copied into a temporary folder and its
 matrix replaced by N distinct rows over the catalog's embedded models and synthetic datasets (method x encoder x
 dataset x seed). Reading the workflow validates the matrix and renders every experiment's two configs, so the dry
-run covers parsing, validation, rendering and the DAG of N x 3 jobs (render, train, evaluate) plus data, model and
-aggregate jobs.
+run covers parsing, validation, rendering and the DAG of N x 4 jobs plus data, model and aggregate jobs.
 
     python -m bench orchestration [--quick] [--rows N]
 """

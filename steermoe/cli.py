@@ -151,48 +151,20 @@ def _render(args) -> None:
             raise ConfigError(f"{args.matrix}: no experiment '{unknown[0]}'; experiments: {', '.join(known)}")
         chosen = [known[i] for i in args.id]
     modes = list(TEMPLATES) if args.mode == "both" else [args.mode]
-    expected = _expected_sha256(args.expect_sha256 or [], chosen, modes)
+    if args.expect_sha256 and len(chosen) * len(modes) != 1:
+        raise ConfigError("--expect-sha256 needs exactly one --id and one --mode")
     env = environment(args.templates)
     for exp in chosen:
-        texts = {mode: render(exp, args.templates, mode, env) for mode in modes}
-        digests = {mode: sha256(text) for mode, text in texts.items()}
-        paths = {mode: Path(exp.train_config if mode == "train" else exp.test_config) for mode in modes}
-        for mode, digest in digests.items():  # every file checked before any is written
-            if mode in expected and digest != expected[mode]:
-                raise ConfigError(f"{paths[mode]}: rendered {digest[:12]}..., but the workflow planned "
-                                  f"{expected[mode][:12]}...: the matrix, catalog or templates changed while the "
-                                  f"workflow ran; run it again")
         for mode in modes:
-            paths[mode].parent.mkdir(parents=True, exist_ok=True)
-            write_atomic(paths[mode], texts[mode])
-            print(f"{paths[mode]}  sha256 {digests[mode]}")
-
-
-def _expected_sha256(values: list[str], chosen: list, modes: list[str]) -> dict[str, str]:
-    """--expect-sha256 values -> {mode: hash}: MODE=HASH once per rendered mode, or one bare HASH when one file is
-    rendered."""
-    from steermoe.errors import ConfigError
-
-    if not values:
-        return {}
-    if len(chosen) != 1:
-        raise ConfigError("--expect-sha256 needs exactly one --id")
-    if len(values) == 1 and "=" not in values[0] and len(modes) == 1:
-        return {modes[0]: values[0]}
-    expected = {}
-    for value in values:
-        mode, sep, digest = value.partition("=")
-        if not sep or mode not in modes or not digest:
-            raise ConfigError(f"--expect-sha256 {value!r}: give MODE=HASH, MODE one of the rendered modes "
-                              f"({', '.join(modes)})")
-        if mode in expected:
-            raise ConfigError(f"--expect-sha256: {mode} given twice")
-        expected[mode] = digest
-    if len(expected) != len(modes):
-        missing = [m for m in modes if m not in expected]
-        raise ConfigError(f"--expect-sha256: {len(expected)} hash(es) for {len(modes)} rendered files; missing "
-                          f"{', '.join(f'{m}=HASH' for m in missing)}")
-    return expected
+            text = render(exp, args.templates, mode, env)
+            digest = sha256(text)
+            path = Path(exp.train_config if mode == "train" else exp.test_config)
+            if args.expect_sha256 and digest != args.expect_sha256:
+                raise ConfigError(f"{path}: rendered {digest[:12]}..., but the workflow planned {args.expect_sha256[:12]}"
+                                  f"...: the matrix, catalog or templates changed while the workflow ran; run it again")
+            path.parent.mkdir(parents=True, exist_ok=True)
+            write_atomic(path, text)
+            print(f"{path}  sha256 {digest}")
 
 
 def _matrix_arguments(p: argparse.ArgumentParser) -> None:
@@ -299,9 +271,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--models", default="models")
     p.add_argument("--id", action="append", help="experiment id (repeatable; default: every experiment)")
     p.add_argument("--mode", choices=["train", "test", "both"], default="both")
-    p.add_argument("--expect-sha256", action="append", metavar="MODE=HASH",
-                   help="with one --id: fail, writing nothing, unless the rendered text of MODE (train, test) has this "
-                        "sha256; once per rendered mode (a bare HASH when one --mode is rendered)")
+    p.add_argument("--expect-sha256", default=None, help="fail unless the rendered text has this hash")
     p.set_defaults(func=_render)
 
     p = sub.add_parser("smoke", help="engine smoke job: import models, synthesise speech, train a few steps")

@@ -18,7 +18,7 @@ import yaml
 
 from steermoe.errors import ConfigError
 from steermoe.matrix import SETTINGS, auto_variant, load_catalog, load_matrix, setting_key
-from steermoe.render import environment, render, render_all, sha256
+from steermoe.render import environment, render, render_all
 from steermoe.runconfig import load_run_config
 
 REPO = Path(__file__).resolve().parent.parent
@@ -84,7 +84,7 @@ def planned(root: Path, *args) -> set[tuple[str, str]]:
 
 
 def experiment_jobs(exp_id: str) -> set[tuple[str, str]]:
-    return {(rule, exp_id) for rule in ("render", "train", "evaluate")}
+    return {(rule, exp_id) for rule in ("render_train", "render_test", "train", "evaluate")}
 
 
 def write_matrix(root: Path, *rows: str, header: str = HEADER) -> Path:
@@ -255,17 +255,6 @@ def test_bad_row_stops_snakemake_before_any_job(tmp_path):
     assert "datasets.synth-en.settings.batch_size: must be an integer, got 'eight'" in proc.stdout + proc.stderr
 
 
-def test_a_target_that_is_not_an_experiments_config_is_a_clear_error(tmp_path):
-    root = copy_workflow(tmp_path / "wf")
-    exp, other = DEFAULT_IDS[0], DEFAULT_IDS[1]
-    proc = snakemake(root, "-n", f"results/{exp}/{other}_test.yaml", check=False)
-    assert proc.returncode != 0
-    assert (f"results/{exp}/{other}_train.yaml and {other}_test.yaml are not the configs of experiment {exp} (its "
-            f"configs are results/{exp}/{exp}_train.yaml and results/{exp}/{exp}_test.yaml)") in \
-        " ".join((proc.stdout + proc.stderr).split())
-    assert "rule render:" in snakemake(root, "-n", f"results/{exp}/{exp}_test.yaml").stdout
-
-
 def test_json_schemas_agree_with_the_settings_and_reject_bad_values(tmp_path):
     from snakemake.utils import validate
 
@@ -351,54 +340,6 @@ def test_rendered_configs_load_and_are_deterministic(tmp_path):
         assert (root / exp.test_config).read_text() == texts[exp.id]["test"]
 
 
-def test_render_checks_every_expected_hash_before_writing(tmp_path, capsys):
-    """`steermoe render --expect-sha256 MODE=HASH`, once per rendered file, as the render rule calls it."""
-    from steermoe.cli import main
-
-    root = copy_workflow(tmp_path / "wf")
-    exp = load_matrix(root / "experiments/matrix.tsv", root / "experiments/catalog.yaml",
-                      results=str(tmp_path / "out"))[0]
-    texts = render_all([exp], root / "templates")[exp.id]
-    good = {mode: sha256(text) for mode, text in texts.items()}
-    base = ["render", "--matrix", str(root / "experiments/matrix.tsv"), "--catalog",
-            str(root / "experiments/catalog.yaml"), "--templates", str(root / "templates"), "--results",
-            str(tmp_path / "out"), "--id", exp.id]
-
-    def run(*args):
-        capsys.readouterr()
-        code = main(base + list(args))
-        return code, capsys.readouterr().err
-
-    def written():
-        return sorted(p.name for p in (tmp_path / "out").rglob("*.yaml"))
-
-    # a hash that does not match: an error naming the file, and neither config written
-    code, err = run("--mode", "both", "--expect-sha256", f"train={good['train']}", "--expect-sha256",
-                    f"test={'0' * 64}")
-    assert code == 2 and f"{exp.test_config}: rendered {good['test'][:12]}..., but the workflow planned 000000000000" \
-        in err and written() == []
-    # a hash per rendered file, by mode: one missing, one twice, a bare hash for two files, an unknown mode
-    for args, message in (
-            ((f"train={good['train']}",), "--expect-sha256: 1 hash(es) for 2 rendered files; missing test=HASH"),
-            ((f"train={good['train']}", f"train={good['train']}"), "--expect-sha256: train given twice"),
-            ((good["train"],), f"--expect-sha256 '{good['train']}': give MODE=HASH, MODE one of the rendered modes "
-                               f"(train, test)"),
-            ((f"eval={good['test']}", f"train={good['train']}"), "--expect-sha256 'eval=")):
-        code, err = run("--mode", "both", *[a for value in args for a in ("--expect-sha256", value)])
-        assert code == 2 and message in err and written() == [], (args, err)
-    code, err = run("--mode", "test", "--expect-sha256", f"train={good['train']}")  # train is not rendered
-    assert code == 2 and "MODE one of the rendered modes (test)" in err
-    # several experiments: no single expected hash
-    code, err = run("--id", exp.id, "--mode", "train", "--expect-sha256", good["train"])
-    assert code == 2 and "--expect-sha256 needs exactly one --id" in err and written() == []
-    # the right hashes, in either order: both written; one --mode takes a bare hash too
-    assert run("--mode", "both", "--expect-sha256", f"test={good['test']}", "--expect-sha256",
-               f"train={good['train']}")[0] == 0
-    assert written() == sorted(Path(p).name for p in (exp.train_config, exp.test_config))
-    assert Path(exp.train_config).read_text() == texts["train"] and Path(exp.test_config).read_text() == texts["test"]
-    assert run("--mode", "train", "--expect-sha256", good["train"])[0] == 0
-
-
 def test_template_sandbox_and_undefined_variables(tmp_path):
     root = copy_workflow(tmp_path / "wf")
     exp = load_matrix(root / "experiments/matrix.tsv", root / "experiments/catalog.yaml")[0]
@@ -453,29 +394,12 @@ def test_template_edit_reruns_only_the_experiments_whose_config_changed(done):
     assert planned(done) == set()
     template.write_text(original + '{% if exp.method == "linear" %}\n# baseline\n{% endif %}\n')
     linear = DEFAULT_IDS[1]
-    assert planned(done) == {("render", linear), ("evaluate", linear), AGG}  # both configs rewritten, no train
+    assert planned(done) == {("render_test", linear), ("evaluate", linear), AGG}
     snakemake(done)
     assert sorted(calls(done)) == [("aggregate", "results"), ("evaluate", linear)]
-    assert planned(done) == set()  # and the rewritten train config does not re-train later either
     common = done / "templates" / "common.yaml.j2"
     common.write_text(common.read_text().replace("use_cache: false", "use_cache: false  # KV cache off"))
     assert {(rule, what) for rule, what in planned(done) if rule == "train"} == {("train", e) for e in DEFAULT_IDS}
-    # in one invocation: the render jobs re-run, and the train jobs below them too (not one invocation late)
-    (done / "stub_calls.jsonl").unlink()
-    snakemake(done)
-    assert sorted(c for c in calls(done) if c[0] == "train") == sorted(("train", e) for e in DEFAULT_IDS)
-    assert planned(done) == set()
-
-
-def test_rerendering_the_same_configs_reruns_nothing_below(done):
-    """A render job that writes the same text (after an edit of the render rule, or forced) re-trains and
-    re-evaluates nothing: the configs are ancient() while final/steermoe.json and metrics.json record their hash."""
-    assert planned(done, "--forcerun", "render") == {("render", e) for e in DEFAULT_IDS}
-    # a model trained from another text than the planned one is trained again
-    meta = done / "results" / DEFAULT_IDS[0] / "train" / "final" / "steermoe.json"
-    meta.write_text(json.dumps({"config_sha256": "0" * 64}) + "\n")
-    assert planned(done, "--forcerun", "render") == {("render", e) for e in DEFAULT_IDS} | {
-        ("train", DEFAULT_IDS[0]), ("evaluate", DEFAULT_IDS[0]), AGG}
 
 
 def test_catalog_edit_reruns_exactly_the_experiments_using_the_entry(done):
@@ -495,7 +419,7 @@ def test_catalog_edit_reruns_exactly_the_experiments_using_the_entry(done):
     assert planned(done) == experiment_jobs(aqa) | {AGG}
     # an evaluation-only setting of synth-aqa: its evaluation only
     edit("      max_new_tokens: 16", "      max_new_tokens: 24")
-    assert planned(done) == {("render", aqa), ("evaluate", aqa), AGG}
+    assert planned(done) == {("render_test", aqa), ("evaluate", aqa), AGG}
     # synth-en's prompt: the two synth-en experiments
     edit('prompt: "please transcribe the audio content into text: "\n    # CPU',
          'prompt: "transcribe: "\n    # CPU')
@@ -510,7 +434,7 @@ def test_catalog_edit_reruns_exactly_the_experiments_using_the_entry(done):
     assert {w for r, w in planned(done) if r == "train"} == set(DEFAULT_IDS)
     # the evaluation-only setting: evaluation only
     edit("    num_beams: 1", "    num_beams: 2")
-    assert {r for r, _ in planned(done)} == {"render", "evaluate", "aggregate"}
+    assert {r for r, _ in planned(done)} == {"render_test", "evaluate", "aggregate"}
 
 
 def test_quick_switch_and_failed_experiment_does_not_block_the_others(done):

@@ -1,7 +1,6 @@
 """Load and validate the experiments (config, catalog, matrix) and render every experiment's configs, once, at
 parse time. Nothing here imports torch or transformers: steermoe.matrix and steermoe.render are torch-free, so a
 dry run stays fast. Every error names the file, the row and the column, and stops the workflow before any job."""
-import json
 import re
 import shlex
 from pathlib import Path, PurePosixPath
@@ -68,7 +67,7 @@ def _alternatives(names):
 
 # Experiment ids and config stems by their shape, not as alternations of every id: a 1,000-row matrix would put
 # 45 kB of regex into every path pattern and cost Snakemake seconds per hundred jobs. Unknown ids stop at EXP;
-# a config name of another experiment stops at rendered_sha256.
+# a stem of another experiment stops at rendered_sha256.
 wildcard_constraints:
     exp=r"[A-Za-z0-9][A-Za-z0-9._-]*",
     dataset=_alternatives(DATASETS),
@@ -76,22 +75,19 @@ wildcard_constraints:
 
 
 # ---- per-experiment lookups used by the rules ----------------------------------------------------------------
-# The config names {method}_{encoder}_{decoder}_{dataset}_{mode}[_{variant}].yaml, by shape (render rule's {prefix}
-# and {variant} wildcards). Names have no `_` and a variant is never train/test/eval, so a name splits one way.
-CONFIG_PREFIX = r"[A-Za-z0-9][A-Za-z0-9._-]*"
-CONFIG_VARIANT = r"(?:_(?!(?:train|test|eval)\.yaml)[A-Za-z0-9.-]+)?"
+def config_stem(mode):
+    """The config file stems of one mode (render rules' {stem} wildcard)."""
+    # {method}_{encoder}_{decoder}_{dataset}_{mode}[_{variant}]; a variant is never train/test/eval
+    return rf"[A-Za-z0-9][A-Za-z0-9._-]*_{mode}(?:_(?!(?:train|test|eval)\.yaml)[A-Za-z0-9.-]+)?"
 
 
 def rendered_sha256(mode):
-    """The planned sha256 of an experiment's `mode` config, for the render rule; stops with a clear error when the
-    requested file names are not the experiment's configs."""
     def get(wildcards):
         exp = EXP[wildcards.exp]
-        stems = [f"{wildcards.prefix}_{kind}{wildcards.variant}" for kind in ("train", "test")]
-        if stems != [PurePosixPath(exp.train_config).stem, PurePosixPath(exp.test_config).stem]:
-            raise WorkflowError(f"{RESULTS}/{wildcards.exp}/{stems[0]}.yaml and {stems[1]}.yaml are not the configs "
-                                f"of experiment {wildcards.exp} (its configs are {exp.train_config} and "
-                                f"{exp.test_config})")
+        expected = exp.train_config if mode == "train" else exp.test_config
+        if PurePosixPath(expected).stem != wildcards.stem:
+            raise WorkflowError(f"{RESULTS}/{wildcards.exp}/{wildcards.stem}.yaml is not a config of experiment "
+                                f"{wildcards.exp} (its {mode} config is {expected})")
         return CONFIG_SHA256[wildcards.exp][mode]
     return get
 
@@ -105,31 +101,12 @@ def model_markers(wildcards):
     return [f"{MODELS}/{name}/steermoe_import.json" for name in EXP[wildcards.exp].embedded_models]
 
 
-def _recorded_sha256(path):
-    """The config_sha256 that `steermoe train` (final/steermoe.json) or `steermoe evaluate` (eval/metrics.json)
-    recorded: the hash of the config the result was made from; None when there is none."""
-    try:
-        with open(path, encoding="utf-8") as handle:
-            recorded = json.load(handle)
-    except (OSError, ValueError):
-        return None
-    return recorded.get("config_sha256") if isinstance(recorded, dict) else None
-
-
 def train_config(wildcards):
-    """The train config; ancient() when the final model was trained from exactly the planned text (see train.smk)."""
-    exp = EXP[wildcards.exp]
-    if _recorded_sha256(f"{exp.final_dir}/steermoe.json") == CONFIG_SHA256[exp.id]["train"]:
-        return ancient(exp.train_config)
-    return exp.train_config
+    return EXP[wildcards.exp].train_config
 
 
 def test_config(wildcards):
-    """The test config; ancient() when metrics.json was computed from exactly the planned text (see train.smk)."""
-    exp = EXP[wildcards.exp]
-    if _recorded_sha256(f"{exp.eval_dir}/metrics.json") == CONFIG_SHA256[exp.id]["test"]:
-        return ancient(exp.test_config)
-    return exp.test_config
+    return EXP[wildcards.exp].test_config
 
 
 def resource(key, default=None, evaluate=False):

@@ -1,7 +1,5 @@
 # Evaluation: decode the whole test split with the final weights, score it (metrics.json with counts and a 95 %
 # bootstrap CI, predictions.jsonl per utterance; steering.json/.png for steering methods).
-# As in train.smk, the config is ancient() exactly when metrics.json was computed from the planned text: evaluation
-# re-runs when the test config or the model changed, not when the render job rewrote the same test config.
 
 
 rule evaluate:

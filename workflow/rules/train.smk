@@ -4,12 +4,6 @@
 # `steermoe launch` gives the job its own `gpu` GPUs of this machine (lock files; CUDA_VISIBLE_DEVICES), so jobs
 # sharing a node never see each other's GPUs; with gpu > 1 it starts the DeepSpeed launcher (one process per GPU)
 # with a master port derived from the experiment id, so that concurrent jobs on one node never collide.
-# The render job rewrites both configs of an experiment when either changed, and a new test config alone must not
-# re-train. So the config is ancient() exactly when final/steermoe.json says the model was trained from the planned
-# text (train_config in common.smk): Snakemake does not pass a re-run on through inputs that are all ancient and
-# exist. A config hash in params would not do: while the render job re-runs, Snakemake (9.27) checks nothing of
-# the jobs below it but that propagation (snakemake/snakemake#4166), so a changed train config would be trained
-# one invocation late.
 
 
 rule train:
