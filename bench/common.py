@@ -16,7 +16,10 @@ REPO = Path(__file__).resolve().parent.parent
 RESULTS = Path(__file__).resolve().parent / "results"
 MODELS = ("whisper-tiny.en", "smollm2-135m-instruct")
 # the embedded default experiment: the catalog's synth-en settings (layer_wise, pooling 4, dynamic window, bf16)
-DEFAULT_ROW = {"method": "layer_wise", "encoder": "whisper-tiny.en", "decoder": "smollm2", "dataset": "synth-en"}
+# the embedded default experiment, at the batch of 8 the benchmarks' targets are stated for (the catalog trains
+# synth-en at batch 2)
+DEFAULT_ROW = {"method": "layer_wise", "encoder": "whisper-tiny.en", "decoder": "smollm2", "dataset": "synth-en",
+               "batch_size": "8"}
 # built only where data/synth-en is not prepared (e.g. a fresh clone)
 SMALL_SYNTH_SIZES = {"train": 40, "dev": 4, "test": 48}
 QUICK_SYNTH_SIZES = {"train": 8, "dev": 2, "test": 4}
