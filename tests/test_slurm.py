@@ -65,6 +65,8 @@ def test_quick_matrix_runs_through_slurm(slurm_conf, embedded_models, tmp_path):
     models = Path(next(iter(embedded_models.values()))).parent
     root = copy_workflow(tmp_path / "wf")
     write_matrix(root, ROW)
+    catalog = root / "experiments" / "catalog.yaml"  # 2 threads (the shipped smollm2 asks for 1, SLURM's default)
+    catalog.write_text(catalog.read_text().replace("runtime: 180, threads: 1,", "runtime: 180, threads: 2,", 1))
     command = [str(VENV_BIN / "snakemake"), "--workflow-profile", "profiles/slurm", "results/table.csv",
                "--config", "quick=true", f"models={models}",
                # no accounting on the local cluster: squeue for job status (MinJobAge 600 s), checked early and
@@ -95,6 +97,6 @@ def test_quick_matrix_runs_through_slurm(slurm_conf, embedded_models, tmp_path):
         record = completed[job_id]
         assert (record["Name"], record["JobState"], record["WorkDir"]) == (run_id, "COMPLETED", str(root)), rule
     train = completed[next(job for job, rule in jobs.items() if rule == "rule_train")]
-    assert train["ProcCnt"] == "2"  # the catalog's threads for smollm2 became --cpus-per-task
+    assert train["ProcCnt"] == "2"  # the catalog's threads for smollm2 (set to 2 above) became --cpus-per-task
     # local rules (render, aggregate) ran here, not on SLURM
     assert "localrule aggregate:" in output
