@@ -15,7 +15,7 @@ from steermoe.embedded.gguf import chat
 from steermoe.encoders import ModelFolderError, load_encoder
 from steermoe.features import AudioFeatures
 from steermoe.model import build_model, load_decoder
-from steermoe.tts import piper_speak
+from steermoe.tts import piper_speak, piper_voice
 
 SENTENCES = [
     "The weather is nice today and we will go for a walk.",
@@ -120,3 +120,10 @@ def test_loaders_reject_the_wrong_kind_of_folder(embedded_models, tmp_path):
     (tmp_path / "config.json").write_text("{not json")
     with pytest.raises(ModelFolderError, match="not valid JSON"):
         load_encoder(tmp_path)
+
+
+def test_piper_runs_on_one_thread_per_process():
+    """Synthesis runs one worker per core; a session with onnxruntime's default (a thread per core) oversubscribes."""
+    options = piper_voice().session.get_session_options()
+    assert (options.intra_op_num_threads, options.inter_op_num_threads) == (1, 1)
+    assert piper_speak("one thread").size > 0
