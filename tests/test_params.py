@@ -56,9 +56,11 @@ def test_full_size_shapes_on_meta_device():
 
 def test_params_cli_7b_with_little_memory():
     """`steermoe params` builds Whisper-large-v3 + Qwen2.5-7B shapes without allocating their ~30 GB of weights."""
-    # the child reports its own peak (RUSAGE_CHILDREN would include every earlier subprocess of the test session)
-    child = ("import resource, sys; from steermoe.cli import main; code = main(sys.argv[1:]); "
-             "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr); sys.exit(code)")
+    # The child reports the peak of its own address space (VmHWM). Not ru_maxrss: Linux carries the peak of the
+    # address space that exec replaced into it, and subprocess spawns by vfork, so it would be this pytest process's.
+    child = ("import sys; from steermoe.cli import main; code = main(sys.argv[1:]); "
+             "print(next(l for l in open('/proc/self/status') if l.startswith('VmHWM:')).split()[1], file=sys.stderr); "
+             "sys.exit(code)")
     out = subprocess.run([sys.executable, "-c", child, "params", "--encoder", "whisper-large-v3",
                           "--decoder", "qwen2.5-7b-instruct", "--json"], capture_output=True, text=True, check=True)
     counts = json.loads(out.stdout)
