@@ -12,6 +12,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+import yaml
 
 from tests.test_workflow import REPO, VENV_BIN, copy_workflow, write_matrix
 
@@ -66,7 +67,9 @@ def test_quick_matrix_runs_through_slurm(slurm_conf, embedded_models, tmp_path):
     root = copy_workflow(tmp_path / "wf")
     write_matrix(root, ROW)
     catalog = root / "experiments" / "catalog.yaml"  # 2 threads (the shipped smollm2 asks for 1, SLURM's default)
-    catalog.write_text(catalog.read_text().replace("runtime: 180, threads: 1,", "runtime: 180, threads: 2,", 1))
+    entries = yaml.safe_load(catalog.read_text())
+    entries["decoders"]["smollm2"]["resources"]["threads"] = 2
+    catalog.write_text(yaml.safe_dump(entries, sort_keys=False))
     command = [str(VENV_BIN / "snakemake"), "--workflow-profile", "profiles/slurm", "results/table.csv",
                "--config", "quick=true", f"models={models}",
                # no accounting on the local cluster: squeue for job status (MinJobAge 600 s), checked early and
