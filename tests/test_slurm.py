@@ -75,7 +75,8 @@ def test_quick_matrix_runs_through_slurm(slurm_conf, embedded_models, tmp_path):
                # no accounting on the local cluster: squeue for job status (MinJobAge 600 s), checked early and
                # often; successful jobs' SLURM logs are kept to show where each job ran
                "--slurm-status-command", "squeue", "--slurm-init-seconds-before-status-checks", "2",
-               "--slurm-keep-successful-logs"]
+               "--slurm-keep-successful-logs",
+               "--set-threads", "prepare_data=2"]  # the rule asks for 8 CPUs; this cluster's one node has 2
     proc = subprocess.run(command, cwd=root, env=snakemake_env(SLURM_CONF=str(slurm_conf)), capture_output=True,
                           text=True, timeout=1500)
     output = proc.stdout + proc.stderr
@@ -101,5 +102,6 @@ def test_quick_matrix_runs_through_slurm(slurm_conf, embedded_models, tmp_path):
         assert (record["Name"], record["JobState"], record["WorkDir"]) == (run_id, "COMPLETED", str(root)), rule
     train = completed[next(job for job, rule in jobs.items() if rule == "rule_train")]
     assert train["ProcCnt"] == "2"  # the catalog's threads for smollm2 (set to 2 above) became --cpus-per-task
+    assert completed[next(job for job, rule in jobs.items() if rule == "rule_prepare_data")]["ProcCnt"] == "2"
     # local rules (render, aggregate) ran here, not on SLURM
     assert "localrule aggregate:" in output

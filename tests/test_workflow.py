@@ -134,6 +134,14 @@ def test_default_matrix_validates_and_dry_runs(tmp_path):
     assert base.train_config == f"results/{base.id}/linear_whisper-tiny.en_smollm2_synth-en_train.yaml"
 
 
+def test_data_preparation_uses_the_cores_it_is_given(tmp_path):
+    root = copy_workflow(tmp_path / "wf")
+    for cores in ("1", "2"):
+        out = snakemake(root, "-n", "-p", "--cores", cores).stdout
+        workers = re.findall(r"^Shell command: steermoe data synth (\S+) .* --workers (\d+) ", out, re.M)
+        assert sorted(workers) == [("synth-aqa", cores), ("synth-en", cores)], out[-3000:]
+
+
 def test_seed_matrix_validates_and_plans_the_deepspeed_launch(tmp_path):
     """The seed document's table: only paths to set. 7B decoders train on 4 GPUs via the DeepSpeed launcher."""
     root = copy_workflow(tmp_path / "wf")

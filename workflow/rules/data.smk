@@ -10,7 +10,9 @@ rule prepare_data:
         f"{LOGS}/data/{{dataset}}.log",
     params:
         command=prepare_command,
-    threads: 2
+    # worker processes for synthesis / resampling; locally Snakemake caps it at --cores, on SLURM it is the job's
+    # --cpus-per-task (lower it with set-threads: prepare_data=N where nodes have fewer)
+    threads: 8
     resources:
         mem_mb=8000,
         runtime=240,
