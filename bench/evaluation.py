@@ -29,6 +29,7 @@ def main(argv=None) -> dict:
     args = arguments(__doc__, argv, extra)
     from steermoe.data.batching import Collator
     from steermoe.features import AudioFeatures
+    from steermoe import precision
     from steermoe.train import load_model, load_rows, load_trainable
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -37,7 +38,8 @@ def main(argv=None) -> dict:
         ev = run.evaluation
         checkpoint = args.checkpoint or REPO / "results" / run.path.parent.name / "train" / "final"
         torch.manual_seed(run.top.seed)
-        model = load_model(run).eval()
+        decision = precision.for_run(run)
+        model = load_model(run, decision.weights).eval()
         weights = str(checkpoint) if (checkpoint / "model.safetensors").is_file() else "untrained"
         if weights != "untrained":
             load_trainable(model, checkpoint)
@@ -51,8 +53,9 @@ def main(argv=None) -> dict:
 
     def decode(name: str, indices: list[int]):
         batch = collate([rows[i] for i in indices])
-        out = model.generate(batch["features"], batch["feature_lengths"], batch["prompts"],
-                             max_new_tokens=ev.max_new_tokens, num_beams=ev.num_beams)
+        with precision.autocast(decision):
+            out = model.generate(batch["features"], batch["feature_lengths"], batch["prompts"],
+                                 max_new_tokens=ev.max_new_tokens, num_beams=ev.num_beams)
         hypotheses[name].update(zip(indices, out))
 
     def batched(_):
@@ -70,7 +73,7 @@ def main(argv=None) -> dict:
     speedup = rtf["single"] / rtf["batched"]
     same = sum(hypotheses["batched"][i] == hypotheses["single"][i] for i in order)
     tokens = [len(model.tokenizer(hypotheses["batched"][i]).input_ids) for i in order]
-    result = {"utterances": count, "audio_seconds": audio_seconds, "weights": weights, "batch_size": ev.batch_size,
+    result = {**precision.record(decision), "utterances": count, "audio_seconds": audio_seconds, "weights": weights, "batch_size": ev.batch_size,
               "max_new_tokens": ev.max_new_tokens, "seconds": times, "rtf": rtf, "speedup": speedup,
               "identical_hypotheses": same, "mean_hypothesis_tokens": sum(tokens) / len(tokens),
               "target": TARGET, "verdict": verdict(speedup, TARGET)}

@@ -20,16 +20,18 @@ def setup(run, trainer_class=None):
     from steermoe.features import AudioFeatures
     from transformers import PrinterCallback
 
-    from steermoe.train import SteerMoETrainer, load_model, load_rows, resolve_precision, training_arguments
+    from steermoe import precision
+    from steermoe.train import SteerMoETrainer, load_model, load_rows, training_arguments
 
     torch.manual_seed(run.top.seed)
-    model = load_model(run)
+    quiet = lambda message: None
+    decision = precision.for_run(run, quiet)
+    model = load_model(run, decision.weights)
     rows = load_rows(run, run.top.parquet_dirs, "parquet_dirs")
     collator = Collator(AudioFeatures(model.encoder.kind, model.encoder.num_mel_bins, run.top.encoder_window),
                         run.top.textual_prompt)
-    quiet = lambda message: None
     trainer = (trainer_class or SteerMoETrainer)(
-        model=model, args=training_arguments(run, resolve_precision(run, quiet), False), train_dataset=rows,
+        model=model, args=training_arguments(run, decision.precision, False), train_dataset=rows,
         data_collator=collator, run=run, log=quiet)
     trainer.remove_callback(PrinterCallback)  # as `train` does: no per-log printing
     trainer.create_optimizer()

@@ -30,8 +30,9 @@ gets one row per metric: English `wer` (Whisper-normalised, headline) and `wer_r
 `qa_accuracy` (normalised exact match, headline), `qa_yes_no` (yes/no subset) and `qa_lenient_substring` (the
 original code's lenient substring score, reported only as such).
 
-Rows follow the matrix order and numbers have fixed formats, so two runs from scratch give byte-identical tables
-apart from the timing columns (train_seconds, eval_seconds, rtf).
+Rows follow the matrix order and numbers have fixed formats, so two runs from scratch on machines that agree on
+the precision columns (precision, weights_dtype, device, device_model; the CPU class decides the precision) give
+byte-identical tables apart from the timing columns (train_seconds, eval_seconds, rtf).
 """
 from __future__ import annotations
 
@@ -61,6 +62,9 @@ NOTES = {
 LOWER_IS_BETTER = {"wer": True, "wer_raw": True, "cer": True, "qa_accuracy": False, "qa_yes_no": False,
                    "qa_lenient_substring": False}
 TIMING_COLUMNS = ("train_seconds", "eval_seconds", "rtf")
+# how the model was trained (train_summary.json; metrics.json for an untrained model): tables from scratch match
+# only between runs that agree on these (steermoe/precision.py)
+PRECISION_COLUMNS = ("precision", "weights_dtype", "device", "device_model", "cpu_flags")
 ERROR_PREFIX = "steermoe: error:"
 OK, STALE = "ok", "stale"
 FAILED_TRAIN, FAILED_EVAL, NOT_RUN, INVALID = "failed at train", "failed at evaluate", "not run", "invalid results"
@@ -74,7 +78,8 @@ def table_columns(override_columns: list[str]) -> list[str]:
     return ["experiment", "method", "encoder", "decoder", "dataset", "group", "baseline", "tags", *override_columns,
             "test_set", "metric", "headline", "value", "ci_low", "ci_high", "substitutions", "deletions",
             "insertions", "correct", "reference_units", "utterances", "trainable_parameters", "train_steps",
-            "train_seconds", "eval_seconds", "rtf", "config_sha256", "train_config_sha256", "git_commit", "status",
+            "train_seconds", "eval_seconds", "rtf", "precision", "weights_dtype", "device", "device_model",
+            "cpu_flags", "config_sha256", "train_config_sha256", "git_commit", "status",
             "error", "log", "note"]
 
 
@@ -365,6 +370,7 @@ def table_rows(experiments: list, results: dict[str, ExperimentResult], override
                 "test_set": r.test_set, "trainable_parameters": _trainable(r),
                 "train_steps": (r.summary or {}).get("steps"),
                 "train_seconds": (r.summary or {}).get("train_seconds_this_run"),
+                **{c: (r.summary or r.metrics or {}).get(c) for c in PRECISION_COLUMNS},
                 "config_sha256": r.config_sha256, "train_config_sha256": r.train_config_sha256,
                 "git_commit": git_commit, "status": r.status, "error": r.error, "log": r.log}
         if r.metrics is None:

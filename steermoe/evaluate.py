@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from steermoe import metrics
+from steermoe import metrics, precision
 from steermoe.analysis import GateStats, plot_steering, steering_parameters
 from steermoe.errors import ConfigError
 from steermoe.data.batching import Collator
@@ -33,7 +33,8 @@ def evaluate(run: RunConfig, checkpoint: Path | None = None, output_dir: Path | 
     checkpoint = Path(checkpoint) if checkpoint else run.checkpoint_dir
     output_dir = Path(output_dir) if output_dir else run.eval_dir
     torch.manual_seed(top.seed)
-    model = load_model(run)
+    decision = precision.for_run(run, log)
+    model = load_model(run, decision.weights)
     weights_sha = load_trainable(model, checkpoint)
     model.eval()
     rows = load_rows(run, top.parquet_dirs, "parquet_dirs")  # the whole split: no filtering at test time
@@ -47,8 +48,9 @@ def evaluate(run: RunConfig, checkpoint: Path | None = None, output_dir: Path | 
     for first in range(0, len(order), ev.batch_size):
         index = order[first:first + ev.batch_size]
         batch = collate([rows[i] for i in index])
-        out = model.generate(batch["features"], batch["feature_lengths"], batch["prompts"],
-                             max_new_tokens=ev.max_new_tokens, num_beams=ev.num_beams, gate_stats=stats)
+        with precision.autocast(decision):
+            out = model.generate(batch["features"], batch["feature_lengths"], batch["prompts"],
+                                 max_new_tokens=ev.max_new_tokens, num_beams=ev.num_beams, gate_stats=stats)
         hypotheses.update(zip(index, out))
         done = first + len(index)
         log(f"decoded {done}/{len(rows)} utterances  {time.time() - start:.0f}s")
@@ -70,7 +72,7 @@ def evaluate(run: RunConfig, checkpoint: Path | None = None, output_dir: Path | 
                      "max_new_tokens": ev.max_new_tokens, "batch_size": ev.batch_size},
         "checkpoint": str(checkpoint), "checkpoint_sha256": weights_sha,
         "trainable_parameters": sum(p.numel() for p in model.trainable_state_dict().values()),
-        "device": "cuda" if torch.cuda.is_available() else "cpu", "threads": torch.get_num_threads(),
+        **precision.record(decision), "threads": torch.get_num_threads(),
     }
 
     building = output_dir.parent / f".{output_dir.name}.partial"

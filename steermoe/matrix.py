@@ -466,6 +466,9 @@ def _parse_cell(where: str, name: str, text: str):
     try:
         if wanted is bool:
             value = parse_bool(text, where)
+        elif isinstance(wanted, tuple):  # true, false or one of the choices' words (bf16: auto)
+            words = [c for c in key.choices if isinstance(c, str)]
+            value = text.strip().lower() if text.strip().lower() in words else parse_bool(text, where)
         elif wanted is int:
             value = int(text)
         elif wanted is float:
@@ -475,7 +478,8 @@ def _parse_cell(where: str, name: str, text: str):
         else:
             value = text
     except (ValueError, ConfigError):
-        shown = {bool: "true or false", int: "an integer", float: "a number"}[wanted]
+        shown = " or ".join(str(c).lower() for c in key.choices) if isinstance(wanted, tuple) else \
+            {bool: "true or false", int: "an integer", float: "a number"}[wanted]
         allowed = f"; allowed: {_allowed(key.choices)}" if key.choices else ""
         raise ConfigError(f"{where}: {text!r} is not {shown}{allowed}") from None
     if isinstance(value, float) and not math.isfinite(value):

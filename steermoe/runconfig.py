@@ -18,7 +18,7 @@ import yaml
 from steermoe.config import ENCODER_WINDOWS, METHODS, POOLING_TYPES, PROMPT_FORMATS, ConfigError, SteerMoEConfig
 
 REQUIRED = object()
-DTYPES = ("float32", "bfloat16", "float16")
+DTYPES = ("auto", "float32", "bfloat16", "float16")  # auto: the precision policy (steermoe/precision.py)
 METRICS = ("wer", "cer", "qa_accuracy")
 SCHEDULERS = ("linear", "cosine", "constant_with_warmup", "constant")
 ENCODER_SECTIONS = ("whisper_encoder", "conformer_encoder")
@@ -60,7 +60,7 @@ SCHEMA: dict = {
         "model_name": Key(str, REQUIRED),
         "max_length": _pos(int, 512),  # longest packed decoder sequence; longer training rows are dropped
         "use_cache": Key(bool, False),  # KV cache in training forward passes (generation always uses it)
-        "dtype": Key(str, "float32", choices=DTYPES, new=True),  # frozen LLM weights
+        "dtype": Key(str, "auto", choices=DTYPES, new=True),  # frozen LLM weights
     },
     "steering": {
         "num_experts": _pos(int, 8),
@@ -90,7 +90,7 @@ SCHEMA: dict = {
         "gradient_clipping": _nonneg(float, 1.0),  # global max norm; 0 disables
         "gradient_accumulation_steps": _pos(int, 1, new=True),
         "fp16": Key(bool, False),
-        "bf16": Key(bool, False, new=True),
+        "bf16": Key((bool, str), "auto", choices=(True, False, "auto"), new=True),  # auto: the precision policy
         "use_deepspeed": Key(bool, False),
         "deepspeed_config": Key(str, None),  # the DeepSpeed JSON path
     },
@@ -194,7 +194,8 @@ def _check_value(where: str, key: Key, value):
         value = [value]
     ok = isinstance(value, wanted) and not (wanted in (int, float) and isinstance(value, bool))
     if not ok:
-        shown = {bool: "true or false", int: "an integer", float: "a number", str: "a string", list: "a list"}[wanted]
+        shown = " or ".join(str(c).lower() for c in key.choices) if isinstance(wanted, tuple) else \
+            {bool: "true or false", int: "an integer", float: "a number", str: "a string", list: "a list"}[wanted]
         raise ConfigError(f"{where}: must be {shown}, got {value!r} ({type(value).__name__})")
     if key.choices is not None and value not in key.choices:
         raise ConfigError(f"{where}: {value!r} is not one of {', '.join(map(str, key.choices))}")
@@ -338,7 +339,7 @@ def parse_run_config(text: bytes, path: str | Path) -> RunConfig:
         raise ConfigError(f"{file}: 'steering.use_gradient_clipping' and 'clip_steering_gradients' disagree; they are "
                           f"the same switch, set both alike (or only one)")
     t = sections["training"]
-    if t.fp16 and t.bf16:
+    if t.fp16 and t.bf16 is True:
         raise ConfigError(f"{file}: 'training.fp16' and 'training.bf16' are both true; choose one")
     if t.use_deepspeed and not t.deepspeed_config:
         t.deepspeed_config = str(DEEPSPEED_DIR / "stage2_simple.json")  # the seed's recommended configuration

@@ -18,6 +18,7 @@ SENTENCES = [
 
 
 def run_smoke(models: Path, steps: int = 30, batch_size: int = 4, log=print) -> dict:
+    from steermoe import precision
     from steermoe.config import SteerMoEConfig
     from steermoe.embedded import import_models
     from steermoe.features import AudioFeatures
@@ -29,7 +30,10 @@ def run_smoke(models: Path, steps: int = 30, batch_size: int = 4, log=print) -> 
     log(f"synthesising {len(SENTENCES)} utterances with piper")
     audio = [piper_speak(s) for s in SENTENCES]
     config = SteerMoEConfig(method="layer_wise", pooling_kernel_size=2)
-    model = build_model(config, folders["whisper-tiny.en"], folders["smollm2-135m-instruct"])
+    decision = precision.decide(precision.detect())
+    log(f"precision {decision.precision} ({decision.reason})")
+    model = build_model(config, folders["whisper-tiny.en"], folders["smollm2-135m-instruct"],
+                        decoder_dtype=getattr(torch, decision.weights))
     features = AudioFeatures(model.encoder.kind, model.encoder.num_mel_bins, config.encoder_window)
     groups = model.parameter_groups()
     optimizer = torch.optim.AdamW([
@@ -42,7 +46,8 @@ def run_smoke(models: Path, steps: int = 30, batch_size: int = 4, log=print) -> 
     for step in range(steps):
         idx = [(step * batch_size + i) % len(SENTENCES) for i in range(batch_size)]
         feats, lengths = features([audio[i] for i in idx])
-        loss = model(feats, lengths, [SENTENCES[i] for i in idx]).loss
+        with precision.autocast(decision):
+            loss = model(feats, lengths, [SENTENCES[i] for i in idx]).loss
         loss.backward()
         optimizer.step()
         optimizer.zero_grad()
@@ -50,7 +55,8 @@ def run_smoke(models: Path, steps: int = 30, batch_size: int = 4, log=print) -> 
         log(f"step {step + 1:>3}/{steps}  loss {losses[-1]:.3f}  {time.time() - start:6.1f}s")
     model.eval()
     feats, lengths = features(audio[:4])
-    hypotheses = model.generate(feats, lengths, max_new_tokens=16)
+    with precision.autocast(decision):
+        hypotheses = model.generate(feats, lengths, max_new_tokens=16)
     for ref, hyp in zip(SENTENCES[:4], hypotheses):
         log(f"  ref: {ref}\n  hyp: {hyp}")
-    return {"losses": losses, "hypotheses": hypotheses, "seconds": time.time() - start}
+    return {**precision.record(decision), "losses": losses, "hypotheses": hypotheses, "seconds": time.time() - start}

@@ -21,6 +21,7 @@ import torch
 from torch.utils.data import DataLoader
 from transformers import EarlyStoppingCallback, PrinterCallback, Trainer, TrainerCallback, TrainingArguments
 
+from steermoe import precision
 from steermoe.analysis import GateStats, scalars, steering_parameters
 from steermoe.data.batching import AudioRows, Collator, LengthGroupedBatches
 from steermoe.errors import ConfigError, DataError, ModelFolderError, TrainingError
@@ -37,11 +38,12 @@ DEV_HOLDOUT_MAX = 200
 
 
 # ---- model and data ------------------------------------------------------------------------------------------
-def load_model(run: RunConfig):
-    """The SteerMoE model for a run, its frozen parts from their own folders; checks the config's dims."""
+def load_model(run: RunConfig, weights_dtype: str):
+    """The SteerMoE model for a run, its frozen parts from their own folders (the LLM's weights in weights_dtype,
+    the precision policy's choice); checks the config's dims."""
     from steermoe.model import build_model
 
-    dtype = getattr(torch, run.decoder.dtype)
+    dtype = getattr(torch, weights_dtype)
     section = f"{run.encoder_kind}_encoder"
     encoder, decoder = run.resolve(run.encoder.model_path), run.resolve(run.decoder.model_name)
     try:
@@ -100,26 +102,7 @@ def dev_holdout(rows: AudioRows) -> tuple[AudioRows, AudioRows]:
     return rows.subset([i for i in range(len(rows)) if i not in dev]), rows.subset(sorted(dev))
 
 
-# ---- precision and launch ------------------------------------------------------------------------------------
-def resolve_precision(run: RunConfig, log=print) -> str:
-    """'fp16', 'bf16' or 'fp32': what the config asks for, as far as the device supports it."""
-    t = run.training
-    wanted = "fp16" if t.fp16 else "bf16" if t.bf16 else "fp32"
-    if torch.cuda.is_available():
-        if wanted == "bf16" and not torch.cuda.is_bf16_supported():
-            log("bf16 is not supported by this GPU: training in fp16")
-            return "fp16"
-        return wanted
-    if wanted == "fp32":
-        return wanted
-    if t.use_deepspeed:
-        log(f"{wanted} requested, but DeepSpeed on CPU supports neither fp16 nor bf16: training in fp32")
-        return "fp32"
-    if wanted == "fp16":
-        log("fp16 needs a GPU: training with bf16 autocast on CPU instead")
-    return "bf16"
-
-
+# ---- launch ----------------------------------------------------------------------------------------------
 def distributed_env(run: RunConfig) -> None:
     """DeepSpeed wants a process group even for one process; the port is derived from the experiment so that
     concurrent runs on one machine never collide. Must run before deepspeed is imported."""
@@ -444,7 +427,8 @@ class Progress(TrainerCallback):
             self.log(f"step {state.global_step}/{state.max_steps}  {values}  {time.time() - self.start:.0f}s")
 
 
-def training_arguments(run: RunConfig, precision: str, has_dev: bool) -> TrainingArguments:
+def training_arguments(run: RunConfig, mixed: str, has_dev: bool) -> TrainingArguments:
+    """The Trainer's arguments; mixed: the autocast precision ('bf16', 'fp16' or 'fp32')."""
     t, top = run.training, run.top
     evaluate = has_dev and top.eval_steps is not None
     return TrainingArguments(
@@ -453,7 +437,7 @@ def training_arguments(run: RunConfig, precision: str, has_dev: bool) -> Trainin
         learning_rate=t.learning_rate, weight_decay=t.weight_decay, warmup_steps=t.warmup_steps,
         lr_scheduler_type=t.lr_scheduler, max_grad_norm=t.gradient_clipping,
         gradient_accumulation_steps=t.gradient_accumulation_steps,
-        fp16=precision == "fp16", bf16=precision == "bf16",
+        fp16=mixed == "fp16", bf16=mixed == "bf16",
         # DeepSpeed brings its own CPU accelerator; the Trainer's CPU mode is for plain training
         use_cpu=not torch.cuda.is_available() and not t.use_deepspeed,
         dataloader_pin_memory=torch.cuda.is_available(),
@@ -484,8 +468,8 @@ def train(run: RunConfig, log=print) -> dict:
     output_dir = run.resolve(t.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     set_seed(top.seed)
-    precision = resolve_precision(run, log)
-    model = load_model(run)
+    decision = precision.for_run(run, log)
+    model = load_model(run, decision.weights)
     train_rows = filter_rows(load_rows(run, top.parquet_dirs, "parquet_dirs"), model, run, "parquet_dirs", log)
     dev_rows = None
     if top.eval_steps is not None:
@@ -497,7 +481,7 @@ def train(run: RunConfig, log=print) -> dict:
     features = AudioFeatures(model.encoder.kind, model.encoder.num_mel_bins, run.top.encoder_window)
     collator = Collator(features, top.textual_prompt)
 
-    args = training_arguments(run, precision, dev_rows is not None)
+    args = training_arguments(run, decision.precision, dev_rows is not None)
     if t.use_deepspeed:
         check_deepspeed_agrees(run, args)  # before anything is written
 
@@ -512,7 +496,8 @@ def train(run: RunConfig, log=print) -> dict:
     resume = resume_point(output_dir, run, log)
     counts = {k: sum(p.numel() for p in v) for k, v in model.parameter_groups().items()}
     log(f"{run.name}: {len(train_rows)} training utterances, {sum(counts.values()):,} trainable parameters, "
-        f"{precision}" + (f", resuming from {resume}" if resume else ""))
+        f"{decision.precision} ({decision.reason}; LLM weights in {decision.weights})"
+        + (f", resuming from {resume}" if resume else ""))
     start = time.time()
     result = trainer.train(resume_from_checkpoint=resume)
     seconds = time.time() - start
@@ -522,7 +507,7 @@ def train(run: RunConfig, log=print) -> dict:
                             f"run the same command to resume")
 
     summary = {"steps": trainer.state.global_step, "train_seconds_this_run": round(seconds, 1),
-               "train_loss": result.training_loss, "precision": precision, "trainable_parameters": counts,
+               "train_loss": result.training_loss, **precision.record(decision), "trainable_parameters": counts,
                "train_utterances": len(train_rows), "resumed_from": resume,
                "best_checkpoint": trainer.state.best_model_checkpoint,
                "log_history": trainer.state.log_history}

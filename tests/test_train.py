@@ -52,13 +52,12 @@ def make_trainer(run):
     """The Trainer exactly as `train` builds it, without training."""
     from steermoe.data.batching import Collator
     from steermoe.features import AudioFeatures
-    from steermoe.train import (SteerMoETrainer, filter_rows, load_model, load_rows, resolve_precision,
-                                training_arguments)
+    from steermoe.train import SteerMoETrainer, filter_rows, load_model, load_rows, training_arguments
 
-    model = load_model(run)
+    model = load_model(run, "float32")
     rows = filter_rows(load_rows(run, run.top.parquet_dirs, "parquet_dirs"), model, run, "train")
     collator = Collator(AudioFeatures("whisper", 80), run.top.textual_prompt)
-    return SteerMoETrainer(model=model, args=training_arguments(run, resolve_precision(run), False),
+    return SteerMoETrainer(model=model, args=training_arguments(run, "fp32", False),
                            train_dataset=rows, data_collator=collator, run=run)
 
 
@@ -222,7 +221,7 @@ def test_model_keys_reach_the_model(tiny, tmp_path):
         tmp_path, tiny, steering={"num_experts": 3, "steering_scale": 0.25, "use_layer_scales": False},
         pooling_kernel_size=2, pooling_position=1, pooling_type="max", max_prompt_tokens=7, use_adapter=True,
         gradient_checkpointing=True, encoder_window="30s"))
-    model = load_model(run)
+    model = load_model(run, "float32")
     assert model.steering.steering_vectors.shape == (2, 3, 32)
     assert not isinstance(model.steering.layer_scales, torch.nn.Parameter)
     assert torch.equal(model.steering.layer_scales, torch.full((2,), 0.25))
@@ -239,14 +238,14 @@ def test_encoder_dims_are_checked(tiny, tmp_path):
     run = load_run_config(write_config(tmp_path, tiny, whisper_encoder={"model_path": tiny["encoder"],
                                                                          "feature_dim": 1280, "num_layers": 2}))
     with pytest.raises(ConfigError, match=r"whisper_encoder.feature_dim is 1280 but .* has 32"):
-        load_model(run)
+        load_model(run, "float32")
 
 
 def test_length_filters_and_columns(tiny, tmp_path):
     from steermoe.train import filter_rows, load_model, load_rows
 
     run = load_run_config(write_config(tmp_path, tiny, max_text_length=9, max_audio_length=0.5))
-    model = load_model(run)
+    model = load_model(run, "float32")
     rows = load_rows(run, run.top.parquet_dirs, "parquet_dirs")
     kept = filter_rows(rows, model, run, "train", log=lambda *_: None)
     tokens = [len(model.tokenizer(t, add_special_tokens=False).input_ids) for t in rows.columns["text"]]
@@ -306,17 +305,6 @@ def test_dev_holdout_without_eval_parquet_dirs(tiny, tmp_path):
     assert len(dev) == 1 and len(train_rows) == len(rows) - 1
     assert set(dev.columns["id"]).isdisjoint(train_rows.columns["id"])
     assert dev_holdout(rows)[1].columns["id"] == dev.columns["id"]  # always the same rows
-
-
-def test_precision_follows_the_device(tiny, tmp_path):
-    from steermoe.train import resolve_precision
-
-    fp16 = load_run_config(write_config(tmp_path, tiny, training={"fp16": True}))
-    notes = []
-    expected = "fp16" if torch.cuda.is_available() else "bf16"
-    assert resolve_precision(fp16, notes.append) == expected
-    assert torch.cuda.is_available() or "fp16 needs a GPU" in notes[0]
-    assert resolve_precision(load_run_config(write_config(tmp_path, tiny))) == "fp32"
 
 
 def test_nan_loss_stops_with_a_clear_message(tiny, tmp_path):

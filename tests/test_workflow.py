@@ -309,7 +309,8 @@ def test_overrides_reach_the_rendered_config_and_quick_wins(tmp_path):
     run = load_run_config(path)
     assert (run.steering.num_experts, run.top.encoder_window, run.training.max_steps) == (4, "30s", 50)
     assert run.mode == "train" and run.method == "layer_wise"
-    assert run.decoder.dtype == "bfloat16" and run.training.learning_rate == 1e-2  # catalog: decoder, dataset
+    assert run.decoder.dtype == "auto" and run.training.bf16 == "auto"  # catalog defaults: the precision policy
+    assert run.training.learning_rate == 1e-2  # catalog: dataset
     assert load_run_config(path).training.max_steps == 50
     quick = load_matrix(matrix, catalog, quick=True)[0]
     assert quick.id == exp.id and quick.settings["max_steps"] == 2  # quick wins over the row (CI size)
@@ -438,7 +439,7 @@ def test_catalog_edit_reruns_exactly_the_experiments_using_the_entry(done):
     assert planned(done) == {("prepare_data", "synth-aqa"), ("train", aqa), ("evaluate", aqa),
                              AGG}
     # the shared decoder: every experiment
-    edit("dtype: bfloat16               # frozen", "dtype: float32               # frozen")
+    edit("embedded: smollm2-135m-instruct\n", "embedded: smollm2-135m-instruct\n    dtype: float32\n")
     assert {w for r, w in planned(done) if r == "train"} == set(DEFAULT_IDS)
     # the evaluation-only setting: evaluation only
     edit("    num_beams: 1", "    num_beams: 2")

@@ -1,0 +1,221 @@
+"""The precision policy: which floating-point format training and evaluation use on this device.
+
+bf16 (autocast, and the frozen LLM's weights) only where the device computes it natively and fast: a CUDA GPU
+with bf16, an x86 CPU with AMX, an ARM CPU with BF16. fp16 on GPUs without bf16. fp32 everywhere else: on a CPU that
+only emulates bf16 (AVX2), a bf16 matmul runs tens of times slower than fp32. An x86 CPU with AVX-512-BF16 but no
+AMX is ambiguous (one measured here ran bf16 matmuls at 0.55x its fp32 speed, another faster), and so is a CPU
+whose flags cannot be read: a one-second micro-benchmark of both decides.
+
+A config's explicit choice wins (`training.fp16: true`, `training.bf16: true|false`, `llm_decoder.dtype` other
+than `auto`); asking for a precision the device only emulates logs one warning with the measured cost.
+
+    caps = detect()                         # the device's capabilities (cached)
+    decision = decide(caps, bf16="auto", fp16=False, dtype="auto")
+    decision.precision, decision.weights    # e.g. 'fp32', 'float32'
+
+STEERMOE_NATIVE_BF16=0 (or 1) overrides what the CPU check finds: `STEERMOE_NATIVE_BF16=0` gives any machine what
+an AVX2-only CPU gets.
+"""
+from __future__ import annotations
+
+import functools
+import os
+import platform
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+AUTO = "auto"
+OVERRIDE_ENV = "STEERMOE_NATIVE_BF16"
+# CPU flags that say how fast bf16 can be (x86 in /proc/cpuinfo `flags`, ARM in `Features`)
+X86_FAST_BF16 = ("amx_bf16",)
+X86_SOME_BF16 = ("avx512_bf16",)  # native instructions, but not always faster than fp32: measured
+ARM_FAST_BF16 = ("bf16",)
+REPORTED_FLAGS = ("avx2", "avx512f", "avx512_bf16", "avx512_fp16", "amx_tile", "amx_bf16", "asimd", "bf16", "sve")
+# bf16 is chosen by measurement when its matmul is at least this fast relative to fp32 (it also halves the frozen
+# weights' memory, so a tie goes to bf16); emulated bf16 is ~45x slower, AVX-512-BF16 without AMX ~0.5-1.5x
+NATIVE_RATIO = 1.0
+WEIGHTS = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What the device can do, as the policy sees it."""
+    device: str  # 'cuda' or 'cpu'
+    model: str  # GPU or CPU model name
+    arch: str  # platform.machine()
+    flags: tuple[str, ...] = ()  # the CPU's flags among REPORTED_FLAGS; empty if unknown
+    flags_known: bool = True  # False where no /proc/cpuinfo could be read (macOS, some containers)
+    cuda_bf16: bool = False
+    native_bf16_override: bool | None = None  # STEERMOE_NATIVE_BF16
+
+    def record(self) -> dict:
+        """The device description results carry."""
+        return {"device": self.device, "device_model": self.model, "cpu_flags": " ".join(self.flags)}
+
+
+@dataclass(frozen=True)
+class Decision:
+    precision: str  # 'bf16', 'fp16' or 'fp32': autocast in training
+    weights: str  # the frozen LLM's weights dtype: 'bfloat16', 'float16' or 'float32'
+    reason: str  # one line: why
+    warnings: tuple[str, ...] = field(default=())
+
+    def record(self) -> dict:
+        return {"precision": self.precision, "weights_dtype": self.weights, "precision_reason": self.reason}
+
+
+def cpu_info(path: Path = Path("/proc/cpuinfo")) -> tuple[str, tuple[str, ...], bool]:
+    """(model name, the reported flags it has, whether the flags could be read)."""
+    try:
+        text = path.read_text()
+    except OSError:
+        return platform.processor() or platform.machine(), (), False
+    model, flags = platform.processor() or platform.machine(), set()
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        key = key.strip().lower()
+        if key in ("model name", "cpu model") and model in ("", platform.machine(), platform.processor()):
+            model = value.strip()
+        elif key in ("flags", "features") and not flags:
+            flags = set(value.split())
+    return model, tuple(f for f in REPORTED_FLAGS if f in flags), bool(flags)
+
+
+@functools.lru_cache(maxsize=1)
+def detect() -> Capabilities:
+    override = os.environ.get(OVERRIDE_ENV, "").strip()
+    native = {"0": False, "1": True}.get(override)
+    if override and native is None:
+        raise ValueError(f"{OVERRIDE_ENV}={override!r}: use 0 (treat the CPU as having no native bf16) or 1")
+    if torch.cuda.is_available():
+        return Capabilities("cuda", torch.cuda.get_device_name(), platform.machine(),
+                            cuda_bf16=torch.cuda.is_bf16_supported(), native_bf16_override=native)
+    model, flags, known = cpu_info()
+    return Capabilities("cpu", model, platform.machine(), flags, known, native_bf16_override=native)
+
+
+def cpu_bf16_from_flags(caps: Capabilities) -> bool | None:
+    """Fast native bf16 by the CPU's flags; None where they cannot tell (AVX-512-BF16 without AMX, unread flags, an
+    unknown architecture)."""
+    if caps.native_bf16_override is not None:
+        return caps.native_bf16_override
+    if not caps.flags_known:
+        return None
+    arch = caps.arch.lower()
+    if arch in ("x86_64", "amd64", "i686", "i386"):
+        if any(f in caps.flags for f in X86_FAST_BF16):
+            return True
+        return None if any(f in caps.flags for f in X86_SOME_BF16) else False
+    if arch in ("aarch64", "arm64"):
+        return any(f in caps.flags for f in ARM_FAST_BF16)
+    return None
+
+
+def matmul_gflops(dtype: torch.dtype, seconds: float = 0.5, size: int = 512) -> float:
+    """GFLOP/s of a size x size matmul in dtype on the CPU (the process's torch threads), for about `seconds`."""
+    a, b = torch.randn(size, size).to(dtype), torch.randn(size, size).to(dtype)
+    torch.mm(a, b)  # warm-up
+    count, start = 0, time.perf_counter()
+    while (elapsed := time.perf_counter() - start) < seconds:
+        torch.mm(a, b)
+        count += 1
+    return 2 * size ** 3 * count / elapsed / 1e9
+
+
+@functools.lru_cache(maxsize=1)
+def measured_bf16_cost() -> dict:
+    """The one-second micro-benchmark: bf16 against fp32 matmul speed on this CPU (slowdown > 1: bf16 slower)."""
+    fp32, bf16 = matmul_gflops(torch.float32), matmul_gflops(torch.bfloat16)
+    return {"fp32_gflops": round(fp32, 2), "bf16_gflops": round(bf16, 2), "bf16_slowdown": round(fp32 / bf16, 2)}
+
+
+def native_bf16(caps: Capabilities, measure=measured_bf16_cost) -> bool:
+    if caps.device == "cuda":
+        return caps.cuda_bf16
+    known = cpu_bf16_from_flags(caps)
+    if known is not None:
+        return known
+    return measure()["bf16_slowdown"] <= 1 / NATIVE_RATIO
+
+
+def decide(caps: Capabilities, bf16: bool | str | None = AUTO, fp16: bool = False, dtype: str = AUTO,
+           deepspeed: bool = False, measure=measured_bf16_cost) -> Decision:
+    """The precision of a run from the device's capabilities and the config's explicit choices.
+
+    bf16: True / False / 'auto' (None counts as 'auto'); fp16: the seed's switch; dtype: the frozen LLM's weights
+    ('auto' or a torch dtype name); deepspeed: DeepSpeed on a CPU runs fp32 only.
+    """
+    warnings = []
+    native = native_bf16(caps, measure)
+    auto = "bf16" if native else "fp16" if caps.device == "cuda" else "fp32"
+    how = "measured" if caps.device == "cpu" and cpu_bf16_from_flags(caps) is None else "by its flags"
+    where = f"{caps.model} ({caps.device}" + (f"; flags: {' '.join(caps.flags) or 'none of note'})"
+                                               if caps.device == "cpu" else ")")
+    if fp16:
+        wanted, why = "fp16", "training.fp16 is true"
+    elif bf16 is True:
+        wanted, why = "bf16", "training.bf16 is true"
+    elif bf16 is False:
+        wanted, why = "fp32", "training.bf16 is false"
+    else:
+        wanted, why = auto, f"auto: {'fast' if native else 'no fast'} bf16 ({how}) on {where}"
+    if caps.device == "cuda":
+        if wanted == "bf16" and not caps.cuda_bf16:
+            warnings.append(f"{why}, but this GPU has no bf16: training in fp16")
+            wanted = "fp16"
+    else:
+        if deepspeed and wanted != "fp32":
+            warnings.append(f"{why}, but DeepSpeed on a CPU supports neither fp16 nor bf16: training in fp32")
+            wanted = "fp32"
+        elif wanted == "fp16":
+            wanted = "bf16" if native else "fp32"
+            warnings.append(f"{why}, but fp16 needs a GPU: training in {wanted} on this CPU")
+        elif wanted == "bf16" and not native:
+            warnings.append(f"{why}, but bf16 is slow on {where}: {_cost(measure)}; set training.bf16: auto "
+                            f"(or false) for fp32")
+    if dtype in (None, AUTO):
+        weights = WEIGHTS[wanted]
+    else:
+        weights = dtype
+        if weights == "bfloat16" and not native:
+            warnings.append(f"llm_decoder.dtype is bfloat16, but bf16 is slow on {where}: {_cost(measure)}; set "
+                            f"llm_decoder.dtype: auto")
+        elif weights == "float16" and caps.device == "cpu":
+            warnings.append(f"llm_decoder.dtype is float16 on a CPU, whose fp16 matmuls are slow; set "
+                            f"llm_decoder.dtype: auto")
+    return Decision(wanted, weights, why, tuple(dict.fromkeys(warnings)))
+
+
+def _cost(measure) -> str:
+    cost = measure()
+    return (f"a bf16 matmul ran {cost['bf16_slowdown']:.3g}x slower than fp32 here ({cost['bf16_gflops']:.1f} "
+            f"against {cost['fp32_gflops']:.1f} GFLOP/s)")
+
+
+def for_run(run, log=print) -> Decision:
+    """The decision for a run config, its warnings logged once."""
+    t = run.training
+    decision = decide(detect(), t.bf16, t.fp16, run.decoder.dtype, deepspeed=t.use_deepspeed)
+    for warning in decision.warnings:
+        log(f"warning: {warning}")
+    return decision
+
+
+def autocast(decision: Decision):
+    """The autocast context of a decision on this device (a no-op context for fp32)."""
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(decision.precision)
+    return torch.autocast(detect().device, dtype=dtype, enabled=dtype is not None)
+
+
+def record(decision: Decision) -> dict:
+    """Precision and device, as train_summary.json, metrics.json and the table carry them."""
+    return {**decision.record(), **detect().record()}
+
+
+def summary() -> dict:
+    """What the policy chooses on this machine by default, with its inputs (for benchmarks and `steermoe env`)."""
+    caps = detect()
+    return {**asdict(caps), **decide(caps).record()}
