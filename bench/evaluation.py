@@ -73,9 +73,9 @@ def main(argv=None) -> dict:
     speedup = rtf["single"] / rtf["batched"]
     same = sum(hypotheses["batched"][i] == hypotheses["single"][i] for i in order)
     tokens = [len(model.tokenizer(hypotheses["batched"][i]).input_ids) for i in order]
-    result = {**precision.record(decision), "utterances": count, "audio_seconds": audio_seconds, "weights": weights, "batch_size": ev.batch_size,
-              "max_new_tokens": ev.max_new_tokens, "seconds": times, "rtf": rtf, "speedup": speedup,
-              "identical_hypotheses": same, "mean_hypothesis_tokens": sum(tokens) / len(tokens),
+    result = {**precision.record(decision), "utterances": count, "audio_seconds": audio_seconds, "weights": weights,
+              "batch_size": ev.batch_size, "max_new_tokens": ev.max_new_tokens, "seconds": times, "rtf": rtf,
+              "speedup": speedup, "identical_hypotheses": same, "mean_hypothesis_tokens": sum(tokens) / len(tokens),
               "target": TARGET, "verdict": verdict(speedup, TARGET)}
     table = [[f"batched (batch {ev.batch_size})", median(times["batched"]), rtf["batched"], speedup],
              ["one utterance at a time", median(times["single"]), rtf["single"], 1.0]]

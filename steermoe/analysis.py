@@ -35,6 +35,17 @@ class GateStats:
             self.entropy_sums[site] += float((entropy * valid).sum())
             self.frames[site] += int(valid.sum())
 
+    def merge(self, other: "GateStats") -> None:
+        """Add another accumulator's sums (merging batches in order gives the same sums as adding them here)."""
+        for site in range(len(other.frames)):
+            if site == len(self.gate_sums):
+                self.gate_sums.append(torch.zeros_like(other.gate_sums[site]))
+                self.entropy_sums.append(0.0)
+                self.frames.append(0)
+            self.gate_sums[site] += other.gate_sums[site]
+            self.entropy_sums[site] += other.entropy_sums[site]
+            self.frames[site] += other.frames[site]
+
     def result(self) -> dict:
         if not self.frames:
             return {}

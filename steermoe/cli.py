@@ -288,8 +288,31 @@ def _storage_errors_quiet_in_threads(args) -> None:
         threading.__excepthook__(args)
 
 
+LOCAL_RANK_FLAGS = ("--local_rank", "--local-rank")
+
+
+def take_local_rank(argv: list[str]) -> list[str]:
+    """Remove the launchers' `--local_rank=N` / `--local_rank N` (DeepSpeed's and torch.distributed.launch's, before or
+    after the subcommand) and put N into LOCAL_RANK, where torchrun puts it and where the Trainer reads it."""
+    rest, i = [], 0
+    while i < len(argv):
+        flag, eq, value = argv[i].partition("=")
+        if flag in LOCAL_RANK_FLAGS:
+            if not eq:
+                if i + 1 == len(argv):
+                    raise SystemExit(f"steermoe: error: {flag} needs a value")
+                value, i = argv[i + 1], i + 1
+            if not value.isdigit():
+                raise SystemExit(f"steermoe: error: {flag} must be a process index, got {value!r}")
+            os.environ["LOCAL_RANK"] = value
+        else:
+            rest.append(argv[i])
+        i += 1
+    return rest
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_args(take_local_rank(sys.argv[1:] if argv is None else list(argv)))
     # a log file (Snakemake, SLURM) gets every progress line at once: a killed job's log shows how far it got
     sys.stdout.reconfigure(line_buffering=True)
     # errors a user can fix get one clear line, not a traceback

@@ -9,6 +9,7 @@ Writes into the run's evaluation folder (atomically, as one folder):
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import time
 from pathlib import Path
@@ -25,7 +26,29 @@ from steermoe.runconfig import RunConfig
 from steermoe.train import load_model, load_rows, load_trainable
 
 
-def evaluate(run: RunConfig, checkpoint: Path | None = None, output_dir: Path | None = None, log=print) -> dict:
+def shard_of_this_process() -> tuple[int, int]:
+    """(rank, world size) under a launcher (torchrun, deepspeed: RANK and WORLD_SIZE set), else (0, 1). Several
+    processes join a gloo group (only small Python objects cross it) that gather_to_first uses."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and not torch.distributed.is_initialized():
+        torch.distributed.init_process_group("gloo")
+    return int(os.environ.get("RANK", "0")), world
+
+
+def gather_to_first(items: list, world: int) -> list:
+    """Every process's items, concatenated, on rank 0 (the others get []); the group is closed afterwards."""
+    if world == 1:
+        return items
+    dist = torch.distributed
+    gathered = [None] * world if dist.get_rank() == 0 else None
+    dist.gather_object(items, gathered, dst=0)
+    dist.destroy_process_group()
+    return [item for part in gathered for item in part] if gathered else []
+
+
+def evaluate(run: RunConfig, checkpoint: Path | None = None, output_dir: Path | None = None, log=print,
+             device: torch.device | None = None) -> dict:
+    """Decode the run's whole test split on `device` (default: the job's GPU, else the CPU) and score it."""
     if run.mode == "train":
         raise ConfigError(f"{run.path} is a training config (its name ends in _train); evaluate with the "
                           f"_test/_eval config")
@@ -36,25 +59,38 @@ def evaluate(run: RunConfig, checkpoint: Path | None = None, output_dir: Path | 
     decision = precision.for_run(run, log)
     model = load_model(run, decision.weights)
     weights_sha = load_trainable(model, checkpoint)
-    model.eval()
+    device = device or precision.job_device()
+    model.to(device).eval()
     rows = load_rows(run, top.parquet_dirs, "parquet_dirs")  # the whole split: no filtering at test time
     collate = Collator(AudioFeatures(model.encoder.kind, model.encoder.num_mel_bins, top.encoder_window),
                        top.textual_prompt)
     # longest first: the slowest batch shows up at once, and similar lengths share a batch
     order = sorted(range(len(rows)), key=lambda i: -rows.durations[i])
+    batches = [order[first:first + ev.batch_size] for first in range(0, len(order), ev.batch_size)]
+    rank, world = shard_of_this_process()
+    start, audio_seconds = time.time(), sum(rows.durations)
+    mine = range(rank, len(batches), world)
+    total, prefix = sum(len(batches[n]) for n in mine), f"[process {rank} of {world}] " if world > 1 else ""
+    decoded = []  # (batch number, hypotheses, gate statistics) of this process's batches
+    for number in mine:
+        batch = collate([rows[i] for i in batches[number]])
+        stats = GateStats() if model.steering is not None else None
+        with precision.autocast(decision):
+            out = model.generate(batch["features"].to(device), batch["feature_lengths"].to(device), batch["prompts"],
+                                 max_new_tokens=ev.max_new_tokens, num_beams=ev.num_beams, gate_stats=stats)
+        decoded.append((number, out, stats))
+        done = sum(len(hyps) for _, hyps, _ in decoded)
+        log(f"{prefix}decoded {done}/{total} utterances  {time.time() - start:.0f}s")
+    decoded = gather_to_first(decoded, world)
+    if rank != 0:
+        return {}
+    decode_seconds = time.time() - start
     hypotheses: dict[int, str] = {}
     stats = GateStats() if model.steering is not None else None
-    start, audio_seconds = time.time(), sum(rows.durations)
-    for first in range(0, len(order), ev.batch_size):
-        index = order[first:first + ev.batch_size]
-        batch = collate([rows[i] for i in index])
-        with precision.autocast(decision):
-            out = model.generate(batch["features"], batch["feature_lengths"], batch["prompts"],
-                                 max_new_tokens=ev.max_new_tokens, num_beams=ev.num_beams, gate_stats=stats)
-        hypotheses.update(zip(index, out))
-        done = first + len(index)
-        log(f"decoded {done}/{len(rows)} utterances  {time.time() - start:.0f}s")
-    decode_seconds = time.time() - start
+    for number, out, batch_stats in sorted(decoded, key=lambda item: item[0]):  # batch order: sums as in one process
+        hypotheses.update(zip(batches[number], out))
+        if stats is not None:
+            stats.merge(batch_stats)
 
     ids, refs = rows.columns["id"], rows.columns["text"]
     hyps = [hypotheses[i] for i in range(len(rows))]
@@ -72,7 +108,9 @@ def evaluate(run: RunConfig, checkpoint: Path | None = None, output_dir: Path | 
                      "max_new_tokens": ev.max_new_tokens, "batch_size": ev.batch_size},
         "checkpoint": str(checkpoint), "checkpoint_sha256": weights_sha,
         "trainable_parameters": sum(p.numel() for p in model.trainable_state_dict().values()),
-        **precision.record(decision), "threads": torch.get_num_threads(),
+        **precision.record(decision), "device": str(device), "processes": world, "threads": torch.get_num_threads(),
+        **({"peak_gpu_memory_mb": round(torch.cuda.max_memory_allocated(device) / 2**20)}
+           if device.type == "cuda" else {}),
     }
 
     building = output_dir.parent / f".{output_dir.name}.partial"

@@ -204,6 +204,13 @@ def for_run(run, log=print) -> Decision:
     return decision
 
 
+def job_device() -> torch.device:
+    """Where this process computes: its own GPU (LOCAL_RANK of the visible ones) if it has any, else the CPU."""
+    if torch.cuda.is_available():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")) % torch.cuda.device_count())
+    return torch.device("cpu")
+
+
 def autocast(decision: Decision):
     """The autocast context of a decision on this device (a no-op context for fp32)."""
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(decision.precision)

@@ -509,6 +509,9 @@ def train(run: RunConfig, log=print) -> dict:
     summary = {"steps": trainer.state.global_step, "train_seconds_this_run": round(seconds, 1),
                "train_loss": result.training_loss, **precision.record(decision), "trainable_parameters": counts,
                "train_utterances": len(train_rows), "resumed_from": resume,
+               **({"device": str(args.device),
+                   "peak_gpu_memory_mb": round(torch.cuda.max_memory_allocated() / 2**20)}
+                  if torch.cuda.is_available() else {}),
                "best_checkpoint": trainer.state.best_model_checkpoint,
                "log_history": trainer.state.log_history}
     final = output_dir / "final"

@@ -86,3 +86,14 @@ def test_training_benchmarks_quick(embedded_models, tmp_path):
                               capture_output=True, text=True, timeout=1800)
         assert proc.returncode == 0, f"{name}: {proc.stderr[-3000:]}"
         assert json.loads(out.read_text())["benchmark"] == name
+
+
+@pytest.mark.slow
+def test_precision_benchmark_reports_both_formats_and_the_policys_choice(embedded_models, tmp_path):
+    from bench import precision as bench_precision
+
+    result = bench_precision.main(["--quick", "--out", str(tmp_path / "precision.json")])
+    assert set(result["median_step_seconds"]) == {"fp32", "bf16"}
+    assert result["policy"]["precision"] in ("fp32", "bf16")
+    assert all(v > 0 for formats in result["matmul_gflops"].values() for v in formats.values())
+    assert result["verdict"] == "met" or result["verdict"].startswith("missed (policy chose")

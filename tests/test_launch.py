@@ -81,3 +81,21 @@ def test_several_gpus_go_through_the_deepspeed_launcher_on_the_visible_devices()
                        "train", "--config", "x.yaml"]
     assert launch_command(["steermoe", "evaluate"], gpus=1, port=1) == ["steermoe", "evaluate"]
     assert 20000 <= master_port("layer_wise_x") < 40000 and master_port("a") != master_port("b")
+
+
+def test_local_rank_is_accepted_in_every_form_the_launchers_use(monkeypatch):
+    from steermoe.cli import build_parser, take_local_rank
+
+    for argv, rank in ((["--local_rank=1", "train", "--config", "x.yaml"], "1"),
+                       (["train", "--config", "x.yaml", "--local_rank", "2"], "2"),
+                       (["--local-rank=3", "evaluate", "--config", "x.yaml"], "3"),
+                       (["train", "--local_rank=0", "--config", "x.yaml", "--deepspeed_config", "ds.json"], "0")):
+        monkeypatch.delenv("LOCAL_RANK", raising=False)
+        rest = take_local_rank(argv)
+        assert os.environ["LOCAL_RANK"] == rank and not any("local" in a for a in rest)
+        assert build_parser().parse_args(rest).config == "x.yaml"
+
+
+def test_a_bad_local_rank_is_one_clear_error():
+    proc = subprocess.run([STEERMOE, "--local_rank=x", "train", "--config", "x.yaml"], capture_output=True, text=True)
+    assert proc.returncode != 0 and "--local_rank must be a process index, got 'x'" in proc.stderr
