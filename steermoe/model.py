@@ -66,10 +66,28 @@ class SteerMoEModel(nn.Module):
         for name, param in self.encoder.named_parameters():
             param.requires_grad_("lora_" in name)
 
+    def set_gradient_checkpointing(self, enabled: bool) -> None:
+        """Recompute the encoder's layers and the frozen LLM's layers in backward instead of keeping their
+        activations (gradient_checkpointing): less memory, the same gradients, about one more forward pass."""
+        self.gradient_checkpointing = enabled
+        if enabled:
+            self.decoder.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        elif self.decoder.is_gradient_checkpointing:
+            self.decoder.gradient_checkpointing_disable()
+        self.train(self.training)
+
     def train(self, mode: bool = True):
+        from transformers.modeling_layers import GradientCheckpointingLayer
+
         super().train(mode)
         self.encoder.eval()  # frozen parts never train: no dropout, BatchNorm statistics fixed
         self.decoder.eval()
+        if mode and self.gradient_checkpointing:
+            # transformers checkpoints a decoder layer only while that layer is in training mode; its submodules
+            # (attention, MLP) stay in eval mode, so there is still no dropout
+            for layer in self.decoder.modules():
+                if isinstance(layer, GradientCheckpointingLayer):
+                    layer.training = True
         return self
 
     # ---- trainable parameters -------------------------------------------------------------------------------

@@ -59,7 +59,7 @@ def load_model(run: RunConfig, weights_dtype: str):
         if stated is not None and stated != actual:
             raise ConfigError(f"{run.path}: {section}.{key} is {stated} but {run.encoder.model_path} has {actual}; "
                               f"fix the value or remove the key")
-    model.gradient_checkpointing = run.top.gradient_checkpointing
+    model.set_gradient_checkpointing(run.top.gradient_checkpointing)
     return model
 
 

@@ -187,3 +187,39 @@ def test_target_only_logits_give_the_decoders_own_loss():
     torch.testing.assert_close(out.loss, full.loss, atol=1e-6, rtol=1e-6)
     width = out.logits.shape[1]
     torch.testing.assert_close(out.logits, full.logits[:, -width - 1:-1], atol=1e-6, rtol=1e-6)
+
+
+def saved_activation_bytes(model, feats, lengths, targets) -> tuple[int, dict]:
+    """Bytes autograd keeps for backward during one forward (checkpointed layers keep only their inputs), and the
+    trainable parameters' gradients after backward."""
+    kept = [0]
+
+    def pack(tensor):
+        kept[0] += tensor.numel() * tensor.element_size()
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        loss = model(feats, lengths, targets).loss
+    loss.backward()
+    grads = {name: p.grad.clone() for name, p in model.named_parameters() if p.requires_grad}
+    model.zero_grad(set_to_none=True)
+    return kept[0], grads
+
+
+def test_gradient_checkpointing_covers_the_llm_keeps_gradients_and_saves_memory():
+    from tests.tiny import features, tiny_model
+
+    model = tiny_model("layer_wise").train()
+    feats, lengths = features("whisper", [300, 220])
+    targets = ["one two three four", "five six"]
+    plain_bytes, plain = saved_activation_bytes(model, feats, lengths, targets)
+    model.set_gradient_checkpointing(True)
+    assert all(layer.training for layer in model.decoder.model.layers)  # what transformers checks to checkpoint
+    assert not any(m.training for layer in model.decoder.model.layers for m in layer.modules() if m is not layer)
+    checkpointed_bytes, checkpointed = saved_activation_bytes(model, feats, lengths, targets)
+    assert checkpointed.keys() == plain.keys()
+    for name in plain:
+        torch.testing.assert_close(checkpointed[name], plain[name], rtol=1e-5, atol=1e-7)
+    assert checkpointed_bytes < 0.5 * plain_bytes
+    model.set_gradient_checkpointing(False)
+    assert saved_activation_bytes(model, feats, lengths, targets)[0] == plain_bytes
