@@ -97,3 +97,20 @@ def test_precision_benchmark_reports_both_formats_and_the_policys_choice(embedde
     assert result["policy"]["precision"] in ("fp32", "bf16")
     assert all(v > 0 for formats in result["matmul_gflops"].values() for v in formats.values())
     assert result["verdict"] == "met" or result["verdict"].startswith("missed (policy chose")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA GPU is present: gpu-check runs for real")
+def test_gpu_check_script_says_there_is_no_gpu_and_exits_cleanly():
+    proc = subprocess.run(["bash", str(REPO / "scripts" / "gpu-check.sh")], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "gpu-check: no CUDA GPU is visible to torch" in proc.stdout
+
+
+@pytest.mark.slow
+def test_device_benchmark_trains_and_decodes_on_this_processs_device(embedded_models, tmp_path):
+    from bench import devices
+
+    result = devices.main(["--quick", "--batch-sizes", "1", "4", "--out", str(tmp_path / "devices.json")])
+    expected = "cuda:0" if torch.cuda.is_available() else "cpu"
+    assert result["device"] == expected and result["parameter_devices"] == [expected]
+    assert result["median_step_seconds"] > 0 and set(result["decode_utterances_per_second"]) == {1, 4}
