@@ -51,6 +51,7 @@ def write_trained(exp_id, seconds=100.0, steps=40):
     history += [{"step": s, "eval_loss": 6.0 / s} for s in (20, 40)]
     (final / "train_summary.json").write_text(json.dumps({
         "steps": steps, "train_seconds_this_run": seconds, "train_loss": 1.0, "precision": "fp32",
+        "weights_dtype": "float32", "device": "cpu", "device_model": "AMD EPYC 7B13", "cpu_flags": "avx2",
         "trainable_parameters": {"steering_vectors": 6144, "router": 6168, "layer_scales": 4, "projection": 221760,
                                  "lora": 0}, "log_history": history}))
     (final / "steermoe.json").write_text(json.dumps({"config": train.stem, "config_sha256": _sha(train)}))
@@ -151,6 +152,9 @@ def test_table_rows_columns_and_status(workdir):
     assert base["value"] == f"{sum(BASE_ERRORS) / sum(UNITS):.6f}"
     assert base["reference_units"] == str(sum(UNITS)) and base["utterances"] == str(N)
     assert base["trainable_parameters"] == "234076" and base["train_steps"] == "40"
+    # how it was trained: tables match only between runs that agree on these
+    assert (base["precision"], base["weights_dtype"], base["device"], base["device_model"], base["cpu_flags"]) == \
+        ("fp32", "float32", "cpu", "AMD EPYC 7B13", "avx2")
     assert base["config_sha256"] == _sha(workdir / f"results/{BASE}/{BASE}_test.yaml")
     assert base["train_config_sha256"] == _sha(workdir / f"results/{BASE}/{BASE}_train.yaml")
     assert base["git_commit"] == "abc123" and base["test_set"] == "synth-en/test"

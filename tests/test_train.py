@@ -339,6 +339,11 @@ def test_evaluate_decodes_the_whole_split_deterministically(tiny, tmp_path):
     assert sum(x["errors"] for x in lines) == first["substitutions"] + first["deletions"] + first["insertions"]
     for name in ("metrics.json", "steering.json", "steering.png"):
         assert (tmp_path / "out" / "eval" / name).is_file()
+    summary = json.loads((tmp_path / "out" / "final" / "train_summary.json").read_text())
+    for record in (first, summary):  # the precision policy's choice and the device, in both
+        assert record["precision"] in ("fp32", "bf16", "fp16") and record["weights_dtype"] in ("float32", "bfloat16")
+        assert record["device_model"] and "cpu_flags" in record and record["precision_reason"]
+    assert first["device"] == ("cuda:0" if torch.cuda.is_available() else "cpu") and first["processes"] == 1
     # batch size does not change a single hypothesis
     again = evaluate(load_run_config(write_config(tmp_path, tiny, name="layer_wise_whisper_qwen_tones_test",
                                                   evaluation={"batch_size": 8, "max_new_tokens": 6})),
