@@ -316,7 +316,7 @@ def test_overrides_reach_the_rendered_config_and_quick_wins(tmp_path):
     assert load_run_config(path).training.max_steps == 50
     quick = load_matrix(matrix, catalog, quick=True)[0]
     assert quick.id == exp.id and quick.settings["max_steps"] == 2  # quick wins over the row (CI size)
-    assert plain.settings["max_steps"] == 1200
+    assert plain.settings["max_steps"] == 1680
 
 
 # ---- rendering -----------------------------------------------------------------------------------------------
@@ -426,7 +426,7 @@ def test_catalog_edit_reruns_exactly_the_experiments_using_the_entry(done):
     assert planned(done) == {AGG}
     # a setting of synth-aqa: its one experiment
     aqa = DEFAULT_IDS[2]
-    edit("      max_steps: 400", "      max_steps: 450")
+    edit("      max_steps: 500", "      max_steps: 450")
     assert planned(done) == experiment_jobs(aqa) | {AGG}
     # an evaluation-only setting of synth-aqa: its evaluation only
     edit("      max_new_tokens: 16", "      max_new_tokens: 24")
