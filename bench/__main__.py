@@ -13,7 +13,8 @@ import time
 
 from bench.common import REPO
 
-BENCHMARKS = ["precision", "devices", "throughput", "overhead", "evaluation", "orchestration", "storage", "memory", "gpu"]
+BENCHMARKS = ["precision", "devices", "throughput", "overhead", "evaluation", "orchestration", "storage", "memory",
+              "gpu"]
 
 
 def main() -> int:

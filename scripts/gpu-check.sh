@@ -12,7 +12,8 @@ python=python
 results=bench/results
 
 if ! $python -c 'import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)'; then
-  echo "gpu-check: no CUDA GPU is visible to torch $($python -c 'import torch; print(torch.__version__)'): nothing to check"
+  version=$($python -c 'import torch; print(torch.__version__)')
+  echo "gpu-check: no CUDA GPU is visible to torch $version: nothing to check"
   exit 0
 fi
 mkdir -p "$results"

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 from torch.utils.checkpoint import checkpoint
+from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from steermoe.config import ConfigError, SteerMoEConfig
@@ -77,8 +78,6 @@ class SteerMoEModel(nn.Module):
         self.train(self.training)
 
     def train(self, mode: bool = True):
-        from transformers.modeling_layers import GradientCheckpointingLayer
-
         super().train(mode)
         self.encoder.eval()  # frozen parts never train: no dropout, BatchNorm statistics fixed
         self.decoder.eval()

@@ -19,7 +19,8 @@ Compute model (training only: dev evaluation during training and test decoding a
     encoder backward           g (2 (P_layers / L) FL + 8 D AP)               activation gradients only (frozen
                                weights); g = (L - 1) / L for layer_wise (steering from layer 0's output on; layer 0
                                itself needs no backward), 1 for lora, 0 for linear / post_encoder
-    gradient checkpointing     + one more encoder-layer forward when g > 0, and one more LLM-layer forward (recomputation)
+    gradient checkpointing     + one more encoder-layer forward when g > 0, and one more LLM-layer forward
+                               (recomputation)
     trainable parameters       6 P_train per position they act on: 6 ((P_steer + P_lora) / L) FL for layer_wise and
                                lora (every layer has its share), 6 P_steer F' for post_encoder, plus 6 P_proj F'
     frozen decoder             forward 2 P_dec T + 2 P_head Y + 2 L_dec W T^2 (causal attention, W = heads x
