@@ -90,7 +90,7 @@ def test_local_rank_is_accepted_in_every_form_the_launchers_use(monkeypatch):
                        (["train", "--config", "x.yaml", "--local_rank", "2"], "2"),
                        (["--local-rank=3", "evaluate", "--config", "x.yaml"], "3"),
                        (["train", "--local_rank=0", "--config", "x.yaml", "--deepspeed_config", "ds.json"], "0")):
-        monkeypatch.delenv("LOCAL_RANK", raising=False)
+        monkeypatch.setenv("LOCAL_RANK", "")  # restored (removed) after the test: later tests must not inherit it
         rest = take_local_rank(argv)
         assert os.environ["LOCAL_RANK"] == rank and not any("local" in a for a in rest)
         assert build_parser().parse_args(rest).config == "x.yaml"
