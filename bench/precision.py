@@ -12,7 +12,6 @@ The verdict says whether the policy picked the faster of the two.
 from __future__ import annotations
 
 import tempfile
-import time
 from pathlib import Path
 
 import torch
@@ -23,15 +22,11 @@ from bench.training import batches, setup, step
 FORCED = {"fp32": {"bf16": "false", "dtype": "float32"}, "bf16": {"bf16": "true", "dtype": "bfloat16"}}
 
 
-def linear_gflops(dtype: torch.dtype, tokens: int = 160, d_in: int = 576, d_out: int = 1536,
-                  seconds: float = 0.5) -> float:
+def linear_gflops(dtype: torch.dtype, tokens: int = 160, d_in: int = 576, d_out: int = 1536) -> float:
+    from steermoe.precision import gflops
+
     x, w = torch.randn(tokens, d_in).to(dtype), torch.randn(d_out, d_in).to(dtype)
-    torch.nn.functional.linear(x, w)
-    count, start = 0, time.perf_counter()
-    while (elapsed := time.perf_counter() - start) < seconds:
-        torch.nn.functional.linear(x, w)
-        count += 1
-    return 2 * tokens * d_in * d_out * count / elapsed / 1e9
+    return gflops(lambda: torch.nn.functional.linear(x, w), 2 * tokens * d_in * d_out)
 
 
 def main(argv=None) -> dict:

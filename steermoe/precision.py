@@ -27,6 +27,8 @@ from pathlib import Path
 
 import torch
 
+from steermoe.errors import ConfigError
+
 AUTO = "auto"
 OVERRIDE_ENV = "STEERMOE_NATIVE_BF16"
 # CPU flags that say how fast bf16 can be (x86 in /proc/cpuinfo `flags`, ARM in `Features`)
@@ -69,18 +71,17 @@ class Decision:
 
 def cpu_info(path: Path = Path("/proc/cpuinfo")) -> tuple[str, tuple[str, ...], bool]:
     """(model name, the reported flags it has, whether the flags could be read)."""
+    fallback = platform.processor() or platform.machine()
     try:
         text = path.read_text()
     except OSError:
-        return platform.processor() or platform.machine(), (), False
-    model, flags = platform.processor() or platform.machine(), set()
+        return fallback, (), False
+    fields: dict[str, str] = {}  # the first processor's entries are enough: every core reports the same
     for line in text.splitlines():
         key, _, value = line.partition(":")
-        key = key.strip().lower()
-        if key in ("model name", "cpu model") and model in ("", platform.machine(), platform.processor()):
-            model = value.strip()
-        elif key in ("flags", "features") and not flags:
-            flags = set(value.split())
+        fields.setdefault(key.strip().lower(), value.strip())
+    flags = set((fields.get("flags") or fields.get("features") or "").split())
+    model = fields.get("model name") or fields.get("cpu model") or fallback
     return model, tuple(f for f in REPORTED_FLAGS if f in flags), bool(flags)
 
 
@@ -89,7 +90,7 @@ def detect() -> Capabilities:
     override = os.environ.get(OVERRIDE_ENV, "").strip()
     native = {"0": False, "1": True}.get(override)
     if override and native is None:
-        raise ValueError(f"{OVERRIDE_ENV}={override!r}: use 0 (treat the CPU as having no native bf16) or 1")
+        raise ConfigError(f"{OVERRIDE_ENV}={override!r}: use 0 (treat the CPU as having no native bf16) or 1")
     if torch.cuda.is_available():
         return Capabilities("cuda", torch.cuda.get_device_name(), platform.machine(),
                             cuda_bf16=torch.cuda.is_bf16_supported(), native_bf16_override=native)
@@ -114,15 +115,20 @@ def cpu_bf16_from_flags(caps: Capabilities) -> bool | None:
     return None
 
 
+def gflops(operation, flops: float, seconds: float = 0.5) -> float:
+    """GFLOP/s of calling `operation` (flops each call) repeatedly for about `seconds`, after one warm-up call."""
+    operation()
+    count, start = 0, time.perf_counter()
+    while (elapsed := time.perf_counter() - start) < seconds:
+        operation()
+        count += 1
+    return flops * count / elapsed / 1e9
+
+
 def matmul_gflops(dtype: torch.dtype, seconds: float = 0.5, size: int = 512) -> float:
     """GFLOP/s of a size x size matmul in dtype on the CPU (the process's torch threads), for about `seconds`."""
     a, b = torch.randn(size, size).to(dtype), torch.randn(size, size).to(dtype)
-    torch.mm(a, b)  # warm-up
-    count, start = 0, time.perf_counter()
-    while (elapsed := time.perf_counter() - start) < seconds:
-        torch.mm(a, b)
-        count += 1
-    return 2 * size ** 3 * count / elapsed / 1e9
+    return gflops(lambda: torch.mm(a, b), 2 * size ** 3, seconds)
 
 
 @functools.lru_cache(maxsize=1)
