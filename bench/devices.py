@@ -59,7 +59,7 @@ def main(argv=None) -> dict:
             synchronize(device)
             decoding[size] = len(utterances) / (time.perf_counter() - start)
     step_seconds = median(seconds)
-    result = {**precision.record(decision), "device": str(device), "parameter_devices": sorted(placed),
+    result = {**precision.record(decision, device), "parameter_devices": sorted(placed),
               "batch_size": trainer.args.per_device_train_batch_size, "step_seconds": seconds,
               "median_step_seconds": step_seconds, "decode_utterances": len(utterances),
               "decode_utterances_per_second": decoding,

@@ -108,7 +108,7 @@ def evaluate(run: RunConfig, checkpoint: Path | None = None, output_dir: Path | 
                      "max_new_tokens": ev.max_new_tokens, "batch_size": ev.batch_size},
         "checkpoint": str(checkpoint), "checkpoint_sha256": weights_sha,
         "trainable_parameters": sum(p.numel() for p in model.trainable_state_dict().values()),
-        **precision.record(decision), "device": str(device), "processes": world,
+        **precision.record(decision, device), "processes": world,
         "threads": torch.get_num_threads(),
         **({"peak_gpu_memory_mb": round(torch.cuda.max_memory_allocated(device) / 2**20)}
            if device.type == "cuda" else {}),

@@ -55,7 +55,7 @@ class Capabilities:
 
     def record(self) -> dict:
         """The device description results carry."""
-        return {"device": self.device, "device_model": self.model, "cpu_flags": " ".join(self.flags)}
+        return {"device_model": self.model, "cpu_flags": " ".join(self.flags)}
 
 
 @dataclass(frozen=True)
@@ -126,8 +126,10 @@ def gflops(operation, flops: float, seconds: float = 0.5) -> float:
 
 
 def matmul_gflops(dtype: torch.dtype, seconds: float = 0.5, size: int = 512) -> float:
-    """GFLOP/s of a size x size matmul in dtype on the CPU (the process's torch threads), for about `seconds`."""
-    a, b = torch.randn(size, size).to(dtype), torch.randn(size, size).to(dtype)
+    """GFLOP/s of a size x size matmul in dtype on the CPU (the process's torch threads), for about `seconds`.
+    Its own random generator: a run's initial weights must not depend on whether the policy measured."""
+    generator = torch.Generator().manual_seed(0)
+    a, b = (torch.randn(size, size, generator=generator).to(dtype) for _ in range(2))
     return gflops(lambda: torch.mm(a, b), 2 * size ** 3, seconds)
 
 
@@ -223,9 +225,12 @@ def autocast(decision: Decision):
     return torch.autocast(detect().device, dtype=dtype, enabled=dtype is not None)
 
 
-def record(decision: Decision) -> dict:
-    """Precision and device, as train_summary.json, metrics.json and the table carry them."""
-    return {**decision.record(), **detect().record()}
+def record(decision: Decision, device: torch.device | str) -> dict:
+    """Precision and the device a job ran on ('cpu', 'cuda:0'), as train_summary.json, metrics.json and the table
+    carry them."""
+    device = torch.device(device)
+    shown = "cpu" if device.type == "cpu" else str(device)  # DDP on CPUs calls it cpu:0; the index means nothing there
+    return {**decision.record(), "device": shown, **detect().record()}
 
 
 def summary() -> dict:

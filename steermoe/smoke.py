@@ -59,4 +59,5 @@ def run_smoke(models: Path, steps: int = 30, batch_size: int = 4, log=print) -> 
         hypotheses = model.generate(feats, lengths, max_new_tokens=16)
     for ref, hyp in zip(SENTENCES[:4], hypotheses):
         log(f"  ref: {ref}\n  hyp: {hyp}")
-    return {**precision.record(decision), "losses": losses, "hypotheses": hypotheses, "seconds": time.time() - start}
+    return {**precision.record(decision, "cpu"), "losses": losses, "hypotheses": hypotheses,
+            "seconds": time.time() - start}

@@ -14,7 +14,7 @@ import shutil
 import signal
 import time
 from collections import Counter
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import torch
@@ -221,7 +221,7 @@ class SteerMoETrainer(Trainer):
                                 f"({kept[0] if kept else 'none yet'}) is kept. Lower the learning rates or set "
                                 f"gradient_clipping (an edited config starts afresh; the old checkpoints are moved to "
                                 f"superseded/)")
-        if analyse:
+        if analyse and self.args.should_save:  # process 0 logs its own batch's gates
             stats = GateStats()
             stats.add(out["gates"])
             analysis = {"step": self.state.global_step, **stats.result(), **steering_parameters(self.model)}
@@ -290,9 +290,12 @@ class SteerMoETrainer(Trainer):
             self.print(f"{checkpoint} has no RNG state for process {self.args.process_index} (saved with another "
                        f"number of processes?): random draws will differ from an uninterrupted run")
 
-    # checkpoints: trainable parameters only, in safetensors
-    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
-        save_trainable(self.model, Path(output_dir or self.args.output_dir), self.run, state_dict)
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        """Checkpoints hold the trainable parameters only, in safetensors; under ZeRO-3 the Trainer would gather
+        every frozen weight instead. Every process calls this; process 0 writes."""
+        state = whole_trainable_state(self.model)
+        if self.args.should_save:
+            save_trainable(state, Path(output_dir or self.args.output_dir), self.run)
 
     def _issue_warnings_after_load(self, load_result) -> None:
         trainable = set(self.model.trainable_state_dict())
@@ -305,6 +308,9 @@ class SteerMoETrainer(Trainer):
         folder = Path(self.args.output_dir) / f"checkpoint-{self.state.global_step}"
         with storage_errors(folder, "checkpoint"):
             super()._save_checkpoint(model, trial)  # the Trainer's rotation is off: it could delete the last good one
+        self.accelerator.wait_for_everyone()  # every process has written its part (RNG state, DeepSpeed shards)
+        if not self.args.should_save:
+            return
         files = {str(p.relative_to(folder)): sha256_file(p) for p in sorted(folder.rglob("*")) if p.is_file()}
         write_json(folder / COMPLETE, {"step": self.state.global_step, "config_sha256": self.run.sha256,
                                        "files": files})
@@ -332,15 +338,28 @@ def storage_errors(folder: Path, what: str):
                             f"the last complete checkpoint") from None
 
 
-def save_trainable(model, folder: Path, run: RunConfig, state_dict: dict | None = None) -> None:
+def whole_trainable_state(model) -> dict[str, torch.Tensor]:
+    """The trainable parameters, whole, as fp32 CPU copies. Under ZeRO-3 each process holds only a slice of every
+    parameter, so every process must call this: together they gather the trainable ones, never the frozen models."""
+    sliced = [p for p in model.parameters() if p.requires_grad and hasattr(p, "ds_id")]  # ZeRO-3 marks its own
+    if sliced:
+        import deepspeed
+
+        gathered = deepspeed.zero.GatheredParameters(sliced)
+    else:
+        gathered = nullcontext()
+    with gathered:
+        return {k: v.to("cpu", torch.float32, copy=True) for k, v in model.trainable_state_dict().items()}
+
+
+def save_trainable(state: dict[str, torch.Tensor], folder: Path, run: RunConfig) -> None:
+    """A trained folder: the trainable parameters (whole_trainable_state) and what they were trained with."""
     from safetensors.torch import save_file
 
     folder.mkdir(parents=True, exist_ok=True)
-    names = set(model.trainable_state_dict())
-    state = {k: v for k, v in (state_dict or model.trainable_state_dict()).items() if k in names}
     # one metadata key: safetensors writes several in a random order, and the same weights must give the same
     # bytes (evaluation and the table record the file's hash); the config's hash is in META beside it
-    save_file({k: v.detach().float().contiguous().cpu() for k, v in state.items()}, str(folder / WEIGHTS),
+    save_file({k: v.contiguous() for k, v in state.items()}, str(folder / WEIGHTS),
               metadata={"format": "pt"})
     write_json(folder / META, {"config": run.name, "config_sha256": run.sha256, "method": run.method,
                                "model": run.model_config().to_dict(),
@@ -427,10 +446,26 @@ class Progress(TrainerCallback):
             self.log(f"step {state.global_step}/{state.max_steps}  {values}  {time.time() - self.start:.0f}s")
 
 
+def deepspeed_state_on_cpus() -> None:
+    """Accelerate's process state for DeepSpeed on CPUs, over gloo. Left to the Trainer, Accelerate names no
+    backend there and then counts every process as process 0 of 1: each would write the checkpoints, and DeepSpeed's
+    batch-size check fails."""
+    from accelerate import PartialState
+
+    os.environ["ACCELERATE_USE_DEEPSPEED"] = "true"  # how Accelerate is told; the Trainer sets it the same way
+    try:
+        PartialState(backend="gloo")
+    finally:
+        del os.environ["ACCELERATE_USE_DEEPSPEED"]
+
+
 def training_arguments(run: RunConfig, mixed: str, has_dev: bool) -> TrainingArguments:
     """The Trainer's arguments; mixed: the autocast precision ('bf16', 'fp16' or 'fp32')."""
     t, top = run.training, run.top
     evaluate = has_dev and top.eval_steps is not None
+    cpu_deepspeed = t.use_deepspeed and not torch.cuda.is_available()
+    if cpu_deepspeed:
+        deepspeed_state_on_cpus()
     return TrainingArguments(
         output_dir=str(run.resolve(t.output_dir)), per_device_train_batch_size=t.batch_size,
         per_device_eval_batch_size=run.evaluation.batch_size, num_train_epochs=t.epochs, max_steps=t.max_steps,
@@ -440,6 +475,7 @@ def training_arguments(run: RunConfig, mixed: str, has_dev: bool) -> TrainingArg
         fp16=mixed == "fp16", bf16=mixed == "bf16",
         # DeepSpeed brings its own CPU accelerator; the Trainer's CPU mode is for plain training
         use_cpu=not torch.cuda.is_available() and not t.use_deepspeed,
+        accelerator_config={"use_configured_state": cpu_deepspeed},
         dataloader_pin_memory=torch.cuda.is_available(),
         deepspeed=str(run.resolve(t.deepspeed_config)) if t.use_deepspeed else None,
         logging_steps=top.logging_steps, save_strategy="steps", save_steps=top.save_steps, save_total_limit=None,
@@ -459,6 +495,8 @@ def train(run: RunConfig, log=print) -> dict:
         raise ConfigError(f"{run.path} is an evaluation config (its name ends in _test/_eval); train with the "
                           f"_train config")
     t, top = run.training, run.top
+    if int(os.environ.get("RANK", "0")) != 0:
+        log = quiet  # under a launcher, process 0 speaks for every process
     if top.use_early_stopping and top.save_steps % top.eval_steps:
         raise ConfigError(f"{run.path}: use_early_stopping keeps the best checkpoint, so save_steps ({top.save_steps})"
                           f" must be a multiple of eval_steps ({top.eval_steps})")
@@ -485,15 +523,17 @@ def train(run: RunConfig, log=print) -> dict:
     if t.use_deepspeed:
         check_deepspeed_agrees(run, args)  # before anything is written
 
-    callbacks = [Progress(log), StopOnSignal(),
-                 TensorBoardCallback(SummaryWriter(log_dir=str(run.resolve(t.logging_dir))))]
+    # TensorBoard writes on process 0 only; the callback ignores the other processes
+    writer = SummaryWriter(log_dir=str(run.resolve(t.logging_dir))) if args.should_save else None
+    callbacks = [Progress(log), StopOnSignal(), TensorBoardCallback(writer)]
     if top.use_early_stopping:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=top.early_stopping_patience))
     trainer = SteerMoETrainer(model=model, args=args,
                               train_dataset=train_rows, eval_dataset=dev_rows, data_collator=collator,
                               callbacks=callbacks, run=run, log=log)
     trainer.remove_callback(PrinterCallback)  # Progress prints one line per log instead
-    resume = resume_point(output_dir, run, log)
+    with args.main_process_first(desc="checkpoint check"):  # process 0 tidies the folder, the others then read it
+        resume = resume_point(output_dir, run, log)
     counts = {k: sum(p.numel() for p in v) for k, v in model.parameter_groups().items()}
     log(f"{run.name}: {len(train_rows)} training utterances, {sum(counts.values()):,} trainable parameters, "
         f"{decision.precision} ({decision.reason}; LLM weights in {decision.weights})"
@@ -507,26 +547,31 @@ def train(run: RunConfig, log=print) -> dict:
                             f"run the same command to resume")
 
     summary = {"steps": trainer.state.global_step, "train_seconds_this_run": round(seconds, 1),
-               "train_loss": result.training_loss, **precision.record(decision), "trainable_parameters": counts,
-               "train_utterances": len(train_rows), "resumed_from": resume,
-               **({"device": str(args.device),
-                   "peak_gpu_memory_mb": round(torch.cuda.max_memory_allocated() / 2**20)}
-                  if torch.cuda.is_available() else {}),
+               "train_loss": result.training_loss, **precision.record(decision, args.device),
+               "trainable_parameters": counts,
+               "train_utterances": len(train_rows), "processes": args.world_size, "resumed_from": resume,
+               **({"peak_gpu_memory_mb": round(torch.cuda.max_memory_allocated(args.device) / 2**20)}
+                  if args.device.type == "cuda" else {}),
                "best_checkpoint": trainer.state.best_model_checkpoint,
                "log_history": trainer.state.log_history}
     final = output_dir / "final"
-    building = output_dir / ".final.partial"
-    shutil.rmtree(building, ignore_errors=True)
-    with storage_errors(building, "final weights"):
-        save_trainable(model, building, run)
-        write_json(building / "train_summary.json", summary)
-    replace_dir(building, final)
-    log(f"{run.name}: {summary['steps']} steps in {seconds:.0f}s, final weights in {final}")
-    if t.use_deepspeed and torch.distributed.is_initialized():
-        import deepspeed.comm
-
-        deepspeed.comm.destroy_process_group()
+    state = whole_trainable_state(model)
+    if args.should_save:
+        building = output_dir / ".final.partial"
+        shutil.rmtree(building, ignore_errors=True)
+        with storage_errors(building, "final weights"):
+            save_trainable(state, building, run)
+            write_json(building / "train_summary.json", summary)
+        replace_dir(building, final)
+        log(f"{run.name}: {summary['steps']} steps in {seconds:.0f}s, final weights in {final}")
+    if torch.distributed.is_initialized():
+        trainer.accelerator.wait_for_everyone()  # no process exits (ending the launch) before final/ is written
+        torch.distributed.destroy_process_group()
     return summary
+
+
+def quiet(*_) -> None:
+    """The log of processes other than process 0."""
 
 
 def load_trainable(model, folder: Path) -> str:

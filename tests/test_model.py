@@ -38,6 +38,25 @@ def test_only_trainable_parameters_change(method, encoder):
     assert {g for g, ps in groups.items() if ps} == expected
 
 
+@pytest.mark.parametrize("encoder", ["whisper", "parakeet"])
+@pytest.mark.parametrize("method", METHODS)
+def test_every_tensor_the_model_builds_follows_its_inputs_device(method, encoder):
+    """On a GPU a tensor made without device= lands on the CPU and the step fails there. Here the default device is
+    "meta" while model and inputs are on the CPU: such a tensor is on meta and the step fails the same way."""
+    model = tiny_model(method, encoder, pooling_kernel_size=2).train()
+    feats, lengths = features(encoder, [37, 52])
+    torch.set_default_device("meta")
+    try:
+        loss = model(feats, lengths, TARGETS, ["say: ", "spell: "], return_gates=True).loss
+        loss.backward()
+        # greedy: transformers' beam search makes tensors on the default device and then moves them, which meta
+        # cannot tell from a mistake
+        hypotheses = model.eval().generate(feats, lengths, ["say: ", "spell: "], max_new_tokens=3)
+    finally:
+        torch.set_default_device(None)
+    assert loss.device.type == "cpu" and torch.isfinite(loss) and len(hypotheses) == 2
+
+
 @pytest.mark.parametrize("encoder,decoder,prompt_format,method", [
     ("whisper", "qwen2", "raw", "layer_wise"),
     ("whisper", "llama", "chat", "post_encoder"),

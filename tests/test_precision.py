@@ -108,8 +108,12 @@ def test_cpu_info_reads_x86_and_arm_flags(tmp_path):
     assert precision.cpu_info(tmp_path / "missing")[2] is False
 
 
-def test_the_micro_benchmark_measures_both_formats_in_about_a_second():
+def test_the_micro_benchmark_measures_both_formats_and_leaves_the_global_random_state_alone():
+    """A run's initial weights are drawn after the policy decides: they must not depend on whether it measured."""
+    precision.measured_bf16_cost.cache_clear()
+    before = torch.get_rng_state()
     cost = precision.measured_bf16_cost()
+    assert torch.equal(torch.get_rng_state(), before)
     assert cost["fp32_gflops"] > 0 and cost["bf16_gflops"] > 0
     assert cost["bf16_slowdown"] == pytest.approx(cost["fp32_gflops"] / cost["bf16_gflops"], rel=0.01)
 
@@ -148,3 +152,16 @@ def test_bf16_accepts_true_false_or_auto_and_nothing_else(tmp_path):
         parse_run_config((MINIMAL % ("", ", bf16: 'yes'")).encode(), tmp_path / "layer_wise_w_q_d_train.yaml")
     with pytest.raises(ConfigError, match=r"llm_decoder.dtype: 'half' is not one of auto, float32"):
         parse_run_config((MINIMAL % (", dtype: half", "")).encode(), tmp_path / "layer_wise_w_q_d_train.yaml")
+
+
+def test_each_process_computes_on_its_own_visible_gpu_or_else_on_the_cpu(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)  # CUDA_VISIBLE_DEVICES shows this job two GPUs
+    for local_rank, device in (("0", "cuda:0"), ("1", "cuda:1"), ("3", "cuda:1")):
+        monkeypatch.setenv("LOCAL_RANK", local_rank)
+        assert str(precision.job_device()) == device
+    monkeypatch.delenv("LOCAL_RANK")
+    assert str(precision.job_device()) == "cuda:0"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert str(precision.job_device()) == "cpu"
+    assert precision.record(precision.Decision("fp32", "float32", "test"), "cpu:0")["device"] == "cpu"
