@@ -73,7 +73,8 @@ def main(argv=None) -> dict:
     speedup = rtf["single"] / rtf["batched"]
     same = sum(hypotheses["batched"][i] == hypotheses["single"][i] for i in order)
     tokens = [len(model.tokenizer(hypotheses["batched"][i]).input_ids) for i in order]
-    result = {**precision.record(decision, "cpu"), "utterances": count, "audio_seconds": audio_seconds, "weights": weights,
+    result = {**precision.record(decision, "cpu"), "utterances": count, "audio_seconds": audio_seconds,
+              "weights": weights,
               "batch_size": ev.batch_size, "max_new_tokens": ev.max_new_tokens, "seconds": times, "rtf": rtf,
               "speedup": speedup, "identical_hypotheses": same, "mean_hypothesis_tokens": sum(tokens) / len(tokens),
               "target": TARGET, "verdict": verdict(speedup, TARGET)}
