@@ -127,8 +127,9 @@ def test_a_killed_two_process_run_resumes_to_the_weights_of_an_uninterrupted_run
     assert_same_weights(weights(tmp_path / "out" / "final"), one_process(steps), atol=1e-6)
 
 
-def test_two_process_evaluation_equals_one_process_byte_for_byte(tiny, tmp_path):
-    """torchrun starts two processes; each decodes every other batch, process 0 merges and writes."""
+@pytest.mark.parametrize("launcher", ["torchrun", "deepspeed"])  # deepspeed: what `steermoe launch --gpus 2` runs
+def test_two_process_evaluation_equals_one_process_byte_for_byte(tiny, tmp_path, launcher):
+    """Two processes each decode every other batch; process 0 merges and writes."""
     from steermoe.train import train
 
     train(load_run_config(write_config(tmp_path, tiny, training={"max_steps": 2})), log=lambda *_: None)
@@ -137,8 +138,9 @@ def test_two_process_evaluation_equals_one_process_byte_for_byte(tiny, tmp_path)
     one = subprocess.run([STEERMOE, "evaluate", "--config", str(config), "--out", str(tmp_path / "one")],
                          capture_output=True, text=True, env=ENV)
     assert one.returncode == 0, one.stderr[-2000:]
-    two = subprocess.run([str(BIN / "torchrun"), "--standalone", "--nproc_per_node", "2",
-                          STEERMOE, "evaluate", "--config", str(config), "--out", str(tmp_path / "two")],
+    start = ([str(BIN / "torchrun"), "--standalone", "--nproc_per_node", "2"] if launcher == "torchrun" else
+             [str(BIN / "deepspeed"), "--master_port", str(free_port()), "--num_gpus=2"])
+    two = subprocess.run([*start, STEERMOE, "evaluate", "--config", str(config), "--out", str(tmp_path / "two")],
                          capture_output=True, text=True, env=ENV)
     assert two.returncode == 0, two.stdout[-2000:] + two.stderr[-2000:]
     assert "[process 1 of 2] decoded 4/4 utterances" in two.stdout  # 8 utterances, 4 batches, 2 each
