@@ -49,18 +49,17 @@ from steermoe.errors import DataError
 from steermoe.fsutil import sha256_file, write_atomic
 
 HEADLINE = {"wer": "wer", "cer": "cer", "qa_accuracy": "qa_accuracy", "exact_match": "qa_accuracy"}
-METRIC_ROWS = {"wer": ("wer", "wer_raw"), "cer": ("cer",),
-               "qa_accuracy": ("qa_accuracy", "qa_yes_no", "qa_lenient_substring")}
 NOTES = {
     "wer": "word error rate after Whisper English normalisation",
     "wer_raw": "word error rate on the raw text (case and punctuation count)",
-    "cer": "character error rate (punctuation and spaces removed, full-width folded)",
-    "qa_accuracy": "normalised exact match against the reference answers",
-    "qa_yes_no": "normalised exact match, yes/no questions only",
+    "cer": "character error rate (punctuation and spaces removed, full-width and case folded)",
+    "qa_accuracy": "normalised exact match against the majority answer (a tie: the first listed)",
+    "qa_yes_no": "normalised exact match against the majority answer, yes/no questions only",
+    "qa_any_annotator": "normalised exact match against any annotator's answer (not an accuracy)",
     "qa_lenient_substring": "the original code's lenient substring score (not an accuracy)",
 }
 LOWER_IS_BETTER = {"wer": True, "wer_raw": True, "cer": True, "qa_accuracy": False, "qa_yes_no": False,
-                   "qa_lenient_substring": False}
+                   "qa_any_annotator": False, "qa_lenient_substring": False}
 TIMING_COLUMNS = ("train_seconds", "eval_seconds", "rtf")
 # how the model was trained (train_summary.json; metrics.json for an untrained model): tables from scratch match
 # only between runs that agree on these (steermoe/precision.py)
@@ -70,8 +69,9 @@ OK, STALE = "ok", "stale"
 FAILED_TRAIN, FAILED_EVAL, NOT_RUN, INVALID = "failed at train", "failed at evaluate", "not run", "invalid results"
 FAILED_IMPORT, FAILED_DATA, FAILED_RENDER = "failed at model import", "failed at data preparation", "failed at render"
 
-COMPARISON_COLUMNS = ["group", "baseline", "experiment", "test_set", "metric", "baseline_value", "value", "delta",
-                      "ci_low", "ci_high", "p_value", "significant", "utterances", "resamples", "status", "error"]
+COMPARISON_COLUMNS = ["group", "baseline", "experiment", "test_set", "metric", "direction", "baseline_value", "value",
+                      "delta", "ci_low", "ci_high", "p_value", "significant", "verdict", "utterances", "resamples",
+                      "status", "error"]
 
 
 def table_columns(override_columns: list[str]) -> list[str]:
@@ -342,7 +342,8 @@ def _metric_blocks(metrics: dict) -> list[tuple[str, dict]]:
                                      "reference_units": raw.get("reference_words")}))
         return rows
     out = [("qa_accuracy", {**metrics, "reference_units": utterances})]
-    for key, label in (("yes_no", "qa_yes_no"), ("lenient_substring", "qa_lenient_substring")):
+    for key, label in (("yes_no", "qa_yes_no"), ("any_annotator", "qa_any_annotator"),
+                       ("lenient_substring", "qa_lenient_substring")):
         block = metrics.get(key) or {"value": None, "ci95": None, "correct": 0, "utterances": 0}
         out.append((label, {**block, "reference_units": block.get("utterances")}))
     return out
@@ -405,14 +406,15 @@ def to_csv(rows: list[dict], columns: list[str]) -> str:
 # ---------------------------------------------------------------- paired comparisons
 
 def _paired(baseline_path: Path, other_path: Path) -> tuple[list[dict], list[dict]]:
-    """Per-utterance errors of both systems in the same utterance order; the id sets must be equal."""
+    """Per-utterance errors of both systems in the same utterance order; the ids and each id's reference (and QA
+    answers) must be equal."""
     def by_id(path):
         items = read_predictions(path)
         table = {}
         for item in items:
             if item["id"] in table:
                 raise MalformedFile(f"{path}: utterance id {item['id']!r} appears twice")
-            table[item["id"]] = {"errors": item["errors"], "reference_units": item["reference_units"]}
+            table[item["id"]] = item
         return [item["id"] for item in items], table
 
     order, a = by_id(baseline_path)
@@ -422,7 +424,15 @@ def _paired(baseline_path: Path, other_path: Path) -> tuple[list[dict], list[dic
         raise DataError(f"{other_path} and {baseline_path} were not decoded on the same test utterances: "
                         f"{len(only_b)} ids only in the first (e.g. {only_b[:3]}), {len(only_a)} only in the "
                         f"second (e.g. {only_a[:3]})")
-    return [a[i] for i in order], [b[i] for i in order]
+    differ = [i for i in order if (a[i].get("reference"), a[i].get("answers")) != (b[i].get("reference"),
+                                                                                  b[i].get("answers"))]
+    if differ:
+        first = differ[0]
+        raise DataError(f"{other_path} and {baseline_path} were scored against different references for "
+                        f"{len(differ)} of {len(order)} utterances (e.g. {first!r}: {b[first].get('reference')!r} "
+                        f"against {a[first].get('reference')!r}): not the same test set")
+    units = ("errors", "reference_units")
+    return [{k: a[i][k] for k in units} for i in order], [{k: b[i][k] for k in units} for i in order]
 
 
 def comparison_rows(experiments: list, results: dict[str, ExperimentResult], seed: int = 0,
@@ -452,6 +462,7 @@ def comparison_rows(experiments: list, results: dict[str, ExperimentResult], see
             r = results[str(_get(exp, "id"))]
             metric = HEADLINE.get(str(_get(exp, "metric") or ""), str(_get(exp, "metric") or ""))
             row = {"group": group, "baseline": base.id, "experiment": r.id, "test_set": r.test_set, "metric": metric,
+                   "direction": "lower is better" if LOWER_IS_BETTER.get(metric, True) else "higher is better",
                    "resamples": resamples}
             if len(baselines) > 1:
                 row.update(status="error", error=f"group {group!r} has {len(baselines)} baselines "
@@ -461,6 +472,9 @@ def comparison_rows(experiments: list, results: dict[str, ExperimentResult], see
                                                                   + (f" ({base.error})" if base.error else ""))
             elif r.status != OK:
                 row.update(status="not available", error=f"{r.status}" + (f": {r.error}" if r.error else ""))
+            elif r.test_set != base.test_set:
+                row.update(status="error", error=f"{r.id} is scored on {r.test_set}, the baseline {base.id} on "
+                                                 f"{base.test_set}: a paired comparison needs the same test set")
             elif HEADLINE[r.metrics["metric"]] != HEADLINE[base.metrics["metric"]]:
                 row.update(status="error", error=f"{r.id} is scored with {HEADLINE[r.metrics['metric']]}, the "
                                                  f"baseline {base.id} with {HEADLINE[base.metrics['metric']]}")
@@ -475,8 +489,11 @@ def comparison_rows(experiments: list, results: dict[str, ExperimentResult], see
                     low, high = sorted((sign * result["ci95"][0], sign * result["ci95"][1]))
                     base_value = 1 - result["a"] if sign < 0 else result["a"]
                     value = 1 - result["b"] if sign < 0 else result["b"]
+                    significant = low > 0 or high < 0
+                    improved = (low > 0) != LOWER_IS_BETTER.get(metric, True)
                     row.update(baseline_value=base_value, value=value, delta=sign * result["delta"], ci_low=low,
-                               ci_high=high, p_value=result["p_value"], significant=low > 0 or high < 0,
+                               ci_high=high, p_value=result["p_value"], significant=significant,
+                               verdict=("better" if improved else "worse") if significant else "no clear difference",
                                utterances=len(a), status=OK, error="")
             rows.append(row)
     return rows
@@ -678,8 +695,8 @@ def summary_text(table: list[dict], comparisons: list[dict]) -> str:
     for c in comparisons:
         if c["status"] == OK:
             lines.append(f"{c['experiment']} vs {c['baseline']}: delta {c['delta']:+.4f} "
-                         f"[{c['ci_low']:+.4f}, {c['ci_high']:+.4f}] p={c['p_value']:.3f}"
-                         + (" (significant)" if c["significant"] else ""))
+                         f"[{c['ci_low']:+.4f}, {c['ci_high']:+.4f}] p={c['p_value']:.3f} ({c['direction']}): "
+                         f"{c['verdict']}")
         else:
             lines.append(f"{c['experiment']} vs {c['baseline']}: {c['status']}: {c['error']}")
     return "\n".join(lines)

@@ -1,8 +1,9 @@
 """Honest evaluation metrics: corpus-level WER/CER, QA accuracy, bootstrap confidence intervals.
 
 Rates are corpus-level (total errors / total reference units), never a mean of per-utterance rates.
-Every headline value comes with a 95% percentile-bootstrap interval over utterances; the
-lenient QA score of the original code is kept only as a separately labelled secondary number.
+Every headline value comes with a 95% percentile-bootstrap interval over utterances. QA is scored against the
+majority answer; "matches any annotator" and the original code's lenient substring score are kept only as
+separately labelled secondary numbers.
 
 English normalisation is Whisper's EnglishTextNormalizer (the transformers port, functionally
 identical to openai/whisper's `whisper/normalizers/english.py`), so WERs are comparable with
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import json
 import string
+from collections import Counter
 import unicodedata
 from dataclasses import dataclass
 from functools import lru_cache
@@ -57,9 +59,24 @@ def _is_punctuation(char: str) -> bool:
 
 
 def normalize_chinese(text: str) -> str:
-    """NFKC (full-width letters/digits -> ASCII), then drop all punctuation and all whitespace."""
-    return "".join(c for c in unicodedata.normalize("NFKC", text)
+    """NFKC (full-width letters/digits -> ASCII), case-folded, then all punctuation and whitespace dropped.
+
+    Latin letters and digits inside Chinese text stay, one character each like a Chinese character: "iPhone" is six
+    units, and "iPhone" against "iphone" is no error (as in the field's CER tools).
+    """
+    return "".join(c for c in unicodedata.normalize("NFKC", text).casefold()
                    if not (c.isspace() or _is_punctuation(c)))
+
+
+def majority_answer(answers: list[str]) -> str:
+    """The normalised answer most annotators gave. A tie goes to the tied answer listed first (datasets list their
+    own target answer first); empty answers never count."""
+    normalised = [normalize_answer(a) for a in answers]
+    votes = Counter(a for a in normalised if a)
+    if not votes:
+        return ""
+    most = max(votes.values())
+    return next(a for a in normalised if votes.get(a) == most)
 
 
 def normalize_answer(text: str) -> str:
@@ -155,10 +172,10 @@ def paired_bootstrap(a: list[dict], b: list[dict], seed: int = 0, resamples: int
     """Paired bootstrap of delta = rate(b) - rate(a) on the same utterances (per_utterance lists).
 
     Both systems are scored on the same resampled utterance sets. `ci95` is the 2.5/97.5
-    percentile interval of the resampled deltas. `p_value` is two-sided:
-    min(1, 2 * min(P*(delta* <= 0), P*(delta* >= 0))), P* being the fraction of resamples, i.e.
-    twice the fraction of resamples whose delta has the sign opposite to the observed one or is
-    zero. Identical systems give 1.0; 0.0 means no resample reached zero (resolution 2/resamples).
+    percentile interval of the resampled deltas. `p_value` is two-sided, min(1, 2 (k + 1) / (B + 1)), k being the
+    number of the B resamples whose delta lies on the far side of zero (<= 0 or >= 0, whichever is rarer). The +1s
+    (Davison & Hinkley's estimate) keep it an honest bound: when no resample reaches zero it is 2 / (B + 1), the
+    smallest p that B resamples can resolve, never 0. Identical systems give 1.0.
     """
     if len(a) != len(b):
         raise ValueError(f"paired bootstrap needs the same utterances: {len(a)} vs {len(b)} items")
@@ -173,7 +190,8 @@ def paired_bootstrap(a: list[dict], b: list[dict], seed: int = 0, resamples: int
                              for index in _index_blocks(len(units), seed, resamples)])
     deltas = deltas[~np.isnan(deltas)]
     low, high = np.percentile(deltas, [2.5, 97.5])
-    p_value = min(1.0, 2 * min(np.mean(deltas <= 0), np.mean(deltas >= 0)))
+    beyond_zero = min(int(np.sum(deltas <= 0)), int(np.sum(deltas >= 0)))
+    p_value = min(1.0, 2 * (beyond_zero + 1) / (len(deltas) + 1))
     return {"a": float(rate_a), "b": float(rate_b), "delta": float(rate_b - rate_a),
             "ci95": [float(low), float(high)], "p_value": float(p_value), "resamples": resamples}
 
@@ -228,12 +246,15 @@ def _accuracy(correct: list[bool], seed: int, resamples: int) -> dict:
 
 
 def score_qa(answers: list[list[str]], hypotheses: list[str], seed: int = 0, resamples: int = 1000) -> dict:
-    """QA accuracy: exact match of normalised answers (headline), yes/no subset, lenient substring score.
+    """QA accuracy: exact match of the normalised hypothesis with the majority answer (headline), the same on the
+    yes/no questions, "matches any annotator", and the original code's lenient substring score.
 
-    answers[i] lists item i's reference answers, the first being the target (majority) answer.
-    Exact: the normalised hypothesis equals any normalised reference (an empty one never counts).
-    lenient_substring: the original code's score, target in hypothesis or hypothesis in target
-    as normalised strings; it credits e.g. "no" inside "i do not know", so it is never the headline.
+    answers[i] lists item i's annotators' answers; the target is their majority after normalisation
+    (majority_answer). An empty hypothesis is never correct.
+    any_annotator: the hypothesis equals any annotator's answer. It is not an accuracy: on a question split 2-1
+    between "yes" and "no", both answers count.
+    lenient_substring: target in hypothesis or hypothesis in target, as normalised strings; it credits e.g. "no"
+    inside "i do not know".
     """
     if len(answers) != len(hypotheses):
         raise ValueError(f"{len(answers)} answer lists but {len(hypotheses)} hypotheses")
@@ -241,16 +262,17 @@ def score_qa(answers: list[list[str]], hypotheses: list[str], seed: int = 0, res
         raise ValueError("no QA items to score")
     if any(not refs for refs in answers):
         raise ValueError("every QA item needs at least one reference answer")
-    exact, lenient, yes_no = [], [], []
+    exact, any_annotator, lenient, yes_no = [], [], [], []
     for refs, hyp in zip(answers, hypotheses):
-        hyp = normalize_answer(hyp)
-        target = normalize_answer(refs[0])
-        correct = bool(hyp) and hyp in {normalize_answer(r) for r in refs}
+        hyp, target = normalize_answer(hyp), majority_answer(refs)
+        correct = bool(hyp) and hyp == target
         exact.append(correct)
+        any_annotator.append(bool(hyp) and hyp in {normalize_answer(r) for r in refs})
         lenient.append(bool(hyp) and bool(target) and (target in hyp or hyp in target))
         if target in ("yes", "no"):
             yes_no.append(correct)
     return {"metric": "exact_match", **_accuracy(exact, seed, resamples),
             "yes_no": _accuracy(yes_no, seed, resamples),
+            "any_annotator": _accuracy(any_annotator, seed, resamples),
             "lenient_substring": _accuracy(lenient, seed, resamples),
             "per_utterance": [{"errors": int(not c), "reference_units": 1} for c in exact]}

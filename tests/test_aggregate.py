@@ -57,7 +57,8 @@ def write_trained(exp_id, seconds=100.0, steps=40):
     (final / "steermoe.json").write_text(json.dumps({"config": train.stem, "config_sha256": _sha(train)}))
 
 
-def write_evaluated(exp_id, errors, units=UNITS, seconds=100.0, eval_seconds=20.0, steering=True, ids=None):
+def write_evaluated(exp_id, errors, units=UNITS, seconds=100.0, eval_seconds=20.0, steering=True, ids=None,
+                    references=None):
     write_trained(exp_id, seconds=seconds)
     _, test = write_configs(exp_id)
     ev = agg.Path("results") / exp_id / "eval"
@@ -65,7 +66,8 @@ def write_evaluated(exp_id, errors, units=UNITS, seconds=100.0, eval_seconds=20.
     ids = ids or [f"utt{i:03d}" for i in range(len(errors))]
     with open(ev / "predictions.jsonl", "w") as handle:
         for i, (e, u) in enumerate(zip(errors, units)):
-            handle.write(json.dumps({"id": ids[i], "reference": "a b c", "hypothesis": "a b", "errors": e,
+            reference = references[i] if references else "a b c"
+            handle.write(json.dumps({"id": ids[i], "reference": reference, "hypothesis": "a b", "errors": e,
                                      "reference_units": u}) + "\n")
     value = sum(errors) / sum(units)
     metrics = {"config": test.stem, "config_sha256": _sha(test), "method": exp_id.split("_")[0], "metric": "wer",
@@ -179,9 +181,11 @@ def test_comparisons_paired_bootstrap(workdir):
     better, same = rows[BETTER], rows[SAME]
     assert better["status"] == "ok" and better["baseline"] == BASE and better["utterances"] == str(N)
     assert float(better["delta"]) < 0 and float(better["ci_high"]) < 0 and better["significant"] == "true"
-    assert float(better["p_value"]) < 0.01
+    assert float(better["p_value"]) < 0.01 and float(better["p_value"]) > 0  # a bound, never 0
+    assert (better["direction"], better["verdict"]) == ("lower is better", "better")
     assert float(same["delta"]) == 0 and float(same["ci_low"]) <= 0 <= float(same["ci_high"])
     assert same["significant"] == "false" and float(same["p_value"]) == 1.0
+    assert same["verdict"] == "no clear difference"
     assert rows[FAILED]["status"] == "not available" and "failed at train" in rows[FAILED]["error"]
 
 
@@ -193,6 +197,30 @@ def test_comparison_needs_the_same_utterances(workdir):
     (row,) = read_table(workdir / "results/comparisons.csv")
     assert row["status"] == "error" and "not decoded on the same test utterances" in row["error"]
     assert f"results/{BETTER}/eval/predictions.jsonl" in row["error"]
+
+
+def test_comparison_needs_the_same_references(workdir):
+    """The same ids are not enough: a test set rebuilt with other transcripts is another test set."""
+    exps = [experiment(BASE, "linear", group="g", baseline=True), experiment(BETTER, "layer_wise", group="g")]
+    write_evaluated(BASE, BASE_ERRORS)
+    write_evaluated(BETTER, BETTER_ERRORS, references=["a b c"] * (N - 2) + ["a b d", "x"])
+    run(exps)
+    (row,) = read_table(workdir / "results/comparisons.csv")
+    assert row["status"] == "error" and row["verdict"] == ""
+    assert f"were scored against different references for 2 of {N} utterances" in row["error"]
+    assert f"'utt{N - 2:03d}': 'a b d' against 'a b c'" in row["error"]
+
+
+def test_comparison_needs_the_same_test_set(workdir):
+    exps = [experiment(BASE, "linear", group="g", baseline=True),
+            {**experiment(BETTER, "layer_wise", group="g"), "test_set": "synth-en/unseen-voice"}]
+    write_evaluated(BASE, BASE_ERRORS)
+    write_evaluated(BETTER, BETTER_ERRORS)
+    run(exps)
+    (row,) = read_table(workdir / "results/comparisons.csv")
+    assert row["status"] == "error"
+    assert row["error"] == (f"{BETTER} is scored on synth-en/unseen-voice, the baseline {BASE} on synth-en/test: a "
+                            f"paired comparison needs the same test set")
 
 
 def test_comparison_matches_by_id_not_order(workdir):
@@ -285,8 +313,10 @@ def test_qa_rows_and_comparison(workdir):
                                   "utterances": 80}}))
     run(exps)
     rows = read_table(workdir / "results/table.csv")
-    assert [r["metric"] for r in rows] == ["qa_accuracy", "qa_yes_no", "qa_lenient_substring"] * 2
-    lenient = rows[2]
+    metric_rows = ["qa_accuracy", "qa_yes_no", "qa_any_annotator", "qa_lenient_substring"]
+    assert [r["metric"] for r in rows] == metric_rows * 2
+    assert "majority" in rows[0]["note"] and "not an accuracy" in rows[2]["note"]
+    lenient = rows[3]
     assert "lenient" in lenient["note"] and "not an accuracy" in lenient["note"]
     assert rows[0]["value"] == "0.500000" and rows[0]["correct"] == "40" and rows[0]["reference_units"] == "80"
     assert rows[1]["utterances"] == "20"
@@ -296,6 +326,7 @@ def test_qa_rows_and_comparison(workdir):
     assert float(comparison["baseline_value"]) == pytest.approx(0.5)
     assert float(comparison["delta"]) == pytest.approx(0.4) and float(comparison["ci_low"]) > 0
     assert comparison["significant"] == "true"
+    assert (comparison["direction"], comparison["verdict"]) == ("higher is better", "better")
 
 
 def test_malformed_and_stale_results(workdir):

@@ -56,8 +56,9 @@ def test_spelling_table_is_vendored():
     ("你好，世界！", "你好世界"),                      # CJK full-width comma and exclamation
     ("“测试”……《书》、【注】。", "测试书注"),          # CJK quotes, ellipsis, brackets, enumeration comma
     ("hi, there! (ok)? $5+1", "hithereok51"),          # ASCII punctuation and symbols
-    ("ＡＢＣ１２３", "ABC123"),                        # NFKC full-width folding
-    ("ＡＢＣ，１２３！", "ABC123"),                    # full-width comma/exclamation fold to ASCII, then go
+    ("ＡＢＣ１２３", "abc123"),                        # NFKC full-width folding, then case folding
+    ("ＡＢＣ，１２３！", "abc123"),                    # full-width comma/exclamation fold to ASCII, then go
+    ("我用iPhone拍照", "我用iphone拍照"),              # Latin letters stay, one unit each, case-folded
     ("你 好\t世\n界　啊", "你好世界啊"),               # ASCII spaces, tab, newline, ideographic space U+3000
 ])
 def test_normalize_chinese(text, expected):
@@ -149,8 +150,8 @@ def test_raw_wer_only_collapses_whitespace():
 
 
 def test_cer_normalises_then_counts_characters():
-    # refs -> 你好世界 (4) and ABC123 (6); hyps -> 你好视界 (1 substitution) and ABC123 (0)
-    result = score_asr(["你好，世界。", "ＡＢＣ１２３"], ["你好 视界", "ABC123"], "cer")
+    # refs -> 你好世界 (4) and abc123 (6); hyps -> 你好视界 (1 substitution) and abc123 (0: case does not count)
+    result = score_asr(["你好，世界。", "ＡＢＣ１２３"], ["你好 视界", "abc123"], "cer")
     assert result["metric"] == "cer"
     assert result["value"] == pytest.approx(1 / 10)
     assert result["reference_characters"] == 10 and "reference_words" not in result
@@ -188,13 +189,16 @@ QA_ANSWERS = [["yes", "yes", "no"], ["dog", "a dog", "cat"], ["three", "3", "sev
 QA_HYPOTHESES = ["Yes.", "The dog is barking", "3", "I do not know", "a bird"]
 
 
-def test_score_qa_exact_yes_no_and_lenient():
+def test_score_qa_majority_any_annotator_yes_no_and_lenient():
     result = score_qa(QA_ANSWERS, QA_HYPOTHESES)
-    # exact: yes=yes; "dog is barking" matches nothing; 3=3 (three->3); "i do not know" no;
-    # "bird" matches the second annotator -> 3 of 5
+    # majorities: yes (2 of 3), dog (dog, a dog -> dog), 3 (three -> 3), no, and birds (three answers one vote each:
+    # the first listed). Exact: yes=yes; "dog is barking" is not dog; 3=3; "i do not know" is not no; "bird" is not
+    # birds -> 2 of 5
     assert result["metric"] == "exact_match"
-    assert (result["value"], result["correct"], result["utterances"]) == (pytest.approx(0.6), 3, 5)
-    assert result["per_utterance"] == [{"errors": e, "reference_units": 1} for e in (0, 1, 0, 1, 0)]
+    assert (result["value"], result["correct"], result["utterances"]) == (pytest.approx(0.4), 2, 5)
+    assert result["per_utterance"] == [{"errors": e, "reference_units": 1} for e in (0, 1, 0, 1, 1)]
+    # any annotator: "bird" is the second annotator's answer -> 3 of 5
+    assert (result["any_annotator"]["correct"], result["any_annotator"]["utterances"]) == (3, 5)
     # yes/no subset: items 1 (target yes, correct) and 4 (target no, wrong)
     assert result["yes_no"]["value"] == pytest.approx(0.5)
     assert (result["yes_no"]["correct"], result["yes_no"]["utterances"]) == (1, 2)
@@ -217,13 +221,36 @@ def test_lenient_uses_target_only_and_both_directions():
     # hypothesis "car" is inside target "race car" (hyp in target); "truck" is only in a non-target answer
     result = score_qa([["race car"], ["bus", "truck"]], ["car", "truck"])
     assert result["lenient_substring"]["correct"] == 1
-    assert result["correct"] == 1          # exact: "truck" matches the second reference
+    assert result["correct"] == 0  # bus and truck tie: the first listed, bus, is the target
+    assert result["any_annotator"]["correct"] == 1  # "truck" matches the second annotator
+
+
+def test_a_split_question_has_one_right_answer_the_majoritys():
+    # annotators split 2-1 between yes and no: only "yes" is correct; "no" matches an annotator but is wrong.
+    # Answering "yes" to everything scores 1 of 2 here (the second question's majority is no), not 2 of 2.
+    answers = [["yes", "yes", "no"], ["no", "yes", "no"]]
+    always_yes = score_qa(answers, ["yes", "yes"])
+    assert (always_yes["correct"], always_yes["yes_no"]["correct"]) == (1, 1)
+    assert always_yes["any_annotator"]["correct"] == 2
+    assert score_qa(answers, ["no", "no"])["correct"] == 1
+    assert score_qa(answers, ["Yes.", "NO!"])["correct"] == 2
+
+
+@pytest.mark.parametrize("answers,majority", [
+    (["A dog", "dog", "cat"], "dog"),  # normalised before counting: "a dog" and "dog" are one answer with 2 votes
+    (["cat", "dog", "Dog."], "dog"),
+    (["cat", "dog"], "cat"),  # a tie: the first listed
+    (["", "the", "dog"], "dog"),  # empty answers (also after normalisation) never win
+    (["the"], ""),
+])
+def test_the_majority_is_counted_after_normalisation_and_ties_go_to_the_first_listed(answers, majority):
+    assert metrics.majority_answer(answers) == majority
 
 
 def test_qa_without_yes_no_items():
-    # only the target (first) answer decides membership of the yes/no subset
+    # only the majority (here the first of three tied answers) decides membership of the yes/no subset
     result = score_qa([["dog", "yes", "no"]], ["yes"])
-    assert result["correct"] == 1
+    assert result["correct"] == 0 and result["any_annotator"]["correct"] == 1
     assert result["yes_no"] == {"value": None, "ci95": None, "correct": 0, "utterances": 0}
 
 
@@ -314,7 +341,7 @@ def test_paired_clearly_better_system():
     assert result["delta"] == pytest.approx(-0.2)
     lo, hi = result["ci95"]
     assert lo <= -0.2 <= hi < 0
-    assert result["p_value"] == 0.0
+    assert result["p_value"] == pytest.approx(2 / 1001)  # no resample reaches zero: the smallest p 1000 resolve
     # swapping the systems mirrors the interval (same seed, same resamples)
     swapped = paired_bootstrap(b, a)
     assert swapped["delta"] == pytest.approx(0.2)
