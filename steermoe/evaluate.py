@@ -77,7 +77,8 @@ def evaluate(run: RunConfig, checkpoint: Path | None = None, output_dir: Path | 
         stats = GateStats() if model.steering is not None else None
         with precision.autocast(decision):
             out = model.generate(batch["features"].to(device), batch["feature_lengths"].to(device), batch["prompts"],
-                                 max_new_tokens=ev.max_new_tokens, num_beams=ev.num_beams, gate_stats=stats)
+                                 max_new_tokens=ev.max_new_tokens, num_beams=ev.num_beams,
+                                 repetition_penalty=ev.repetition_penalty, gate_stats=stats)
         decoded.append((number, out, stats))
         done = sum(len(hyps) for _, hyps, _ in decoded)
         log(f"{prefix}decoded {done}/{total} utterances  {time.time() - start:.0f}s")
@@ -105,7 +106,8 @@ def evaluate(run: RunConfig, checkpoint: Path | None = None, output_dir: Path | 
         "rtf": decode_seconds / audio_seconds, "decode_seconds": round(decode_seconds, 2),
         "audio_seconds": round(audio_seconds, 2),
         "decoding": {"strategy": "greedy" if ev.num_beams == 1 else "beam", "num_beams": ev.num_beams,
-                     "max_new_tokens": ev.max_new_tokens, "batch_size": ev.batch_size},
+                     "max_new_tokens": ev.max_new_tokens, "repetition_penalty": ev.repetition_penalty,
+                     "sampling": False, "batch_size": ev.batch_size},
         "checkpoint": str(checkpoint), "checkpoint_sha256": weights_sha,
         "trainable_parameters": sum(p.numel() for p in model.trainable_state_dict().values()),
         **precision.record(decision, device), "processes": world,

@@ -75,6 +75,7 @@ SETTINGS: dict[str, str] = {
     "eval_batch_size": "evaluation.batch_size",
     "num_beams": "evaluation.num_beams",
     "max_new_tokens": "evaluation.max_new_tokens",
+    "repetition_penalty": "evaluation.repetition_penalty",
     "bootstrap_resamples": "evaluation.bootstrap_resamples",
     # top level
     "seed": "seed",
@@ -108,7 +109,7 @@ ABBREVIATIONS = {
     "encoder_window": "window", "pooling_kernel_size": "pool", "pooling_type": "pooltype",
     "pooling_position": "poolpos", "prompt_format": "prompt", "max_steps": "steps", "batch_size": "bs",
     "learning_rate": "lr", "steering_learning_rate": "slr", "router_learning_rate": "rlr", "lora_r": "lorar",
-    "num_beams": "beams", "max_prompt_tokens": "maxprompt", "textual_prompt": "textprompt",
+    "num_beams": "beams", "repetition_penalty": "reppen", "max_prompt_tokens": "maxprompt", "textual_prompt": "textprompt",
 }
 
 SPECIAL_COLUMNS = ("method", "encoder", "decoder", "dataset", "variant", "group", "baseline", "tags")

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 from torch.utils.checkpoint import checkpoint
+from transformers import GenerationConfig
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
@@ -35,6 +36,9 @@ class SteerMoEModel(nn.Module):
         self.config = config
         self.encoder = encoder.requires_grad_(False)
         self.decoder = decoder.requires_grad_(False)
+        # decoding does only what generate's arguments say: the decoder's own generation config (Qwen2.5's samples
+        # at T=0.7, top-p 0.8, with a repetition penalty of 1.05) would fill in whatever they leave unset
+        self.decoder.generation_config = GenerationConfig()
         self.tokenizer = tokenizer
         self.gradient_checkpointing = False
         d, h, n_layers = encoder.hidden_size, decoder.config.get_text_config().hidden_size, encoder.num_layers
@@ -221,8 +225,10 @@ class SteerMoEModel(nn.Module):
 
     @torch.no_grad()
     def generate(self, features: torch.Tensor, feature_lengths: torch.Tensor, prompts: list[str] | None = None,
-                 max_new_tokens: int = 128, num_beams: int = 1, gate_stats=None) -> list[str]:
-        """Batched deterministic decoding (greedy by default, beam search with num_beams > 1).
+                 max_new_tokens: int = 128, num_beams: int = 1, repetition_penalty: float = 1.0,
+                 gate_stats=None) -> list[str]:
+        """Batched deterministic decoding (greedy by default, beam search with num_beams > 1; repetition_penalty
+        1.0 is none).
         gate_stats (analysis.GateStats), if given, accumulates the router gates of this batch."""
         audio, lengths, *gates = self.encode(features, feature_lengths, return_gates=gate_stats is not None)
         if gate_stats is not None:
@@ -230,7 +236,8 @@ class SteerMoEModel(nn.Module):
         embeds, mask, _, _ = self.pack(audio, lengths, prompts)
         tok = self.tokenizer
         out = self.decoder.generate(inputs_embeds=embeds, attention_mask=mask, max_new_tokens=max_new_tokens,
-                                    do_sample=False, num_beams=num_beams, eos_token_id=tok.eos_token_id,
+                                    do_sample=False, num_beams=num_beams, repetition_penalty=repetition_penalty,
+                                    eos_token_id=tok.eos_token_id,
                                     pad_token_id=tok.pad_token_id if tok.pad_token_id is not None
                                     else tok.eos_token_id)
         return [text.strip() for text in tok.batch_decode(out, skip_special_tokens=True)]

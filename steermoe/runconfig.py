@@ -100,6 +100,8 @@ SCHEMA: dict = {
         "batch_size": _pos(int, 16, new=True),
         "num_beams": _pos(int, 1, new=True),
         "max_new_tokens": _pos(int, 128, new=True),
+        # 1.0: none. Explicit because generate() would otherwise take the decoder's own (Qwen2.5's: 1.05)
+        "repetition_penalty": _pos(float, 1.0, new=True),
         "metric": Key(str, "wer", choices=METRICS, new=True),
         "bootstrap_resamples": _pos(int, 1000, new=True),
     },

@@ -23,7 +23,7 @@ import pytest
 import soundfile as sf
 import yaml
 
-from tests.test_train import tiny, write_config  # noqa: F401  (tiny is a fixture)
+from tests.test_train import write_config
 from tests.test_workflow import BASE, ROW, VENV_BIN, calls, copy_workflow, snakemake, write_matrix
 
 REPO = Path(__file__).resolve().parent.parent

@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 
 from steermoe.errors import TrainingError
 from steermoe.runconfig import load_run_config
-from tests.test_train import make_trainer, tiny, write_config  # noqa: F401 (tiny is a fixture)
+from tests.test_train import make_trainer, write_config
 
 CHECKPOINT_FILES = {"model.safetensors", "steermoe.json", "optimizer.safetensors", "optimizer.json", "scheduler.json",
                     "rng_state.safetensors", "rng_state.json", "trainer_state.json", "complete.json"}

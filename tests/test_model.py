@@ -155,6 +155,22 @@ def test_generate_beam_search():
     assert len(texts) == 2 and all(isinstance(t, str) for t in texts)
 
 
+def test_decoding_ignores_the_decoders_own_generation_config_and_applies_its_repetition_penalty():
+    from transformers import GenerationConfig
+
+    feats, lengths = features("whisper", [37, 52])
+    plain = tiny_model("linear").generate(feats, lengths, max_new_tokens=30)
+    assert plain[0] == "/ / / / / / / /"  # this random model repeats itself: a repetition penalty would show
+    # what Qwen2.5-Instruct's folder says, made stronger so that it would show
+    sampling = tiny_model("linear", decoder_generation=GenerationConfig(
+        do_sample=True, temperature=5.0, top_k=50, top_p=0.9, repetition_penalty=3.0, no_repeat_ngram_size=1))
+    for seed in (1, 2):
+        torch.manual_seed(seed)
+        assert sampling.generate(feats, lengths, max_new_tokens=30) == plain
+    penalised = sampling.generate(feats, lengths, max_new_tokens=30, repetition_penalty=1.5)
+    assert penalised[0].startswith("/ / / ") and penalised[0] != plain[0]
+
+
 def test_frozen_parts_stay_in_eval_mode():
     model = tiny_model("layer_wise", "parakeet").train()
     assert model.training and not model.encoder.training and not model.decoder.training

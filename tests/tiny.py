@@ -50,13 +50,18 @@ def decoder(kind="qwen2", hidden=48, vocab=128):
     return LlamaForCausalLM(cfg)
 
 
-def tiny_model(method="layer_wise", encoder="whisper", decoder_kind="qwen2", seed=0, **options) -> SteerMoEModel:
+def tiny_model(method="layer_wise", encoder="whisper", decoder_kind="qwen2", seed=0, decoder_generation=None,
+               **options) -> SteerMoEModel:
+    """decoder_generation: a GenerationConfig the decoder comes with, as a released LLM's folder has one."""
     torch.manual_seed(seed)
     enc_cfg = whisper_config() if encoder == "whisper" else parakeet_config()
     window = options.pop("encoder_window", "dynamic")
     stack = encoder_from_config(enc_cfg, window).eval()
     config = SteerMoEConfig(method=method, encoder_window=window, num_experts=4, **options)
-    return SteerMoEModel(config, stack, decoder(decoder_kind).eval(), char_tokenizer()).eval()
+    llm = decoder(decoder_kind).eval()
+    if decoder_generation is not None:
+        llm.generation_config = decoder_generation
+    return SteerMoEModel(config, stack, llm, char_tokenizer()).eval()
 
 
 def features(encoder: str, frames: list[int], n_mels=80, seed=0):
