@@ -142,15 +142,20 @@ def encoder_from_config(config, window: str) -> nn.Module:
                            f"({', '.join(ENCODER_TYPES)})")
 
 
+def check_encoder_folder(path: str | Path) -> None:
+    """That a folder holds an audio encoder this project supports, from its config file alone."""
+    model_type = read_model_config(path).get("model_type")
+    if model_type not in ENCODER_TYPES:
+        raise ModelFolderError(f"{path} holds a {model_type!r} model, not an audio encoder "
+                               f"(supported: {', '.join(ENCODER_TYPES)})")
+
+
 def load_encoder(path: str | Path, window: str = "dynamic") -> nn.Module:
     """Load a frozen encoder stack (fp32) from a local Hugging Face folder; only the encoder's weights are read."""
     from safetensors import safe_open
     from transformers import AutoConfig
 
-    model_type = read_model_config(path).get("model_type")
-    if model_type not in ENCODER_TYPES:
-        raise ModelFolderError(f"{path} holds a {model_type!r} model, not an audio encoder "
-                               f"(supported: {', '.join(ENCODER_TYPES)})")
+    check_encoder_folder(path)
     stack = encoder_from_config(AutoConfig.from_pretrained(path), window)
     # checkpoint prefixes: WhisperForConditionalGeneration "model.encoder.", WhisperModel "encoder.",
     # ParakeetForCTC "encoder.", a bare encoder ""

@@ -23,7 +23,7 @@ from steermoe.data.batching import Collator
 from steermoe.features import AudioFeatures
 from steermoe.fsutil import replace_dir, write_json
 from steermoe.runconfig import RunConfig
-from steermoe.train import load_model, load_rows, load_trainable
+from steermoe.train import check_inputs, load_model, load_rows, load_trainable
 
 
 def shard_of_this_process() -> tuple[int, int]:
@@ -55,6 +55,7 @@ def evaluate(run: RunConfig, checkpoint: Path | None = None, output_dir: Path | 
     ev, top = run.evaluation, run.top
     checkpoint = Path(checkpoint) if checkpoint else run.checkpoint_dir
     output_dir = Path(output_dir) if output_dir else run.eval_dir
+    check_inputs(run, ("parquet_dirs",))
     torch.manual_seed(top.seed)
     decision = precision.for_run(run, log)
     model = load_model(run, decision.weights)

@@ -23,7 +23,7 @@ from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from steermoe.config import ConfigError, SteerMoEConfig
-from steermoe.encoders import ENCODER_TYPES, ModelFolderError, load_encoder, read_model_config
+from steermoe.encoders import ENCODER_TYPES, ModelFolderError, check_encoder_folder, load_encoder, read_model_config
 from steermoe.steering import Steering, pool
 
 AUDIO_MARK = "<|steermoe_audio|>"  # where the audio prompt goes inside a chat template; never tokenised
@@ -243,9 +243,8 @@ class SteerMoEModel(nn.Module):
         return [text.strip() for text in tok.batch_decode(out, skip_special_tokens=True)]
 
 
-def load_decoder(path: str | Path, dtype: torch.dtype = torch.float32):
-    """Load a frozen causal LM and its tokenizer from a local Hugging Face folder."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+def check_decoder_folder(path: str | Path) -> None:
+    """That a folder holds a causal language model, from its config file alone."""
     from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
     config = read_model_config(path)
@@ -255,6 +254,13 @@ def load_decoder(path: str | Path, dtype: torch.dtype = torch.float32):
             or config.get("is_encoder_decoder"):
         raise ModelFolderError(f"{path} holds a {model_type!r} model, not a causal language model "
                                f"(AutoModelForCausalLM)")
+
+
+def load_decoder(path: str | Path, dtype: torch.dtype = torch.float32):
+    """Load a frozen causal LM and its tokenizer from a local Hugging Face folder."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    check_decoder_folder(path)
     decoder = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
     tokenizer = AutoTokenizer.from_pretrained(path)
     return decoder.eval().requires_grad_(False), tokenizer

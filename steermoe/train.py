@@ -23,7 +23,7 @@ from transformers import EarlyStoppingCallback, PrinterCallback, Trainer, Traine
 
 from steermoe import precision
 from steermoe.analysis import GateStats, scalars, steering_parameters
-from steermoe.data.batching import AudioRows, Collator, LengthGroupedBatches
+from steermoe.data.batching import AudioRows, Collator, LengthGroupedBatches, parquet_files
 from steermoe.errors import ConfigError, DataError, ModelFolderError, TrainingError
 from steermoe.features import AudioFeatures
 from steermoe.fsutil import replace_dir, sha256_file, storage_problem, write_json
@@ -38,22 +38,43 @@ DEV_HOLDOUT_MAX = 200
 
 
 # ---- model and data ------------------------------------------------------------------------------------------
+@contextmanager
+def named_by(run: RunConfig, key: str):
+    """A model-folder error names the config and the key that named the folder."""
+    try:
+        yield
+    except ModelFolderError as err:
+        raise ModelFolderError(f"{run.path}: {key}: {err}") from None
+
+
+def check_inputs(run: RunConfig, data_keys: tuple[str, ...]) -> None:
+    """What a job reads, checked in a second, before any weights load: the model folders (their config files) and
+    the data under `data_keys` (the parquet files' schemas)."""
+    from steermoe.encoders import check_encoder_folder
+    from steermoe.model import check_decoder_folder
+
+    with named_by(run, f"{run.encoder_kind}_encoder.model_path"):
+        check_encoder_folder(run.resolve(run.encoder.model_path))
+    with named_by(run, "llm_decoder.model_name"):
+        check_decoder_folder(run.resolve(run.decoder.model_name))
+    for key in data_keys:
+        entries = getattr(run.top, key) or []
+        parquet_files([str(run.resolve(e)) for e in entries], run.top.audio_column, run.top.text_column,
+                      key=f"{run.path}: {key}")
+
+
 def load_model(run: RunConfig, weights_dtype: str):
     """The SteerMoE model for a run, its frozen parts from their own folders (the LLM's weights in weights_dtype,
     the precision policy's choice); checks the config's dims."""
-    from steermoe.model import build_model
+    from steermoe.encoders import load_encoder
+    from steermoe.model import SteerMoEModel, load_decoder
 
-    dtype = getattr(torch, weights_dtype)
-    section = f"{run.encoder_kind}_encoder"
-    encoder, decoder = run.resolve(run.encoder.model_path), run.resolve(run.decoder.model_name)
-    try:
-        model = build_model(run.model_config(), encoder, decoder, decoder_dtype=dtype)
-    except ModelFolderError as err:  # say which key of which config named the folder
-        import traceback
-
-        frames = {frame.name for frame in traceback.extract_tb(err.__traceback__)}
-        key = "llm_decoder.model_name" if "load_decoder" in frames else f"{section}.model_path"
-        raise ModelFolderError(f"{run.path}: {key}: {err}") from None
+    config, section = run.model_config(), f"{run.encoder_kind}_encoder"
+    with named_by(run, f"{section}.model_path"):
+        encoder = load_encoder(run.resolve(run.encoder.model_path), config.encoder_window)
+    with named_by(run, "llm_decoder.model_name"):
+        decoder, tokenizer = load_decoder(run.resolve(run.decoder.model_name), getattr(torch, weights_dtype))
+    model = SteerMoEModel(config, encoder, decoder, tokenizer)
     for key, actual in (("feature_dim", model.encoder.hidden_size), ("num_layers", model.encoder.num_layers)):
         stated = getattr(run.encoder, key)
         if stated is not None and stated != actual:
@@ -500,6 +521,7 @@ def train(run: RunConfig, log=print) -> dict:
     if top.use_early_stopping and top.save_steps % top.eval_steps:
         raise ConfigError(f"{run.path}: use_early_stopping keeps the best checkpoint, so save_steps ({top.save_steps})"
                           f" must be a multiple of eval_steps ({top.eval_steps})")
+    check_inputs(run, ("parquet_dirs", "eval_parquet_dirs"))
     if t.use_deepspeed:
         read_deepspeed_config(run)
         distributed_env(run)

@@ -314,6 +314,21 @@ def test_missing_dataset_folder(bad_config, tmp_path):
     bad_config.check()
 
 
+@pytest.mark.parametrize("mode", ["train", "test"])
+def test_a_missing_data_folder_is_reported_before_any_weights_load(bad_config, tiny, tmp_path, mode):
+    """The decoder's weights are unreadable here: loading them first would fail with another message."""
+    decoder = tmp_path / "decoder-with-broken-weights"
+    shutil.copytree(tiny["decoder"], decoder)
+    for weights in decoder.glob("*.safetensors"):
+        weights.write_bytes(b"not safetensors")
+    config = bad_config.write(name=f"layer_wise_whisper_qwen_tones_{mode}", parquet_dirs=[str(tmp_path / "gone")],
+                              llm_decoder={"model_name": str(decoder)})
+    command = "train" if mode == "train" else "evaluate"
+    user_error(*steermoe(command, "--config", config), f"{config}: parquet_dirs: {tmp_path / 'gone'} is neither a "
+               f".parquet file nor a folder with .parquet files")
+    bad_config.check()
+
+
 def test_training_data_of_the_wrong_layout(bad_config, tiny, tmp_path):  # noqa: F811
     table = pq.read_table(f"{tiny['corpus']}/train.parquet").rename_columns(
         ["id", "wav", "duration", "sentence", "prompt", "answers", "speaker", "language"])

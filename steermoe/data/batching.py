@@ -12,6 +12,28 @@ from steermoe.data.layout import DataError, read_split
 from steermoe.features import AudioFeatures
 
 
+def parquet_files(entries: list[str], audio_column: str, text_column: str, key: str) -> list[Path]:
+    """The parquet files of `parquet_dirs`-like entries (each a .parquet file or a folder of them), checked to exist
+    and to have the audio and text columns. Reads the files' schemas only: cheap enough to run before any weights
+    load."""
+    import pyarrow.parquet as pq
+
+    files = []
+    for entry in entries:
+        path = Path(entry)
+        found = sorted(path.glob("*.parquet")) if path.is_dir() else [path] if path.is_file() else []
+        if not found:
+            raise DataError(f"{key}: {entry} is neither a .parquet file nor a folder with .parquet files; "
+                            f"prepare the data with `steermoe data prepare|synth` and point the key at it")
+        files += found
+    for file in files:
+        names = pq.read_schema(file).names
+        for wanted, option in ((audio_column, "audio_column"), (text_column, "text_column")):
+            if wanted not in names:
+                raise DataError(f"{file} has no column {wanted!r} ({option}); its columns: {', '.join(names)}")
+    return files
+
+
 class AudioRows(torch.utils.data.Dataset):
     """Utterances held as encoded audio in memory (FLAC/WAV bytes), decoded per item.
 
@@ -40,21 +62,10 @@ class AudioRows(torch.utils.data.Dataset):
         import pyarrow.parquet as pq
         import soundfile as sf
 
-        files = []
-        for entry in entries:
-            path = Path(entry)
-            found = sorted(path.glob("*.parquet")) if path.is_dir() else [path] if path.is_file() else []
-            if not found:
-                raise DataError(f"{key}: {entry} is neither a .parquet file nor a folder with .parquet files; "
-                                f"prepare the data with `steermoe data prepare|synth` and point the key at it")
-            files += found
         columns = {"id": [], "audio": [], "duration": [], "text": [], "prompt": [], "answers": []}
+        files = parquet_files(entries, audio_column, text_column, key)
         for file in files:
             table = pq.read_table(file)
-            for wanted, option in ((audio_column, "audio_column"), (text_column, "text_column")):
-                if wanted not in table.column_names:
-                    raise DataError(f"{file} has no column {wanted!r} ({option}); its columns: "
-                                    f"{', '.join(table.column_names)}")
             audio = table.column(audio_column).to_pylist()
             audio = [a["bytes"] if isinstance(a, dict) else a for a in audio]
             n = len(audio)
