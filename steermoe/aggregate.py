@@ -1,4 +1,4 @@
-"""Aggregation: every experiment of the matrix into one honest table, paired comparisons, and plots (SPEC §6, §7).
+"""Aggregation: every experiment of the matrix into one honest table, paired comparisons, and plots.
 
 Inputs, per experiment `{exp}` (paths relative to the workflow root):
     results/{exp}/eval/metrics.json            the headline metric with counts and CI (steermoe evaluate)

@@ -1,4 +1,4 @@
-"""Evaluation: decode the whole test split, deterministically and batched, and score it honestly (SPEC §6).
+"""Evaluation: decode the whole test split, deterministically and batched, and score it honestly.
 
 Writes into the run's evaluation folder (atomically, as one folder):
     predictions.jsonl   one line per utterance: id, reference(s), hypothesis, errors, reference units

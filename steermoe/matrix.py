@@ -162,20 +162,6 @@ def _allowed(allowed) -> str:
 
 
 # ---- the workflow config (experiments/config.yaml) -------------------------------------------------------------
-def load_workflow_config(path: str | Path | None = None, overrides: dict | None = None) -> dict:
-    """experiments/config.yaml (the Snakemake configfile) with defaults filled in; `overrides` as `--config`."""
-    config = dict(WORKFLOW_CONFIG_DEFAULTS)
-    if path is not None:
-        data = read_yaml(Path(path))
-        if not isinstance(data, dict):
-            raise ConfigError(f"{path}: the workflow config is a mapping of keys")
-        check_workflow_keys(data, str(path))
-        config.update(data)
-    config.update(overrides or {})
-    config["quick"] = parse_bool(config["quick"], "config 'quick'")
-    return config
-
-
 def check_workflow_keys(config: dict, where: str) -> None:
     unknown = sorted(set(config) - set(WORKFLOW_CONFIG_DEFAULTS))
     if unknown:
@@ -677,13 +663,6 @@ def _check_groups(file: str, experiments: list[Experiment]) -> None:
                                   f"this row uses {exp.dataset!r}; use one group per dataset")
 
 
-def baseline_of(exp: Experiment, experiments: list[Experiment]) -> Experiment | None:
-    """The baseline row of the experiment's group (None without a group, or for the baseline itself)."""
-    if not exp.group or exp.baseline:
-        return None
-    return next(e for e in experiments if e.group == exp.group and e.baseline)
-
-
 # ---- jobs other than training: data preparation and model import ----------------------------------------------
 def data_command(dataset: dict, out: str, quick: bool = False) -> str:
     """The `steermoe data ...` command (shell-quoted) that prepares a catalog dataset into `out`."""
@@ -701,10 +680,6 @@ def data_command(dataset: dict, out: str, quick: bool = False) -> str:
     if prep.get("filter_dataset") is False:
         args.append("--no-filter")
     return shlex.join(args)
-
-
-def datasets_used(experiments: list[Experiment]) -> dict[str, dict]:
-    return {e.dataset: e.dataset_entry for e in experiments}
 
 
 def embedded_models_used(experiments: list[Experiment]) -> list[str]:

@@ -61,7 +61,7 @@ def count_parameters(model: SteerMoEModel) -> dict[str, int]:
 
 
 def formula_counts(layers: int, experts: int, width: int, llm_width: int) -> dict[str, int]:
-    """SPEC §3 for layer_wise: E = L*N*D; router = D*N*L + N*L; scales = L; projection = D*H + H."""
+    """For layer_wise: E = L*N*D; router = D*N*L + N*L; scales = L; projection = D*H + H."""
     return {"steering_vectors": layers * experts * width, "router": width * experts * layers + experts * layers,
             "layer_scales": layers, "projection": width * llm_width + llm_width}
 

@@ -1,4 +1,4 @@
-"""The plan view: what each experiment of the matrix will train and cost, before anything runs (SPEC §7).
+"""The plan view: what each experiment of the matrix will train and cost, before anything runs.
 
 Per experiment: trainable parameters (the model built on the meta device from the catalog's model folder, else a
 shipped shape of the same name: no weights needed), and an estimate of the training compute in FLOPs and in

@@ -1,4 +1,4 @@
-"""Training: the Hugging Face Trainer driving a SteerMoE model from a run config (SPEC §6).
+"""Training: the Hugging Face Trainer driving a SteerMoE model from a run config.
 
 What the original code got wrong and this file gets right: three optimiser groups whose learning rates reach the
 optimiser; steering-only gradient clipping applied right before the step (after the global clip); checkpoints of

@@ -1,4 +1,4 @@
-"""Parameter accounting: SPEC formulas, meta-device builds of full-size shapes, the CLI."""
+"""Parameter accounting: the formulas, meta-device builds of full-size shapes, the CLI."""
 import json
 import subprocess
 import sys

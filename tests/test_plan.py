@@ -83,7 +83,7 @@ def test_plan_of_a_tiny_configuration_by_hand(tmp_path):
     # mean 2 s; targets of 8, 4, 12, 8 bytes -> 2, 1, 3, 2 tokens at ~4 bytes per token (no tokenizer in the folder)
     write_corpus(tmp_path / "data/tiny", [1.0, 2.0, 3.0, 2.0], ["abcdefgh", "abcd", "abcdefghijkl", "abcdefgh"])
     row = plan_experiment(tiny_experiment(), root=tmp_path, peak_tflops=100.0, utilization=0.5)
-    # SPEC §3: E = L N D = 2*4*32; router = D N L + N L = 264; scales = 2; projection = D H + H = 32*48 + 48
+    # E = L N D = 2*4*32; router = D N L + N L = 264; scales = 2; projection = D H + H = 32*48 + 48
     assert row["parameter_groups"] == {"steering_vectors": 256, "router": 264, "layer_scales": 2, "projection": 1584,
                                        "lora": 0, "frozen_encoder": row["parameter_groups"]["frozen_encoder"],
                                        "frozen_decoder": row["parameter_groups"]["frozen_decoder"]}
