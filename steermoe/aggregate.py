@@ -75,7 +75,8 @@ COMPARISON_COLUMNS = ["group", "baseline", "experiment", "test_set", "metric", "
 
 
 def table_columns(override_columns: list[str]) -> list[str]:
-    return ["experiment", "method", "encoder", "decoder", "dataset", "group", "baseline", "tags", *override_columns,
+    return ["experiment", "method", "encoder", "decoder", "dataset", "recipe", "group", "baseline", "tags",
+            *override_columns,
             "test_set", "metric", "headline", "value", "ci_low", "ci_high", "substitutions", "deletions",
             "insertions", "correct", "reference_units", "utterances", "trainable_parameters", "train_steps",
             "train_seconds", "eval_seconds", "rtf", "precision", "weights_dtype", "device", "device_model",
@@ -365,7 +366,8 @@ def table_rows(experiments: list, results: dict[str, ExperimentResult], override
         r = results[str(_get(exp, "id"))]
         overrides = _get(exp, "overrides") or {}
         base = {"experiment": r.id, "method": _get(exp, "method"), "encoder": _get(exp, "encoder"),
-                "decoder": _get(exp, "decoder"), "dataset": _get(exp, "dataset"), "group": _get(exp, "group") or "",
+                "decoder": _get(exp, "decoder"), "dataset": _get(exp, "dataset"), "recipe": _get(exp, "recipe") or "",
+                "group": _get(exp, "group") or "",
                 "baseline": bool(_get(exp, "baseline")), "tags": ",".join(_get(exp, "tags") or []),
                 **{c: overrides.get(c, "") for c in override_columns},
                 "test_set": r.test_set, "trainable_parameters": _trainable(r),

@@ -9,7 +9,9 @@ Torch-free (the Snakefile imports it at parse time, and `steermoe aggregate` / `
 
 The matrix is a tab-separated file. Columns:
     method, encoder, decoder, dataset   required; a method of steermoe.config.METHODS and names of the catalog
-    variant                             optional explicit suffix of the experiment id (default: from the overrides)
+    recipe                              optional name of a catalog recipe (a block of settings: seed-code, paper)
+    variant                             optional explicit suffix of the experiment id (default: the recipe, then
+                                        the overrides)
     group, baseline                     optional ablation group; `baseline: true` on the one row of the group that
                                         the others are compared with (all rows of a group share the dataset)
     tags                                optional free text (comma-separated), carried into the table
@@ -20,8 +22,10 @@ Every error names the file, the row (1 = the first experiment row) and its line 
 value and what is allowed, and is raised before any job runs.
 
 Settings of one experiment, lowest to highest precedence: the settings' own defaults (runconfig.SCHEMA), catalog
-`defaults.settings`, the encoder's, the decoder's and the dataset's `settings`, the matrix row's override columns,
-and last, with `quick=True` (the CI-size variant), `defaults.quick.settings` and the dataset's `quick.settings`.
+`defaults.settings`, the encoder's, the decoder's and the dataset's `settings`, the row's recipe (catalog
+`recipes.NAME.settings`, then its `encoders.TYPE` block for the row's encoder type), the matrix row's override
+columns, and last, with `quick=True` (the CI-size variant), `defaults.quick.settings` and the dataset's
+`quick.settings`.
 """
 from __future__ import annotations
 
@@ -112,7 +116,7 @@ ABBREVIATIONS = {
     "num_beams": "beams", "repetition_penalty": "reppen", "max_prompt_tokens": "maxprompt", "textual_prompt": "textprompt",
 }
 
-SPECIAL_COLUMNS = ("method", "encoder", "decoder", "dataset", "variant", "group", "baseline", "tags")
+SPECIAL_COLUMNS = ("method", "encoder", "decoder", "dataset", "recipe", "variant", "group", "baseline", "tags")
 REQUIRED_COLUMNS = ("method", "encoder", "decoder", "dataset")
 ENCODER_TYPES = ("whisper", "conformer")
 SYNTH_CORPORA = ("synth-en", "synth-aqa", "synth-zh")
@@ -201,6 +205,7 @@ class Catalog:
     decoders: dict
     datasets: dict
     defaults: dict  # {"settings": {...}, "resources": {...}, "quick": {"settings": {...}}}
+    recipes: dict = field(default_factory=dict)  # name -> {"settings": {...}, "encoders": {type: {...}}, ...}
 
 
 def _check_mapping(where: str, value, allowed: dict | tuple, required=()) -> dict:
@@ -262,7 +267,7 @@ def load_catalog(path: str | Path) -> Catalog:
     """Read and validate the catalog; errors name the file and the dotted key."""
     file = str(path)
     data = read_yaml(Path(path))
-    data = _check_mapping(file, data, ("defaults", "encoders", "decoders", "datasets"),
+    data = _check_mapping(file, data, ("defaults", "recipes", "encoders", "decoders", "datasets"),
                           required=("encoders", "decoders", "datasets"))
     defaults = _check_mapping(f"{file}: defaults", data.get("defaults"), ("settings", "resources", "quick"))
     quick = _check_mapping(f"{file}: defaults.quick", defaults.get("quick"), ("settings",))
@@ -367,7 +372,21 @@ def load_catalog(path: str | Path) -> Catalog:
                                   f"names its reader produces, e.g. train-clean-100 for LibriSpeech)")
             out["splits"] = _check_splits(f"{where}.splits", entry["splits"])
         datasets[name] = out
-    return Catalog(file, encoders, decoders, datasets, defaults)
+    recipes = {}
+    section = data.get("recipes") or {}
+    if not isinstance(section, dict):
+        raise ConfigError(f"{file}: 'recipes' must be a mapping of names to blocks of settings")
+    for name, entry in section.items():
+        where = f"{file}: recipes.{name}"
+        if not isinstance(name, str) or not is_safe_name(name):
+            raise ConfigError(f"{where}: a recipe name uses letters, digits, '.' and '-' (it becomes part of ids)")
+        entry = _check_mapping(where, entry, ("settings", "encoders", "description"))
+        by_type = _check_mapping(f"{where}.encoders", entry.get("encoders"), ENCODER_TYPES)
+        recipes[name] = {"name": name, "description": entry.get("description", ""),
+                         "settings": check_settings(f"{where}.settings", entry.get("settings")),
+                         "encoders": {kind: check_settings(f"{where}.encoders.{kind}", values)
+                                      for kind, values in by_type.items()}}
+    return Catalog(file, encoders, decoders, datasets, defaults, recipes)
 
 
 def _check_sizes(where: str, value) -> dict:
@@ -398,6 +417,7 @@ class Experiment:
     row: int  # 1 = the first experiment row of the matrix (the header and comment lines do not count)
     line: int  # the row's line in the file (the header is line 1 when nothing precedes it)
     variant: str | None = None
+    recipe: str | None = None  # a named block of settings from the catalog's `recipes:`
     tags: list = field(default_factory=list)
     language: str = ""
     task: str = ""
@@ -585,13 +605,17 @@ def load_matrix(matrix_path: str | Path, catalog_path: str | Path, quick: bool =
         for column in header:
             if column in SETTINGS and cells[column] != "":
                 overrides[column] = _parse_cell(where(column), column, cells[column])
+        recipe = cells.get("recipe") or None
+        if recipe is not None and recipe not in catalog.recipes:
+            raise ConfigError(f"{where('recipe')}: unknown recipe {recipe!r} (not in {catalog.path})"
+                              f"{_closest(recipe, catalog.recipes)}; allowed: {_allowed(catalog.recipes)}")
         variant = cells.get("variant") or None
         if variant is not None:
             if not is_safe_name(variant) or variant in RESERVED_PARTS:
                 raise ConfigError(f"{where('variant')}: {variant!r} is not allowed: a variant uses letters, digits, "
                                   f"'.' and '-' (no '_', '/' or '..') and is not one of {_allowed(RESERVED_PARTS)}")
         else:
-            variant = auto_variant(overrides)
+            variant = "-".join(part for part in (recipe, auto_variant(overrides)) if part) or None
         method, enc, dec, ds = cells["method"], cells["encoder"], cells["decoder"], cells["dataset"]
         exp_id = f"{method}_{enc}_{dec}_{ds}" + (f"_{variant}" if variant else "")
         if not ID_RE.match(exp_id) or ".." in exp_id or len(exp_id) > MAX_ID_LENGTH:
@@ -611,10 +635,11 @@ def load_matrix(matrix_path: str | Path, catalog_path: str | Path, quick: bool =
         tags = [t.strip() for t in (cells.get("tags") or "").split(",") if t.strip()]
 
         encoder, decoder, dataset = catalog.encoders[enc], catalog.decoders[dec], catalog.datasets[ds]
+        chosen = catalog.recipes[recipe] if recipe else {"settings": {}, "encoders": {}}
         settings = _merge_settings(
             catalog.defaults["settings"], encoder["settings"], decoder["settings"], dataset["settings"],
             {"textual_prompt": dataset["prompt"]} if "textual_prompt" not in dataset["settings"] else {},
-            overrides,
+            chosen["settings"], chosen["encoders"].get(encoder["type"], {}), overrides,
             catalog.defaults["quick"]["settings"] if quick else {}, dataset["quick"]["settings"] if quick else {})
         resources = {"gpus": 0, "mem_mb": 8000, "runtime": 240, "threads": 1,
                      **catalog.defaults["resources"], **decoder["resources"]}
@@ -626,7 +651,7 @@ def load_matrix(matrix_path: str | Path, catalog_path: str | Path, quick: bool =
             baseline=baseline, metric=dataset["metric"],
             train_config=f"{exp_dir}/{method}_{enc}_{dec}_{ds}_train{suffix}.yaml",
             test_config=f"{exp_dir}/{method}_{enc}_{dec}_{ds}_test{suffix}.yaml",
-            row=row, line=line, variant=variant, tags=tags, language=dataset["language"], task=dataset["task"],
+            row=row, line=line, variant=variant, recipe=recipe, tags=tags, language=dataset["language"], task=dataset["task"],
             settings=settings, resources=resources, train_dir=f"{exp_dir}/train", final_dir=f"{exp_dir}/train/final",
             eval_dir=f"{exp_dir}/eval", data_dir=data_dir,
             parquet={split: [f"{data_dir}/{s}.parquet" for s in names_]

@@ -319,6 +319,51 @@ def test_overrides_reach_the_rendered_config_and_quick_wins(tmp_path):
     assert plain.settings["max_steps"] == 1680
 
 
+def test_the_seed_code_recipe_renders_exactly_what_the_original_code_ran(tmp_path):
+    root = copy_workflow(tmp_path / "wf")
+    matrix = write_matrix(root, "layer_wise\twhisper-large-v3\tqwen7b\tlibri\tseed-code",
+                          "layer_wise\tconformer\tqwen7b\tlibri\tseed-code",
+                          "layer_wise\twhisper-large-v3\tqwen7b\tlibri\tpaper",
+                          "layer_wise\twhisper-large-v3\tqwen7b\tlibri\t",
+                          header="method\tencoder\tdecoder\tdataset\trecipe\n")
+    whisper, conformer, paper, plain = load_matrix(matrix, root / "experiments/catalog.yaml")
+    assert (whisper.id, whisper.recipe) == ("layer_wise_whisper-large-v3_qwen7b_libri_seed-code", "seed-code")
+
+    def rendered(exp):
+        path = tmp_path / Path(exp.train_config).name
+        path.write_text(render(exp, root / "templates", "train"))
+        return load_run_config(path)
+
+    common = {"lr_scheduler": "linear", "warmup_steps": 0, "fp16": True, "bf16": False, "dtype": "float32",
+              "use_early_stopping": False, "clip_steering_gradients": False, "pooling_type": "max",
+              "filter_dataset": False, "max_audio_length": 30.0, "batch_size": 8, "gradient_accumulation_steps": 1}
+    for exp, rate, kernel, window in ((whisper, 5e-5, 4, "30s"), (conformer, 5e-4, 2, "dynamic")):
+        run = rendered(exp)
+        t, top = run.training, run.top
+        seen = {"lr_scheduler": t.lr_scheduler, "warmup_steps": t.warmup_steps, "fp16": t.fp16, "bf16": t.bf16,
+                "dtype": run.decoder.dtype, "use_early_stopping": top.use_early_stopping,
+                "clip_steering_gradients": top.clip_steering_gradients, "pooling_type": top.pooling_type,
+                "filter_dataset": top.filter_dataset, "max_audio_length": top.max_audio_length,
+                "batch_size": t.batch_size, "gradient_accumulation_steps": t.gradient_accumulation_steps}
+        assert seen == common, exp.encoder
+        assert (t.learning_rate, t.steering_learning_rate, t.router_learning_rate) == (rate, rate, rate)
+        assert (top.pooling_kernel_size, top.encoder_window) == (kernel, window)
+    # the paper recipe is the catalog's defaults: the same settings as a row without a recipe
+    assert paper.settings == plain.settings and paper.id.endswith("_paper")
+    assert rendered(paper).training.learning_rate == 1e-4 and rendered(paper).training.lr_scheduler == "cosine"
+
+
+def test_an_unknown_recipe_is_a_clear_error(tmp_path):
+    root = copy_workflow(tmp_path / "wf")
+    matrix = write_matrix(root, "layer_wise\twhisper-tiny.en\tsmollm2\tsynth-en\tseed-cod",
+                          header="method\tencoder\tdecoder\tdataset\trecipe\n")
+    with pytest.raises(ConfigError) as err:
+        load_matrix(matrix, root / "experiments/catalog.yaml")
+    assert str(err.value) == (f"{matrix}: row 1 (line 2), column 'recipe': unknown recipe 'seed-cod' (not in "
+                              f"{root / 'experiments/catalog.yaml'}) (did you mean 'seed-code'?); allowed: paper, "
+                              f"seed-code")
+
+
 # ---- rendering -----------------------------------------------------------------------------------------------
 def test_rendered_configs_load_and_are_deterministic(tmp_path):
     root = copy_workflow(tmp_path / "wf")
