@@ -58,6 +58,12 @@ NOTES = {
     "qa_any_annotator": "normalised exact match against any annotator's answer (not an accuracy)",
     "qa_lenient_substring": "the original code's lenient substring score (not an accuracy)",
 }
+SEED_PROTOCOL_NOTES = {  # the same metric names, computed as the original code did (steermoe/protocols.py)
+    "wer": "seed protocol: raw word error rate, no normalisation, 5 % subset, mean over sampling seeds",
+    "cer": "seed protocol: raw character error rate, no normalisation, 5 % subset, mean over sampling seeds",
+    "qa_accuracy": "seed protocol: lenient substring match, one row per annotator, 5 % subset, mean over sampling "
+                   "seeds (not an accuracy)",
+}
 LOWER_IS_BETTER = {"wer": True, "wer_raw": True, "cer": True, "qa_accuracy": False, "qa_yes_no": False,
                    "qa_any_annotator": False, "qa_lenient_substring": False}
 TIMING_COLUMNS = ("train_seconds", "eval_seconds", "rtf")
@@ -77,7 +83,7 @@ COMPARISON_COLUMNS = ["group", "baseline", "experiment", "test_set", "metric", "
 def table_columns(override_columns: list[str]) -> list[str]:
     return ["experiment", "method", "encoder", "decoder", "dataset", "recipe", "group", "baseline", "tags",
             *override_columns,
-            "test_set", "metric", "headline", "value", "ci_low", "ci_high", "substitutions", "deletions",
+            "test_set", "protocol", "metric", "headline", "value", "ci_low", "ci_high", "substitutions", "deletions",
             "insertions", "correct", "reference_units", "utterances", "trainable_parameters", "train_steps",
             "train_seconds", "eval_seconds", "rtf", "precision", "weights_dtype", "device", "device_model",
             "cpu_flags", "config_sha256", "train_config_sha256", "git_commit", "status",
@@ -306,7 +312,7 @@ def _check_metrics(metrics: dict, path: Path) -> None:
     for key in ("value", "ci95", "utterances"):
         if key not in metrics:
             raise MalformedFile(f"{path}: missing '{key}'")
-    if metric == "wer" and not isinstance(metrics.get("raw"), dict):
+    if metric == "wer" and metrics.get("protocol", "honest") == "honest" and not isinstance(metrics.get("raw"), dict):
         raise MalformedFile(f"{path}: missing 'raw' (the raw WER)")
 
 
@@ -334,6 +340,9 @@ def _metric_blocks(metrics: dict) -> list[tuple[str, dict]]:
     """(table metric name, counts) for every metric row of an evaluated experiment."""
     name = HEADLINE[metrics["metric"]]
     utterances = metrics.get("utterances")
+    if metrics.get("protocol") == "seed":  # one number, as the original code computed it
+        units = metrics.get("reference_units") if name != "qa_accuracy" else utterances
+        return [(name, {**metrics, "reference_units": units})]
     if name in ("wer", "cer"):
         units = metrics.get("reference_words", metrics.get("reference_characters"))
         rows = [(name, {**metrics, "reference_units": units})]
@@ -348,6 +357,11 @@ def _metric_blocks(metrics: dict) -> list[tuple[str, dict]]:
         block = metrics.get(key) or {"value": None, "ci95": None, "correct": 0, "utterances": 0}
         out.append((label, {**block, "reference_units": block.get("utterances")}))
     return out
+
+
+def _protocol(exp, result: ExperimentResult) -> str:
+    """The evaluation protocol: as evaluated, else as configured."""
+    return (result.metrics or {}).get("protocol") or (_get(exp, "settings") or {}).get("protocol") or "honest"
 
 
 def _trainable(result: ExperimentResult):
@@ -370,7 +384,7 @@ def table_rows(experiments: list, results: dict[str, ExperimentResult], override
                 "group": _get(exp, "group") or "",
                 "baseline": bool(_get(exp, "baseline")), "tags": ",".join(_get(exp, "tags") or []),
                 **{c: overrides.get(c, "") for c in override_columns},
-                "test_set": r.test_set, "trainable_parameters": _trainable(r),
+                "test_set": r.test_set, "protocol": _protocol(exp, r), "trainable_parameters": _trainable(r),
                 "train_steps": (r.summary or {}).get("steps"),
                 "train_seconds": (r.summary or {}).get("train_seconds_this_run"),
                 **{c: (r.summary or r.metrics or {}).get(c) for c in PRECISION_COLUMNS},
@@ -388,7 +402,7 @@ def table_rows(experiments: list, results: dict[str, ExperimentResult], override
                          "insertions": block.get("insertions"), "correct": block.get("correct"),
                          "reference_units": block.get("reference_units"), "utterances": block.get("utterances"),
                          "eval_seconds": r.metrics.get("decode_seconds"), "rtf": r.metrics.get("rtf"),
-                         "note": NOTES[name]})
+                         "note": (SEED_PROTOCOL_NOTES if base["protocol"] == "seed" else NOTES)[name]})
     return rows
 
 
@@ -474,6 +488,9 @@ def comparison_rows(experiments: list, results: dict[str, ExperimentResult], see
                                                                   + (f" ({base.error})" if base.error else ""))
             elif r.status != OK:
                 row.update(status="not available", error=f"{r.status}" + (f": {r.error}" if r.error else ""))
+            elif _protocol(exp, r) != _protocol(base_exp, base):
+                row.update(status="error", error=f"{r.id} is evaluated under the {_protocol(exp, r)} protocol, the "
+                                                 f"baseline {base.id} under {_protocol(base_exp, base)}")
             elif r.test_set != base.test_set:
                 row.update(status="error", error=f"{r.id} is scored on {r.test_set}, the baseline {base.id} on "
                                                  f"{base.test_set}: a paired comparison needs the same test set")

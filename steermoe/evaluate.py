@@ -1,4 +1,5 @@
-"""Evaluation: decode the whole test split, deterministically and batched, and score it honestly.
+"""Evaluation: decode the test split, batched, and score it under the config's protocol (steermoe/protocols.py):
+`honest` (the whole split, deterministic decoding, normalised scores) or `seed` (the original code's evaluation).
 
 Writes into the run's evaluation folder (atomically, as one folder):
     predictions.jsonl   one line per utterance: id, reference(s), hypothesis, errors, reference units
@@ -22,6 +23,7 @@ from steermoe.errors import ConfigError
 from steermoe.data.batching import Collator
 from steermoe.features import AudioFeatures
 from steermoe.fsutil import replace_dir, write_json
+from steermoe.protocols import SEED_SAMPLING, SEED_SUBSET, seed_subset
 from steermoe.runconfig import RunConfig
 from steermoe.train import check_inputs, load_model, load_rows, load_trainable
 
@@ -65,50 +67,68 @@ def evaluate(run: RunConfig, checkpoint: Path | None = None, output_dir: Path | 
     rows = load_rows(run, top.parquet_dirs, "parquet_dirs")  # the whole split: no filtering at test time
     collate = Collator(AudioFeatures(model.encoder.kind, model.encoder.num_mel_bins, top.encoder_window),
                        top.textual_prompt)
+    seed_protocol = ev.protocol == "seed"
+    chosen = seed_subset(len(rows)) if seed_protocol else list(range(len(rows)))
     # longest first: the slowest batch shows up at once, and similar lengths share a batch
-    order = sorted(range(len(rows)), key=lambda i: -rows.durations[i])
+    order = sorted(chosen, key=lambda i: -rows.durations[i])
     batches = [order[first:first + ev.batch_size] for first in range(0, len(order), ev.batch_size)]
+    passes = ev.sampling_seeds if seed_protocol else 1  # the seed protocol decodes once per sampling seed
+    work = [(sampling_seed, number) for sampling_seed in range(passes) for number in range(len(batches))]
+    sampling = {k: v for k, v in SEED_SAMPLING.items() if k != "repetition_penalty"} if seed_protocol else None
+    repetition_penalty = SEED_SAMPLING["repetition_penalty"] if seed_protocol else ev.repetition_penalty
     rank, world = shard_of_this_process()
-    start, audio_seconds = time.time(), sum(rows.durations)
-    mine = range(rank, len(batches), world)
-    total, prefix = sum(len(batches[n]) for n in mine), f"[process {rank} of {world}] " if world > 1 else ""
-    decoded = []  # (batch number, hypotheses, gate statistics) of this process's batches
-    for number in mine:
+    start = time.time()
+    mine = range(rank, len(work), world)
+    total, prefix = sum(len(batches[work[w][1]]) for w in mine), f"[process {rank} of {world}] " if world > 1 else ""
+    decoded = []  # (work item, hypotheses, gate statistics) of this process's batches
+    for item in mine:
+        sampling_seed, number = work[item]
         batch = collate([rows[i] for i in batches[number]])
-        stats = GateStats() if model.steering is not None else None
+        stats = GateStats() if model.steering is not None and sampling_seed == 0 else None
+        if seed_protocol:  # each batch's own draws: the same hypotheses however the batches are shared out
+            torch.manual_seed(sampling_seed * 1_000_003 + number)
         with precision.autocast(decision):
             out = model.generate(batch["features"].to(device), batch["feature_lengths"].to(device), batch["prompts"],
                                  max_new_tokens=ev.max_new_tokens, num_beams=ev.num_beams,
-                                 repetition_penalty=ev.repetition_penalty, gate_stats=stats)
-        decoded.append((number, out, stats))
+                                 repetition_penalty=repetition_penalty, sampling=sampling, gate_stats=stats)
+        decoded.append((item, out, stats))
         done = sum(len(hyps) for _, hyps, _ in decoded)
         log(f"{prefix}decoded {done}/{total} utterances  {time.time() - start:.0f}s")
     decoded = gather_to_first(decoded, world)
     if rank != 0:
         return {}
     decode_seconds = time.time() - start
-    hypotheses: dict[int, str] = {}
+    hypotheses: list[dict[int, str]] = [{} for _ in range(passes)]  # per pass: row -> hypothesis
     stats = GateStats() if model.steering is not None else None
-    for number, out, batch_stats in sorted(decoded, key=lambda item: item[0]):  # batch order: sums as in one process
-        hypotheses.update(zip(batches[number], out))
-        if stats is not None:
+    for item, out, batch_stats in sorted(decoded, key=lambda entry: entry[0]):  # work order: sums as in one process
+        sampling_seed, number = work[item]
+        hypotheses[sampling_seed].update(zip(batches[number], out))
+        if stats is not None and batch_stats is not None:
             stats.merge(batch_stats)
 
     ids, refs = rows.columns["id"], rows.columns["text"]
-    hyps = [hypotheses[i] for i in range(len(rows))]
-    if ev.metric == "qa_accuracy":
-        answers = [a if a else [r] for a, r in zip(rows.columns["answers"], refs)]
+    answers = [a if a else [r] for a, r in zip(rows.columns["answers"], refs)]
+    hyps = [hypotheses[0][i] for i in chosen]
+    if seed_protocol:
+        score = metrics.score_as_the_seed_code(ev.metric, [refs[i] for i in chosen], [answers[i] for i in chosen],
+                                               [[h[i] for i in chosen] for h in hypotheses], seed=top.seed,
+                                               resamples=ev.bootstrap_resamples)
+    elif ev.metric == "qa_accuracy":
         score = metrics.score_qa(answers, hyps, seed=top.seed, resamples=ev.bootstrap_resamples)
     else:
         score = metrics.score_asr(refs, hyps, ev.metric, seed=top.seed, resamples=ev.bootstrap_resamples)
     per_utterance = score.pop("per_utterance")
+    audio_seconds = passes * sum(rows.durations[i] for i in chosen)
+    decoding = {"strategy": "sampling", **SEED_SAMPLING, "sampling_seeds": passes,
+                "subset": f"datasets' train_test_split(test_size={SEED_SUBSET['test_size']}, "
+                          f"seed={SEED_SUBSET['seed']}): {len(chosen)} of {len(rows)} rows"} if seed_protocol else \
+        {"strategy": "greedy" if ev.num_beams == 1 else "beam", "num_beams": ev.num_beams,
+         "repetition_penalty": ev.repetition_penalty, "sampling": False}
     result = {
-        "config": run.name, "config_sha256": run.sha256, "method": run.method, **score,
+        "config": run.name, "config_sha256": run.sha256, "method": run.method, "protocol": ev.protocol, **score,
         "rtf": decode_seconds / audio_seconds, "decode_seconds": round(decode_seconds, 2),
         "audio_seconds": round(audio_seconds, 2),
-        "decoding": {"strategy": "greedy" if ev.num_beams == 1 else "beam", "num_beams": ev.num_beams,
-                     "max_new_tokens": ev.max_new_tokens, "repetition_penalty": ev.repetition_penalty,
-                     "sampling": False, "batch_size": ev.batch_size},
+        "decoding": {**decoding, "max_new_tokens": ev.max_new_tokens, "batch_size": ev.batch_size},
         "checkpoint": str(checkpoint), "checkpoint_sha256": weights_sha,
         "trainable_parameters": sum(p.numel() for p in model.trainable_state_dict().values()),
         **precision.record(decision, device), "processes": world,
@@ -121,8 +141,10 @@ def evaluate(run: RunConfig, checkpoint: Path | None = None, output_dir: Path | 
     shutil.rmtree(building, ignore_errors=True)
     building.mkdir(parents=True)
     with open(building / "predictions.jsonl", "w") as handle:
-        for i in range(len(rows)):
-            line = {"id": ids[i], "reference": refs[i], "hypothesis": hyps[i], **per_utterance[i]}
+        for n, i in enumerate(chosen):
+            line = {"id": ids[i], "reference": refs[i], "hypothesis": hyps[n], **per_utterance[n]}
+            if seed_protocol:
+                line["hypotheses"] = [h[i] for h in hypotheses]  # one per sampling seed
             if rows.columns["prompt"][i]:
                 line["prompt"] = rows.columns["prompt"][i]
             if rows.columns["answers"][i]:
@@ -135,5 +157,5 @@ def evaluate(run: RunConfig, checkpoint: Path | None = None, output_dir: Path | 
         plot_steering(analysis, building / "steering.png", title=run.name)
     replace_dir(building, output_dir)
     headline = f"{result['metric']} {result['value']:.4f} (95% CI {result['ci95'][0]:.4f}-{result['ci95'][1]:.4f})"
-    log(f"{run.name}: {headline} on {len(rows)} utterances, RTF {result['rtf']:.3f}; written to {output_dir}")
+    log(f"{run.name}: {headline} on {len(chosen)} utterances ({ev.protocol} protocol), RTF {result['rtf']:.3f}; written to {output_dir}")
     return result

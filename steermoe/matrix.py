@@ -80,6 +80,8 @@ SETTINGS: dict[str, str] = {
     "num_beams": "evaluation.num_beams",
     "max_new_tokens": "evaluation.max_new_tokens",
     "repetition_penalty": "evaluation.repetition_penalty",
+    "protocol": "evaluation.protocol",
+    "sampling_seeds": "evaluation.sampling_seeds",
     "bootstrap_resamples": "evaluation.bootstrap_resamples",
     # top level
     "seed": "seed",

@@ -237,6 +237,39 @@ def score_asr(references: list[str], hypotheses: list[str], metric: str, seed: i
     return result
 
 
+def lenient_match(target: str, hypothesis: str) -> bool:
+    """The original code's QA score: one normalised string inside the other (either way); empty never matches."""
+    target, hypothesis = normalize_answer(target), normalize_answer(hypothesis)
+    return bool(target) and bool(hypothesis) and (target in hypothesis or hypothesis in target)
+
+
+def score_as_the_seed_code(metric: str, references: list[str], answers: list[list[str]],
+                           hypotheses_by_seed: list[list[str]], seed: int = 0, resamples: int = 1000) -> dict:
+    """The seed protocol's score (steermoe/protocols.py): raw WER or CER (no normalisation at all), or QA with one
+    row per annotator's answer scored by the lenient substring match. Each utterance's counts are summed over the
+    sampling seeds, so `value` is the mean over seeds and `ci95` resamples utterances; `seed_values` has each
+    seed's own value."""
+    count = {"wer": word_counts, "cer": char_counts}.get(metric)
+    errors, units, per_seed = np.zeros(len(references)), np.zeros(len(references)), []
+    for hypotheses in hypotheses_by_seed:
+        if metric == "qa_accuracy":
+            pairs = [(sum(not lenient_match(a, h) for a in refs), len(refs)) for refs, h in zip(answers, hypotheses)]
+        else:
+            pairs = [(c.errors, c.reference_units) for c in map(count, references, hypotheses)]
+        seed_errors, seed_units = (np.array(column, dtype=float) for column in zip(*pairs))
+        rate = seed_errors.sum() / seed_units.sum()
+        per_seed.append(1 - rate if metric == "qa_accuracy" else rate)
+        errors, units = errors + seed_errors, units + seed_units
+    low, high = bootstrap_ci(errors, units, seed, resamples)
+    rate = errors.sum() / units.sum()
+    value, ci = (1 - rate, [1 - high, 1 - low]) if metric == "qa_accuracy" else (rate, [low, high])
+    return {"metric": "exact_match" if metric == "qa_accuracy" else metric, "value": float(value),
+            "ci95": [float(ci[0]), float(ci[1])], "seed_values": [float(v) for v in per_seed],
+            "seed_std": float(np.std(per_seed)), "utterances": len(references),
+            "reference_units": int(units.sum() // max(1, len(hypotheses_by_seed))),
+            "per_utterance": [{"errors": int(e), "reference_units": int(u)} for e, u in zip(errors, units)]}
+
+
 def _accuracy(correct: list[bool], seed: int, resamples: int) -> dict:
     if not correct:
         return {"value": None, "ci95": None, "correct": 0, "utterances": 0}
@@ -268,7 +301,7 @@ def score_qa(answers: list[list[str]], hypotheses: list[str], seed: int = 0, res
         correct = bool(hyp) and hyp == target
         exact.append(correct)
         any_annotator.append(bool(hyp) and hyp in {normalize_answer(r) for r in refs})
-        lenient.append(bool(hyp) and bool(target) and (target in hyp or hyp in target))
+        lenient.append(lenient_match(target, hyp))
         if target in ("yes", "no"):
             yes_no.append(correct)
     return {"metric": "exact_match", **_accuracy(exact, seed, resamples),

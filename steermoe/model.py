@@ -226,9 +226,9 @@ class SteerMoEModel(nn.Module):
     @torch.no_grad()
     def generate(self, features: torch.Tensor, feature_lengths: torch.Tensor, prompts: list[str] | None = None,
                  max_new_tokens: int = 128, num_beams: int = 1, repetition_penalty: float = 1.0,
-                 gate_stats=None) -> list[str]:
-        """Batched deterministic decoding (greedy by default, beam search with num_beams > 1; repetition_penalty
-        1.0 is none).
+                 sampling: dict | None = None, gate_stats=None) -> list[str]:
+        """Batched decoding: greedy by default, beam search with num_beams > 1; repetition_penalty 1.0 is none.
+        sampling ({temperature, top_p, top_k}) samples instead, from torch's global generator.
         gate_stats (analysis.GateStats), if given, accumulates the router gates of this batch."""
         audio, lengths, *gates = self.encode(features, feature_lengths, return_gates=gate_stats is not None)
         if gate_stats is not None:
@@ -236,7 +236,8 @@ class SteerMoEModel(nn.Module):
         embeds, mask, _, _ = self.pack(audio, lengths, prompts)
         tok = self.tokenizer
         out = self.decoder.generate(inputs_embeds=embeds, attention_mask=mask, max_new_tokens=max_new_tokens,
-                                    do_sample=False, num_beams=num_beams, repetition_penalty=repetition_penalty,
+                                    do_sample=sampling is not None, **(sampling or {}), num_beams=num_beams,
+                                    repetition_penalty=repetition_penalty,
                                     eos_token_id=tok.eos_token_id,
                                     pad_token_id=tok.pad_token_id if tok.pad_token_id is not None
                                     else tok.eos_token_id)

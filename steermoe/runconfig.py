@@ -16,6 +16,7 @@ from types import SimpleNamespace
 import yaml
 
 from steermoe.config import ENCODER_WINDOWS, METHODS, POOLING_TYPES, PROMPT_FORMATS, ConfigError, SteerMoEConfig
+from steermoe.protocols import PROTOCOLS
 
 REQUIRED = object()
 DTYPES = ("auto", "float32", "bfloat16", "float16")  # auto: the precision policy (steermoe/precision.py)
@@ -102,6 +103,8 @@ SCHEMA: dict = {
         "max_new_tokens": _pos(int, 128, new=True),
         # 1.0: none. Explicit because generate() would otherwise take the decoder's own (Qwen2.5's: 1.05)
         "repetition_penalty": _pos(float, 1.0, new=True),
+        "protocol": Key(str, "honest", choices=PROTOCOLS, new=True),  # steermoe/protocols.py
+        "sampling_seeds": _pos(int, 3, new=True),  # protocol seed: decoded once per seed 0..n-1
         "metric": Key(str, "wer", choices=METRICS, new=True),
         "bootstrap_resamples": _pos(int, 1000, new=True),
     },

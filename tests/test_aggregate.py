@@ -223,6 +223,23 @@ def test_comparison_needs_the_same_test_set(workdir):
                             f"paired comparison needs the same test set")
 
 
+def test_seed_protocol_rows_are_labelled_and_never_paired_with_honest_ones(workdir):
+    exps = [experiment(BASE, "linear", group="g", baseline=True), experiment(BETTER, "layer_wise", group="g")]
+    write_evaluated(BASE, BASE_ERRORS)
+    write_evaluated(BETTER, BETTER_ERRORS)
+    path = workdir / "results" / BETTER / "eval" / "metrics.json"
+    metrics = {k: v for k, v in json.loads(path.read_text()).items() if k not in ("raw", "reference_words")}
+    path.write_text(json.dumps({**metrics, "protocol": "seed", "seed_values": [0.1, 0.2], "reference_units": 100}))
+    run(exps)
+    rows = read_table(workdir / "results/table.csv")
+    assert [(r["experiment"], r["protocol"], r["metric"]) for r in rows] == [
+        (BASE, "honest", "wer"), (BASE, "honest", "wer_raw"), (BETTER, "seed", "wer")]
+    assert rows[2]["note"].startswith("seed protocol: raw word error rate") and rows[2]["reference_units"] == "100"
+    (row,) = read_table(workdir / "results/comparisons.csv")
+    assert row["status"] == "error"
+    assert row["error"] == f"{BETTER} is evaluated under the seed protocol, the baseline {BASE} under honest"
+
+
 def test_comparison_matches_by_id_not_order(workdir):
     exps = [experiment(BASE, "linear", group="g", baseline=True), experiment(SAME, "layer_wise", group="g")]
     ids = [f"utt{i:03d}" for i in range(N)]

@@ -326,7 +326,9 @@ def test_evaluate_decodes_the_whole_split_deterministically(tiny, tmp_path):
     lines = [json.loads(x) for x in (tmp_path / "out" / "eval" / "predictions.jsonl").read_text().splitlines()]
     assert len(lines) == first["utterances"] == 8  # every test utterance, in the split's order
     assert [x["id"] for x in lines] == [f"test-{i:03d}" for i in range(8)]
-    assert first["decoding"] == {"strategy": "greedy", "num_beams": 1, "max_new_tokens": 6, "batch_size": 3}
+    assert first["decoding"] == {"strategy": "greedy", "num_beams": 1, "repetition_penalty": 1.0, "sampling": False,
+                                 "max_new_tokens": 6, "batch_size": 3}
+    assert first["protocol"] == "honest"
     assert first["checkpoint_sha256"] and first["rtf"] > 0 and first["ci95"][0] <= first["value"] <= first["ci95"][1]
     assert sum(x["errors"] for x in lines) == first["substitutions"] + first["deletions"] + first["insertions"]
     for name in ("metrics.json", "steering.json", "steering.png"):
@@ -343,6 +345,30 @@ def test_evaluate_decodes_the_whole_split_deterministically(tiny, tmp_path):
     relines = [json.loads(x) for x in (tmp_path / "again" / "predictions.jsonl").read_text().splitlines()]
     assert [x["hypothesis"] for x in relines] == [x["hypothesis"] for x in lines]
     assert again["value"] == first["value"]
+
+
+def test_the_seed_protocol_samples_the_datasets_subset_once_per_seed(tiny, tmp_path):
+    from steermoe.evaluate import evaluate
+    from steermoe.protocols import SEED_SAMPLING, seed_subset
+    from steermoe.train import load_rows, train
+
+    train(load_run_config(write_config(tmp_path, tiny, training={"max_steps": 1})), log=lambda *_: None)
+    config = write_config(tmp_path, tiny, name="layer_wise_whisper_qwen_tones_test",
+                          parquet_dirs=[f"{tiny['corpus']}/train.parquet"],  # 32 rows: a subset of 2
+                          evaluation={"protocol": "seed", "sampling_seeds": 2, "max_new_tokens": 6, "batch_size": 1})
+    run = load_run_config(config)
+    result = evaluate(run, output_dir=tmp_path / "seed", log=lambda *_: None)
+    assert result["protocol"] == "seed" and result["utterances"] == 2 and len(result["seed_values"]) == 2
+    assert result["decoding"]["strategy"] == "sampling" and result["decoding"]["top_k"] == SEED_SAMPLING["top_k"]
+    assert "2 of 32 rows" in result["decoding"]["subset"]
+    lines = [json.loads(x) for x in (tmp_path / "seed" / "predictions.jsonl").read_text().splitlines()]
+    ids = load_rows(run, run.top.parquet_dirs, "parquet_dirs").columns["id"]
+    assert [x["id"] for x in lines] == [ids[i] for i in seed_subset(32)]
+    assert all(len(x["hypotheses"]) == 2 and x["hypotheses"][0] == x["hypothesis"] for x in lines)
+    again = evaluate(run, output_dir=tmp_path / "again", log=lambda *_: None)  # seeded: the same draws
+    assert (tmp_path / "again" / "predictions.jsonl").read_bytes() == \
+        (tmp_path / "seed" / "predictions.jsonl").read_bytes()
+    assert again["value"] == result["value"]
 
 
 def test_evaluation_puts_the_model_and_every_batch_on_the_chosen_device(tiny, tmp_path, monkeypatch):
