@@ -204,7 +204,8 @@ def collect(exp, results: Path, logs: Path, root: Path | None = None) -> Experim
     root = Path(root) if root is not None else Path(".")
     exp_id = str(_get(exp, "id"))
     folder = Path(results) / exp_id
-    train_log, eval_log = Path(logs) / exp_id / "train.log", Path(logs) / exp_id / "evaluate.log"
+    trainer = str(_get(exp, "trained_by") or exp_id)  # the experiment whose training this one evaluates
+    train_log, eval_log = Path(logs) / trainer / "train.log", Path(logs) / exp_id / "evaluate.log"
 
     def rendered(key: str, suffix: str) -> Path | None:
         value = _get(exp, key)
@@ -218,8 +219,8 @@ def collect(exp, results: Path, logs: Path, root: Path | None = None) -> Experim
                            train_config_sha256=_file_sha(train_config))
     metrics_path = folder / "eval" / "metrics.json"
     predictions_path = folder / "eval" / "predictions.jsonl"
-    summary_path = folder / "train" / "final" / "train_summary.json"
-    meta_path = folder / "train" / "final" / "steermoe.json"
+    summary_path = Path(results) / trainer / "train" / "final" / "train_summary.json"
+    meta_path = Path(results) / trainer / "train" / "final" / "steermoe.json"
     steering_path = folder / "eval" / "steering.json"
     try:
         if summary_path.is_file():

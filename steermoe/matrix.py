@@ -420,6 +420,7 @@ class Experiment:
     line: int  # the row's line in the file (the header is line 1 when nothing precedes it)
     variant: str | None = None
     recipe: str | None = None  # a named block of settings from the catalog's `recipes:`
+    trained_by: str | None = None  # the experiment whose model this one evaluates (same training, other evaluation)
     tags: list = field(default_factory=list)
     language: str = ""
     task: str = ""
@@ -666,8 +667,27 @@ def load_matrix(matrix_path: str | Path, catalog_path: str | Path, quick: bool =
         experiments.append(exp)
     if not experiments:
         raise ConfigError(f"{file}: no experiment rows (only a header)")
+    _share_training(experiments)
     _check_groups(file, experiments)
     return experiments
+
+
+# settings that change only how a trained model is evaluated (eval_batch_size also sizes training's dev batches)
+EVALUATION_ONLY = frozenset(name for name, key in SETTINGS.items()
+                            if key.startswith("evaluation.") and name != "eval_batch_size")
+
+
+def _share_training(experiments: list[Experiment]) -> None:
+    """Experiments that differ only in evaluation settings (protocol, beams, ...) train once: each later one is
+    evaluated on the first one's model, so adding an evaluation variant never retrains."""
+    first: dict[str, Experiment] = {}
+    for exp in experiments:
+        training = {k: v for k, v in exp.settings.items() if k not in EVALUATION_ONLY}
+        key = repr((exp.method, exp.encoder, exp.decoder, exp.dataset, sorted(training.items())))
+        owner = first.setdefault(key, exp)
+        if owner is not exp:
+            exp.trained_by, exp.train_config = owner.id, owner.train_config
+            exp.train_dir, exp.final_dir = owner.train_dir, owner.final_dir
 
 
 def _check_groups(file: str, experiments: list[Experiment]) -> None:

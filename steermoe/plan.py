@@ -449,7 +449,10 @@ def plan_experiment(exp, root: Path = Path("."), quick: bool = False, peak_tflop
     per_step = parts["total"] * batch * accumulation * devices
     row.update(encoder_frames=frames, audio_tokens=audio, decoder_tokens=decoder_tokens,
                flops_per_utterance=parts, flops_per_step=per_step)
-    if steps is not None:
+    if _get(exp, "trained_by"):  # an evaluation variant: another experiment's training is its model
+        row["notes"].append(f"evaluates the model of {_get(exp, 'trained_by')}: no training of its own")
+        row["flops"], row["gpu_hours"] = 0, 0.0
+    elif steps is not None:
         row["flops"] = per_step * steps
         row["gpu_hours"] = row["flops"] / (peak_tflops * 1e12 * utilization) / 3600
     return row

@@ -240,6 +240,18 @@ def test_seed_protocol_rows_are_labelled_and_never_paired_with_honest_ones(workd
     assert row["error"] == f"{BETTER} is evaluated under the seed protocol, the baseline {BASE} under honest"
 
 
+def test_an_evaluation_variant_reports_the_training_it_shares(workdir):
+    sharer = f"{BASE}_protocolseed"
+    exps = [experiment(BASE, "linear"), {**experiment(sharer, "linear"), "trained_by": BASE,
+                                         "train_config": experiment(BASE, "linear")["train_config"]}]
+    write_evaluated(BASE, BASE_ERRORS)
+    write_evaluated(sharer, BASE_ERRORS)
+    shutil.rmtree(workdir / "results" / sharer / "train")  # it has no training of its own
+    run(exps)
+    rows = {r["experiment"]: r for r in read_table(workdir / "results/table.csv") if r["metric"] == "wer"}
+    assert rows[sharer]["status"] == "ok" and rows[sharer]["train_steps"] == rows[BASE]["train_steps"] == "40"
+
+
 def test_comparison_matches_by_id_not_order(workdir):
     exps = [experiment(BASE, "linear", group="g", baseline=True), experiment(SAME, "layer_wise", group="g")]
     ids = [f"utt{i:03d}" for i in range(N)]

@@ -364,6 +364,25 @@ def test_an_unknown_recipe_is_a_clear_error(tmp_path):
                               f"seed-code")
 
 
+def test_rows_that_differ_only_in_evaluation_share_one_training(tmp_path):
+    """An evaluation variant (another protocol, beam search) is scored on the same trained model, never retrained."""
+    root = copy_workflow(tmp_path / "wf")
+    header = "method\tencoder\tdecoder\tdataset\tprotocol\tnum_beams\tmax_steps\n"
+    matrix = write_matrix(root, "layer_wise\twhisper-tiny.en\tsmollm2\tsynth-en\t\t\t",
+                          "layer_wise\twhisper-tiny.en\tsmollm2\tsynth-en\tseed\t\t",
+                          "layer_wise\twhisper-tiny.en\tsmollm2\tsynth-en\t\t4\t",
+                          "layer_wise\twhisper-tiny.en\tsmollm2\tsynth-en\tseed\t\t50", header=header)
+    honest, seed, beams, other = load_matrix(matrix, root / "experiments/catalog.yaml")
+    assert (seed.id, seed.trained_by) == (f"{honest.id}_protocolseed", honest.id)
+    assert beams.trained_by == honest.id and other.trained_by is None  # max_steps changes training
+    assert seed.final_dir == honest.final_dir and seed.train_config == honest.train_config
+    test = yaml.safe_load(render(seed, root / "templates", "test"))
+    assert test["evaluation"]["checkpoint"] == honest.final_dir and test["evaluation"]["protocol"] == "seed"
+    jobs = planned(root)
+    assert {what for rule, what in jobs if rule == "train"} == {honest.id, other.id}
+    assert {what for rule, what in jobs if rule == "evaluate"} == {honest.id, seed.id, beams.id, other.id}
+
+
 # ---- rendering -----------------------------------------------------------------------------------------------
 def test_rendered_configs_load_and_are_deterministic(tmp_path):
     root = copy_workflow(tmp_path / "wf")

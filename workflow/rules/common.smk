@@ -109,6 +109,11 @@ def test_config(wildcards):
     return EXP[wildcards.exp].test_config
 
 
+def trained_model(wildcards):
+    """The model an experiment evaluates: its own, or that of the experiment it shares training with."""
+    return EXP[wildcards.exp].model
+
+
 def resource(key, default=None, evaluate=False):
     """A job resource from the catalog (the decoder's `resources`, else `defaults.resources`)."""
     def get(wildcards):

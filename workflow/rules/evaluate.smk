@@ -1,11 +1,12 @@
-# Evaluation: decode the whole test split with the final weights, score it (metrics.json with counts and a 95 %
-# bootstrap CI, predictions.jsonl per utterance; steering.json/.png for steering methods).
+# Evaluation: decode the test split with the final weights, score it under the experiment's protocol (metrics.json
+# with counts and a 95 % bootstrap CI, predictions.jsonl per utterance; steering.json/.png for steering methods).
+# An experiment that differs from an earlier one only in evaluation settings evaluates that one's model.
 
 
 rule evaluate:
     input:
         config=test_config,
-        model=f"{RESULTS}/{{exp}}/train/final/model.safetensors",
+        model=trained_model,
         data=data_manifest,
         models=model_markers,
     output:
