@@ -157,5 +157,6 @@ def evaluate(run: RunConfig, checkpoint: Path | None = None, output_dir: Path | 
         plot_steering(analysis, building / "steering.png", title=run.name)
     replace_dir(building, output_dir)
     headline = f"{result['metric']} {result['value']:.4f} (95% CI {result['ci95'][0]:.4f}-{result['ci95'][1]:.4f})"
-    log(f"{run.name}: {headline} on {len(chosen)} utterances ({ev.protocol} protocol), RTF {result['rtf']:.3f}; written to {output_dir}")
+    log(f"{run.name}: {headline} on {len(chosen)} utterances ({ev.protocol} protocol), RTF {result['rtf']:.3f}; "
+        f"written to {output_dir}")
     return result

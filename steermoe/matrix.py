@@ -115,7 +115,8 @@ ABBREVIATIONS = {
     "encoder_window": "window", "pooling_kernel_size": "pool", "pooling_type": "pooltype",
     "pooling_position": "poolpos", "prompt_format": "prompt", "max_steps": "steps", "batch_size": "bs",
     "learning_rate": "lr", "steering_learning_rate": "slr", "router_learning_rate": "rlr", "lora_r": "lorar",
-    "num_beams": "beams", "repetition_penalty": "reppen", "max_prompt_tokens": "maxprompt", "textual_prompt": "textprompt",
+    "num_beams": "beams", "repetition_penalty": "reppen", "max_prompt_tokens": "maxprompt",
+    "textual_prompt": "textprompt",
 }
 
 SPECIAL_COLUMNS = ("method", "encoder", "decoder", "dataset", "recipe", "variant", "group", "baseline", "tags")
@@ -654,7 +655,8 @@ def load_matrix(matrix_path: str | Path, catalog_path: str | Path, quick: bool =
             baseline=baseline, metric=dataset["metric"],
             train_config=f"{exp_dir}/{method}_{enc}_{dec}_{ds}_train{suffix}.yaml",
             test_config=f"{exp_dir}/{method}_{enc}_{dec}_{ds}_test{suffix}.yaml",
-            row=row, line=line, variant=variant, recipe=recipe, tags=tags, language=dataset["language"], task=dataset["task"],
+            row=row, line=line, variant=variant, recipe=recipe, tags=tags, language=dataset["language"],
+            task=dataset["task"],
             settings=settings, resources=resources, train_dir=f"{exp_dir}/train", final_dir=f"{exp_dir}/train/final",
             eval_dir=f"{exp_dir}/eval", data_dir=data_dir,
             parquet={split: [f"{data_dir}/{s}.parquet" for s in names_]
