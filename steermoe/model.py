@@ -12,6 +12,7 @@ Methods share one code path and differ only in the trainable part:
 from __future__ import annotations
 
 import math
+import warnings
 from pathlib import Path
 
 import torch
@@ -235,12 +236,13 @@ class SteerMoEModel(nn.Module):
             gate_stats.add(gates[0])
         embeds, mask, _, _ = self.pack(audio, lengths, prompts)
         tok = self.tokenizer
-        out = self.decoder.generate(inputs_embeds=embeds, attention_mask=mask, max_new_tokens=max_new_tokens,
-                                    do_sample=sampling is not None, **(sampling or {}), num_beams=num_beams,
-                                    repetition_penalty=repetition_penalty,
-                                    eos_token_id=tok.eos_token_id,
-                                    pad_token_id=tok.pad_token_id if tok.pad_token_id is not None
-                                    else tok.eos_token_id)
+        with warnings.catch_warnings():  # the prompt is embeddings: the penalty can only see generated tokens
+            warnings.filterwarnings("ignore", message="Passing `repetition_penalty` with `inputs_embeds`")
+            out = self.decoder.generate(inputs_embeds=embeds, attention_mask=mask, max_new_tokens=max_new_tokens,
+                                        do_sample=sampling is not None, **(sampling or {}), num_beams=num_beams,
+                                        repetition_penalty=repetition_penalty, eos_token_id=tok.eos_token_id,
+                                        pad_token_id=tok.pad_token_id if tok.pad_token_id is not None
+                                        else tok.eos_token_id)
         return [text.strip() for text in tok.batch_decode(out, skip_special_tokens=True)]
 
 
