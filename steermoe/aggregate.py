@@ -92,7 +92,7 @@ def table_columns(override_columns: list[str]) -> list[str]:
 
 # ---------------------------------------------------------------- reading one experiment
 
-def _get(exp, key: str, default=None):
+def get_field(exp, key: str, default=None):
     """Experiments are matrix.Experiment objects or plain dicts (tests build them directly)."""
     if isinstance(exp, dict):
         return exp.get(key, default)
@@ -179,12 +179,12 @@ def _file_sha(path) -> str:
 
 def _test_set(exp, test_config: Path | None) -> str:
     """The test split's name: the experiment's own, else from the rendered test config's parquet_dirs."""
-    explicit = _get(exp, "test_set")
+    explicit = get_field(exp, "test_set")
     if explicit:
         return str(explicit)
-    files = (_get(exp, "parquet") or {}).get("test")
+    files = (get_field(exp, "parquet") or {}).get("test")
     if files:  # matrix.Experiment: the test split's parquet files
-        return f"{_get(exp, 'dataset')}/{'+'.join(Path(f).stem for f in files)}"
+        return f"{get_field(exp, 'dataset')}/{'+'.join(Path(f).stem for f in files)}"
     if test_config is not None and test_config.is_file():
         try:
             import yaml
@@ -193,22 +193,22 @@ def _test_set(exp, test_config: Path | None) -> str:
             dirs = [dirs] if isinstance(dirs, str) else dirs
             names = [Path(str(d).rstrip("/")).stem for d in dirs]
             if names:
-                return f"{_get(exp, 'dataset')}/{'+'.join(names)}"
+                return f"{get_field(exp, 'dataset')}/{'+'.join(names)}"
         except Exception:  # a test config we cannot read is no reason to lose the row
             pass
-    return f"{_get(exp, 'dataset')}/test"
+    return f"{get_field(exp, 'dataset')}/test"
 
 
 def collect(exp, results: Path, logs: Path, root: Path | None = None) -> ExperimentResult:
     """Everything known about one experiment; never raises for a missing or broken experiment."""
     root = Path(root) if root is not None else Path(".")
-    exp_id = str(_get(exp, "id"))
+    exp_id = str(get_field(exp, "id"))
     folder = Path(results) / exp_id
-    trainer = str(_get(exp, "trained_by") or exp_id)  # the experiment whose training this one evaluates
+    trainer = str(get_field(exp, "trained_by") or exp_id)  # the experiment whose training this one evaluates
     train_log, eval_log = Path(logs) / trainer / "train.log", Path(logs) / exp_id / "evaluate.log"
 
     def rendered(key: str, suffix: str) -> Path | None:
-        value = _get(exp, key)
+        value = get_field(exp, key)
         if value:
             return root / value
         found = sorted(folder.glob(f"*_{suffix}*.yaml")) if folder.is_dir() else []
@@ -256,7 +256,7 @@ def collect(exp, results: Path, logs: Path, root: Path | None = None) -> Experim
         trained_with = (meta or {}).get("config_sha256")
         if out.train_config_sha256 and trained_with and trained_with != out.train_config_sha256:
             stale.append(f"{train_config} changed since training")
-        wanted = HEADLINE.get(str(_get(exp, "metric") or ""), None)
+        wanted = HEADLINE.get(str(get_field(exp, "metric") or ""), None)
         got = HEADLINE.get(out.metrics["metric"])
         if wanted and got != wanted:
             stale.append(f"the matrix asks for {wanted} but {metrics_path} holds {got}")
@@ -286,15 +286,15 @@ def _upstream_failure(exp, logs: Path, root: Path, train_config: Path | None,
                       test_config: Path | None) -> tuple[str, str, str] | None:
     """Why training never started: a failed model import, data preparation or config rendering (their logs exist
     and their outputs do not). None when nothing upstream failed (the experiment simply has not run yet)."""
-    exp_id = str(_get(exp, "id"))
+    exp_id = str(get_field(exp, "id"))
     checks = []
-    for entry in (_get(exp, "encoder_entry") or {}, _get(exp, "decoder_entry") or {}):
+    for entry in (get_field(exp, "encoder_entry") or {}, get_field(exp, "decoder_entry") or {}):
         if entry.get("embedded") and entry.get("path"):
             checks.append((FAILED_IMPORT, root / entry["path"] / "config.json",
                            logs / "models" / f"{entry['embedded']}.log"))
-    if _get(exp, "data_dir"):
-        checks.append((FAILED_DATA, root / _get(exp, "data_dir") / "manifest.json",
-                       logs / "data" / f"{_get(exp, 'dataset')}.log"))
+    if get_field(exp, "data_dir"):
+        checks.append((FAILED_DATA, root / get_field(exp, "data_dir") / "manifest.json",
+                       logs / "data" / f"{get_field(exp, 'dataset')}.log"))
     for config in (train_config, test_config):
         if config is not None:
             checks.append((FAILED_RENDER, config, logs / exp_id / f"render_{config.stem}.log"))
@@ -362,7 +362,7 @@ def _metric_blocks(metrics: dict) -> list[tuple[str, dict]]:
 
 def _protocol(exp, result: ExperimentResult) -> str:
     """The evaluation protocol: as evaluated, else as configured."""
-    return (result.metrics or {}).get("protocol") or (_get(exp, "settings") or {}).get("protocol") or "honest"
+    return (result.metrics or {}).get("protocol") or (get_field(exp, "settings") or {}).get("protocol") or "honest"
 
 
 def _trainable(result: ExperimentResult):
@@ -378,12 +378,12 @@ def table_rows(experiments: list, results: dict[str, ExperimentResult], override
                git_commit: str) -> list[dict]:
     rows = []
     for exp in experiments:
-        r = results[str(_get(exp, "id"))]
-        overrides = _get(exp, "overrides") or {}
-        base = {"experiment": r.id, "method": _get(exp, "method"), "encoder": _get(exp, "encoder"),
-                "decoder": _get(exp, "decoder"), "dataset": _get(exp, "dataset"), "recipe": _get(exp, "recipe") or "",
-                "group": _get(exp, "group") or "",
-                "baseline": bool(_get(exp, "baseline")), "tags": ",".join(_get(exp, "tags") or []),
+        r = results[str(get_field(exp, "id"))]
+        overrides = get_field(exp, "overrides") or {}
+        base = {"experiment": r.id, "method": get_field(exp, "method"), "encoder": get_field(exp, "encoder"),
+                "decoder": get_field(exp, "decoder"), "dataset": get_field(exp, "dataset"), "recipe": get_field(exp, "recipe") or "",
+                "group": get_field(exp, "group") or "",
+                "baseline": bool(get_field(exp, "baseline")), "tags": ",".join(get_field(exp, "tags") or []),
                 **{c: overrides.get(c, "") for c in override_columns},
                 "test_set": r.test_set, "protocol": _protocol(exp, r), "trainable_parameters": _trainable(r),
                 "train_steps": (r.summary or {}).get("steps"),
@@ -392,7 +392,7 @@ def table_rows(experiments: list, results: dict[str, ExperimentResult], override
                 "config_sha256": r.config_sha256, "train_config_sha256": r.train_config_sha256,
                 "git_commit": git_commit, "status": r.status, "error": r.error, "log": r.log}
         if r.metrics is None:
-            headline = HEADLINE.get(str(_get(exp, "metric") or ""), str(_get(exp, "metric") or ""))
+            headline = HEADLINE.get(str(get_field(exp, "metric") or ""), str(get_field(exp, "metric") or ""))
             rows.append({**base, "metric": headline, "headline": True, "note": NOTES.get(headline, "")})
             continue
         for name, block in _metric_blocks(r.metrics):
@@ -464,26 +464,26 @@ def comparison_rows(experiments: list, results: dict[str, ExperimentResult], see
 
     groups: dict[str, list] = {}
     for exp in experiments:
-        if _get(exp, "group"):
-            groups.setdefault(str(_get(exp, "group")), []).append(exp)
+        if get_field(exp, "group"):
+            groups.setdefault(str(get_field(exp, "group")), []).append(exp)
     rows = []
     for group, members in groups.items():  # dicts keep matrix order
-        baselines = [e for e in members if _get(e, "baseline")]
+        baselines = [e for e in members if get_field(e, "baseline")]
         if not baselines:
             continue
         base_exp = baselines[0]
-        base = results[str(_get(base_exp, "id"))]
+        base = results[str(get_field(base_exp, "id"))]
         for exp in members:
             if exp is base_exp:
                 continue
-            r = results[str(_get(exp, "id"))]
-            metric = HEADLINE.get(str(_get(exp, "metric") or ""), str(_get(exp, "metric") or ""))
+            r = results[str(get_field(exp, "id"))]
+            metric = HEADLINE.get(str(get_field(exp, "metric") or ""), str(get_field(exp, "metric") or ""))
             row = {"group": group, "baseline": base.id, "experiment": r.id, "test_set": r.test_set, "metric": metric,
                    "direction": "lower is better" if LOWER_IS_BETTER.get(metric, True) else "higher is better",
                    "resamples": resamples}
             if len(baselines) > 1:
                 row.update(status="error", error=f"group {group!r} has {len(baselines)} baselines "
-                                                 f"({', '.join(str(_get(e, 'id')) for e in baselines)}); mark one")
+                                                 f"({', '.join(str(get_field(e, 'id')) for e in baselines)}); mark one")
             elif base.status != OK:
                 row.update(status="baseline not available", error=f"baseline {base.id}: {base.status}"
                                                                   + (f" ({base.error})" if base.error else ""))
@@ -551,8 +551,8 @@ def plot_metrics(experiments: list, results: dict[str, ExperimentResult]) -> byt
     plt = _pyplot()
     datasets: dict[str, list] = {}
     for exp in experiments:
-        datasets.setdefault(str(_get(exp, "dataset")), []).append(exp)
-    methods = list(dict.fromkeys(str(_get(e, "method")) for e in experiments))
+        datasets.setdefault(str(get_field(exp, "dataset")), []).append(exp)
+    methods = list(dict.fromkeys(str(get_field(e, "method")) for e in experiments))
     colours = {m: f"C{i % 10}" for i, m in enumerate(methods)}
     if not experiments:
         return _empty(plt, "no experiments in the matrix")
@@ -562,13 +562,13 @@ def plot_metrics(experiments: list, results: dict[str, ExperimentResult]) -> byt
     for ax, (dataset, members) in zip(axes[:, 0], datasets.items()):
         labels, metric_names = [], set()
         for y, exp in enumerate(members):
-            r = results[str(_get(exp, "id"))]
+            r = results[str(get_field(exp, "id"))]
             labels.append(r.id)
             if r.status in (OK, STALE) and r.metrics.get("value") is not None:
                 value, (low, high) = r.metrics["value"], _ci(r.metrics)
                 metric_names.add(HEADLINE[r.metrics["metric"]])
                 xerr = [[value - low], [high - value]] if low is not None else None
-                ax.errorbar(value, y, xerr=xerr, fmt="o", color=colours[str(_get(exp, "method"))], capsize=4)
+                ax.errorbar(value, y, xerr=xerr, fmt="o", color=colours[str(get_field(exp, "method"))], capsize=4)
                 ax.annotate(f"{value:.3f}", (value, y), textcoords="offset points", xytext=(0, 6), ha="center",
                             fontsize=7)
             else:
@@ -591,7 +591,7 @@ def plot_metrics(experiments: list, results: dict[str, ExperimentResult]) -> byt
 def plot_steering_gates(experiments: list, results: dict[str, ExperimentResult]) -> bytes:
     """Per experiment with steering: mean gate per site and expert, and normalised entropy / layer scales."""
     plt = _pyplot()
-    found = [(r.id, r.steering) for r in (results[str(_get(e, "id"))] for e in experiments)
+    found = [(r.id, r.steering) for r in (results[str(get_field(e, "id"))] for e in experiments)
              if r.steering and r.steering.get("mean_gate")]
     if not found:
         return _empty(plt, "no experiment with steering has been evaluated")
@@ -624,7 +624,7 @@ def plot_training_curves(experiments: list, results: dict[str, ExperimentResult]
     plt = _pyplot()
     curves = []
     for exp in experiments:
-        r = results[str(_get(exp, "id"))]
+        r = results[str(get_field(exp, "id"))]
         history = (r.summary or {}).get("log_history") or []
         train = [(h["step"], h["loss"]) for h in history if "loss" in h and "step" in h]
         dev = [(h["step"], h["eval_loss"]) for h in history if "eval_loss" in h and "step" in h]
@@ -664,7 +664,7 @@ def override_columns(experiments: list, declared: list[str] | None = None) -> li
     of first appearance."""
     columns: dict[str, None] = dict.fromkeys(declared or [])
     for exp in experiments:
-        columns.update(dict.fromkeys(_get(exp, "overrides") or {}))
+        columns.update(dict.fromkeys(get_field(exp, "overrides") or {}))
     return list(columns)
 
 
@@ -673,7 +673,7 @@ def aggregate(experiments: list, results_dir: Path, out_dir: Path, logs_dir: Pat
               plots: bool = True, columns: list[str] | None = None, log=print) -> dict:
     """Build table.csv, comparisons.csv and plots/*.png in out_dir. Everything is computed before anything is
     written, and every file is replaced atomically, table.csv last: a failure leaves the previous outputs."""
-    ids = [str(_get(e, "id")) for e in experiments]
+    ids = [str(get_field(e, "id")) for e in experiments]
     duplicates = sorted({i for i in ids if ids.count(i) > 1})
     if duplicates:
         raise DataError(f"experiment ids must be unique; repeated: {', '.join(duplicates)}")

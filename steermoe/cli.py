@@ -118,6 +118,20 @@ def _aggregate(args) -> None:
               resamples=args.resamples, columns=columns)
 
 
+def _status(args) -> None:
+    from steermoe.matrix import load_matrix
+    from steermoe.status import status, watch
+
+    def read() -> str:  # the matrix is read again each time: rows added while it runs show up
+        experiments = load_matrix(args.matrix, args.catalog, quick=args.quick, results=args.results)
+        return status(experiments, Path(args.results), Path(args.logs))
+
+    if args.watch:
+        watch(read, args.watch)
+    else:
+        print(read())
+
+
 def _plan(args) -> None:
     from steermoe.matrix import load_matrix
     from steermoe.plan import format_plan, plan
@@ -252,6 +266,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="paired-bootstrap seed")
     p.add_argument("--resamples", type=int, default=1000, help="paired-bootstrap resamples")
     p.set_defaults(func=_aggregate)
+    p = sub.add_parser("status", help="one line per experiment: state, step, elapsed, ETA, losses, metric, log")
+    _matrix_arguments(p)
+    p.add_argument("--results", default="results", help="folder holding results/{experiment}/")
+    p.add_argument("--logs", default="logs", help="folder holding logs/{experiment}/")
+    p.add_argument("--watch", type=float, nargs="?", const=10.0, default=None, metavar="SECONDS",
+                   help="redraw every SECONDS (default 10) until Ctrl-C")
+    p.set_defaults(func=_status)
     p = sub.add_parser("plan", help="per experiment: trainable parameters, training FLOPs and GPU-hours")
     _matrix_arguments(p)
     p.add_argument("--data", default="data", help="prepared corpora (their manifests give the utterance lengths)")

@@ -455,16 +455,22 @@ class StopOnSignal(TrainerCallback):
 
 
 class Progress(TrainerCallback):
-    """One plain line per logging step: readable in Snakemake and SLURM logs, unlike a progress bar."""
+    """One plain line per logging step, with the time since this run started and the ETA: readable in Snakemake
+    and SLURM logs, unlike a progress bar (steermoe status reads these lines)."""
 
     def __init__(self, log):
-        self.log, self.start = log, time.time()
+        self.log, self.start, self.first_step = log, time.time(), None
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.start, self.first_step = time.time(), state.global_step  # a resumed run counts from its checkpoint
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         shown = {k: v for k, v in (logs or {}).items() if not k.startswith("steering/")}
         if shown:
             values = "  ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in shown.items())
-            self.log(f"step {state.global_step}/{state.max_steps}  {values}  {time.time() - self.start:.0f}s")
+            elapsed, done = time.time() - self.start, state.global_step - (self.first_step or 0)
+            eta = f"  ETA {elapsed / done * (state.max_steps - state.global_step):.0f}s" if done > 0 else ""
+            self.log(f"step {state.global_step}/{state.max_steps}  {values}  {elapsed:.0f}s{eta}")
 
 
 def deepspeed_state_on_cpus() -> None:
