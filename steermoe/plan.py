@@ -54,6 +54,8 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
+from steermoe.aggregate import get_field
+
 H100_BF16_TFLOPS = 989.0
 DEFAULT_UTILIZATION = 0.4
 TEXT_SAMPLE = 2000  # training rows sampled for prompt / target lengths
@@ -93,21 +95,15 @@ SETTINGS = {
 }
 
 
-def _get(exp, key: str, default=None):
-    if isinstance(exp, dict):
-        return exp.get(key, default)
-    return getattr(exp, key, default)
-
-
 def setting(exp, name: str):
     """The experiment's merged setting, else the run config's own default."""
     from steermoe.runconfig import SCHEMA
 
-    settings = _get(exp, "settings") or {}
+    settings = get_field(exp, "settings") or {}
     if settings.get(name) is not None:
         return settings[name]
-    if name in (_get(exp, "overrides") or {}):
-        return _get(exp, "overrides")[name]
+    if name in (get_field(exp, "overrides") or {}):
+        return get_field(exp, "overrides")[name]
     section, _, key = SETTINGS[name].rpartition(".")
     return (SCHEMA[section][key] if section else SCHEMA[key]).default
 
@@ -234,7 +230,7 @@ def model_shape(encoder_source: str, decoder_source: str, config_json: str) -> S
 
 def model_config(exp) -> dict:
     """The SteerMoEConfig options that change shapes, parameter counts or compute."""
-    return {"method": _get(exp, "method"), "num_experts": setting(exp, "num_experts"),
+    return {"method": get_field(exp, "method"), "num_experts": setting(exp, "num_experts"),
             "use_layer_scales": setting(exp, "use_layer_scales"), "lora_r": setting(exp, "lora_r"),
             "use_adapter": setting(exp, "use_adapter"), "pooling_kernel_size": setting(exp, "pooling_kernel_size"),
             "pooling_position": setting(exp, "pooling_position"), "encoder_window": setting(exp, "encoder_window"),
@@ -291,14 +287,14 @@ def _sample(values: list, n: int = TEXT_SAMPLE) -> list:
 
 
 def _prepared_stats(exp, root: Path) -> DataStats | None:
-    data_dir = _get(exp, "data_dir")
+    data_dir = get_field(exp, "data_dir")
     if not data_dir or not (root / data_dir / "manifest.json").is_file():
         return None
     import pyarrow.parquet as pq
 
     manifest_path = root / data_dir / "manifest.json"
     manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-    files = (_get(exp, "parquet") or {}).get("train") or [f"{data_dir}/train.parquet"]
+    files = (get_field(exp, "parquet") or {}).get("train") or [f"{data_dir}/train.parquet"]
     splits = [Path(f).stem for f in files]
     missing = [s for s in splits if s not in manifest.get("splits", {})]
     if missing:
@@ -351,7 +347,7 @@ def dataset_stats(exp, root: Path, quick: bool = False) -> DataStats:
     prepared = _prepared_stats(exp, root)
     if prepared is not None:
         return prepared
-    entry = _get(exp, "dataset_entry") or {}
+    entry = get_field(exp, "dataset_entry") or {}
     if entry.get("synth"):
         return _synth_stats(entry, quick)
     corpus = (entry.get("prepare") or {}).get("corpus")
@@ -375,11 +371,11 @@ def _mean(values: list[int]) -> float | None:
 
 def plan_experiment(exp, root: Path = Path("."), quick: bool = False, peak_tflops: float = H100_BF16_TFLOPS,
                     utilization: float = DEFAULT_UTILIZATION) -> dict:
-    method = _get(exp, "method")
-    row = {"experiment": _get(exp, "id"), "method": method, "encoder": _get(exp, "encoder"),
-           "decoder": _get(exp, "decoder"), "dataset": _get(exp, "dataset"), "notes": []}
-    enc_source, enc_label = _shape_source(_get(exp, "encoder_entry") or {"name": _get(exp, "encoder")}, root)
-    dec_source, dec_label = _shape_source(_get(exp, "decoder_entry") or {"name": _get(exp, "decoder")}, root)
+    method = get_field(exp, "method")
+    row = {"experiment": get_field(exp, "id"), "method": method, "encoder": get_field(exp, "encoder"),
+           "decoder": get_field(exp, "decoder"), "dataset": get_field(exp, "dataset"), "notes": []}
+    enc_source, enc_label = _shape_source(get_field(exp, "encoder_entry") or {"name": get_field(exp, "encoder")}, root)
+    dec_source, dec_label = _shape_source(get_field(exp, "decoder_entry") or {"name": get_field(exp, "decoder")}, root)
     row.update(encoder_shape=enc_label, decoder_shape=dec_label)
     config = model_config(exp)
     shape = None
@@ -398,7 +394,7 @@ def plan_experiment(exp, root: Path = Path("."), quick: bool = False, peak_tflop
     stats = dataset_stats(exp, root, quick)
     row["data_source"] = stats.source
     batch, accumulation = setting(exp, "batch_size"), setting(exp, "gradient_accumulation_steps")
-    devices = max(1, int((_get(exp, "resources") or {}).get("gpus") or 1))
+    devices = max(1, int((get_field(exp, "resources") or {}).get("gpus") or 1))
     steps = training_steps(stats.n_train, batch, accumulation, setting(exp, "epochs"), setting(exp, "max_steps"),
                            devices)
     row.update(train_utterances=stats.n_train, mean_seconds=stats.mean_seconds, batch_size=batch,
@@ -449,8 +445,8 @@ def plan_experiment(exp, root: Path = Path("."), quick: bool = False, peak_tflop
     per_step = parts["total"] * batch * accumulation * devices
     row.update(encoder_frames=frames, audio_tokens=audio, decoder_tokens=decoder_tokens,
                flops_per_utterance=parts, flops_per_step=per_step)
-    if _get(exp, "trained_by"):  # an evaluation variant: another experiment's training is its model
-        row["notes"].append(f"evaluates the model of {_get(exp, 'trained_by')}: no training of its own")
+    if get_field(exp, "trained_by"):  # an evaluation variant: another experiment's training is its model
+        row["notes"].append(f"evaluates the model of {get_field(exp, 'trained_by')}: no training of its own")
         row["flops"], row["gpu_hours"] = 0, 0.0
     elif steps is not None:
         row["flops"] = per_step * steps
