@@ -119,6 +119,7 @@ def _aggregate(args) -> None:
 
 
 def _status(args) -> None:
+    from steermoe.errors import ConfigError
     from steermoe.matrix import load_matrix
     from steermoe.status import status, watch
 
@@ -126,7 +127,9 @@ def _status(args) -> None:
         experiments = load_matrix(args.matrix, args.catalog, quick=args.quick, results=args.results)
         return status(experiments, Path(args.results), Path(args.logs))
 
-    if args.watch:
+    if args.watch is not None:
+        if args.watch <= 0:
+            raise ConfigError(f"--watch: the redraw interval must be a positive number of seconds, got {args.watch:g}")
         watch(read, args.watch)
     else:
         print(read())

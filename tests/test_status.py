@@ -75,3 +75,10 @@ def test_the_status_command_reads_the_matrix_while_nothing_has_run(tmp_path):
     assert lines[0].startswith("experiment") and "ETA" in lines[0]
     assert all(" pending " in line for line in lines[1:-1]) and lines[-1].endswith(" pending")
     assert BETTER not in proc.stdout  # the repository's own matrix, not the test's
+
+
+def test_a_watch_interval_that_is_not_positive_is_one_clear_error():
+    proc = subprocess.run([sys.executable, "-m", "steermoe.cli", "status", "--watch", "0"], cwd=REPO,
+                          capture_output=True, text=True)
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    assert "--watch: the redraw interval must be a positive number of seconds, got 0" in proc.stderr
