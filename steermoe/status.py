@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 import time
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -110,10 +111,7 @@ def format_lines(lines: list[dict]) -> str:
         tail = "  ".join(part for part in (x["metric"], x["log"]) if part)
         rows.append(f"{x['experiment']:<58}{x['state']:<12}{step:>11}  {_duration(x['elapsed']):>7}  "
                     f"{_duration(x['eta']):>7}  {loss:>7}  {dev:>7}  {tail}")
-    counts: dict[str, int] = {}
-    for x in lines:
-        state = x["state"].split()[0]
-        counts[state] = counts.get(state, 0) + 1
+    counts = Counter(x["state"].split()[0] for x in lines)  # "stalled 12m00s" counts as stalled
     rows.append(", ".join(f"{n} {state}" for state, n in counts.items()))
     return "\n".join(rows)
 
