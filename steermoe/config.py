@@ -6,60 +6,47 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, field, fields
-from steermoe.errors import ConfigError  # noqa: F401  (re-exported: the model options raise it)
 
-METHODS = ("layer_wise", "linear", "post_encoder", "lora")
-POOLING_TYPES = ("avg", "max")
-ENCODER_WINDOWS = ("30s", "dynamic")
-PROMPT_FORMATS = ("raw", "chat")
+from steermoe.checks import check_value
+from steermoe.errors import ConfigError
+from steermoe.settings import MODEL_OPTIONS
+
+
+def _default(option: str):
+    return MODEL_OPTIONS[option].default
 
 
 @dataclass
 class SteerMoEConfig:
+    """The model's options; their types, defaults and bounds are those of steermoe.settings' table."""
     method: str = "layer_wise"
     # steering (layer_wise / post_encoder)
-    num_experts: int = 8
-    steering_scale: float = 0.1
-    use_layer_scales: bool = True
+    num_experts: int = _default("num_experts")
+    steering_scale: float = _default("steering_scale")
+    use_layer_scales: bool = _default("use_layer_scales")
     # pooling: kernel 1 disables it; position = number of encoder layers run before pooling (None: after the last)
-    pooling_type: str = "avg"
-    pooling_kernel_size: int = 1
-    pooling_position: int | None = None
+    pooling_type: str = _default("pooling_type")
+    pooling_kernel_size: int = _default("pooling_kernel_size")
+    pooling_position: int | None = _default("pooling_position")
     # projection into the LLM
-    use_adapter: bool = True
-    max_prompt_tokens: int = 2048
+    use_adapter: bool = _default("use_adapter")
+    max_prompt_tokens: int = _default("max_prompt_tokens")
     # encoder input: pad to Whisper's 30 s window (original behaviour) or run on the batch's real length
-    encoder_window: str = "dynamic"
+    encoder_window: str = _default("encoder_window")
     # decoder prompt
-    prompt_format: str = "raw"
-    textual_prompt: str = "please transcribe the audio content into text: "
+    prompt_format: str = _default("prompt_format")
+    textual_prompt: str = _default("textual_prompt")
     # lora ablation
-    lora_r: int = 8
-    lora_alpha: int = 16
-    lora_dropout: float = 0.0
+    lora_r: int = _default("lora_r")
+    lora_alpha: int = _default("lora_alpha")
+    lora_dropout: float = _default("lora_dropout")
     lora_target_modules: list[str] = field(default_factory=list)  # empty: the encoder's attention + FFN projections
 
     def __post_init__(self):
-        def choice(key, allowed):
-            if getattr(self, key) not in allowed:
-                raise ConfigError(f"{key}: {getattr(self, key)!r} is not one of {', '.join(allowed)}")
-
-        choice("method", METHODS)
-        choice("pooling_type", POOLING_TYPES)
-        choice("encoder_window", ENCODER_WINDOWS)
-        choice("prompt_format", PROMPT_FORMATS)
-        for key in ("num_experts", "pooling_kernel_size", "max_prompt_tokens", "lora_r"):
-            value = getattr(self, key)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ConfigError(f"{key}: must be a positive integer, got {value!r}")
-        if self.pooling_position is not None and (
-            isinstance(self.pooling_position, bool) or not isinstance(self.pooling_position, int)
-            or self.pooling_position < 0
-        ):
-            raise ConfigError(f"pooling_position: must be a non-negative integer, got {self.pooling_position!r}")
-        for key in ("steering_scale", "lora_dropout"):
-            if isinstance(getattr(self, key), bool) or not isinstance(getattr(self, key), (int, float)):
-                raise ConfigError(f"{key}: must be a number, got {getattr(self, key)!r}")
+        if self.method is None:
+            raise ConfigError(f"method: required; one of {', '.join(MODEL_OPTIONS['method'].choices)}")
+        for option, key in MODEL_OPTIONS.items():
+            setattr(self, option, check_value(option, key, getattr(self, option)))
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -23,7 +23,8 @@ from transformers import GenerationConfig
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
-from steermoe.config import ConfigError, SteerMoEConfig
+from steermoe.config import SteerMoEConfig
+from steermoe.errors import ConfigError
 from steermoe.encoders import ENCODER_TYPES, ModelFolderError, check_encoder_folder, load_encoder, read_model_config
 from steermoe.steering import Steering, pool
 

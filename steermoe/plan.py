@@ -55,6 +55,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from steermoe.aggregate import get_field
+from steermoe.settings import MODEL_OPTIONS, SETTINGS
 
 H100_BF16_TFLOPS = 989.0
 DEFAULT_UTILIZATION = 0.4
@@ -83,29 +84,14 @@ TYPICAL_SPLITS = {
     ("librispeech-parquet", "train.other.500"): (148688, 496.7), ("aishell1", "train"): (120098, 150.0),
 }
 
-# setting name -> dotted key of the run config (the subset the plan needs)
-SETTINGS = {
-    "batch_size": "training.batch_size", "gradient_accumulation_steps": "training.gradient_accumulation_steps",
-    "max_steps": "training.max_steps", "epochs": "training.epochs", "num_experts": "steering.num_experts",
-    "use_layer_scales": "steering.use_layer_scales", "lora_r": "lora.r", "encoder_window": "encoder_window",
-    "prompt_format": "prompt_format", "textual_prompt": "textual_prompt", "max_prompt_tokens": "max_prompt_tokens",
-    "use_adapter": "use_adapter", "pooling_kernel_size": "pooling_kernel_size",
-    "pooling_position": "pooling_position", "pooling_type": "pooling_type",
-    "gradient_checkpointing": "gradient_checkpointing",
-}
-
-
 def setting(exp, name: str):
-    """The experiment's merged setting, else the run config's own default."""
-    from steermoe.runconfig import SCHEMA
-
+    """The experiment's merged setting, else its default (steermoe.settings)."""
     settings = get_field(exp, "settings") or {}
     if settings.get(name) is not None:
         return settings[name]
     if name in (get_field(exp, "overrides") or {}):
         return get_field(exp, "overrides")[name]
-    section, _, key = SETTINGS[name].rpartition(".")
-    return (SCHEMA[section][key] if section else SCHEMA[key]).default
+    return SETTINGS[name].default
 
 
 # ---------------------------------------------------------------- the compute model
@@ -229,12 +215,9 @@ def model_shape(encoder_source: str, decoder_source: str, config_json: str) -> S
 
 
 def model_config(exp) -> dict:
-    """The SteerMoEConfig options that change shapes, parameter counts or compute."""
-    return {"method": get_field(exp, "method"), "num_experts": setting(exp, "num_experts"),
-            "use_layer_scales": setting(exp, "use_layer_scales"), "lora_r": setting(exp, "lora_r"),
-            "use_adapter": setting(exp, "use_adapter"), "pooling_kernel_size": setting(exp, "pooling_kernel_size"),
-            "pooling_position": setting(exp, "pooling_position"), "encoder_window": setting(exp, "encoder_window"),
-            "max_prompt_tokens": setting(exp, "max_prompt_tokens")}
+    """The experiment's SteerMoEConfig options (those that change shapes, parameter counts or compute among them)."""
+    options = {option: setting(exp, key.setting) for option, key in MODEL_OPTIONS.items() if key.setting}
+    return {"method": get_field(exp, "method"), **options}
 
 
 # ---------------------------------------------------------------- datasets: lengths and sizes

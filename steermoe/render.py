@@ -11,7 +11,9 @@ Template context:
     encoder    the catalog entry: name, type (whisper | conformer), path, feature_dim, num_layers
     decoder    the catalog entry: name, path
     dataset    the catalog entry: name, metric, prompt, language, task
-    s          every setting (steermoe.matrix.SETTINGS), merged; None where unset (rendered as null: the default)
+    s          every setting (steermoe.settings.SETTINGS), merged; its default where unset
+    settings   settings(section): the YAML lines of every setting of a section ('' = top level), in the table's
+               order; a train config leaves out the evaluation-only ones, so that they never retrain
     mode       'train' or 'test'
 Filter: `yaml` writes a value as a YAML scalar or flow list (strings quoted, None as null).
 """
@@ -24,7 +26,8 @@ import traceback
 from pathlib import Path
 
 from steermoe.errors import ConfigError
-from steermoe.matrix import SETTINGS, Experiment, setting_key
+from steermoe.experiments import Experiment
+from steermoe.settings import SETTINGS
 
 TEMPLATES = {"train": "train.yaml.j2", "test": "test.yaml.j2"}
 
@@ -62,8 +65,13 @@ def environment(templates: str | Path):
 
 def context(exp: Experiment, mode: str) -> dict:
     # unset settings render as their runconfig default, so a rendered config shows every value it runs with
-    settings = {name: setting_key(name).default if exp.settings.get(name) is None else exp.settings[name]
-                for name in SETTINGS}
+    settings = {name: key.default if exp.settings.get(name) is None else exp.settings[name]
+                for name, key in SETTINGS.items()}
+
+    def block(section: str) -> str:
+        indent = "  " if section else ""
+        return "\n".join(f"{indent}{key.name}: {yaml_value(settings[name])}" for name, key in SETTINGS.items()
+                         if key.section == section and not (mode == "train" and key.evaluation_only))
     enc, dec, ds = exp.encoder_entry, exp.decoder_entry, exp.dataset_entry
     return {
         "mode": mode,
@@ -79,6 +87,7 @@ def context(exp: Experiment, mode: str) -> dict:
         "dataset": {"name": exp.dataset, "metric": ds["metric"], "prompt": ds["prompt"],
                     "language": ds["language"], "task": ds["task"]},
         "s": settings,
+        "settings": block,
     }
 
 
@@ -96,7 +105,7 @@ def _template_error(err: Exception, templates: Path, name: str) -> ConfigError:
     where = f"{file}" + (f", line {line}" if line else "")
     if isinstance(err, UndefinedError):
         return ConfigError(f"{where}: undefined variable: {err.message} (variables: exp, encoder, decoder, dataset, "
-                           f"s (settings), mode)")
+                           f"s (settings), mode); settings(section) writes a section's settings")
     if isinstance(err, SecurityError):
         return ConfigError(f"{where}: blocked by the template sandbox: {err}")
     if isinstance(err, TemplateSyntaxError):

@@ -2,7 +2,8 @@
 import pytest
 import torch
 
-from steermoe.config import ConfigError, SteerMoEConfig
+from steermoe.config import SteerMoEConfig
+from steermoe.errors import ConfigError
 from steermoe.model import IGNORE_INDEX
 from steermoe.steering import pool
 from tests.tiny import features, tiny_model

@@ -100,16 +100,16 @@ def test_yaml_object_tags_in_the_catalog_or_workflow_config_are_refused(tmp_path
 
 
 def test_no_unsafe_yaml_loader_in_the_code():
-    """Every YAML read goes through steermoe.runconfig._Loader (a safe loader) or yaml.safe_load."""
-    from steermoe.runconfig import _Loader
+    """Every YAML read goes through steermoe.checks.YamlLoader (a safe loader) or yaml.safe_load."""
+    from steermoe.checks import YamlLoader
 
-    assert issubclass(_Loader, (yaml.SafeLoader, yaml.CSafeLoader))
+    assert issubclass(YamlLoader, (yaml.SafeLoader, yaml.CSafeLoader))
     sources = [*REPO.glob("steermoe/**/*.py"), *REPO.glob("workflow/**/*.smk"), REPO / "Snakefile",
                *REPO.glob("bench/**/*.py"), *REPO.glob("scripts/**/*.py")]
     calls_ = [(p, call) for p in sources for call in re.findall(r"yaml\.(\w*load\w*)\((.*)", p.read_text())]
     assert calls_
     for path, (function, arguments) in calls_:
-        assert function == "safe_load" or (function == "load" and "Loader=_Loader" in arguments), \
+        assert function == "safe_load" or (function == "load" and "Loader=YamlLoader" in arguments), \
             f"{path}: yaml.{function}({arguments}"
 
 

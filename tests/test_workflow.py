@@ -4,6 +4,7 @@ Fast tests run Snakemake on a copy of the workflow with a stand-in `steermoe` (t
 `render`, stub outputs for everything else), so the DAG and its re-run triggers are exercised without training.
 The slow test runs the real thing on tiny random models and a tone corpus, through to results/table.csv.
 """
+import copy
 import json
 import os
 import re
@@ -17,9 +18,11 @@ import pytest
 import yaml
 
 from steermoe.errors import ConfigError
-from steermoe.matrix import SETTINGS, auto_variant, load_catalog, load_matrix, setting_key
+from steermoe.catalog import load_catalog
+from steermoe.matrix import auto_variant, load_matrix
 from steermoe.render import environment, render, render_all
-from steermoe.runconfig import load_run_config
+from steermoe.runconfig import load_run_config, parse_run_config
+from steermoe.settings import SETTINGS
 
 REPO = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(sys.executable).parent
@@ -263,29 +266,52 @@ def test_bad_row_stops_snakemake_before_any_job(tmp_path):
     assert "datasets.synth-en.settings.batch_size: must be an integer, got 'eight'" in proc.stdout + proc.stderr
 
 
-def test_json_schemas_agree_with_the_settings_and_reject_bad_values(tmp_path):
-    from snakemake.utils import validate
+def _other_value(key):
+    """A valid value of a settings-table key that is not its default."""
+    if key.choices:
+        return next(c for c in key.choices if c != key.default)
+    if key.type is bool:
+        return not key.default
+    if key.type is int:
+        return (key.default or 0) + 3
+    if key.type is float:
+        return (key.default or 0.0) + 0.25
+    return "other.json" if key.setting == "deepspeed_config" else "other: "
 
-    schemas = REPO / "workflow" / "schemas"
-    settings = yaml.safe_load((schemas / "settings.schema.yaml").read_text())["properties"]
-    assert list(settings) == list(SETTINGS)
-    for name, spec in settings.items():
-        key = setting_key(name)
-        types = key.type if isinstance(key.type, tuple) else (key.type,)
-        names = {bool: "boolean", int: "integer", float: "number", str: "string"}
-        assert spec["type"][:-1] == [names[t] for t in types], name
-        if key.choices:
-            assert spec["enum"][:-1] == list(key.choices)
+
+def test_every_setting_of_the_table_reaches_the_rendered_configs_with_its_value():
+    """The table in steermoe.settings is the only declaration of a setting: set to a value other than its default,
+    each one arrives in the config the engine reads (the evaluation-only ones in the test config only)."""
+    base = load_matrix(REPO / "experiments/matrix.tsv", REPO / "experiments/catalog.yaml")[0]
+    for name, key in SETTINGS.items():
+        exp = copy.deepcopy(base)
+        if key.section == "lora":  # only a LoRA experiment's configs have the lora section
+            exp.method = "lora"
+            exp.train_config, exp.test_config = (path.replace(f"/{base.method}_", "/lora_")
+                                                 for path in (exp.train_config, exp.test_config))
+        value = _other_value(key)
+        exp.settings[name] = value
+        for mode in ("train", "test"):
+            path = exp.train_config if mode == "train" else exp.test_config
+            config = parse_run_config(render(exp, REPO / "templates", mode).encode(), path)
+            expected = key.default if (mode == "train" and key.evaluation_only) else value
+            assert config.value(key) == expected, (name, mode)
+
+
+def test_the_one_validator_rejects_bad_settings_in_the_catalog_and_the_matrix(tmp_path):
     catalog = yaml.safe_load((REPO / "experiments/catalog.yaml").read_text())
-    validate(catalog, str(schemas / "catalog.schema.yaml"), set_default=False)
     catalog["decoders"]["smollm2"]["settings"] = {"num_experts": 0}
-    with pytest.raises(Exception, match="num_experts"):
-        validate(catalog, str(schemas / "catalog.schema.yaml"), set_default=False)
-    row = {"method": "linear", "encoder": "a", "decoder": "b", "dataset": "c", "num_experts": 4}
-    validate(row, str(schemas / "matrix.schema.yaml"), set_default=False)
-    for bad in ({"num_expert": 4}, {"encoder_window": "40s"}, {"variant": "test"}):
-        with pytest.raises(Exception):
-            validate({**row, **bad}, str(schemas / "matrix.schema.yaml"), set_default=False)
+    (tmp_path / "catalog.yaml").write_text(yaml.safe_dump(catalog, allow_unicode=True))
+    with pytest.raises(ConfigError, match=r"catalog.yaml: decoders.smollm2.settings.num_experts: must be greater than 0"):
+        load_catalog(tmp_path / "catalog.yaml")
+    row = "linear\twhisper-tiny.en\tsmollm2\tsynth-en"
+    for header, cells, message in (
+            ("num_expert", "4", r"unknown column 'num_expert' .*\(did you mean 'num_experts'\?\)"),
+            ("encoder_window", "40s", r"row 1 \(line 2\), column 'encoder_window': '40s' is not one of 30s, dynamic"),
+            ("variant", "test", r"column 'variant': 'test' is not allowed")):
+        (tmp_path / "matrix.tsv").write_text(f"method\tencoder\tdecoder\tdataset\t{header}\n{row}\t{cells}\n")
+        with pytest.raises(ConfigError, match=message):
+            load_matrix(tmp_path / "matrix.tsv", REPO / "experiments/catalog.yaml")
 
 
 def test_variants_and_ids():

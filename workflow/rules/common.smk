@@ -3,24 +3,19 @@ parse time. Nothing here imports torch or transformers: steermoe.matrix and stee
 dry run stays fast. Every error names the file, the row and the column, and stops the workflow before any job."""
 import re
 import shlex
-from pathlib import Path, PurePosixPath
+from pathlib import PurePosixPath
 
 from snakemake.exceptions import WorkflowError
-from snakemake.utils import validate
 
+from steermoe.catalog import data_command
 from steermoe.errors import ConfigError
-from steermoe.matrix import (check_safe_path, check_workflow_keys, data_command, embedded_models_used, load_matrix,
-                             parse_bool, read_matrix_rows, read_yaml)
+from steermoe.experiments import check_workflow_config, embedded_models_used
+from steermoe.matrix import load_matrix
 from steermoe.render import render_all, sha256
 
 
-# `--config quick=true` arrives as a string
 try:
-    check_workflow_keys(config, "config (experiments/config.yaml and --config)")
-    config["quick"] = parse_bool(config.get("quick", False), "config 'quick'")
-    validate(config, "../schemas/config.schema.yaml")
-    for _key in ("matrix", "catalog", "templates", "results", "models", "data"):  # they reach shell commands
-        check_safe_path(f"config '{_key}'", str(config[_key]), relative=False)
+    config.update(check_workflow_config(config, "config (experiments/config.yaml and --config)"))
 except ConfigError as err:
     raise WorkflowError(str(err)) from None
 
@@ -35,15 +30,6 @@ QUICK = bool(config["quick"])
 try:
     EXPERIMENTS = load_matrix(config["matrix"], config["catalog"], quick=QUICK, results=RESULTS, data=DATA,
                               models=MODELS)
-    validate(read_yaml(config["catalog"]), "../schemas/catalog.schema.yaml", set_default=False)
-    _, _rows = read_matrix_rows(config["matrix"])
-    _records = []
-    for _exp, (_line, _cells) in zip(EXPERIMENTS, _rows):
-        _record = {k: v for k, v in _cells.items() if v and k in ("method", "encoder", "decoder", "dataset",
-                                                                    "variant", "group", "tags")}
-        _records.append({**_record, **_exp.overrides, "baseline": _exp.baseline})
-    # all rows in one call: every call reads the schema files again (a 1,000-row matrix took minutes row by row)
-    validate(_records, "../schemas/matrix-rows.schema.yaml", set_default=False)
     RENDERED = render_all(EXPERIMENTS, config["templates"])
 except ConfigError as err:
     raise WorkflowError(str(err)) from None

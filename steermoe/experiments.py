@@ -1,0 +1,130 @@
+"""Experiments: one matrix row expanded, the files each one reads and writes, and how experiments relate (shared
+trainings, comparison groups). Every path of an experiment is derived here from its id, in one place.
+
+Torch-free (the Snakefile, `steermoe aggregate`, `plan` and `status` use it).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from steermoe.checks import check_safe_path, closest, listed, parse_bool
+from steermoe.errors import ConfigError
+from steermoe.launch import master_port
+from steermoe.settings import EVALUATION_ONLY, WORKFLOW_CONFIG
+
+# ---- the workflow config (experiments/config.yaml): where the matrix, catalog and experiments' files live -------
+def check_workflow_config(config: dict, where: str) -> dict:
+    """The workflow config with its defaults filled in: known keys only, folders as safe paths, quick a boolean
+    (`--config quick=true` arrives as a string)."""
+    unknown = sorted(set(config) - set(WORKFLOW_CONFIG))
+    if unknown:
+        raise ConfigError(f"{where}: unknown key '{unknown[0]}'{closest(unknown[0], WORKFLOW_CONFIG)}; "
+                          f"valid keys: {listed(WORKFLOW_CONFIG)}")
+    checked = {**WORKFLOW_CONFIG, **config}
+    for key, value in checked.items():
+        if key == "quick":
+            checked[key] = parse_bool(value, "config 'quick'")
+        elif not isinstance(value, str) or not value:
+            raise ConfigError(f"config '{key}': must be a path, got {value!r}")
+        else:
+            check_safe_path(f"config '{key}'", value, relative=False)  # they reach shell commands
+    return checked
+
+
+# ---- one experiment --------------------------------------------------------------------------------------------
+@dataclass
+class Experiment:
+    """One matrix row, expanded. Paths are relative to the workflow root (where snakemake runs)."""
+    id: str  # {method}_{encoder}_{decoder}_{dataset}[_{variant}]
+    method: str
+    encoder: str  # catalog names
+    decoder: str
+    dataset: str
+    overrides: dict  # the row's override columns (typed), e.g. {"num_experts": 4}
+    group: str | None  # ablation group; None when the row has none
+    baseline: bool  # the group's baseline row
+    metric: str  # wer | cer | qa_accuracy
+    train_config: str  # results/{id}/{method}_{encoder}_{decoder}_{dataset}_train[_{variant}].yaml
+    test_config: str  # ... _test[_{variant}].yaml
+    row: int  # 1 = the first experiment row of the matrix (the header and comment lines do not count)
+    line: int  # the row's line in the file (the header is line 1 when nothing precedes it)
+    variant: str | None = None
+    recipe: str | None = None  # a named block of settings from the catalog's `recipes:`
+    trained_by: str | None = None  # the experiment whose model this one evaluates (same training, other evaluation)
+    tags: list = field(default_factory=list)
+    language: str = ""
+    task: str = ""
+    settings: dict = field(default_factory=dict)  # the settings given (catalog, row, quick), merged in order of
+    #                                               precedence (module docstring); unset ones take runconfig's default
+    resources: dict = field(default_factory=dict)  # train job: gpus, mem_mb, runtime (minutes), threads, ...
+    train_dir: str = ""  # results/{id}/train (checkpoints; final/ is the trained artefact)
+    final_dir: str = ""  # results/{id}/train/final (model.safetensors, steermoe.json, train_summary.json)
+    eval_dir: str = ""  # results/{id}/eval (metrics.json, predictions.jsonl, steering.json, steering.png)
+    data_dir: str = ""  # data/{dataset}
+    parquet: dict = field(default_factory=dict)  # {"train": [...], "dev": [...], "test": [...]} parquet files
+    embedded_models: list = field(default_factory=list)  # embedded model names this experiment imports
+    encoder_entry: dict = field(default_factory=dict)  # the catalog entries (validated)
+    decoder_entry: dict = field(default_factory=dict)
+    dataset_entry: dict = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        """The seed convention's stem without mode: {method}_{encoder}_{decoder}_{dataset}."""
+        return f"{self.method}_{self.encoder}_{self.decoder}_{self.dataset}"
+
+    @property
+    def metrics(self) -> str:
+        return f"{self.eval_dir}/metrics.json"
+
+    @property
+    def model(self) -> str:
+        return f"{self.final_dir}/model.safetensors"
+
+    @property
+    def train_summary(self) -> str:
+        return f"{self.final_dir}/train_summary.json"
+
+    @property
+    def port(self) -> int:
+        """The distributed master port of the experiment's training job (stable, spread over 20000-39999)."""
+        return master_port(self.id)
+
+
+
+# ---- experiments together ------------------------------------------------------------------------------------
+def share_training(experiments: list[Experiment]) -> None:
+    """Experiments that differ only in evaluation settings (protocol, beams, ...) train once: each later one is
+    evaluated on the first one's model, so adding an evaluation variant never retrains."""
+    first: dict[str, Experiment] = {}
+    for exp in experiments:
+        training = {k: v for k, v in exp.settings.items() if k not in EVALUATION_ONLY}
+        key = repr((exp.method, exp.encoder, exp.decoder, exp.dataset, sorted(training.items())))
+        owner = first.setdefault(key, exp)
+        if owner is not exp:
+            exp.trained_by, exp.train_config = owner.id, owner.train_config
+            exp.train_dir, exp.final_dir = owner.train_dir, owner.final_dir
+
+
+def check_groups(file: str, experiments: list[Experiment]) -> None:
+    groups: dict[str, list[Experiment]] = {}
+    for exp in experiments:
+        if exp.group:
+            groups.setdefault(exp.group, []).append(exp)
+    for name, members in groups.items():
+        baselines = [e for e in members if e.baseline]
+        if len(baselines) != 1:
+            rows = ", ".join(f"row {e.row} (line {e.line})" for e in (baselines or members))
+            what = "no baseline row" if not baselines else f"{len(baselines)} baseline rows"
+            raise ConfigError(f"{file}: group '{name}' has {what} ({rows}); mark exactly one row of the group "
+                              f"'baseline: true' (the row the others are compared with)")
+        base = baselines[0]
+        for exp in members:
+            if exp.dataset != base.dataset:
+                raise ConfigError(f"{file}: row {exp.row} (line {exp.line}), column 'dataset': group '{name}' "
+                                  f"compares on the test set of its baseline (row {base.row}: {base.dataset!r}), but "
+                                  f"this row uses {exp.dataset!r}; use one group per dataset")
+
+
+
+def embedded_models_used(experiments: list[Experiment]) -> list[str]:
+    return sorted({m for e in experiments for m in e.embedded_models})
