@@ -25,7 +25,7 @@ from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from steermoe.config import SteerMoEConfig
 from steermoe.errors import ConfigError
-from steermoe.encoders import ENCODER_TYPES, ModelFolderError, check_encoder_folder, load_encoder, read_model_config
+from steermoe.encoders import ENCODER_TYPES, ModelFolderError, load_encoder, read_model_config
 from steermoe.steering import Steering, pool
 
 AUDIO_MARK = "<|steermoe_audio|>"  # where the audio prompt goes inside a chat template; never tokenised

@@ -192,8 +192,8 @@ def decide(caps: Capabilities, bf16: bool | str | None = AUTO, fp16: bool = Fals
             warnings.append(f"llm_decoder.dtype is bfloat16, but bf16 is slow on {where}: {_cost(measure)}; set "
                             f"llm_decoder.dtype: auto")
         elif weights == "float16" and caps.device == "cpu":
-            warnings.append(f"llm_decoder.dtype is float16 on a CPU, whose fp16 matmuls are slow; set "
-                            f"llm_decoder.dtype: auto")
+            warnings.append("llm_decoder.dtype is float16 on a CPU, whose fp16 matmuls are slow; set "
+                            "llm_decoder.dtype: auto")
     return Decision(wanted, weights, why, tuple(dict.fromkeys(warnings)))
 
 
