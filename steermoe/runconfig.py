@@ -21,12 +21,12 @@ from steermoe.settings import ENCODER_SECTIONS, METHODS, MODEL_OPTIONS, REQUIRED
 DEEPSPEED_DIR = Path(__file__).parent / "deepspeed"  # the shipped ZeRO-2 / ZeRO-3 JSONs
 
 # the table as the YAML nests it: top-level keys, and one mapping per section
-SCHEMA: dict = {}
+NESTED: dict = {}
 for _key in TABLE:
     if _key.section:
-        SCHEMA.setdefault(_key.section, {})[_key.name] = _key
+        NESTED.setdefault(_key.section, {})[_key.name] = _key
     else:
-        SCHEMA[_key.name] = _key
+        NESTED[_key.name] = _key
 
 NAME_PATTERN = re.compile(r"^(?P<method>%s)_(?P<rest>.+)$" % "|".join(sorted(METHODS, key=len, reverse=True)))
 
@@ -34,7 +34,7 @@ NAME_PATTERN = re.compile(r"^(?P<method>%s)_(?P<rest>.+)$" % "|".join(sorted(MET
 def _all_keys() -> dict[str, str]:
     """Every valid dotted key -> its section ('' for top level)."""
     keys = {}
-    for name, spec in SCHEMA.items():
+    for name, spec in NESTED.items():
         if isinstance(spec, dict):
             keys[name] = ""
             keys.update({f"{name}.{k}": name for k in spec})
@@ -152,14 +152,14 @@ def parse_run_config(text: bytes, path: str | Path) -> RunConfig:
         raise ConfigError(f"{file}: a config is a YAML mapping of keys; got {type(data).__name__}")
     sections, top = {}, {}
     for key, value in data.items():
-        if not isinstance(key, str) or key not in SCHEMA:
+        if not isinstance(key, str) or key not in NESTED:
             raise ConfigError(f"{file}: unknown key '{key}'; {_suggest(str(key))}")
-        spec = SCHEMA[key]
+        spec = NESTED[key]
         if isinstance(spec, dict):
             sections[key] = _section(file, key, spec, value)
         else:
             top[key] = check_value(f"{file}: {key}", spec, value)
-    for key, spec in SCHEMA.items():
+    for key, spec in NESTED.items():
         if not isinstance(spec, dict) and top.get(key) is None:
             if spec.default is REQUIRED:
                 raise ConfigError(f"{file}: '{key}' is required")
@@ -173,7 +173,7 @@ def parse_run_config(text: bytes, path: str | Path) -> RunConfig:
         if name not in sections:
             raise ConfigError(f"{file}: the '{name}' section is missing")
     for name in ("steering", "lora", "evaluation"):
-        sections.setdefault(name, _section(file, name, SCHEMA[name], {}))
+        sections.setdefault(name, _section(file, name, NESTED[name], {}))
 
     name_method, mode = parse_name(path.stem)
     method = top["method"] or name_method
