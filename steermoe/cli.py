@@ -111,12 +111,12 @@ def _evaluate(args) -> None:
 
 def _aggregate(args) -> None:
     from steermoe.aggregate import aggregate
-    from steermoe.matrix import load_matrix, read_matrix_rows
+    from steermoe.matrix import load_matrix
     from steermoe.settings import SETTINGS
 
     experiments = load_matrix(args.matrix, args.catalog, quick=args.quick, results=args.results, data=args.data,
                               models=args.models)
-    columns = [c for c in read_matrix_rows(args.matrix)[0] if c in SETTINGS]  # the matrix's override columns
+    columns = [name for name in SETTINGS if any(name in exp.overrides for exp in experiments)]  # overridden ones
     aggregate(experiments, Path(args.results), Path(args.out), logs_dir=Path(args.logs), seed=args.seed,
               resamples=args.resamples, columns=columns)
 
@@ -153,6 +153,13 @@ def _plan(args) -> None:
         from steermoe.fsutil import write_json
 
         write_json(Path(args.json), document)
+
+
+def _matrix(args) -> None:
+    from steermoe.matrix import explicit_rows, load_matrix
+
+    experiments = load_matrix(args.matrix, args.catalog, quick=args.quick)
+    print("\n".join(exp.id for exp in experiments) if args.ids else explicit_rows(experiments), end="\n" * args.ids)
 
 
 def _render(args) -> None:
@@ -279,6 +286,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--watch", type=float, nargs="?", const=10.0, default=None, metavar="SECONDS",
                    help="redraw every SECONDS (default 10) until Ctrl-C")
     p.set_defaults(func=_status)
+    p = sub.add_parser("matrix", help="the expanded matrix: one explicit TSV row per experiment (axes expanded)")
+    _matrix_arguments(p)
+    p.add_argument("--ids", action="store_true", help="print only the experiment ids")
+    p.set_defaults(func=_matrix)
+
     p = sub.add_parser("plan", help="per experiment: trainable parameters, training FLOPs and GPU-hours")
     _matrix_arguments(p)
     p.add_argument("--data", default=WORKFLOW["data"], help="prepared corpora (their manifests give the utterance lengths)")

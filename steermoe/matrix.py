@@ -34,6 +34,7 @@ import math
 import re
 from pathlib import Path, PurePosixPath
 
+from steermoe.axes import Row, cell_text, read_axes
 from steermoe.catalog import load_catalog, model_path
 from steermoe.checks import check_safe_path, check_value, closest, expected, is_safe_name, listed, parse_bool
 from steermoe.errors import ConfigError
@@ -104,8 +105,8 @@ def auto_variant(overrides: dict) -> str | None:
     return "-".join(parts) or None
 
 
-def read_matrix_rows(path: str | Path) -> tuple[list[str], list[tuple[int, dict]]]:
-    """The header and the rows of a TSV as (line number, {column: cell}); cells are stripped strings."""
+def read_tsv(path: str | Path) -> tuple[list[str], list[Row]]:
+    """The header and the rows of a TSV matrix; cells are stripped strings."""
     file = str(path)
     try:
         lines = Path(path).read_text(encoding="utf-8").splitlines()
@@ -126,25 +127,43 @@ def read_matrix_rows(path: str | Path) -> tuple[list[str], list[tuple[int, dict]
                 raise ConfigError(f"{file}: line {number} has {len(cells)} tab-separated cells but the header "
                                   f"(line {header_line}) has {len(header)} columns; extra value {extra[0]!r}")
         cells += [""] * (len(header) - len(cells))
-        rows.append((number, dict(zip(header, cells))))
+        rows.append(Row(file, number, dict(zip(header, cells))))
     if header is None:
         raise ConfigError(f"{file}: empty matrix: the first line is the header (method, encoder, decoder, dataset, "
                           f"...), tab-separated")
-    allowed = list(SPECIAL_COLUMNS) + list(SETTINGS)
     seen = set()
     for column in header:
         if column in seen:
             raise ConfigError(f"{file}: column '{column}' appears twice in the header (line {header_line})")
         seen.add(column)
-        if column not in allowed:
-            hint = " (the matrix must be tab-separated)" if " " in column or "," in column else ""
-            raise ConfigError(f"{file}: unknown column '{column}' in the header (line {header_line}){hint}"
-                              f"{closest(column, allowed)}; allowed columns: {listed(allowed)}")
+        hint = " (the matrix must be tab-separated)" if " " in column or "," in column else ""
+        _check_column(f"{file}: unknown column '{column}' in the header (line {header_line}){hint}", column)
     missing = [c for c in REQUIRED_COLUMNS if c not in header]
     if missing:
         raise ConfigError(f"{file}: the header (line {header_line}) lacks the column '{missing[0]}'; required: "
                           f"{listed(REQUIRED_COLUMNS)} (tab-separated)")
     return header, rows
+
+
+def _check_column(message: str, column: str) -> None:
+    allowed = list(SPECIAL_COLUMNS) + list(SETTINGS)
+    if column not in allowed:
+        raise ConfigError(f"{message}{closest(column, allowed)}; allowed columns: {listed(allowed)}")
+
+
+def read_matrix(path: str | Path) -> tuple[list[str], list[Row]]:
+    """The columns and rows of a matrix: a TSV file (one row per line) or a YAML file with axes (steermoe.axes)."""
+    if Path(path).suffix not in (".yaml", ".yml"):
+        return read_tsv(path)
+    rows = read_axes(path, lambda tsv: read_tsv(tsv)[1], _check_column)
+    columns = list(dict.fromkeys(column for row in rows for column in row.cells))
+    for row in rows:
+        missing = [c for c in REQUIRED_COLUMNS if not row.cells.get(c)]
+        if missing:
+            raise ConfigError(f"{row.file}: line {row.line}: the row has no '{missing[0]}'; every row needs "
+                              f"{listed(REQUIRED_COLUMNS)} (in the block or in 'fixed')")
+        row.cells = {column: row.cells.get(column, "") for column in columns}
+    return columns, rows
 
 
 def _merge_settings(*layers: dict) -> dict:
@@ -164,14 +183,15 @@ def load_matrix(matrix_path: str | Path, catalog_path: str | Path, quick: bool =
     """
     catalog = load_catalog(catalog_path)
     file = str(matrix_path)
-    header, rows = read_matrix_rows(matrix_path)
+    header, rows = read_matrix(matrix_path)
     results, data, models = (str(PurePosixPath(d)) for d in (results, data, models))
     experiments: list[Experiment] = []
     by_id: dict[str, Experiment] = {}
     names = {"method": METHODS, "encoder": catalog.encoders, "decoder": catalog.decoders,
              "dataset": catalog.datasets}
-    for row, (line, cells) in enumerate(rows, 1):
-        where = _Where(file, row, line)
+    for row, declared in enumerate(rows, 1):
+        cells, line = declared.cells, declared.line
+        where = _Where(declared.file, row, line)
         for column, allowed in names.items():
             value = cells[column]
             if not value:
@@ -249,3 +269,14 @@ def load_matrix(matrix_path: str | Path, catalog_path: str | Path, quick: bool =
     return experiments
 
 
+
+
+def explicit_rows(experiments: list[Experiment]) -> str:
+    """The experiments as an explicit TSV matrix (one row each) that expands to the same ids and configs."""
+    settings = [name for name in SETTINGS if any(name in exp.overrides for exp in experiments)]
+    lines = ["\t".join([*SPECIAL_COLUMNS, *settings])]
+    for exp in experiments:
+        special = [exp.method, exp.encoder, exp.decoder, exp.dataset, exp.recipe, exp.variant, exp.group,
+                   exp.baseline, ",".join(exp.tags)]
+        lines.append("\t".join(cell_text(v) for v in [*special, *(exp.overrides.get(s) for s in settings)]))
+    return "\n".join(lines) + "\n"

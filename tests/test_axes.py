@@ -1,0 +1,97 @@
+"""The matrix declared with axes (YAML): it expands to exactly the experiments of the equivalent explicit rows."""
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from steermoe.errors import ConfigError
+from steermoe.matrix import explicit_rows, load_matrix
+from steermoe.render import render_all, sha256
+
+REPO = Path(__file__).resolve().parent.parent
+CATALOG = REPO / "experiments" / "catalog.yaml"
+TEMPLATES = REPO / "templates"
+
+AXES = """\
+# the expert-count ablation, with a learning-rate axis
+fixed: {encoder: whisper-tiny.en, decoder: smollm2, dataset: synth-en, group: experts}
+blocks:
+  - {method: layer_wise, num_experts: [2, 4, 8], learning_rate: [1e-2, 0.001], encoder_window: 30s}
+  - {method: linear, baseline: true}
+exclude:
+  - {num_experts: 8, learning_rate: 1.0e-3}
+"""
+EXPLICIT = """\
+method\tencoder\tdecoder\tdataset\tnum_experts\tlearning_rate\tencoder_window\tgroup\tbaseline
+layer_wise\twhisper-tiny.en\tsmollm2\tsynth-en\t2\t1e-2\t30s\texperts\tfalse
+layer_wise\twhisper-tiny.en\tsmollm2\tsynth-en\t2\t0.001\t30s\texperts\tfalse
+layer_wise\twhisper-tiny.en\tsmollm2\tsynth-en\t4\t0.01\t30s\texperts\t
+layer_wise\twhisper-tiny.en\tsmollm2\tsynth-en\t4\t1e-3\t30s\texperts\t
+layer_wise\twhisper-tiny.en\tsmollm2\tsynth-en\t8\t0.01\t30s\texperts\tno
+linear\twhisper-tiny.en\tsmollm2\tsynth-en\t\t\t\texperts\ttrue
+"""
+
+
+def fingerprint(path: Path) -> list[tuple]:
+    """Each experiment's id, group, baseline and the sha256 of both rendered configs, in matrix order."""
+    experiments = load_matrix(path, CATALOG)
+    rendered = render_all(experiments, TEMPLATES)
+    return [(exp.id, exp.group, exp.baseline, sha256(rendered[exp.id]["train"]), sha256(rendered[exp.id]["test"]))
+            for exp in experiments]
+
+
+def test_axes_expand_to_exactly_the_ids_and_config_hashes_of_the_explicit_rows(tmp_path):
+    (tmp_path / "axes.yaml").write_text(AXES)
+    (tmp_path / "explicit.tsv").write_text(EXPLICIT)
+    expanded = fingerprint(tmp_path / "axes.yaml")
+    assert expanded == fingerprint(tmp_path / "explicit.tsv")
+    assert len(expanded) == 6 and [e[0] for e in expanded][-1] == "linear_whisper-tiny.en_smollm2_synth-en"
+    assert expanded[0][0] == "layer_wise_whisper-tiny.en_smollm2_synth-en_lr0.01-experts2-window30s"
+
+
+def test_the_printed_explicit_rows_expand_back_to_the_same_experiments(tmp_path):
+    (tmp_path / "axes.yaml").write_text(AXES)
+    out = subprocess.run([sys.executable, "-m", "steermoe.cli", "matrix", "--matrix", str(tmp_path / "axes.yaml"),
+                          "--catalog", str(CATALOG)], capture_output=True, text=True, check=True).stdout
+    (tmp_path / "printed.tsv").write_text(out)
+    assert fingerprint(tmp_path / "printed.tsv") == fingerprint(tmp_path / "axes.yaml")
+    assert explicit_rows(load_matrix(tmp_path / "printed.tsv", CATALOG)) == out
+
+
+def test_a_yaml_matrix_includes_explicit_tsv_rows_beside_its_axes(tmp_path):
+    (tmp_path / "rows.tsv").write_text("method\tencoder\tdecoder\tdataset\n"
+                                       "layer_wise\twhisper-tiny.en\tsmollm2\tsynth-aqa\n")
+    (tmp_path / "both.yaml").write_text(f"include: [{tmp_path / 'rows.tsv'}]\n" + AXES)
+    ids = [exp.id for exp in load_matrix(tmp_path / "both.yaml", CATALOG)]
+    assert ids[0] == "layer_wise_whisper-tiny.en_smollm2_synth-aqa" and len(ids) == 7
+
+
+@pytest.mark.parametrize("text, message", [
+    (AXES.replace("num_experts: [2", "num_expert: [2"),
+     r"axes.yaml: line 4: unknown column 'num_expert' \(did you mean 'num_experts'\?\)"),
+    (AXES.replace("num_experts: 8, learning_rate", "num_experts: 16, learning_rate"),
+     r"axes.yaml: line 7, exclude entry 1: matches no row"),
+    (AXES.replace("dataset: synth-en, ", ""),
+     r"axes.yaml: line 4: the row has no 'dataset'; every row needs method, encoder, decoder, dataset"),
+    (AXES.replace("num_experts: [2, 4, 8]", "num_experts: []"),
+     r"axes.yaml: line 4, block 1, key 'num_experts': must be a value or a non-empty list of values"),
+    (AXES.replace("blocks:", "block:"), r"axes.yaml: unknown key 'block' \(did you mean 'blocks'\?\)"),
+    (AXES.replace("encoder_window: 30s", "encoder_window: 40s"),
+     r"axes.yaml: row 1 \(line 4\), column 'encoder_window': '40s' is not one of 30s, dynamic"),
+])
+def test_a_mistake_in_an_axes_declaration_names_the_file_the_line_and_the_key(tmp_path, text, message):
+    (tmp_path / "axes.yaml").write_text(text)
+    with pytest.raises(ConfigError, match=message):
+        load_matrix(tmp_path / "axes.yaml", CATALOG)
+
+
+def test_the_workflow_runs_a_matrix_declared_with_axes(tmp_path):
+    from tests.test_workflow import copy_workflow, planned
+
+    root = copy_workflow(tmp_path / "wf")
+    (root / "experiments" / "ablation.yaml").write_text(AXES)
+    jobs = planned(root, "--config", "matrix=experiments/ablation.yaml")
+    expected = [exp.id for exp in load_matrix(root / "experiments" / "ablation.yaml", CATALOG)]
+    assert {what for rule, what in jobs if rule == "train"} == set(expected)
+    assert {what for rule, what in jobs if rule == "evaluate"} == set(expected)
