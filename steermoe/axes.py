@@ -9,7 +9,8 @@
     exclude:
       - {method: layer_wise, num_experts: 16, encoder_window: 30s}
 
-A block's rows are the cartesian product of its lists (the first axis outermost), with the shared `fixed` values
+A block's rows are the cartesian product of its lists (the first axis outermost; `seeds: 3` or `seeds: [0, 1, 2]`
+is not an axis but the replicates of each row), with the shared `fixed` values
 under the block's own. A row matching every key of an `exclude` entry is dropped; an entry matching no row is an
 error (a typo would otherwise exclude nothing). Keys are the TSV's columns, and each value becomes the cell text the
 TSV would hold, so a declaration expands to exactly the experiments (ids, configs, hashes) of the equivalent rows.
@@ -94,8 +95,10 @@ def read_axes(path: str | Path, read_tsv, check_column) -> list[Row]:
         block = {**fixed, **_mapping(f"{file}: line {line}, block {i + 1}", block)}
         for column in block:
             check_column(f"{file}: line {line}: unknown column '{column}'", column)
-        axes = [[cell_text(v) for v in value] if isinstance(value, list) else [cell_text(value)]
-                for value in block.values()]
+        # a list is an axis, except under `seeds`, whose list is the one row's seeds
+        axes = [[cell_text(v) for v in value] if isinstance(value, list) and key != "seeds" else
+                [",".join(map(cell_text, value)) if isinstance(value, list) else cell_text(value)]
+                for key, value in block.items()]
         rows += [Row(file, line, dict(zip(block, combination))) for combination in itertools.product(*axes)]
     for i, entry in enumerate(data.get("exclude") or []):
         where = f"{file}: line {lines[('exclude', i)]}, exclude entry {i + 1}"

@@ -51,6 +51,7 @@ class Experiment:
     variant: str | None = None
     recipe: str | None = None  # a named block of settings from the catalog's `recipes:`
     trained_by: str | None = None  # the experiment whose model this one evaluates (same training, other evaluation)
+    replicate_of: str | None = None  # the replicate set (same settings, another seed) it belongs to, by name
     tags: list = field(default_factory=list)
     language: str = ""
     task: str = ""
@@ -91,6 +92,14 @@ class Experiment:
 
 
 
+def experiment_files(results: str, name: str, variant: str | None) -> dict:
+    """Every file and folder of experiment `{name}[_{variant}]` under `results`: the one place they are named."""
+    suffix = f"_{variant}" if variant else ""
+    folder = f"{results}/{name}{suffix}"
+    return {"train_config": f"{folder}/{name}_train{suffix}.yaml", "test_config": f"{folder}/{name}_test{suffix}.yaml",
+            "train_dir": f"{folder}/train", "final_dir": f"{folder}/train/final", "eval_dir": f"{folder}/eval"}
+
+
 # ---- experiments together ------------------------------------------------------------------------------------
 def share_training(experiments: list[Experiment]) -> None:
     """Experiments that differ only in evaluation settings (protocol, beams, ...) train once: each later one is
@@ -105,6 +114,20 @@ def share_training(experiments: list[Experiment]) -> None:
             exp.train_dir, exp.final_dir = owner.train_dir, owner.final_dir
 
 
+def name_replicates(experiments: list[Experiment]) -> None:
+    """Experiments whose settings differ only in `seed` are replicates: each set of two or more gets one name (its
+    first member's id without the seed), which the table's summary rows and the comparisons use."""
+    sets: dict[str, list[Experiment]] = {}
+    for exp in experiments:
+        settings = {k: v for k, v in exp.settings.items() if k != "seed"}
+        key = repr((exp.method, exp.encoder, exp.decoder, exp.dataset, exp.recipe, sorted(settings.items())))
+        sets.setdefault(key, []).append(exp)
+    for members in sets.values():
+        name = members[0].replicate_of if len(members) > 1 else None
+        for exp in members:
+            exp.replicate_of = name
+
+
 def check_groups(file: str, experiments: list[Experiment]) -> None:
     groups: dict[str, list[Experiment]] = {}
     for exp in experiments:
@@ -112,8 +135,8 @@ def check_groups(file: str, experiments: list[Experiment]) -> None:
             groups.setdefault(exp.group, []).append(exp)
     for name, members in groups.items():
         baselines = [e for e in members if e.baseline]
-        if len(baselines) != 1:
-            rows = ", ".join(f"row {e.row} (line {e.line})" for e in (baselines or members))
+        if len({e.replicate_of or e.id for e in baselines}) != 1:  # the seeds of one baseline count once
+            rows = ", ".join(dict.fromkeys(f"row {e.row} (line {e.line})" for e in (baselines or members)))
             what = "no baseline row" if not baselines else f"{len(baselines)} baseline rows"
             raise ConfigError(f"{file}: group '{name}' has {what} ({rows}); mark exactly one row of the group "
                               f"'baseline: true' (the row the others are compared with)")
@@ -123,8 +146,6 @@ def check_groups(file: str, experiments: list[Experiment]) -> None:
                 raise ConfigError(f"{file}: row {exp.row} (line {exp.line}), column 'dataset': group '{name}' "
                                   f"compares on the test set of its baseline (row {base.row}: {base.dataset!r}), but "
                                   f"this row uses {exp.dataset!r}; use one group per dataset")
-
-
 
 def embedded_models_used(experiments: list[Experiment]) -> list[str]:
     return sorted({m for e in experiments for m in e.embedded_models})

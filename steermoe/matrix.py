@@ -38,10 +38,11 @@ from steermoe.axes import Row, cell_text, read_axes
 from steermoe.catalog import load_catalog, model_path
 from steermoe.checks import check_safe_path, check_value, closest, expected, is_safe_name, listed, parse_bool
 from steermoe.errors import ConfigError
-from steermoe.experiments import Experiment, check_groups, share_training
+from steermoe.experiments import Experiment, check_groups, experiment_files, name_replicates, share_training
 from steermoe.settings import METHODS, PATH_SETTINGS, SETTINGS, abbreviation
 
-SPECIAL_COLUMNS = ("method", "encoder", "decoder", "dataset", "recipe", "variant", "group", "baseline", "tags")
+SPECIAL_COLUMNS = ("method", "encoder", "decoder", "dataset", "recipe", "variant", "group", "baseline", "tags",
+                   "seeds")
 REQUIRED_COLUMNS = ("method", "encoder", "decoder", "dataset")
 RESERVED_PARTS = ("train", "test", "eval")  # the name convention reads the mode from the last `_` parts
 ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
@@ -83,6 +84,20 @@ def _parse_cell(where: str, name: str, text: str):
     if name in PATH_SETTINGS:
         check_safe_path(where, value)
     return check_value(where, key, value)
+
+
+def _parse_seeds(where: str, text: str) -> list[int]:
+    """A `seeds` cell: a count N (seeds 0 .. N-1) or a comma-separated list of seeds; empty: none."""
+    try:
+        if "," in text:
+            seeds = [int(part) for part in text.split(",") if part.strip()]
+        else:
+            seeds = list(range(int(text))) if text else []
+    except ValueError:
+        raise ConfigError(f"{where}: {text!r} is neither a count nor a comma-separated list of seeds") from None
+    if (text and not seeds) or any(s < 0 for s in seeds) or len(set(seeds)) != len(seeds):
+        raise ConfigError(f"{where}: {text!r}: give a positive count or distinct non-negative seeds")
+    return seeds
 
 
 def _format_value(value) -> str:
@@ -204,26 +219,17 @@ def load_matrix(matrix_path: str | Path, catalog_path: str | Path, quick: bool =
         for column in header:
             if column in SETTINGS and cells[column] != "":
                 overrides[column] = _parse_cell(where(column), column, cells[column])
+        seeds = _parse_seeds(where("seeds"), cells.get("seeds") or "")
+        if seeds and "seed" in overrides:
+            raise ConfigError(f"{where('seeds')}: the row gives both 'seed' and 'seeds'; keep one")
         recipe = cells.get("recipe") or None
         if recipe is not None and recipe not in catalog.recipes:
             raise ConfigError(f"{where('recipe')}: unknown recipe {recipe!r} (not in {catalog.path})"
                               f"{closest(recipe, catalog.recipes)}; allowed: {listed(catalog.recipes)}")
-        variant = cells.get("variant") or None
-        if variant is not None:
-            if not is_safe_name(variant) or variant in RESERVED_PARTS:
-                raise ConfigError(f"{where('variant')}: {variant!r} is not allowed: a variant uses letters, digits, "
-                                  f"'.' and '-' (no '_', '/' or '..') and is not one of {listed(RESERVED_PARTS)}")
-        else:
-            variant = "-".join(part for part in (recipe, auto_variant(overrides)) if part) or None
-        method, enc, dec, ds = cells["method"], cells["encoder"], cells["decoder"], cells["dataset"]
-        exp_id = f"{method}_{enc}_{dec}_{ds}" + (f"_{variant}" if variant else "")
-        if not ID_RE.match(exp_id) or ".." in exp_id or len(exp_id) > MAX_ID_LENGTH:
-            raise ConfigError(f"{where()}: experiment id {exp_id!r} is not a safe id (letters, digits, '.', '-', '_';"
-                              f" no '..'; at most {MAX_ID_LENGTH} characters); set a short 'variant'")
-        if exp_id in by_id:
-            first = by_id[exp_id]
-            raise ConfigError(f"{where()}: duplicate of row {first.row} (line {first.line}): both are experiment "
-                              f"'{exp_id}'; remove one, or tell them apart with an override or a 'variant'")
+        explicit = cells.get("variant") or None
+        if explicit is not None and (not is_safe_name(explicit) or explicit in RESERVED_PARTS):
+            raise ConfigError(f"{where('variant')}: {explicit!r} is not allowed: a variant uses letters, digits, "
+                              f"'.' and '-' (no '_', '/' or '..') and is not one of {listed(RESERVED_PARTS)}")
         group = cells.get("group") or None
         if group is not None and not is_safe_name(group):
             raise ConfigError(f"{where('group')}: {group!r} is not allowed: a group name uses letters, digits, '.' "
@@ -232,39 +238,53 @@ def load_matrix(matrix_path: str | Path, catalog_path: str | Path, quick: bool =
         if baseline and group is None:
             raise ConfigError(f"{where('baseline')}: a baseline row needs a 'group' (the rows it is compared with)")
         tags = [t.strip() for t in (cells.get("tags") or "").split(",") if t.strip()]
-
+        method, enc, dec, ds = cells["method"], cells["encoder"], cells["decoder"], cells["dataset"]
         encoder, decoder, dataset = catalog.encoders[enc], catalog.decoders[dec], catalog.datasets[ds]
         chosen = catalog.recipes[recipe] if recipe else {"settings": {}, "encoders": {}}
-        settings = _merge_settings(
-            catalog.defaults["settings"], encoder["settings"], decoder["settings"], dataset["settings"],
-            {"textual_prompt": dataset["prompt"]} if "textual_prompt" not in dataset["settings"] else {},
-            chosen["settings"], chosen["encoders"].get(encoder["type"], {}), overrides,
-            catalog.defaults["quick"]["settings"] if quick else {}, dataset["quick"]["settings"] if quick else {})
         resources = {"gpus": 0, "mem_mb": 8000, "runtime": 240, "threads": 1,
                      **catalog.defaults["resources"], **decoder["resources"]}
-        data_dir = f"{data}/{ds}"
-        exp_dir = f"{results}/{exp_id}"
-        suffix = f"_{variant}" if variant else ""
-        exp = Experiment(
-            id=exp_id, method=method, encoder=enc, decoder=dec, dataset=ds, overrides=overrides, group=group,
-            baseline=baseline, metric=dataset["metric"],
-            train_config=f"{exp_dir}/{method}_{enc}_{dec}_{ds}_train{suffix}.yaml",
-            test_config=f"{exp_dir}/{method}_{enc}_{dec}_{ds}_test{suffix}.yaml",
-            row=row, line=line, variant=variant, recipe=recipe, tags=tags, language=dataset["language"],
-            task=dataset["task"],
-            settings=settings, resources=resources, train_dir=f"{exp_dir}/train", final_dir=f"{exp_dir}/train/final",
-            eval_dir=f"{exp_dir}/eval", data_dir=data_dir,
-            parquet={split: [f"{data_dir}/{s}.parquet" for s in names_]
-                     for split, names_ in dataset["splits"].items()},
-            embedded_models=sorted({e["embedded"] for e in (encoder, decoder) if e["embedded"]}),
-            encoder_entry={**encoder, "path": model_path(encoder, "encoders", enc, models, catalog.path)},
-            decoder_entry={**decoder, "path": model_path(decoder, "decoders", dec, models, catalog.path)},
-            dataset_entry=dataset)
-        by_id[exp_id] = exp
-        experiments.append(exp)
+
+        for seed in seeds or [None]:  # a `seeds` row is one experiment per seed
+            replicate = overrides if seed is None else {**overrides, "seed": seed}
+            if explicit is None:
+                variant = "-".join(part for part in (recipe, auto_variant(replicate)) if part) or None
+            else:
+                variant = explicit if seed is None else f"{explicit}-seed{seed}"
+            name = f"{method}_{enc}_{dec}_{ds}"
+            exp_id = name + (f"_{variant}" if variant else "")
+            if not ID_RE.match(exp_id) or ".." in exp_id or len(exp_id) > MAX_ID_LENGTH:
+                raise ConfigError(f"{where()}: experiment id {exp_id!r} is not a safe id (letters, digits, '.', '-', "
+                                  f"'_'; no '..'; at most {MAX_ID_LENGTH} characters); set a short 'variant'")
+            if exp_id in by_id:
+                first = by_id[exp_id]
+                raise ConfigError(f"{where()}: duplicate of row {first.row} (line {first.line}): both are experiment "
+                                  f"'{exp_id}'; remove one, or tell them apart with an override or a 'variant'")
+            settings = _merge_settings(
+                catalog.defaults["settings"], encoder["settings"], decoder["settings"], dataset["settings"],
+                {"textual_prompt": dataset["prompt"]} if "textual_prompt" not in dataset["settings"] else {},
+                chosen["settings"], chosen["encoders"].get(encoder["type"], {}), replicate,
+                catalog.defaults["quick"]["settings"] if quick else {}, dataset["quick"]["settings"] if quick else {})
+            exp = Experiment(
+                id=exp_id, method=method, encoder=enc, decoder=dec, dataset=ds, overrides=replicate, group=group,
+                baseline=baseline, metric=dataset["metric"], row=row, line=line, variant=variant, recipe=recipe,
+                tags=tags, language=dataset["language"], task=dataset["task"], settings=settings,
+                resources=resources, **experiment_files(results, name, variant),
+                data_dir=f"{data}/{ds}",
+                parquet={split: [f"{data}/{ds}/{s}.parquet" for s in names_]
+                         for split, names_ in dataset["splits"].items()},
+                embedded_models=sorted({e["embedded"] for e in (encoder, decoder) if e["embedded"]}),
+                encoder_entry={**encoder, "path": model_path(encoder, "encoders", enc, models, catalog.path)},
+                decoder_entry={**decoder, "path": model_path(decoder, "decoders", dec, models, catalog.path)},
+                dataset_entry=dataset)
+            # a replicate set is named by the id without its seed (name_replicates keeps it for sets of 2 or more)
+            unseeded = explicit or "-".join(p for p in (recipe, auto_variant(overrides)) if p)
+            exp.replicate_of = name + (f"_{unseeded}" if unseeded else "")
+            by_id[exp_id] = exp
+            experiments.append(exp)
     if not experiments:
         raise ConfigError(f"{file}: no experiment rows (only a header)")
     share_training(experiments)
+    name_replicates(experiments)
     check_groups(file, experiments)
     return experiments
 
@@ -277,6 +297,6 @@ def explicit_rows(experiments: list[Experiment]) -> str:
     lines = ["\t".join([*SPECIAL_COLUMNS, *settings])]
     for exp in experiments:
         special = [exp.method, exp.encoder, exp.decoder, exp.dataset, exp.recipe, exp.variant, exp.group,
-                   exp.baseline, ",".join(exp.tags)]
+                   exp.baseline, ",".join(exp.tags), None]  # seeds: each replicate is its own row
         lines.append("\t".join(cell_text(v) for v in [*special, *(exp.overrides.get(s) for s in settings)]))
     return "\n".join(lines) + "\n"

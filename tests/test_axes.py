@@ -95,3 +95,52 @@ def test_the_workflow_runs_a_matrix_declared_with_axes(tmp_path):
     expected = [exp.id for exp in load_matrix(root / "experiments" / "ablation.yaml", CATALOG)]
     assert {what for rule, what in jobs if rule == "train"} == set(expected)
     assert {what for rule, what in jobs if rule == "evaluate"} == set(expected)
+
+
+SEEDED = "fixed: {encoder: whisper-tiny.en, decoder: smollm2, dataset: synth-en, group: g}\nblocks:\n" \
+         "  - {method: layer_wise, num_experts: [4, 8], seeds: SEEDS}\n  - {method: linear, baseline: true, seeds: SEEDS}\n"
+
+
+def test_seeds_make_one_experiment_per_seed_equal_to_explicit_seed_rows(tmp_path):
+    (tmp_path / "count.yaml").write_text(SEEDED.replace("SEEDS", "3"))
+    (tmp_path / "list.yaml").write_text(SEEDED.replace("SEEDS", "[0, 1, 2]"))
+    (tmp_path / "axis.yaml").write_text(SEEDED.replace("seeds: SEEDS", "seed: [0, 1, 2]"))
+    rows = "".join(f"{m}\twhisper-tiny.en\tsmollm2\tsynth-en\t{e}\t{s}\tg\t{str(m == 'linear').lower()}\n"
+                   for m, e in (("layer_wise", 4), ("layer_wise", 8), ("linear", "")) for s in range(3))
+    (tmp_path / "rows.tsv").write_text("method\tencoder\tdecoder\tdataset\tnum_experts\tseed\tgroup\tbaseline\n" + rows)
+    (tmp_path / "cells.tsv").write_text("method\tencoder\tdecoder\tdataset\tnum_experts\tseeds\tgroup\tbaseline\n"
+                                        "layer_wise\twhisper-tiny.en\tsmollm2\tsynth-en\t4\t3\tg\tfalse\n"
+                                        "layer_wise\twhisper-tiny.en\tsmollm2\tsynth-en\t8\t0,1,2\tg\tfalse\n"
+                                        "linear\twhisper-tiny.en\tsmollm2\tsynth-en\t\t3\tg\ttrue\n")
+    expected = sorted(fingerprint(tmp_path / "rows.tsv"))
+    for path in ("count.yaml", "list.yaml", "axis.yaml", "cells.tsv"):
+        assert sorted(fingerprint(tmp_path / path)) == expected, path
+    experiments = load_matrix(tmp_path / "cells.tsv", CATALOG)
+    assert [e.id for e in experiments][:3] == [f"layer_wise_whisper-tiny.en_smollm2_synth-en_experts4-seed{s}"
+                                               for s in range(3)]
+    assert {e.replicate_of for e in experiments} == {"layer_wise_whisper-tiny.en_smollm2_synth-en_experts4",
+                                                     "layer_wise_whisper-tiny.en_smollm2_synth-en_experts8",
+                                                     "linear_whisper-tiny.en_smollm2_synth-en"}
+
+
+@pytest.mark.parametrize("cell, message", [("x", "neither a count nor"), ("0", "give a positive count"),
+                                           ("1,1", "distinct non-negative seeds")])
+def test_a_bad_seeds_cell_is_refused_naming_its_row(tmp_path, cell, message):
+    (tmp_path / "m.tsv").write_text("method\tencoder\tdecoder\tdataset\tseeds\n"
+                                    f"linear\twhisper-tiny.en\tsmollm2\tsynth-en\t{cell}\n")
+    with pytest.raises(ConfigError, match=rf"m.tsv: row 1 \(line 2\), column 'seeds': .*{message}"):
+        load_matrix(tmp_path / "m.tsv", CATALOG)
+
+
+def test_adding_a_seed_schedules_only_that_seeds_jobs(tmp_path):
+    from tests.test_workflow import copy_workflow, planned, snakemake
+
+    root = copy_workflow(tmp_path / "wf")
+    matrix = root / "experiments" / "seeds.yaml"
+    matrix.write_text("blocks:\n  - {method: linear, encoder: whisper-tiny.en, decoder: smollm2, dataset: synth-en,"
+                      " seeds: 2}\n")
+    snakemake(root, "--config", "matrix=experiments/seeds.yaml", "quick=true")
+    matrix.write_text(matrix.read_text().replace("seeds: 2", "seeds: 3"))
+    jobs = planned(root, "--config", "matrix=experiments/seeds.yaml", "quick=true")
+    new = "linear_whisper-tiny.en_smollm2_synth-en_seed2"
+    assert {what for rule, what in jobs if rule not in ("aggregate",)} == {new}
