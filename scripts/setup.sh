@@ -6,9 +6,14 @@ cd "$(dirname "$0")/.."
 
 # espeak-ng and sox synthesise and resample the embedded default's speech corpora
 APT_PACKAGES="espeak-ng sox"
-# --slurm: also SLURM and munge, for a private one-node cluster on this machine (scripts/local-slurm.sh, used by
-# tests/test_slurm.py)
-[ "${1:-}" = "--slurm" ] && APT_PACKAGES="$APT_PACKAGES slurmctld slurmd slurm-client munge"
+# --slurm: also SLURM and munge, for a private one-node cluster on this machine (scripts/local-slurm.sh)
+# --tests: what the test suite needs beyond that: SLURM (tests/test_slurm.py) and a headless browser that opens the
+#          Snakemake report (tests/test_workflow.py)
+SLURM_PACKAGES="slurmctld slurmd slurm-client munge"
+case "${1:-}" in
+  --slurm) APT_PACKAGES="$APT_PACKAGES $SLURM_PACKAGES" ;;
+  --tests) APT_PACKAGES="$APT_PACKAGES $SLURM_PACKAGES chromium-headless-shell" ;;
+esac
 missing=$(for p in $APT_PACKAGES; do dpkg -s "$p" >/dev/null 2>&1 || printf "%s " "$p"; done)
 if [ -n "$missing" ]; then
   sudo=""; [ "$(id -u)" -ne 0 ] && sudo="sudo"

@@ -561,6 +561,33 @@ def test_quick_switch_and_failed_experiment_does_not_block_the_others(done):
     assert argv[argv.index("--sizes") + 1:argv.index("--sizes") + 4] == ["train=48", "dev=8", "test=16"]
 
 
+def open_in_browser(report: Path, screenshot: Path) -> dict:
+    """Open an HTML file in headless Chromium (scripts/setup.sh --tests installs it): the page's rendered text, its
+    embedded data (script contents), and a screenshot checked not to be blank."""
+    browser = shutil.which("chromium-headless-shell") or shutil.which("chromium")
+    if browser is None:
+        (pytest.fail if os.environ.get("CI") else pytest.skip)("no headless Chromium: run scripts/setup.sh --tests")
+    args = [browser, "--no-sandbox", "--disable-gpu", "--window-size=1280,900", "--virtual-time-budget=10000"]
+    subprocess.run([*args, f"--screenshot={screenshot}", report.resolve().as_uri()], capture_output=True,
+                   timeout=120, check=True)
+    dom = subprocess.run([*args, "--dump-dom", report.resolve().as_uri()], capture_output=True, text=True,
+                         timeout=120, check=True).stdout
+    from matplotlib.image import imread
+
+    pixels = imread(screenshot)[..., :3]  # (H, W, 3) in 0..1
+    assert pixels.std() > 0.05 and (pixels.mean(axis=2) < 0.9).mean() > 0.05, "the report renders blank"
+    scripts = "".join(re.findall(r"<script\b[^>]*>(.*?)</script>", dom, flags=re.S))
+    text = re.sub(r"<[^>]+>", " ", re.sub(r"<(script|style)\b.*?</\1>", "", dom, flags=re.S))
+    return {"text": " ".join(text.split()), "data": scripts}
+
+
+def test_the_report_opens_in_a_browser_with_the_table_the_comparisons_and_the_plots(completed, tmp_path):
+    snakemake(completed, "--report", str(tmp_path / "report.html"))
+    page = open_in_browser(tmp_path / "report.html", tmp_path / "report.png")
+    assert "Results" in page["text"] and "Plots" in page["text"] and "steermoe train" in page["text"]
+    assert "all experiments" in page["data"] and "comparisons with baselines" in page["data"]
+
+
 # ---- the real thing ------------------------------------------------------------------------------------------
 @pytest.mark.slow
 def test_tiny_matrix_end_to_end(tmp_path):
@@ -594,7 +621,12 @@ def test_tiny_matrix_end_to_end(tmp_path):
     assert (root / "results" / "comparisons.csv").is_file() and list((root / "results" / "plots").glob("*.png"))
     assert "Nothing to be done" in snakemake(root, "-n", stub=False).stdout
     snakemake(root, "--report", "results/report.html", stub=False)
-    assert (root / "results" / "report.html").stat().st_size > 10000
+    page = open_in_browser(root / "results" / "report.html", tmp_path / "report.png")
+    # the report's app ran (its menu is rendered) and it holds the table, the comparisons and every plot
+    assert "Results" in page["text"] and "Plots" in page["text"], page["text"][:500]
+    for entry in ("all experiments", "comparisons with baselines",
+                  *(p.name for p in (root / "results" / "plots").glob("*.png"))):
+        assert entry in page["data"], entry
     # a broken experiment fails, the others stay done, and the table says why (onerror aggregates)
     write_matrix(root, *rows, "linear\ttiny-whisper\tmissing\ttones\t\tfalse", header=header)
     proc = snakemake(root, stub=False, check=False)
