@@ -25,7 +25,8 @@ from steermoe.features import AudioFeatures
 from steermoe.fsutil import replace_dir, write_json
 from steermoe.protocols import SEED_SAMPLING, SEED_SUBSET, seed_subset
 from steermoe.runconfig import RunConfig
-from steermoe.train import check_inputs, load_model, load_rows, load_trainable
+from steermoe.checkpoint import load_trainable
+from steermoe.train import check_inputs, load_model, load_rows
 
 
 def shard_of_this_process() -> tuple[int, int]:

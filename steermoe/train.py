@@ -14,7 +14,7 @@ import shutil
 import signal
 import time
 from collections import Counter
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -26,14 +26,12 @@ from steermoe.analysis import GateStats, scalars, steering_parameters
 from steermoe.data.batching import AudioRows, Collator, LengthGroupedBatches, parquet_files
 from steermoe.errors import ConfigError, DataError, ModelFolderError, TrainingError
 from steermoe.features import AudioFeatures
-from steermoe.fsutil import replace_dir, sha256_file, storage_problem, write_json
+from steermoe.fsutil import replace_dir, write_json
 from steermoe.runconfig import DEEPSPEED_DIR, RunConfig
-from steermoe.trainstate import (SCALER, SCHEDULER, load_optimizer, load_rng, rng_stem, save_optimizer, save_rng,
-                                 unsafe_files)
+from steermoe.checkpoint import (SCALER, SCHEDULER, complete_checkpoints, load_optimizer, load_rng, mark_complete,
+                                 remove_old_checkpoints, resume_point, rng_stem, save_optimizer, save_rng,
+                                 save_trainable, storage_errors, whole_trainable_state)
 
-WEIGHTS = "model.safetensors"  # the Trainer's own name, so its resume and best-model loading find the file
-META = "steermoe.json"
-COMPLETE = "complete.json"  # written last into a checkpoint: file hashes; no marker means not complete
 DEV_HOLDOUT_MAX = 200
 
 
@@ -270,7 +268,7 @@ class SteerMoETrainer(Trainer):
         finally:
             hf_trainer.deepspeed_load_checkpoint = original
 
-    # training state as safetensors + JSON (steermoe/trainstate.py), where the Trainer would write pickles
+    # training state as safetensors + JSON (steermoe/checkpoint.py), where the Trainer would write pickles
     def _save_optimizer_and_scheduler(self, output_dir: str) -> None:
         from accelerate.utils import DeepSpeedSchedulerWrapper
 
@@ -332,99 +330,11 @@ class SteerMoETrainer(Trainer):
         self.accelerator.wait_for_everyone()  # every process has written its part (RNG state, DeepSpeed shards)
         if not self.args.should_save:
             return
-        files = {str(p.relative_to(folder)): sha256_file(p) for p in sorted(folder.rglob("*")) if p.is_file()}
-        write_json(folder / COMPLETE, {"step": self.state.global_step, "config_sha256": self.run.sha256,
-                                       "files": files})
-        limit = self.run.top.save_total_limit
-        if limit:
-            keep = {self.state.best_model_checkpoint and Path(self.state.best_model_checkpoint).name}
-            done = complete_checkpoints(Path(self.args.output_dir))
-            for old in done[limit:]:
-                if old.name not in keep:
-                    shutil.rmtree(old)
-
-
-@contextmanager
-def storage_errors(folder: Path, what: str):
-    """A write that failed because the disk is full or read-only becomes one clear error; the last complete
-    checkpoint (and an earlier final/ folder) stay as they were."""
-    try:
-        yield
-    except Exception as err:
-        problem = storage_problem(folder)
-        if problem is None:
-            raise
-        raise TrainingError(f"cannot write the {what} {folder}: {problem} ({type(err).__name__}: {err}). Free space "
-                            f"or make the folder writable, then run the same command again: training resumes from "
-                            f"the last complete checkpoint") from None
-
-
-def whole_trainable_state(model) -> dict[str, torch.Tensor]:
-    """The trainable parameters, whole, as fp32 CPU copies. Under ZeRO-3 each process holds only a slice of every
-    parameter, so every process must call this: together they gather the trainable ones, never the frozen models."""
-    sliced = [p for p in model.parameters() if p.requires_grad and hasattr(p, "ds_id")]  # ZeRO-3 marks its own
-    if sliced:
-        import deepspeed
-
-        gathered = deepspeed.zero.GatheredParameters(sliced)
-    else:
-        gathered = nullcontext()
-    with gathered:
-        return {k: v.to("cpu", torch.float32, copy=True) for k, v in model.trainable_state_dict().items()}
-
-
-def save_trainable(state: dict[str, torch.Tensor], folder: Path, run: RunConfig) -> None:
-    """A trained folder: the trainable parameters (whole_trainable_state) and what they were trained with."""
-    from safetensors.torch import save_file
-
-    folder.mkdir(parents=True, exist_ok=True)
-    # one metadata key: safetensors writes several in a random order, and the same weights must give the same
-    # bytes (evaluation and the table record the file's hash); the config's hash is in META beside it
-    save_file({k: v.contiguous() for k, v in state.items()}, str(folder / WEIGHTS),
-              metadata={"format": "pt"})
-    write_json(folder / META, {"config": run.name, "config_sha256": run.sha256, "method": run.method,
-                               "model": run.model_config().to_dict(),
-                               "encoder": str(run.encoder.model_path), "decoder": str(run.decoder.model_name)})
-
-
-def complete_checkpoints(output_dir: Path) -> list[Path]:
-    """Checkpoint folders with a completion marker, newest first."""
-    found = [p for p in output_dir.glob("checkpoint-*") if (p / COMPLETE).is_file() and p.name[11:].isdigit()]
-    return sorted(found, key=lambda p: int(p.name[11:]), reverse=True)
-
-
-def resume_point(output_dir: Path, run: RunConfig, log=print) -> str | None:
-    """The newest intact checkpoint of this config. Incomplete folders (a kill mid-save) are removed; corrupted
-    ones and those of another config are moved aside, never deleted."""
-    for folder in output_dir.glob("checkpoint-*"):
-        if not (folder / COMPLETE).is_file():
-            log(f"removing incomplete checkpoint {folder} (interrupted while saving)")
-            shutil.rmtree(folder)
-    for folder in complete_checkpoints(output_dir):
-        marker = json.loads((folder / COMPLETE).read_text())
-        problem = None
-        unlisted = sorted({str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file()}
-                          - set(marker["files"]) - {COMPLETE})
-        unsafe = unsafe_files(marker["files"], run.training.use_deepspeed)
-        if marker.get("config_sha256") != run.sha256:
-            problem = "was written by a different version of the config"
-        elif unlisted:
-            problem = f"holds files its {COMPLETE} does not list ({', '.join(unlisted[:3])}); they are never loaded"
-        elif unsafe:
-            problem = (f"holds pickled state ({', '.join(unsafe[:3])}; an older steermoe wrote such files), which is "
-                       f"never loaded")
-        else:
-            for name, digest in marker["files"].items():
-                if not (folder / name).is_file() or sha256_file(folder / name) != digest:
-                    problem = f"is corrupted ({name} does not match its hash)"
-                    break
-        if problem is None:
-            return str(folder)
-        aside = output_dir / "superseded" / f"{folder.name}-{int(time.time())}"
-        aside.parent.mkdir(exist_ok=True)
-        folder.rename(aside)
-        log(f"checkpoint {folder.name} {problem}: moved to {aside}")
-    return None
+        mark_complete(folder, self.state.global_step, self.run.sha256)
+        if self.run.top.save_total_limit:
+            best = self.state.best_model_checkpoint
+            remove_old_checkpoints(Path(self.args.output_dir), self.run.top.save_total_limit,
+                                   keep=best and Path(best).name)
 
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
@@ -600,21 +510,3 @@ def train(run: RunConfig, log=print) -> dict:
 
 def quiet(*_) -> None:
     """The log of processes other than process 0."""
-
-
-def load_trainable(model, folder: Path) -> str:
-    """Load a trained folder's weights into the model (safetensors only); returns the weights' sha256."""
-    from safetensors.torch import load_file
-
-    path = Path(folder) / WEIGHTS
-    if not path.is_file():
-        raise ConfigError(f"{folder} has no {WEIGHTS}: train first (`steermoe train --config ...`), or point "
-                          f"evaluation.checkpoint at a trained folder")
-    state = load_file(str(path))
-    expected = set(model.trainable_state_dict())
-    missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
-    if missing or unexpected:
-        raise ConfigError(f"{path} does not fit this config's model (missing {missing[:3]}, unexpected "
-                          f"{unexpected[:3]}): was it trained with another method or encoder/decoder?")
-    model.load_state_dict(state, strict=False)
-    return sha256_file(path)

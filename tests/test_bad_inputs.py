@@ -400,7 +400,7 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tiny, tmp_path):  # n
     assert (kept / "complete.json").is_file() and not (tmp_path / "out" / "final").exists()
     before = snapshot(kept)
     from steermoe.runconfig import load_run_config
-    from steermoe.train import resume_point
+    from steermoe.checkpoint import resume_point
 
     assert resume_point(tmp_path / "out", load_run_config(config)) == str(kept)  # intact: the hashes match
     assert snapshot(kept) == before

@@ -133,7 +133,8 @@ def test_steering_clip_runs_in_training_before_the_step(tiny, tmp_path, switch):
 
 # ---- checkpoints -----------------------------------------------------------------------------------------------
 def test_checkpoints_hold_only_trainable_parameters_and_rotate(tiny, tmp_path):
-    from steermoe.train import COMPLETE, train
+    from steermoe.checkpoint import COMPLETE
+    from steermoe.train import train
 
     run = load_run_config(write_config(tmp_path, tiny, save_total_limit=1, save_steps=2))
     summary = train(run, log=lambda *_: None)
@@ -187,7 +188,8 @@ def test_resume_after_sigkill_gives_the_weights_of_an_uninterrupted_run(tiny, tm
 
 
 def test_incomplete_corrupt_and_foreign_checkpoints_are_never_resumed(tiny, tmp_path):
-    from steermoe.train import resume_point, train
+    from steermoe.checkpoint import resume_point
+    from steermoe.train import train
 
     run = load_run_config(write_config(tmp_path, tiny, training={"max_steps": 4}, save_steps=2))
     train(run, log=lambda *_: None)
@@ -457,7 +459,7 @@ def test_deepspeed_zero_on_cpu_trains_to_the_same_loss_as_plain_training(tiny, t
     states = list((tmp_path / "ds" / "out" / "checkpoint-8").rglob("*model_states.pt"))
     assert states and all(p.stat().st_size < 200_000 for p in states)
     # pickles only in DeepSpeed's own files (global_step*/); our scheduler and RNG state in JSON and safetensors
-    from steermoe.trainstate import unsafe_files
+    from steermoe.checkpoint import unsafe_files
 
     out = tmp_path / "ds" / "out"
     names = [str(p.relative_to(out / "checkpoint-4")) for p in (out / "checkpoint-4").rglob("*") if p.is_file()]
