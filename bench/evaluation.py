@@ -31,7 +31,7 @@ def main(argv=None) -> dict:
     from steermoe.features import AudioFeatures
     from steermoe import precision
     from steermoe.checkpoint import load_trainable
-    from steermoe.train import load_model, load_rows
+    from steermoe.loading import load_model, load_rows
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
