@@ -12,7 +12,9 @@ import shutil
 import pytest
 
 from steermoe import aggregate as agg
-from steermoe.aggregate import aggregate, collect, log_error
+from steermoe.aggregate import aggregate
+from steermoe.results import collect, log_error
+from steermoe.tables import TIMING_COLUMNS, table_columns
 
 N = 60  # test utterances
 UNITS = [8 + (i % 7) for i in range(N)]  # reference words per utterance
@@ -138,7 +140,7 @@ def test_table_rows_columns_and_status(workdir):
     run(exps)
     rows = read_table(workdir / "results/table.csv")
     header = next(csv.reader(io.StringIO((workdir / "results/table.csv").read_text())))
-    assert header == agg.table_columns(["num_experts", "pooling_kernel_size"])
+    assert header == table_columns(["num_experts", "pooling_kernel_size"])
     for column in ("experiment", "method", "encoder", "decoder", "dataset", "group", "metric", "value", "ci_low",
                    "ci_high", "substitutions", "deletions", "insertions", "reference_units", "utterances",
                    "trainable_parameters", "train_seconds", "eval_seconds", "rtf", "config_sha256", "git_commit",
@@ -265,7 +267,7 @@ def test_comparison_matches_by_id_not_order(workdir):
 
 def _without_timing(text):
     rows = list(csv.reader(io.StringIO(text)))
-    drop = [rows[0].index(c) for c in agg.TIMING_COLUMNS]
+    drop = [rows[0].index(c) for c in TIMING_COLUMNS]
     return [[v for i, v in enumerate(row) if i not in drop] for row in rows]
 
 
