@@ -11,7 +11,7 @@ import math
 from pathlib import Path
 
 from steermoe.fsutil import write_atomic
-from steermoe.results import HEADLINE, OK, STALE, ExperimentResult, get_field
+from steermoe.results import OK, STALE, ExperimentResult, get_field
 from steermoe.tables import ci_bounds
 
 def _figure_bytes(fig) -> bytes:
@@ -59,7 +59,7 @@ def plot_metrics(experiments: list, results: dict[str, ExperimentResult]) -> byt
             labels.append(r.id)
             if r.status in (OK, STALE) and r.metrics.get("value") is not None:
                 value, (low, high) = r.metrics["value"], ci_bounds(r.metrics)
-                metric_names.add(HEADLINE[r.metrics["metric"]])
+                metric_names.add(r.metrics["metric"])
                 xerr = [[value - low], [high - value]] if low is not None else None
                 ax.errorbar(value, y, xerr=xerr, fmt="o", color=colours[str(get_field(exp, "method"))], capsize=4)
                 ax.annotate(f"{value:.3f}", (value, y), textcoords="offset points", xytext=(0, 6), ha="center",

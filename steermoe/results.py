@@ -27,8 +27,11 @@ from pathlib import Path
 
 from steermoe.errors import DataError
 from steermoe.fsutil import sha256_file
+from steermoe.runconfig import METRICS
 
-HEADLINE = {"wer": "wer", "cer": "cer", "qa_accuracy": "qa_accuracy", "exact_match": "qa_accuracy"}
+# what an older steermoe wrote into metrics.json -> today's name
+OLD_NAMES = {"exact_match": "qa_accuracy", "reference_words": "reference_units",
+             "reference_characters": "reference_units"}
 ERROR_PREFIX = "steermoe: error:"
 OK, STALE = "ok", "stale"
 FAILED_TRAIN, FAILED_EVAL, NOT_RUN, INVALID = "failed at train", "failed at evaluate", "not run", "invalid results"
@@ -199,8 +202,7 @@ def collect(exp, results: Path, logs: Path, root: Path | None = None) -> Experim
         trained_with = (meta or {}).get("config_sha256")
         if out.train_config_sha256 and trained_with and trained_with != out.train_config_sha256:
             stale.append(f"{train_config} changed since training")
-        wanted = HEADLINE.get(str(get_field(exp, "metric") or ""), None)
-        got = HEADLINE.get(out.metrics["metric"])
+        wanted, got = get_field(exp, "metric"), out.metrics["metric"]
         if wanted and got != wanted:
             stale.append(f"the matrix asks for {wanted} but {metrics_path} holds {got}")
         if stale:
@@ -251,9 +253,13 @@ def _upstream_failure(exp, logs: Path, root: Path, train_config: Path | None,
 
 def _check_metrics(metrics: dict, path: Path) -> None:
     metric = metrics.get("metric")
-    if metric not in HEADLINE:
-        raise MalformedFile(f"{path}: 'metric' is {metric!r}, expected one of wer, cer, exact_match")
-    for key in ("value", "ci95", "utterances"):
+    old = sorted({key for key in OLD_NAMES if key in metrics or metric == key})
+    if old:
+        raise MalformedFile(f"{path}: written by an older steermoe ({', '.join(f'{k} is now {OLD_NAMES[k]}' for k in old)}"
+                            f"); evaluate again (remove {path.parent} and re-run the workflow)")
+    if metric not in METRICS:
+        raise MalformedFile(f"{path}: 'metric' is {metric!r}, expected one of {', '.join(METRICS)}")
+    for key in ("value", "ci95", "utterances", "reference_units"):
         if key not in metrics:
             raise MalformedFile(f"{path}: missing '{key}'")
     if metric == "wer" and metrics.get("protocol", "honest") == "honest" and not isinstance(metrics.get("raw"), dict):

@@ -12,7 +12,7 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from steermoe.results import ERROR_PREFIX, HEADLINE, NOT_RUN, OK, STALE, collect, get_field, log_error
+from steermoe.results import ERROR_PREFIX, NOT_RUN, OK, STALE, collect, get_field, log_error
 
 STEP_LINE = re.compile(r"^step (\d+)/(\d+)  (.*)  (\d+)s(?:  ETA .*)?$")
 QUIET_SECONDS = 600  # a job log untouched this long, with no result and no error, is reported as stalled
@@ -85,7 +85,7 @@ def experiment_line(exp, results: Path, logs: Path, now: float | None = None) ->
     if result.status in (OK, STALE):
         metrics = result.metrics
         line.update(state="done" if result.status == OK else "stale", log=str(eval_log),
-                    metric=f"{HEADLINE[metrics['metric']]} {metrics['value']:.4f}")
+                    metric=f"{metrics['metric']} {metrics['value']:.4f}")
     elif result.summary is not None:  # trained, not evaluated yet
         line.update(state=_job_state(eval_log, "evaluating", now) if eval_log.is_file() else "trained",
                     log=str(eval_log))

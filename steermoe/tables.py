@@ -21,7 +21,7 @@ import math
 from pathlib import Path
 
 from steermoe.errors import DataError
-from steermoe.results import HEADLINE, OK, ExperimentResult, MalformedFile, get_field, read_predictions
+from steermoe.results import OK, ExperimentResult, MalformedFile, get_field, read_predictions
 
 NOTES = {
     "wer": "word error rate after Whisper English normalisation",
@@ -91,25 +91,20 @@ def ci_bounds(block: dict) -> tuple:
 
 
 def _metric_blocks(metrics: dict) -> list[tuple[str, dict]]:
-    """(table metric name, counts) for every metric row of an evaluated experiment."""
-    name = HEADLINE[metrics["metric"]]
-    utterances = metrics.get("utterances")
+    """(table metric name, counts) for every metric row of an evaluated experiment; each block carries its own
+    reference_units (steermoe/metrics.py)."""
+    name = metrics["metric"]
     if metrics.get("protocol") == "seed":  # one number, as the original code computed it
-        units = metrics.get("reference_units") if name != "qa_accuracy" else utterances
-        return [(name, {**metrics, "reference_units": units})]
-    if name in ("wer", "cer"):
-        units = metrics.get("reference_words", metrics.get("reference_characters"))
-        rows = [(name, {**metrics, "reference_units": units})]
-        if name == "wer":
-            raw = metrics["raw"]
-            rows.append(("wer_raw", {**raw, "utterances": utterances,
-                                     "reference_units": raw.get("reference_words")}))
-        return rows
-    out = [("qa_accuracy", {**metrics, "reference_units": utterances})]
+        return [(name, metrics)]
+    if name == "wer":
+        return [(name, metrics), ("wer_raw", {**metrics["raw"], "utterances": metrics.get("utterances")})]
+    if name == "cer":
+        return [(name, metrics)]
+    out = [(name, metrics)]
     for key, label in (("yes_no", "qa_yes_no"), ("any_annotator", "qa_any_annotator"),
                        ("lenient_substring", "qa_lenient_substring")):
-        block = metrics.get(key) or {"value": None, "ci95": None, "correct": 0, "utterances": 0}
-        out.append((label, {**block, "reference_units": block.get("utterances")}))
+        out.append((label, metrics.get(key) or {"value": None, "ci95": None, "correct": 0, "utterances": 0,
+                                                "reference_units": 0}))
     return out
 
 
@@ -145,12 +140,12 @@ def table_rows(experiments: list, results: dict[str, ExperimentResult], override
                 "config_sha256": r.config_sha256, "train_config_sha256": r.train_config_sha256,
                 "git_commit": git_commit, "status": r.status, "error": r.error, "log": r.log}
         if r.metrics is None:
-            headline = HEADLINE.get(str(get_field(exp, "metric") or ""), str(get_field(exp, "metric") or ""))
+            headline = str(get_field(exp, "metric") or "")
             rows.append({**base, "metric": headline, "headline": True, "note": NOTES.get(headline, "")})
             continue
         for name, block in _metric_blocks(r.metrics):
             low, high = ci_bounds(block)
-            rows.append({**base, "metric": name, "headline": name == HEADLINE[r.metrics["metric"]],
+            rows.append({**base, "metric": name, "headline": name == r.metrics["metric"],
                          "value": block.get("value"), "ci_low": low, "ci_high": high,
                          "substitutions": block.get("substitutions"), "deletions": block.get("deletions"),
                          "insertions": block.get("insertions"), "correct": block.get("correct"),
@@ -230,7 +225,7 @@ def comparison_rows(experiments: list, results: dict[str, ExperimentResult], see
             if exp is base_exp:
                 continue
             r = results[str(get_field(exp, "id"))]
-            metric = HEADLINE.get(str(get_field(exp, "metric") or ""), str(get_field(exp, "metric") or ""))
+            metric = str(get_field(exp, "metric") or "")
             row = {"group": group, "baseline": base.id, "experiment": r.id, "test_set": r.test_set, "metric": metric,
                    "direction": "lower is better" if LOWER_IS_BETTER.get(metric, True) else "higher is better",
                    "resamples": resamples}
@@ -248,9 +243,9 @@ def comparison_rows(experiments: list, results: dict[str, ExperimentResult], see
             elif r.test_set != base.test_set:
                 row.update(status="error", error=f"{r.id} is scored on {r.test_set}, the baseline {base.id} on "
                                                  f"{base.test_set}: a paired comparison needs the same test set")
-            elif HEADLINE[r.metrics["metric"]] != HEADLINE[base.metrics["metric"]]:
-                row.update(status="error", error=f"{r.id} is scored with {HEADLINE[r.metrics['metric']]}, the "
-                                                 f"baseline {base.id} with {HEADLINE[base.metrics['metric']]}")
+            elif r.metrics["metric"] != base.metrics["metric"]:
+                row.update(status="error", error=f"{r.id} is scored with {r.metrics['metric']}, the "
+                                                 f"baseline {base.id} with {base.metrics['metric']}")
             else:
                 try:
                     a, b = _paired(base.predictions_path, r.predictions_path)
@@ -258,7 +253,7 @@ def comparison_rows(experiments: list, results: dict[str, ExperimentResult], see
                 except (DataError, ValueError) as err:
                     row.update(status="error", error=str(err))
                 else:
-                    sign = -1.0 if HEADLINE[r.metrics["metric"]] == "qa_accuracy" else 1.0  # error rate -> accuracy
+                    sign = -1.0 if r.metrics["metric"] == "qa_accuracy" else 1.0  # error rate -> accuracy
                     low, high = sorted((sign * result["ci95"][0], sign * result["ci95"][1]))
                     base_value = 1 - result["a"] if sign < 0 else result["a"]
                     value = 1 - result["b"] if sign < 0 else result["b"]
