@@ -36,7 +36,8 @@ BLOCK_ELEMENTS = 1 << 22
 # ---------------------------------------------------------------- normalisation
 
 @lru_cache(maxsize=None)
-def _english_normalizer():
+def english_normalizer():
+    """Whisper's EnglishTextNormalizer with the vendored spelling table, built once."""
     # imported lazily: transformers is heavy and only English WER needs it
     from transformers.models.whisper.english_normalizer import EnglishTextNormalizer
 
@@ -49,7 +50,7 @@ def normalize_english(text: str) -> str:
     One addition to Whisper's: tokens without a letter or digit are dropped, because Whisper's
     leaves e.g. "wait..." as "wait ." and that stray "." would count as a word error.
     """
-    return " ".join(word for word in _english_normalizer()(text).split()
+    return " ".join(word for word in english_normalizer()(text).split()
                     if any(c.isalnum() for c in word))
 
 
@@ -134,8 +135,8 @@ def char_counts(reference: str, hypothesis: str) -> Counts:
 
 # ---------------------------------------------------------------- bootstrap
 
-def _index_blocks(n: int, seed: int, resamples: int):
-    """Resampled utterance indices, (rows, n) blocks totalling `resamples` rows."""
+def index_blocks(n: int, seed: int, resamples: int):
+    """Resampled utterance indices, (rows, n) blocks totalling `resamples` rows (rows x n <= BLOCK_ELEMENTS)."""
     rng = np.random.default_rng(seed)
     rows = max(1, BLOCK_ELEMENTS // n)
     for start in range(0, resamples, rows):
@@ -162,7 +163,7 @@ def bootstrap_ci(errors: np.ndarray, units: np.ndarray, seed: int = 0, resamples
     """Percentile-bootstrap interval of sum(errors)/sum(units), resampling utterances with replacement."""
     errors, units = _arrays(errors, units)
     rates = np.concatenate([_rates(errors, units, index)
-                            for index in _index_blocks(len(errors), seed, resamples)])
+                            for index in index_blocks(len(errors), seed, resamples)])
     tail = 100 * (1 - level) / 2
     low, high = np.nanpercentile(rates, [tail, 100 - tail])
     return float(low), float(high)
@@ -187,7 +188,7 @@ def paired_bootstrap(a: list[dict], b: list[dict], seed: int = 0, resamples: int
                          "a and b were not scored on the same references")
     rate_a, rate_b = errors_a.sum() / units.sum(), errors_b.sum() / units.sum()
     deltas = np.concatenate([_rates(errors_b, units, index) - _rates(errors_a, units, index)
-                             for index in _index_blocks(len(units), seed, resamples)])
+                             for index in index_blocks(len(units), seed, resamples)])
     deltas = deltas[~np.isnan(deltas)]
     low, high = np.percentile(deltas, [2.5, 97.5])
     beyond_zero = min(int(np.sum(deltas <= 0)), int(np.sum(deltas >= 0)))

@@ -42,7 +42,7 @@ def test_normalize_english(text, expected):
 
 
 def test_english_normaliser_built_once():
-    assert metrics._english_normalizer() is metrics._english_normalizer()
+    assert metrics.english_normalizer() is metrics.english_normalizer()
 
 
 def test_spelling_table_is_vendored():
@@ -295,7 +295,7 @@ def test_bootstrap_rejects_zero_units():
 def test_bootstrap_blocks_give_the_full_resample_count(monkeypatch):
     # tiny blocks force many index blocks; the interval must still come from all resamples
     monkeypatch.setattr(metrics, "BLOCK_ELEMENTS", 7)
-    blocks = list(metrics._index_blocks(n=3, seed=0, resamples=10))
+    blocks = list(metrics.index_blocks(n=3, seed=0, resamples=10))
     assert sum(len(b) for b in blocks) == 10 and all(b.shape[1] == 3 for b in blocks)
 
 
