@@ -136,7 +136,8 @@ def char_counts(reference: str, hypothesis: str) -> Counts:
 # ---------------------------------------------------------------- bootstrap
 
 def index_blocks(n: int, seed: int, resamples: int):
-    """Resampled utterance indices, (rows, n) blocks totalling `resamples` rows (at most BLOCK_ELEMENTS elements per block, one row at least)."""
+    """Resampled utterance indices, (rows, n) blocks totalling `resamples` rows; a block holds at most
+    BLOCK_ELEMENTS elements (one row at least)."""
     rng = np.random.default_rng(seed)
     rows = max(1, BLOCK_ELEMENTS // n)
     for start in range(0, resamples, rows):
