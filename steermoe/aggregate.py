@@ -19,7 +19,9 @@ from steermoe.results import INVALID, collect, get_field
 from steermoe.tables import (COMPARISON_COLUMNS, comparison_rows, override_columns, summary_text, table_columns,
                              table_rows, to_csv)
 
+
 def git_commit(root: Path | None = None) -> str:
+    """The checked-out commit (the table's git_commit column); "" outside a git checkout."""
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root or None, capture_output=True, text=True,
                              timeout=10)

@@ -31,6 +31,8 @@ if TYPE_CHECKING:
 WEIGHTS = "model.safetensors"  # the Trainer's own name, so its resume and best-model loading find the file
 META = "steermoe.json"
 COMPLETE = "complete.json"  # written last into a checkpoint: file hashes; no marker means not complete
+
+
 # ---- optimiser, scheduler, scaler and RNG state ---------------------------------------------------------
 OPTIMIZER = "optimizer.safetensors"  # per-parameter state tensors, keyed "<parameter name>/<state key>"
 OPTIMIZER_INDEX = "optimizer.json"  # parameter groups (hyper-parameters, parameter names); non-tensor state

@@ -3,6 +3,7 @@ frozen parts, and the parquet rows (for training: filtered by the length limits,
 """
 from __future__ import annotations
 
+import hashlib
 from collections import Counter
 from contextlib import contextmanager
 
@@ -62,6 +63,7 @@ def load_model(run: RunConfig, weights_dtype: str):
 
 
 def load_rows(run: RunConfig, entries: list[str], key: str) -> AudioRows:
+    """The rows of the parquet files or folders `entries` (relative to the config), errors naming `key`."""
     return AudioRows.from_parquet([str(run.resolve(e)) for e in entries], run.top.audio_column, run.top.text_column,
                                   key=f"{run.path}: {key}")
 
@@ -92,8 +94,6 @@ def filter_rows(rows: AudioRows, model, run: RunConfig, name: str, log=print) ->
 
 def dev_holdout(rows: AudioRows) -> tuple[AudioRows, AudioRows]:
     """Without eval_parquet_dirs: a fixed ~2 % of the training rows (chosen by id hash) become the dev set."""
-    import hashlib
-
     n = max(1, min(DEV_HOLDOUT_MAX, len(rows) // 50))
     order = sorted(range(len(rows)), key=lambda i: hashlib.sha256(str(rows.columns["id"][i]).encode()).digest())
     dev = set(order[:n])

@@ -14,7 +14,9 @@ from steermoe.fsutil import write_atomic
 from steermoe.results import OK, STALE, ExperimentResult, get_field
 from steermoe.tables import ci_bounds
 
+
 def _figure_bytes(fig) -> bytes:
+    """The figure as PNG bytes, without the matplotlib version in the metadata (the same plot, the same bytes)."""
     import matplotlib.pyplot as plt
 
     buffer = io.BytesIO()
@@ -24,6 +26,7 @@ def _figure_bytes(fig) -> bytes:
 
 
 def _pyplot():
+    """pyplot on the off-screen Agg backend, imported only when a figure is drawn."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -33,6 +36,7 @@ def _pyplot():
 
 
 def _empty(plt, message: str) -> bytes:
+    """A figure that says why there is nothing to draw (every output file exists even then)."""
     fig, ax = plt.subplots(figsize=(6, 2))
     ax.axis("off")
     ax.text(0.5, 0.5, message, ha="center", va="center")

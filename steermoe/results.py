@@ -255,8 +255,9 @@ def _check_metrics(metrics: dict, path: Path) -> None:
     metric = metrics.get("metric")
     old = sorted({key for key in OLD_NAMES if key in metrics or metric == key})
     if old:
-        raise MalformedFile(f"{path}: written by an older steermoe ({', '.join(f'{k} is now {OLD_NAMES[k]}' for k in old)}"
-                            f"); evaluate again (remove {path.parent} and re-run the workflow)")
+        renamed = ", ".join(f"{key} is now {OLD_NAMES[key]}" for key in old)
+        raise MalformedFile(f"{path}: written by an older steermoe ({renamed}); evaluate again (remove {path.parent} "
+                            f"and re-run the workflow)")
     if metric not in METRICS:
         raise MalformedFile(f"{path}: 'metric' is {metric!r}, expected one of {', '.join(METRICS)}")
     for key in ("value", "ci95", "utterances", "reference_units"):

@@ -129,8 +129,8 @@ def table_rows(experiments: list, results: dict[str, ExperimentResult], override
         r = results[str(get_field(exp, "id"))]
         overrides = get_field(exp, "overrides") or {}
         base = {"experiment": r.id, "method": get_field(exp, "method"), "encoder": get_field(exp, "encoder"),
-                "decoder": get_field(exp, "decoder"), "dataset": get_field(exp, "dataset"), "recipe": get_field(exp, "recipe") or "",
-                "group": get_field(exp, "group") or "",
+                "decoder": get_field(exp, "decoder"), "dataset": get_field(exp, "dataset"),
+                "recipe": get_field(exp, "recipe") or "", "group": get_field(exp, "group") or "",
                 "baseline": bool(get_field(exp, "baseline")), "tags": ",".join(get_field(exp, "tags") or []),
                 **{c: overrides.get(c, "") for c in override_columns},
                 "test_set": r.test_set, "protocol": _protocol(exp, r), "trainable_parameters": _trainable(r),

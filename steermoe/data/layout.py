@@ -133,8 +133,8 @@ def prepare_corpus(corpus: str, splits: dict[str, Iterable[RawItem | Reject]], o
                 rejects.append({"split": split, **outcome.item, "reason": outcome.reason})
             if not rows:
                 raise DataError(f"{corpus}: split {split!r} has no usable rows ({sum(rejected.values())} rejected, "
-                                f"{sum(filtered.values())} filtered: {dict(rejected + filtered)}); check the "
-                                f"corpus layout and the filters (filter_dataset, max_audio_length, max_text_characters)")
+                                f"{sum(filtered.values())} filtered: {dict(rejected + filtered)}); check the corpus "
+                                f"layout and the filters (filter_dataset, max_audio_length, max_text_characters)")
             pq.write_table(pa.Table.from_pylist(rows, schema=SCHEMA), partial / f"{split}.parquet",
                            row_group_size=256, compression="none")  # FLAC is already compressed
             manifest["splits"][split] = {"rows": len(rows), "hours": round(sum(r["duration"] for r in rows) / 3600, 4),
