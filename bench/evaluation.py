@@ -30,7 +30,8 @@ def main(argv=None) -> dict:
     from steermoe.data.batching import Collator
     from steermoe.features import AudioFeatures
     from steermoe import precision
-    from steermoe.train import load_model, load_rows, load_trainable
+    from steermoe.checkpoint import load_trainable
+    from steermoe.loading import load_model, load_rows
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)

@@ -21,7 +21,8 @@ def setup(run, trainer_class=None):
     from transformers import PrinterCallback
 
     from steermoe import precision
-    from steermoe.train import SteerMoETrainer, load_model, load_rows, training_arguments
+    from steermoe.loading import load_model, load_rows
+    from steermoe.train import SteerMoETrainer, training_arguments
 
     torch.manual_seed(run.top.seed)
     quiet = lambda message: None

@@ -1,13 +1,11 @@
 """Steering analysis: how the router uses the experts at each layer, and what the steering parameters look like.
 
-Written as JSON (training logs and evaluation) and drawn as one figure: mean gate per layer and expert, gate
-entropy per layer, layer scales and steering-vector norms.
+Written as JSON (training logs and evaluation): mean gate per layer and expert, gate entropy per layer, layer scales
+and steering-vector norms; steermoe/plots.py draws it (plot_steering).
 """
 from __future__ import annotations
 
 import math
-from pathlib import Path
-
 import torch
 
 from steermoe.encoders import length_mask
@@ -73,41 +71,3 @@ def scalars(analysis: dict) -> dict[str, float]:
     for site, norms in enumerate(analysis.get("vector_norms", [])):
         out[f"steering/vector_norm/site_{site:02d}"] = sum(norms) / len(norms)
     return out
-
-
-def plot_steering(analysis: dict, path: Path, title: str = "") -> None:
-    """Gate-usage heatmap (sites x experts) with entropy, scales and vector norms beside it."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    gates = analysis.get("mean_gate")
-    if not gates:
-        return
-    sites = range(len(gates))
-    fig, axes = plt.subplots(1, 3, figsize=(12, 0.35 * len(gates) + 2.5), gridspec_kw={"width_ratios": [3, 1, 1]})
-    image = axes[0].imshow(gates, aspect="auto", cmap="viridis", vmin=0)
-    axes[0].set_xticks(range(len(gates[0])))
-    axes[0].set(xlabel="expert", ylabel="steering site (encoder layer)", title="mean gate")
-    fig.colorbar(image, ax=axes[0])
-    for ax in axes:
-        ax.set_yticks(list(sites))
-    axes[1].barh(list(sites), analysis["entropy"])
-    axes[1].axvline(analysis["max_entropy"], color="grey", linestyle="--", label="uniform")
-    axes[1].set(xlabel="gate entropy (nats)", title="router entropy")
-    axes[1].invert_yaxis()
-    axes[1].legend(loc="lower right", fontsize=7)
-    if analysis.get("layer_scales"):
-        axes[2].barh(list(sites), analysis["layer_scales"], label="layer scale")
-        norms = [sum(n) / len(n) for n in analysis["vector_norms"]]
-        axes[2].plot(norms, list(sites), "o-", color="C1", label="mean vector norm")
-        axes[2].invert_yaxis()
-        axes[2].legend(loc="lower right", fontsize=7)
-    axes[2].set(title="scales and norms")
-    fig.suptitle(title)
-    fig.tight_layout()
-    tmp = path.with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    tmp.replace(path)

@@ -165,9 +165,12 @@ def load_catalog(path: str | Path) -> Catalog:
         else:
             if entry.get("sizes") is not None or out["quick"]["sizes"]:
                 raise ConfigError(f"{where}: 'sizes' is for synthetic corpora only")
+            if isinstance(entry["prepare"], dict) and "max_text_length" in entry["prepare"]:
+                raise ConfigError(f"{where}.prepare: 'max_text_length' is now 'max_text_characters' (data preparation "
+                                  f"counts characters; the max_text_length setting counts the LLM's tokens)")
             prep = check_mapping(f"{where}.prepare", entry["prepare"],
-                                  ("corpus", "root", "audio_column", "text_column", "split", "max_audio_length",
-                                   "max_text_length", "filter_dataset"), required=("corpus", "root"))
+                                 ("corpus", "root", "audio_column", "text_column", "split", "max_audio_length",
+                                  "max_text_characters", "filter_dataset"), required=("corpus", "root"))
             if prep["corpus"] not in PREPARE_CORPORA:
                 raise ConfigError(f"{where}.prepare.corpus: {prep['corpus']!r} is not one of "
                                   f"{listed(PREPARE_CORPORA)}{closest(prep['corpus'], PREPARE_CORPORA)}")
@@ -230,7 +233,7 @@ def data_command(dataset: dict, out: str, quick: bool = False) -> str:
         return shlex.join(args)
     prep = dataset["prepare"]
     args = ["steermoe", "data", "prepare", "--corpus", prep["corpus"], "--root", *prep["root"], "--out", out]
-    for key in ("audio_column", "text_column", "split", "max_audio_length", "max_text_length"):
+    for key in ("audio_column", "text_column", "split", "max_audio_length", "max_text_characters"):
         if prep.get(key) is not None:
             args += [f"--{key.replace('_', '-')}", str(prep[key])]
     if prep.get("filter_dataset") is False:

@@ -50,7 +50,7 @@ def _data_prepare(args) -> None:
     else:
         splits = corpora.READERS[args.corpus](args.root[0])
     filters = Filters(filter_dataset=not args.no_filter, max_audio_length=args.max_audio_length,
-                      max_text_length=args.max_text_length)
+                      max_text_characters=args.max_text_characters)
     _print_manifest(prepare_corpus(args.corpus, splits, Path(args.out), filters, workers=args.workers))
 
 
@@ -238,8 +238,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--audio-column", default=default("audio_column"), help="parquet: the audio column (audio_column)")
     p.add_argument("--text-column", default=default("text_column"), help="parquet: the text column (text_column)")
     p.add_argument("--split", default=None, help="parquet: split name (default: the folder or file name)")
-    p.add_argument("--max-audio-length", type=float, default=default("max_audio_length"), help="seconds (max_audio_length)")
-    p.add_argument("--max-text-length", type=int, default=448, help="characters (max_text_length)")
+    p.add_argument("--max-audio-length", type=float, default=default("max_audio_length"),
+                   help="seconds (max_audio_length)")
+    p.add_argument("--max-text-characters", type=int, default=448, help="characters (max_text_characters)")
     p.add_argument("--no-filter", action="store_true", help="filter_dataset: false")
     p.add_argument("--workers", type=int, default=None)
     p.set_defaults(func=_data_prepare)

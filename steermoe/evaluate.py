@@ -18,14 +18,16 @@ from pathlib import Path
 import torch
 
 from steermoe import metrics, precision
-from steermoe.analysis import GateStats, plot_steering, steering_parameters
-from steermoe.errors import ConfigError
+from steermoe.analysis import GateStats, steering_parameters
+from steermoe.checkpoint import load_trainable
 from steermoe.data.batching import Collator
+from steermoe.errors import ConfigError
 from steermoe.features import AudioFeatures
 from steermoe.fsutil import replace_dir, write_json
+from steermoe.loading import check_inputs, load_model, load_rows
+from steermoe.plots import plot_steering
 from steermoe.protocols import SEED_SAMPLING, SEED_SUBSET, seed_subset
 from steermoe.runconfig import RunConfig
-from steermoe.train import check_inputs, load_model, load_rows, load_trainable
 
 
 def shard_of_this_process() -> tuple[int, int]:

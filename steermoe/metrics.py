@@ -36,7 +36,8 @@ BLOCK_ELEMENTS = 1 << 22
 # ---------------------------------------------------------------- normalisation
 
 @lru_cache(maxsize=None)
-def _english_normalizer():
+def english_normalizer():
+    """Whisper's EnglishTextNormalizer with the vendored spelling table, built once."""
     # imported lazily: transformers is heavy and only English WER needs it
     from transformers.models.whisper.english_normalizer import EnglishTextNormalizer
 
@@ -49,7 +50,7 @@ def normalize_english(text: str) -> str:
     One addition to Whisper's: tokens without a letter or digit are dropped, because Whisper's
     leaves e.g. "wait..." as "wait ." and that stray "." would count as a word error.
     """
-    return " ".join(word for word in _english_normalizer()(text).split()
+    return " ".join(word for word in english_normalizer()(text).split()
                     if any(c.isalnum() for c in word))
 
 
@@ -134,8 +135,9 @@ def char_counts(reference: str, hypothesis: str) -> Counts:
 
 # ---------------------------------------------------------------- bootstrap
 
-def _index_blocks(n: int, seed: int, resamples: int):
-    """Resampled utterance indices, (rows, n) blocks totalling `resamples` rows."""
+def index_blocks(n: int, seed: int, resamples: int):
+    """Resampled utterance indices, (rows, n) blocks totalling `resamples` rows; a block holds at most
+    BLOCK_ELEMENTS elements (one row at least)."""
     rng = np.random.default_rng(seed)
     rows = max(1, BLOCK_ELEMENTS // n)
     for start in range(0, resamples, rows):
@@ -162,7 +164,7 @@ def bootstrap_ci(errors: np.ndarray, units: np.ndarray, seed: int = 0, resamples
     """Percentile-bootstrap interval of sum(errors)/sum(units), resampling utterances with replacement."""
     errors, units = _arrays(errors, units)
     rates = np.concatenate([_rates(errors, units, index)
-                            for index in _index_blocks(len(errors), seed, resamples)])
+                            for index in index_blocks(len(errors), seed, resamples)])
     tail = 100 * (1 - level) / 2
     low, high = np.nanpercentile(rates, [tail, 100 - tail])
     return float(low), float(high)
@@ -187,7 +189,7 @@ def paired_bootstrap(a: list[dict], b: list[dict], seed: int = 0, resamples: int
                          "a and b were not scored on the same references")
     rate_a, rate_b = errors_a.sum() / units.sum(), errors_b.sum() / units.sum()
     deltas = np.concatenate([_rates(errors_b, units, index) - _rates(errors_a, units, index)
-                             for index in _index_blocks(len(units), seed, resamples)])
+                             for index in index_blocks(len(units), seed, resamples)])
     deltas = deltas[~np.isnan(deltas)]
     low, high = np.percentile(deltas, [2.5, 97.5])
     beyond_zero = min(int(np.sum(deltas <= 0)), int(np.sum(deltas >= 0)))
@@ -198,7 +200,7 @@ def paired_bootstrap(a: list[dict], b: list[dict], seed: int = 0, resamples: int
 
 # ---------------------------------------------------------------- scoring
 
-def _summary(counts: list[Counts], unit_key: str, seed: int, resamples: int) -> dict:
+def _summary(counts: list[Counts], seed: int, resamples: int) -> dict:
     errors = [c.errors for c in counts]
     units = [c.reference_units for c in counts]
     total = sum(units)
@@ -210,7 +212,7 @@ def _summary(counts: list[Counts], unit_key: str, seed: int, resamples: int) -> 
             "substitutions": sum(c.substitutions for c in counts),
             "deletions": sum(c.deletions for c in counts),
             "insertions": sum(c.insertions for c in counts),
-            unit_key: total}
+            "reference_units": total}
 
 
 def score_asr(references: list[str], hypotheses: list[str], metric: str, seed: int = 0,
@@ -221,14 +223,14 @@ def score_asr(references: list[str], hypotheses: list[str], metric: str, seed: i
     if metric == "wer":
         counts = [word_counts(normalize_english(r), normalize_english(h))
                   for r, h in zip(references, hypotheses)]
-        result = {"metric": "wer", **_summary(counts, "reference_words", seed, resamples)}
+        result = {"metric": "wer", **_summary(counts, seed, resamples)}
         # raw: exactly what the model wrote (case, punctuation, spelling all count)
         raw = [word_counts(r, h) for r, h in zip(references, hypotheses)]
-        result["raw"] = _summary(raw, "reference_words", seed, resamples)
+        result["raw"] = _summary(raw, seed, resamples)
     elif metric == "cer":
         counts = [char_counts(normalize_chinese(r), normalize_chinese(h))
                   for r, h in zip(references, hypotheses)]
-        result = {"metric": "cer", **_summary(counts, "reference_characters", seed, resamples)}
+        result = {"metric": "cer", **_summary(counts, seed, resamples)}
     else:
         raise ValueError(f"unknown ASR metric {metric!r}: use 'wer' or 'cer'")
     result["utterances"] = len(references)
@@ -263,7 +265,7 @@ def score_as_the_seed_code(metric: str, references: list[str], answers: list[lis
     low, high = bootstrap_ci(errors, units, seed, resamples)
     rate = errors.sum() / units.sum()
     value, ci = (1 - rate, [1 - high, 1 - low]) if metric == "qa_accuracy" else (rate, [low, high])
-    return {"metric": "exact_match" if metric == "qa_accuracy" else metric, "value": float(value),
+    return {"metric": metric, "value": float(value),
             "ci95": [float(ci[0]), float(ci[1])], "seed_values": [float(v) for v in per_seed],
             "seed_std": float(np.std(per_seed)), "utterances": len(references),
             "reference_units": int(units.sum() // max(1, len(hypotheses_by_seed))),
@@ -271,11 +273,12 @@ def score_as_the_seed_code(metric: str, references: list[str], answers: list[lis
 
 
 def _accuracy(correct: list[bool], seed: int, resamples: int) -> dict:
+    """Share of correct items with its CI; each item is one reference unit."""
     if not correct:
-        return {"value": None, "ci95": None, "correct": 0, "utterances": 0}
+        return {"value": None, "ci95": None, "correct": 0, "utterances": 0, "reference_units": 0}
     hits = np.asarray(correct, dtype=float)
     return {"value": float(hits.mean()), "ci95": list(bootstrap_ci(hits, np.ones_like(hits), seed, resamples)),
-            "correct": int(hits.sum()), "utterances": len(correct)}
+            "correct": int(hits.sum()), "utterances": len(correct), "reference_units": len(correct)}
 
 
 def score_qa(answers: list[list[str]], hypotheses: list[str], seed: int = 0, resamples: int = 1000) -> dict:
@@ -304,7 +307,7 @@ def score_qa(answers: list[list[str]], hypotheses: list[str], seed: int = 0, res
         lenient.append(lenient_match(target, hyp))
         if target in ("yes", "no"):
             yes_no.append(correct)
-    return {"metric": "exact_match", **_accuracy(exact, seed, resamples),
+    return {"metric": "qa_accuracy", **_accuracy(exact, seed, resamples),
             "yes_no": _accuracy(yes_no, seed, resamples),
             "any_annotator": _accuracy(any_annotator, seed, resamples),
             "lenient_substring": _accuracy(lenient, seed, resamples),

@@ -54,7 +54,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
-from steermoe.aggregate import get_field
+from steermoe.results import get_field
 from steermoe.settings import MODEL_OPTIONS, SETTINGS
 
 H100_BF16_TFLOPS = 989.0

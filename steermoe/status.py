@@ -12,7 +12,7 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from steermoe import aggregate
+from steermoe.results import ERROR_PREFIX, NOT_RUN, OK, STALE, collect, get_field, log_error
 
 STEP_LINE = re.compile(r"^step (\d+)/(\d+)  (.*)  (\d+)s(?:  ETA .*)?$")
 QUIET_SECONDS = 600  # a job log untouched this long, with no result and no error, is reported as stalled
@@ -61,7 +61,7 @@ def _duration(seconds: float | None) -> str:
 
 def _failed(log: Path) -> bool:
     text = log.read_text(encoding="utf-8", errors="replace")
-    return aggregate.ERROR_PREFIX in text or "Traceback (most recent call last)" in text
+    return ERROR_PREFIX in text or "Traceback (most recent call last)" in text
 
 
 def _job_state(log: Path, running: str, now: float) -> str:
@@ -75,17 +75,17 @@ def _job_state(log: Path, running: str, now: float) -> str:
 def experiment_line(exp, results: Path, logs: Path, now: float | None = None) -> dict:
     """What one experiment is doing: state, step/total, elapsed and ETA of training, losses, metric, log."""
     now = time.time() if now is None else now
-    result = aggregate.collect(exp, results, logs)
-    trainer = str(aggregate.get_field(exp, "trained_by") or result.id)
+    result = collect(exp, results, logs)
+    trainer = str(get_field(exp, "trained_by") or result.id)
     train_log, eval_log = logs / trainer / "train.log", logs / result.id / "evaluate.log"
     progress = read_progress(train_log)
     line = {"experiment": result.id, "state": "pending", "step": progress.step, "total": progress.total,
             "elapsed": progress.seconds, "eta": None, "loss": progress.loss, "dev_loss": progress.dev_loss,
             "metric": "", "log": ""}
-    if result.status in (aggregate.OK, aggregate.STALE):
+    if result.status in (OK, STALE):
         metrics = result.metrics
-        line.update(state="done" if result.status == aggregate.OK else "stale", log=str(eval_log),
-                    metric=f"{aggregate.HEADLINE[metrics['metric']]} {metrics['value']:.4f}")
+        line.update(state="done" if result.status == OK else "stale", log=str(eval_log),
+                    metric=f"{metrics['metric']} {metrics['value']:.4f}")
     elif result.summary is not None:  # trained, not evaluated yet
         line.update(state=_job_state(eval_log, "evaluating", now) if eval_log.is_file() else "trained",
                     log=str(eval_log))
@@ -93,10 +93,10 @@ def experiment_line(exp, results: Path, logs: Path, now: float | None = None) ->
         line.update(state=_job_state(train_log, "training", now), log=str(train_log))
         if line["state"] == "training" and progress.seconds_per_step is not None:
             line["eta"] = progress.seconds_per_step * (progress.total - progress.step)
-    elif result.error and result.status != aggregate.NOT_RUN:  # a step before training failed
+    elif result.error and result.status != NOT_RUN:  # a step before training failed
         line.update(state="failed", log=result.log)
     if line["state"] == "failed":
-        line["metric"] = (result.error or aggregate.log_error(Path(line["log"])) or "")[:70]
+        line["metric"] = (result.error or log_error(Path(line["log"])) or "")[:70]
     return line
 
 

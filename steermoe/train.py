@@ -2,8 +2,8 @@
 
 What the original code got wrong and this file gets right: three optimiser groups whose learning rates reach the
 optimiser; steering-only gradient clipping applied right before the step (after the global clip); checkpoints of
-the trainable parameters only, marked complete only once fully written, resumed automatically; NaN losses stop
-the run with the last good checkpoint kept.
+the trainable parameters only, marked complete only once fully written, resumed automatically (steermoe/checkpoint.py);
+NaN losses stop the run with the last good checkpoint kept. The model and rows come from steermoe/loading.py.
 """
 from __future__ import annotations
 
@@ -13,8 +13,6 @@ import re
 import shutil
 import signal
 import time
-from collections import Counter
-from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import torch
@@ -23,104 +21,15 @@ from transformers import EarlyStoppingCallback, PrinterCallback, Trainer, Traine
 
 from steermoe import precision
 from steermoe.analysis import GateStats, scalars, steering_parameters
-from steermoe.data.batching import AudioRows, Collator, LengthGroupedBatches, parquet_files
-from steermoe.errors import ConfigError, DataError, ModelFolderError, TrainingError
+from steermoe.checkpoint import (SCALER, SCHEDULER, complete_checkpoints, load_optimizer, load_rng, mark_complete,
+                                 remove_old_checkpoints, resume_point, rng_stem, save_optimizer, save_rng,
+                                 save_trainable, storage_errors, whole_trainable_state)
+from steermoe.data.batching import Collator, LengthGroupedBatches
+from steermoe.errors import ConfigError, TrainingError
 from steermoe.features import AudioFeatures
-from steermoe.fsutil import replace_dir, sha256_file, storage_problem, write_json
+from steermoe.fsutil import replace_dir, write_json
+from steermoe.loading import check_inputs, dev_holdout, filter_rows, load_model, load_rows
 from steermoe.runconfig import DEEPSPEED_DIR, RunConfig
-from steermoe.trainstate import (SCALER, SCHEDULER, load_optimizer, load_rng, rng_stem, save_optimizer, save_rng,
-                                 unsafe_files)
-
-WEIGHTS = "model.safetensors"  # the Trainer's own name, so its resume and best-model loading find the file
-META = "steermoe.json"
-COMPLETE = "complete.json"  # written last into a checkpoint: file hashes; no marker means not complete
-DEV_HOLDOUT_MAX = 200
-
-
-# ---- model and data ------------------------------------------------------------------------------------------
-@contextmanager
-def named_by(run: RunConfig, key: str):
-    """A model-folder error names the config and the key that named the folder."""
-    try:
-        yield
-    except ModelFolderError as err:
-        raise ModelFolderError(f"{run.path}: {key}: {err}") from None
-
-
-def check_inputs(run: RunConfig, data_keys: tuple[str, ...]) -> None:
-    """What a job reads, checked in a second, before any weights load: the model folders (their config files) and
-    the data under `data_keys` (the parquet files' schemas)."""
-    from steermoe.encoders import check_encoder_folder
-    from steermoe.model import check_decoder_folder
-
-    with named_by(run, f"{run.encoder_kind}_encoder.model_path"):
-        check_encoder_folder(run.resolve(run.encoder.model_path))
-    with named_by(run, "llm_decoder.model_name"):
-        check_decoder_folder(run.resolve(run.decoder.model_name))
-    for key in data_keys:
-        entries = getattr(run.top, key) or []
-        parquet_files([str(run.resolve(e)) for e in entries], run.top.audio_column, run.top.text_column,
-                      key=f"{run.path}: {key}")
-
-
-def load_model(run: RunConfig, weights_dtype: str):
-    """The SteerMoE model for a run, its frozen parts from their own folders (the LLM's weights in weights_dtype,
-    the precision policy's choice); checks the config's dims."""
-    from steermoe.encoders import load_encoder
-    from steermoe.model import SteerMoEModel, load_decoder
-
-    config, section = run.model_config(), f"{run.encoder_kind}_encoder"
-    with named_by(run, f"{section}.model_path"):
-        encoder = load_encoder(run.resolve(run.encoder.model_path), config.encoder_window)
-    with named_by(run, "llm_decoder.model_name"):
-        decoder, tokenizer = load_decoder(run.resolve(run.decoder.model_name), getattr(torch, weights_dtype))
-    model = SteerMoEModel(config, encoder, decoder, tokenizer)
-    for key, actual in (("feature_dim", model.encoder.hidden_size), ("num_layers", model.encoder.num_layers)):
-        stated = getattr(run.encoder, key)
-        if stated is not None and stated != actual:
-            raise ConfigError(f"{run.path}: {section}.{key} is {stated} but {run.encoder.model_path} has {actual}; "
-                              f"fix the value or remove the key")
-    model.set_gradient_checkpointing(run.top.gradient_checkpointing)
-    return model
-
-
-def load_rows(run: RunConfig, entries: list[str], key: str) -> AudioRows:
-    return AudioRows.from_parquet([str(run.resolve(e)) for e in entries], run.top.audio_column, run.top.text_column,
-                                  key=f"{run.path}: {key}")
-
-
-def filter_rows(rows: AudioRows, model, run: RunConfig, name: str, log=print) -> AudioRows:
-    """Drop training rows that break the length limits (filter_dataset); report how many and why."""
-    t, tok = run.top, model.tokenizer
-    if not t.filter_dataset:
-        return rows
-    prompt_tokens = len(tok(t.textual_prompt, add_special_tokens=False).input_ids)
-    keep, dropped = [], Counter()
-    for i, (seconds, text) in enumerate(zip(rows.durations, rows.columns["text"])):
-        text_tokens = len(tok(text, add_special_tokens=False).input_ids)
-        if seconds > t.max_audio_length:
-            dropped["audio longer than max_audio_length"] += 1
-        elif text_tokens > t.max_text_length:
-            dropped["text longer than max_text_length tokens"] += 1
-        elif prompt_tokens + model.audio_prompt_length(seconds) + text_tokens + 1 > run.decoder.max_length:
-            dropped["sequence longer than llm_decoder.max_length"] += 1
-        else:
-            keep.append(i)
-    log(f"{name}: {len(keep)} of {len(rows)} rows kept" + (f"; dropped: {dict(dropped)}" if dropped else ""))
-    if not keep:
-        raise DataError(f"{run.path}: every row of {name} was filtered out ({dict(dropped)}); raise the limits or "
-                        f"set filter_dataset: false")
-    return rows.subset(keep) if dropped else rows
-
-
-def dev_holdout(rows: AudioRows) -> tuple[AudioRows, AudioRows]:
-    """Without eval_parquet_dirs: a fixed ~2 % of the training rows (chosen by id hash) become the dev set."""
-    import hashlib
-
-    n = max(1, min(DEV_HOLDOUT_MAX, len(rows) // 50))
-    order = sorted(range(len(rows)), key=lambda i: hashlib.sha256(str(rows.columns["id"][i]).encode()).digest())
-    dev = set(order[:n])
-    return rows.subset([i for i in range(len(rows)) if i not in dev]), rows.subset(sorted(dev))
 
 
 # ---- launch ----------------------------------------------------------------------------------------------
@@ -270,7 +179,7 @@ class SteerMoETrainer(Trainer):
         finally:
             hf_trainer.deepspeed_load_checkpoint = original
 
-    # training state as safetensors + JSON (steermoe/trainstate.py), where the Trainer would write pickles
+    # training state as safetensors + JSON (steermoe/checkpoint.py), where the Trainer would write pickles
     def _save_optimizer_and_scheduler(self, output_dir: str) -> None:
         from accelerate.utils import DeepSpeedSchedulerWrapper
 
@@ -332,99 +241,11 @@ class SteerMoETrainer(Trainer):
         self.accelerator.wait_for_everyone()  # every process has written its part (RNG state, DeepSpeed shards)
         if not self.args.should_save:
             return
-        files = {str(p.relative_to(folder)): sha256_file(p) for p in sorted(folder.rglob("*")) if p.is_file()}
-        write_json(folder / COMPLETE, {"step": self.state.global_step, "config_sha256": self.run.sha256,
-                                       "files": files})
-        limit = self.run.top.save_total_limit
-        if limit:
-            keep = {self.state.best_model_checkpoint and Path(self.state.best_model_checkpoint).name}
-            done = complete_checkpoints(Path(self.args.output_dir))
-            for old in done[limit:]:
-                if old.name not in keep:
-                    shutil.rmtree(old)
-
-
-@contextmanager
-def storage_errors(folder: Path, what: str):
-    """A write that failed because the disk is full or read-only becomes one clear error; the last complete
-    checkpoint (and an earlier final/ folder) stay as they were."""
-    try:
-        yield
-    except Exception as err:
-        problem = storage_problem(folder)
-        if problem is None:
-            raise
-        raise TrainingError(f"cannot write the {what} {folder}: {problem} ({type(err).__name__}: {err}). Free space "
-                            f"or make the folder writable, then run the same command again: training resumes from "
-                            f"the last complete checkpoint") from None
-
-
-def whole_trainable_state(model) -> dict[str, torch.Tensor]:
-    """The trainable parameters, whole, as fp32 CPU copies. Under ZeRO-3 each process holds only a slice of every
-    parameter, so every process must call this: together they gather the trainable ones, never the frozen models."""
-    sliced = [p for p in model.parameters() if p.requires_grad and hasattr(p, "ds_id")]  # ZeRO-3 marks its own
-    if sliced:
-        import deepspeed
-
-        gathered = deepspeed.zero.GatheredParameters(sliced)
-    else:
-        gathered = nullcontext()
-    with gathered:
-        return {k: v.to("cpu", torch.float32, copy=True) for k, v in model.trainable_state_dict().items()}
-
-
-def save_trainable(state: dict[str, torch.Tensor], folder: Path, run: RunConfig) -> None:
-    """A trained folder: the trainable parameters (whole_trainable_state) and what they were trained with."""
-    from safetensors.torch import save_file
-
-    folder.mkdir(parents=True, exist_ok=True)
-    # one metadata key: safetensors writes several in a random order, and the same weights must give the same
-    # bytes (evaluation and the table record the file's hash); the config's hash is in META beside it
-    save_file({k: v.contiguous() for k, v in state.items()}, str(folder / WEIGHTS),
-              metadata={"format": "pt"})
-    write_json(folder / META, {"config": run.name, "config_sha256": run.sha256, "method": run.method,
-                               "model": run.model_config().to_dict(),
-                               "encoder": str(run.encoder.model_path), "decoder": str(run.decoder.model_name)})
-
-
-def complete_checkpoints(output_dir: Path) -> list[Path]:
-    """Checkpoint folders with a completion marker, newest first."""
-    found = [p for p in output_dir.glob("checkpoint-*") if (p / COMPLETE).is_file() and p.name[11:].isdigit()]
-    return sorted(found, key=lambda p: int(p.name[11:]), reverse=True)
-
-
-def resume_point(output_dir: Path, run: RunConfig, log=print) -> str | None:
-    """The newest intact checkpoint of this config. Incomplete folders (a kill mid-save) are removed; corrupted
-    ones and those of another config are moved aside, never deleted."""
-    for folder in output_dir.glob("checkpoint-*"):
-        if not (folder / COMPLETE).is_file():
-            log(f"removing incomplete checkpoint {folder} (interrupted while saving)")
-            shutil.rmtree(folder)
-    for folder in complete_checkpoints(output_dir):
-        marker = json.loads((folder / COMPLETE).read_text())
-        problem = None
-        unlisted = sorted({str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file()}
-                          - set(marker["files"]) - {COMPLETE})
-        unsafe = unsafe_files(marker["files"], run.training.use_deepspeed)
-        if marker.get("config_sha256") != run.sha256:
-            problem = "was written by a different version of the config"
-        elif unlisted:
-            problem = f"holds files its {COMPLETE} does not list ({', '.join(unlisted[:3])}); they are never loaded"
-        elif unsafe:
-            problem = (f"holds pickled state ({', '.join(unsafe[:3])}; an older steermoe wrote such files), which is "
-                       f"never loaded")
-        else:
-            for name, digest in marker["files"].items():
-                if not (folder / name).is_file() or sha256_file(folder / name) != digest:
-                    problem = f"is corrupted ({name} does not match its hash)"
-                    break
-        if problem is None:
-            return str(folder)
-        aside = output_dir / "superseded" / f"{folder.name}-{int(time.time())}"
-        aside.parent.mkdir(exist_ok=True)
-        folder.rename(aside)
-        log(f"checkpoint {folder.name} {problem}: moved to {aside}")
-    return None
+        mark_complete(folder, self.state.global_step, self.run.sha256)
+        if self.run.top.save_total_limit:
+            best = self.state.best_model_checkpoint
+            remove_old_checkpoints(Path(self.args.output_dir), self.run.top.save_total_limit,
+                                   keep=best and Path(best).name)
 
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
@@ -600,21 +421,3 @@ def train(run: RunConfig, log=print) -> dict:
 
 def quiet(*_) -> None:
     """The log of processes other than process 0."""
-
-
-def load_trainable(model, folder: Path) -> str:
-    """Load a trained folder's weights into the model (safetensors only); returns the weights' sha256."""
-    from safetensors.torch import load_file
-
-    path = Path(folder) / WEIGHTS
-    if not path.is_file():
-        raise ConfigError(f"{folder} has no {WEIGHTS}: train first (`steermoe train --config ...`), or point "
-                          f"evaluation.checkpoint at a trained folder")
-    state = load_file(str(path))
-    expected = set(model.trainable_state_dict())
-    missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
-    if missing or unexpected:
-        raise ConfigError(f"{path} does not fit this config's model (missing {missing[:3]}, unexpected "
-                          f"{unexpected[:3]}): was it trained with another method or encoder/decoder?")
-    model.load_state_dict(state, strict=False)
-    return sha256_file(path)

@@ -12,7 +12,9 @@ import shutil
 import pytest
 
 from steermoe import aggregate as agg
-from steermoe.aggregate import aggregate, collect, log_error
+from steermoe.aggregate import aggregate
+from steermoe.results import collect, log_error
+from steermoe.tables import TIMING_COLUMNS, table_columns
 
 N = 60  # test utterances
 UNITS = [8 + (i % 7) for i in range(N)]  # reference words per utterance
@@ -72,9 +74,9 @@ def write_evaluated(exp_id, errors, units=UNITS, seconds=100.0, eval_seconds=20.
     value = sum(errors) / sum(units)
     metrics = {"config": test.stem, "config_sha256": _sha(test), "method": exp_id.split("_")[0], "metric": "wer",
                "value": value, "ci95": [value * 0.8, value * 1.2], "substitutions": sum(errors) - 2,
-               "deletions": 1, "insertions": 1, "reference_words": sum(units),
+               "deletions": 1, "insertions": 1, "reference_units": sum(units),
                "raw": {"value": value + 0.1, "ci95": [value, value + 0.2], "substitutions": sum(errors) + 10,
-                       "deletions": 1, "insertions": 1, "reference_words": sum(units)},
+                       "deletions": 1, "insertions": 1, "reference_units": sum(units)},
                "utterances": len(errors), "rtf": eval_seconds / 300, "decode_seconds": eval_seconds,
                "audio_seconds": 300.0, "trainable_parameters": 234076}
     (ev / "metrics.json").write_text(json.dumps(metrics, indent=2))
@@ -138,7 +140,7 @@ def test_table_rows_columns_and_status(workdir):
     run(exps)
     rows = read_table(workdir / "results/table.csv")
     header = next(csv.reader(io.StringIO((workdir / "results/table.csv").read_text())))
-    assert header == agg.table_columns(["num_experts", "pooling_kernel_size"])
+    assert header == table_columns(["num_experts", "pooling_kernel_size"])
     for column in ("experiment", "method", "encoder", "decoder", "dataset", "group", "metric", "value", "ci_low",
                    "ci_high", "substitutions", "deletions", "insertions", "reference_units", "utterances",
                    "trainable_parameters", "train_seconds", "eval_seconds", "rtf", "config_sha256", "git_commit",
@@ -228,7 +230,7 @@ def test_seed_protocol_rows_are_labelled_and_never_paired_with_honest_ones(workd
     write_evaluated(BASE, BASE_ERRORS)
     write_evaluated(BETTER, BETTER_ERRORS)
     path = workdir / "results" / BETTER / "eval" / "metrics.json"
-    metrics = {k: v for k, v in json.loads(path.read_text()).items() if k not in ("raw", "reference_words")}
+    metrics = {k: v for k, v in json.loads(path.read_text()).items() if k != "raw"}
     path.write_text(json.dumps({**metrics, "protocol": "seed", "seed_values": [0.1, 0.2], "reference_units": 100}))
     run(exps)
     rows = read_table(workdir / "results/table.csv")
@@ -265,7 +267,7 @@ def test_comparison_matches_by_id_not_order(workdir):
 
 def _without_timing(text):
     rows = list(csv.reader(io.StringIO(text)))
-    drop = [rows[0].index(c) for c in agg.TIMING_COLUMNS]
+    drop = [rows[0].index(c) for c in TIMING_COLUMNS]
     return [[v for i, v in enumerate(row) if i not in drop] for row in rows]
 
 
@@ -335,11 +337,11 @@ def test_qa_rows_and_comparison(workdir):
         path = workdir / "results" / exp_id / "eval" / "metrics.json"
         acc = sum(correct) / 80
         path.write_text(json.dumps({
-            **{k: v for k, v in json.loads(path.read_text()).items() if k not in ("raw", "reference_words")},
-            "metric": "exact_match", "value": acc, "ci95": [acc - 0.1, acc + 0.1], "correct": sum(correct),
-            "yes_no": {"value": 0.5, "ci95": [0.3, 0.7], "correct": 10, "utterances": 20},
+            **{k: v for k, v in json.loads(path.read_text()).items() if k != "raw"},
+            "metric": "qa_accuracy", "value": acc, "ci95": [acc - 0.1, acc + 0.1], "correct": sum(correct),
+            "yes_no": {"value": 0.5, "ci95": [0.3, 0.7], "correct": 10, "utterances": 20, "reference_units": 20},
             "lenient_substring": {"value": acc + 0.05, "ci95": [acc - 0.05, acc + 0.15], "correct": sum(correct) + 4,
-                                  "utterances": 80}}))
+                                  "utterances": 80, "reference_units": 80}}))
     run(exps)
     rows = read_table(workdir / "results/table.csv")
     metric_rows = ["qa_accuracy", "qa_yes_no", "qa_any_annotator", "qa_lenient_substring"]
@@ -348,7 +350,7 @@ def test_qa_rows_and_comparison(workdir):
     lenient = rows[3]
     assert "lenient" in lenient["note"] and "not an accuracy" in lenient["note"]
     assert rows[0]["value"] == "0.500000" and rows[0]["correct"] == "40" and rows[0]["reference_units"] == "80"
-    assert rows[1]["utterances"] == "20"
+    assert rows[1]["utterances"] == "20" and rows[1]["reference_units"] == "20"
     (comparison,) = read_table(workdir / "results/comparisons.csv")
     # accuracy rises from 0.5 to 0.9: delta is in accuracy units (positive = better)
     assert comparison["metric"] == "qa_accuracy"
@@ -370,6 +372,21 @@ def test_malformed_and_stale_results(workdir):
     assert rows[BASE]["status"] == "invalid results"
     assert rows[BASE]["error"].startswith(f"results/{BASE}/eval/metrics.json: not valid JSON")
     assert rows[BETTER]["status"] == "stale" and "changed since evaluation" in rows[BETTER]["error"]
+
+
+def test_metrics_in_an_older_vocabulary_are_named_invalid_not_read(workdir):
+    """One record vocabulary: a metrics.json with exact_match / reference_words (an older steermoe's names) is not
+    mapped back; the row says what changed and how to get new results."""
+    exps = [experiment(BASE, "linear")]
+    write_evaluated(BASE, BASE_ERRORS)
+    path = workdir / "results" / BASE / "eval" / "metrics.json"
+    metrics = json.loads(path.read_text())
+    path.write_text(json.dumps({**metrics, "reference_words": metrics.pop("reference_units")}))
+    run(exps)
+    (row,) = read_table(workdir / "results/table.csv")
+    assert row["status"] == "invalid results" and row["value"] == ""
+    assert row["error"] == (f"results/{BASE}/eval/metrics.json: written by an older steermoe (reference_words is now "
+                            f"reference_units); evaluate again (remove results/{BASE}/eval and re-run the workflow)")
 
 
 def test_trained_but_not_evaluated_is_not_run(workdir):

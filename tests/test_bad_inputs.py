@@ -208,6 +208,9 @@ def test_matrix_separated_by_spaces(workflow):
      "experiments/catalog.yaml: datasets.synth-en.sizes: must map split names to positive row counts"),
     (lambda c: c["defaults"]["settings"].update(steering_lr=0.1),
      "experiments/catalog.yaml: defaults.settings: unknown key 'steering_lr'"),
+    (lambda c: c["datasets"]["libri"]["prepare"].update(max_text_length=200),
+     "experiments/catalog.yaml: datasets.libri.prepare: 'max_text_length' is now 'max_text_characters' (data "
+     "preparation counts characters; the max_text_length setting counts the LLM's tokens)"),
 ])
 def test_misspelt_mistyped_and_negative_catalog_values(workflow, edit, message):
     path = workflow / "experiments" / "catalog.yaml"
@@ -400,7 +403,7 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tiny, tmp_path):  # n
     assert (kept / "complete.json").is_file() and not (tmp_path / "out" / "final").exists()
     before = snapshot(kept)
     from steermoe.runconfig import load_run_config
-    from steermoe.train import resume_point
+    from steermoe.checkpoint import resume_point
 
     assert resume_point(tmp_path / "out", load_run_config(config)) == str(kept)  # intact: the hashes match
     assert snapshot(kept) == before
@@ -621,5 +624,5 @@ def test_every_row_filtered_out_keeps_the_earlier_corpus(prepared_before, tmp_pa
     before = snapshot(prepared_before)
     user_error(*prepare("librispeech", root, prepared_before, "--max-audio-length", 2),
                "librispeech: split 'test-clean' has no usable rows (0 rejected, 1 filtered: {'audio longer than max_audio_length "
-               "(2 s)': 1})", "(filter_dataset, max_audio_length, max_text_length)")
+               "(2 s)': 1})", "(filter_dataset, max_audio_length, max_text_characters)")
     assert snapshot(prepared_before) == before

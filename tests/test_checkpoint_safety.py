@@ -128,7 +128,8 @@ def test_rng_states_round_trip(tiny, tmp_path):
 
 def test_resume_refuses_unlisted_and_pickled_files(tiny, tmp_path):
     from steermoe.fsutil import sha256_file, write_json
-    from steermoe.train import resume_point, train
+    from steermoe.checkpoint import resume_point
+    from steermoe.train import train
 
     run = load_run_config(write_config(tmp_path, tiny, training={"max_steps": 2}, save_steps=1))
     train(run, log=lambda *_: None)

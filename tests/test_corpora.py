@@ -14,7 +14,7 @@ from steermoe.data import corpora
 from steermoe.data.audio import decode
 from steermoe.data.layout import DataError, Filters, prepare_corpus, read_split
 
-FILTERS = Filters(max_audio_length=2.0, max_text_length=100)
+FILTERS = Filters(max_audio_length=2.0, max_text_characters=100)
 
 
 def tone(seconds: float, rate: int = 16000, channels: int = 1, freq: float = 440.0) -> np.ndarray:
@@ -176,7 +176,7 @@ def test_generic_parquet_and_text_filter(tmp_path):
     splits = corpora.generic_parquet([tmp_path / "mine"], audio_column="wave", text_column="sentence", split="train")
     out, manifest, _ = prepared(tmp_path, "generic", splits)
     assert read_split(out, "train").column("text").to_pylist() == ["short"]
-    assert manifest["filtered"]["train"] == {"text longer than max_text_length (100 characters)": 1}
+    assert manifest["filtered"]["train"] == {"text longer than max_text_characters (100)": 1}
     assert manifest["rejected"]["train"] == {"no audio bytes": 1}
     with pytest.raises(DataError, match=r"lacks column\(s\) \['audio', 'text'\].*audio_column"):
         corpora.generic_parquet([tmp_path / "mine"])

@@ -385,7 +385,7 @@ def run_snakemake(root: Path, log: Path) -> str:
 
 
 def table_without_timing(path: Path) -> list[dict]:
-    from steermoe.aggregate import TIMING_COLUMNS
+    from steermoe.tables import TIMING_COLUMNS
 
     return [{k: v for k, v in row.items() if k not in TIMING_COLUMNS}
             for row in csv.DictReader(io.StringIO(path.read_text()))]

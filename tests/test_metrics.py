@@ -42,7 +42,7 @@ def test_normalize_english(text, expected):
 
 
 def test_english_normaliser_built_once():
-    assert metrics._english_normalizer() is metrics._english_normalizer()
+    assert metrics.english_normalizer() is metrics.english_normalizer()
 
 
 def test_spelling_table_is_vendored():
@@ -117,7 +117,7 @@ def test_wer_is_corpus_level_not_mean_of_rates():
     result = score_asr([NATO, "hello"], [NATO, "goodbye"], "wer")
     assert result["value"] == pytest.approx(1 / 11)
     assert (result["substitutions"], result["deletions"], result["insertions"]) == (1, 0, 0)
-    assert result["reference_words"] == 11 and result["utterances"] == 2
+    assert result["reference_units"] == 11 and result["utterances"] == 2
     assert result["per_utterance"] == [{"errors": 0, "reference_units": 10},
                                        {"errors": 1, "reference_units": 1}]
 
@@ -138,7 +138,7 @@ def test_raw_and_normalised_wer_differ():
     # raw: Hello,/hello World!/world The/the colour/color grey./gray -> 5 substitutions, "is" hits
     raw = result["raw"]
     assert (raw["substitutions"], raw["deletions"], raw["insertions"]) == (5, 0, 0)
-    assert raw["reference_words"] == 6
+    assert raw["reference_units"] == 6
     assert raw["value"] == pytest.approx(5 / 6)
     assert raw["ci95"][0] <= raw["value"] <= raw["ci95"][1]
     json.dumps(result)                     # the whole dict is JSON-serialisable
@@ -146,7 +146,7 @@ def test_raw_and_normalised_wer_differ():
 
 def test_raw_wer_only_collapses_whitespace():
     result = score_asr(["a  b\tc"], ["a b c"], "wer")
-    assert result["raw"]["value"] == 0.0 and result["raw"]["reference_words"] == 3
+    assert result["raw"]["value"] == 0.0 and result["raw"]["reference_units"] == 3
 
 
 def test_cer_normalises_then_counts_characters():
@@ -154,7 +154,7 @@ def test_cer_normalises_then_counts_characters():
     result = score_asr(["你好，世界。", "ＡＢＣ１２３"], ["你好 视界", "abc123"], "cer")
     assert result["metric"] == "cer"
     assert result["value"] == pytest.approx(1 / 10)
-    assert result["reference_characters"] == 10 and "reference_words" not in result
+    assert result["reference_units"] == 10
     assert (result["substitutions"], result["deletions"], result["insertions"]) == (1, 0, 0)
     assert "raw" not in result
     assert result["per_utterance"] == [{"errors": 1, "reference_units": 4},
@@ -165,7 +165,7 @@ def test_empty_reference_counts_insertions():
     # "[noise]" normalises to nothing: its two hypothesis words are insertions over 0 reference words
     result = score_asr(["hello world", "[noise]"], ["hello world", "good morning"], "wer")
     assert result["per_utterance"][1] == {"errors": 2, "reference_units": 0}
-    assert result["insertions"] == 2 and result["reference_words"] == 2
+    assert result["insertions"] == 2 and result["reference_units"] == 2
     assert result["value"] == pytest.approx(2 / 2)
 
 
@@ -194,8 +194,9 @@ def test_score_qa_majority_any_annotator_yes_no_and_lenient():
     # majorities: yes (2 of 3), dog (dog, a dog -> dog), 3 (three -> 3), no, and birds (three answers one vote each:
     # the first listed). Exact: yes=yes; "dog is barking" is not dog; 3=3; "i do not know" is not no; "bird" is not
     # birds -> 2 of 5
-    assert result["metric"] == "exact_match"
+    assert result["metric"] == "qa_accuracy"
     assert (result["value"], result["correct"], result["utterances"]) == (pytest.approx(0.4), 2, 5)
+    assert result["reference_units"] == 5  # one unit per question, as in per_utterance
     assert result["per_utterance"] == [{"errors": e, "reference_units": 1} for e in (0, 1, 0, 1, 1)]
     # any annotator: "bird" is the second annotator's answer -> 3 of 5
     assert (result["any_annotator"]["correct"], result["any_annotator"]["utterances"]) == (3, 5)
@@ -251,7 +252,7 @@ def test_qa_without_yes_no_items():
     # only the majority (here the first of three tied answers) decides membership of the yes/no subset
     result = score_qa([["dog", "yes", "no"]], ["yes"])
     assert result["correct"] == 0 and result["any_annotator"]["correct"] == 1
-    assert result["yes_no"] == {"value": None, "ci95": None, "correct": 0, "utterances": 0}
+    assert result["yes_no"] == {"value": None, "ci95": None, "correct": 0, "utterances": 0, "reference_units": 0}
 
 
 def test_empty_answer_never_correct():
@@ -294,7 +295,7 @@ def test_bootstrap_rejects_zero_units():
 def test_bootstrap_blocks_give_the_full_resample_count(monkeypatch):
     # tiny blocks force many index blocks; the interval must still come from all resamples
     monkeypatch.setattr(metrics, "BLOCK_ELEMENTS", 7)
-    blocks = list(metrics._index_blocks(n=3, seed=0, resamples=10))
+    blocks = list(metrics.index_blocks(n=3, seed=0, resamples=10))
     assert sum(len(b) for b in blocks) == 10 and all(b.shape[1] == 3 for b in blocks)
 
 
@@ -401,6 +402,6 @@ def test_seed_protocol_qa_scores_one_row_per_annotator_leniently():
     by_seed = [["Yes", "the dog barks"],  # rows: yes yes no -> 2 of 3; dog in "dog barks" twice -> 2 of 2: 4/5
                ["no", "cat"]]  # 1 of 3 and 0 of 2: 1/5
     result = metrics.score_as_the_seed_code("qa_accuracy", ["yes", "dog"], answers, by_seed, resamples=200)
-    assert result["metric"] == "exact_match" and result["value"] == pytest.approx(0.5)
+    assert result["metric"] == "qa_accuracy" and result["value"] == pytest.approx(0.5)
     assert result["seed_values"] == pytest.approx([0.8, 0.2])
     assert result["per_utterance"] == [{"errors": 3, "reference_units": 6}, {"errors": 2, "reference_units": 4}]

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from steermoe.aggregate import TIMING_COLUMNS
+from steermoe.tables import TIMING_COLUMNS
 from tests.test_workflow import DEFAULT_IDS, copy_workflow, snakemake, write_matrix
 
 SYNTH_EN_GROUP = ("layer_wise\twhisper-tiny.en\tsmollm2\tsynth-en\t\t\t\tsynth-en\tfalse",

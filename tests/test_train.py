@@ -44,7 +44,8 @@ def make_trainer(run):
     """The Trainer exactly as `train` builds it, without training."""
     from steermoe.data.batching import Collator
     from steermoe.features import AudioFeatures
-    from steermoe.train import SteerMoETrainer, filter_rows, load_model, load_rows, training_arguments
+    from steermoe.loading import filter_rows, load_model, load_rows
+    from steermoe.train import SteerMoETrainer, training_arguments
 
     model = load_model(run, "float32")
     rows = filter_rows(load_rows(run, run.top.parquet_dirs, "parquet_dirs"), model, run, "train")
@@ -133,7 +134,8 @@ def test_steering_clip_runs_in_training_before_the_step(tiny, tmp_path, switch):
 
 # ---- checkpoints -----------------------------------------------------------------------------------------------
 def test_checkpoints_hold_only_trainable_parameters_and_rotate(tiny, tmp_path):
-    from steermoe.train import COMPLETE, train
+    from steermoe.checkpoint import COMPLETE
+    from steermoe.train import train
 
     run = load_run_config(write_config(tmp_path, tiny, save_total_limit=1, save_steps=2))
     summary = train(run, log=lambda *_: None)
@@ -187,7 +189,8 @@ def test_resume_after_sigkill_gives_the_weights_of_an_uninterrupted_run(tiny, tm
 
 
 def test_incomplete_corrupt_and_foreign_checkpoints_are_never_resumed(tiny, tmp_path):
-    from steermoe.train import resume_point, train
+    from steermoe.checkpoint import resume_point
+    from steermoe.train import train
 
     run = load_run_config(write_config(tmp_path, tiny, training={"max_steps": 4}, save_steps=2))
     train(run, log=lambda *_: None)
@@ -207,7 +210,7 @@ def test_incomplete_corrupt_and_foreign_checkpoints_are_never_resumed(tiny, tmp_
 
 # ---- keys that take effect -------------------------------------------------------------------------------------
 def test_model_keys_reach_the_model(tiny, tmp_path):
-    from steermoe.train import load_model
+    from steermoe.loading import load_model
 
     run = load_run_config(write_config(
         tmp_path, tiny, steering={"num_experts": 3, "steering_scale": 0.25, "use_layer_scales": False},
@@ -225,7 +228,7 @@ def test_model_keys_reach_the_model(tiny, tmp_path):
 
 
 def test_encoder_dims_are_checked(tiny, tmp_path):
-    from steermoe.train import load_model
+    from steermoe.loading import load_model
 
     run = load_run_config(write_config(tmp_path, tiny, whisper_encoder={"model_path": tiny["encoder"],
                                                                          "feature_dim": 1280, "num_layers": 2}))
@@ -234,7 +237,7 @@ def test_encoder_dims_are_checked(tiny, tmp_path):
 
 
 def test_length_filters_and_columns(tiny, tmp_path):
-    from steermoe.train import filter_rows, load_model, load_rows
+    from steermoe.loading import filter_rows, load_model, load_rows
 
     run = load_run_config(write_config(tmp_path, tiny, max_text_length=9, max_audio_length=0.5))
     model = load_model(run, "float32")
@@ -289,7 +292,7 @@ def test_logging_eval_steps_steering_analysis_and_early_stopping(tiny, tmp_path)
 
 
 def test_dev_holdout_without_eval_parquet_dirs(tiny, tmp_path):
-    from steermoe.train import dev_holdout, load_rows
+    from steermoe.loading import dev_holdout, load_rows
 
     run = load_run_config(write_config(tmp_path, tiny))
     rows = load_rows(run, run.top.parquet_dirs, "parquet_dirs")
@@ -350,7 +353,8 @@ def test_evaluate_decodes_the_whole_split_deterministically(tiny, tmp_path):
 def test_the_seed_protocol_samples_the_datasets_subset_once_per_seed(tiny, tmp_path):
     from steermoe.evaluate import evaluate
     from steermoe.protocols import SEED_SAMPLING, seed_subset
-    from steermoe.train import load_rows, train
+    from steermoe.loading import load_rows
+    from steermoe.train import train
 
     train(load_run_config(write_config(tmp_path, tiny, training={"max_steps": 1})), log=lambda *_: None)
     config = write_config(tmp_path, tiny, name="layer_wise_whisper_qwen_tones_test",
@@ -393,6 +397,14 @@ def test_evaluation_puts_the_model_and_every_batch_on_the_chosen_device(tiny, tm
                       log=lambda *_: None)
     assert len(seen) == 3 and all(devices == {"meta"} for devices in seen)  # 8 utterances in batches of 3
     assert result["device"] == "meta"
+
+
+def test_evaluation_loads_the_run_without_importing_the_trainer():
+    """An evaluation job starts without the Trainer stack: evaluate shares steermoe.loading with train, not train."""
+    code = ("import sys, steermoe.evaluate; "
+            "print(sorted(m for m in ('steermoe.train', 'transformers.trainer') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
 
 
 def test_evaluate_refuses_a_checkpoint_of_another_method(tiny, tmp_path):
@@ -457,7 +469,7 @@ def test_deepspeed_zero_on_cpu_trains_to_the_same_loss_as_plain_training(tiny, t
     states = list((tmp_path / "ds" / "out" / "checkpoint-8").rglob("*model_states.pt"))
     assert states and all(p.stat().st_size < 200_000 for p in states)
     # pickles only in DeepSpeed's own files (global_step*/); our scheduler and RNG state in JSON and safetensors
-    from steermoe.trainstate import unsafe_files
+    from steermoe.checkpoint import unsafe_files
 
     out = tmp_path / "ds" / "out"
     names = [str(p.relative_to(out / "checkpoint-4")) for p in (out / "checkpoint-4").rglob("*") if p.is_file()]

@@ -15,7 +15,7 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field
 from multiprocessing import get_context
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Iterable
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -63,8 +63,7 @@ class Reject:
 class Filters:
     filter_dataset: bool = True
     max_audio_length: float = 30.0  # seconds
-    max_text_length: int = 448  # in text-length units (see text_length_unit)
-    text_length_unit: str = "characters"
+    max_text_characters: int = 448  # characters of the transcript (training's max_text_length counts tokens)
 
 
 @dataclass
@@ -76,7 +75,7 @@ class _Outcome:
 
 
 def _process(args) -> _Outcome:
-    item, filters, text_length = args
+    item, filters = args
     meta = {"id": item.id, "source": item.source}
     if not item.text.strip():
         return _Outcome(drop="rejected", reason="empty transcript", item=meta)
@@ -91,18 +90,16 @@ def _process(args) -> _Outcome:
         if duration > filters.max_audio_length:
             return _Outcome(drop="filtered", reason=f"audio longer than max_audio_length "
                                                     f"({filters.max_audio_length:g} s)", item=meta)
-        if text_length(item.text) > filters.max_text_length:
-            return _Outcome(drop="filtered", reason=f"text longer than max_text_length "
-                                                    f"({filters.max_text_length} {filters.text_length_unit})",
-                            item=meta)
+        if len(item.text) > filters.max_text_characters:
+            return _Outcome(drop="filtered", reason=f"text longer than max_text_characters "
+                                                    f"({filters.max_text_characters})", item=meta)
     row = {"id": item.id, "audio": encode_flac(audio), "duration": round(duration, 4), "text": item.text.strip(),
            "prompt": item.prompt, "answers": item.answers, "speaker": item.speaker, "language": item.language}
     return _Outcome(row=row)
 
 
 def prepare_corpus(corpus: str, splits: dict[str, Iterable[RawItem | Reject]], out_dir: str | Path,
-                   filters: Filters | None = None, text_length: Callable[[str], int] = len,
-                   workers: int | None = None, progress: bool = True) -> dict:
+                   filters: Filters | None = None, workers: int | None = None, progress: bool = True) -> dict:
     """Decode, resample, filter and store every split; returns the manifest. Replaces out_dir atomically."""
     from tqdm import tqdm
 
@@ -125,7 +122,7 @@ def prepare_corpus(corpus: str, splits: dict[str, Iterable[RawItem | Reject]], o
                     rejected[item.reason] += 1
                     rejects.append({"split": split, **asdict(item)})
                 else:
-                    formed.append((item, filters, text_length))
+                    formed.append((item, filters))
             outcomes = pool.imap(_process, formed, chunksize=4) if pool else map(_process, formed)
             for outcome in tqdm(outcomes, total=len(formed), desc=f"{corpus}/{split}", unit="utt",
                                 disable=not progress):
@@ -136,8 +133,8 @@ def prepare_corpus(corpus: str, splits: dict[str, Iterable[RawItem | Reject]], o
                 rejects.append({"split": split, **outcome.item, "reason": outcome.reason})
             if not rows:
                 raise DataError(f"{corpus}: split {split!r} has no usable rows ({sum(rejected.values())} rejected, "
-                                f"{sum(filtered.values())} filtered: {dict(rejected + filtered)}); check the "
-                                f"corpus layout and the filters (filter_dataset, max_audio_length, max_text_length)")
+                                f"{sum(filtered.values())} filtered: {dict(rejected + filtered)}); check the corpus "
+                                f"layout and the filters (filter_dataset, max_audio_length, max_text_characters)")
             pq.write_table(pa.Table.from_pylist(rows, schema=SCHEMA), partial / f"{split}.parquet",
                            row_group_size=256, compression="none")  # FLAC is already compressed
             manifest["splits"][split] = {"rows": len(rows), "hours": round(sum(r["duration"] for r in rows) / 3600, 4),

@@ -139,6 +139,6 @@ def build_synth_en(out_dir: str | Path, sizes: dict[str, int] | None = None, see
         splits[split] = [RawItem(uid, audio[position + i], text, f"{voice}", speaker=voice, language="en")
                          for i, (uid, voice, text) in enumerate(rows)]
         position += len(rows)
-    return prepare_corpus("synth-en", splits, out_dir, Filters(max_audio_length=30.0, max_text_length=448),
+    return prepare_corpus("synth-en", splits, out_dir, Filters(max_audio_length=30.0, max_text_characters=448),
                           workers=workers, progress=progress)
 

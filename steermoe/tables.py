@@ -1,0 +1,286 @@
+"""The table and the paired comparisons, built from every experiment's results (steermoe/results.py).
+
+table.csv: one row per experiment x test set x metric; failed and not-run experiments are rows too. A failed /
+not-run / invalid experiment gets one row (its headline metric) with status and error; an ok experiment gets one
+row per metric: English `wer` (Whisper-normalised, headline) and `wer_raw`; Chinese `cer`; QA `qa_accuracy`
+(normalised exact match, headline), `qa_yes_no` (yes/no subset) and `qa_lenient_substring` (the original code's
+lenient substring score, reported only as such).
+
+comparisons.csv: per group with a baseline, each other experiment vs the baseline, paired bootstrap (only between
+ok experiments; otherwise the row says why not).
+
+Rows follow the matrix order and numbers have fixed formats, so two runs from scratch on machines that agree on
+the precision columns (precision, weights_dtype, device, device_model; the CPU class decides the precision) give
+byte-identical tables apart from the timing columns (train_seconds, eval_seconds, rtf).
+"""
+from __future__ import annotations
+
+import csv
+import io
+import math
+from pathlib import Path
+
+from steermoe.errors import DataError
+from steermoe.results import OK, ExperimentResult, MalformedFile, get_field, read_predictions
+
+NOTES = {
+    "wer": "word error rate after Whisper English normalisation",
+    "wer_raw": "word error rate on the raw text (case and punctuation count)",
+    "cer": "character error rate (punctuation and spaces removed, full-width and case folded)",
+    "qa_accuracy": "normalised exact match against the majority answer (a tie: the first listed)",
+    "qa_yes_no": "normalised exact match against the majority answer, yes/no questions only",
+    "qa_any_annotator": "normalised exact match against any annotator's answer (not an accuracy)",
+    "qa_lenient_substring": "the original code's lenient substring score (not an accuracy)",
+}
+SEED_PROTOCOL_NOTES = {  # the same metric names, computed as the original code did (steermoe/protocols.py)
+    "wer": "seed protocol: raw word error rate, no normalisation, 5 % subset, mean over sampling seeds",
+    "cer": "seed protocol: raw character error rate, no normalisation, 5 % subset, mean over sampling seeds",
+    "qa_accuracy": "seed protocol: lenient substring match, one row per annotator, 5 % subset, mean over sampling "
+                   "seeds (not an accuracy)",
+}
+LOWER_IS_BETTER = {"wer": True, "wer_raw": True, "cer": True, "qa_accuracy": False, "qa_yes_no": False,
+                   "qa_any_annotator": False, "qa_lenient_substring": False}
+TIMING_COLUMNS = ("train_seconds", "eval_seconds", "rtf")
+# how the model was trained (train_summary.json; metrics.json for an untrained model): tables from scratch match
+# only between runs that agree on these (steermoe/precision.py)
+PRECISION_COLUMNS = ("precision", "weights_dtype", "device", "device_model", "cpu_flags")
+
+COMPARISON_COLUMNS = ["group", "baseline", "experiment", "test_set", "metric", "direction", "baseline_value", "value",
+                      "delta", "ci_low", "ci_high", "p_value", "significant", "verdict", "utterances", "resamples",
+                      "status", "error"]
+
+
+def table_columns(override_columns: list[str]) -> list[str]:
+    return ["experiment", "method", "encoder", "decoder", "dataset", "recipe", "group", "baseline", "tags",
+            *override_columns,
+            "test_set", "protocol", "metric", "headline", "value", "ci_low", "ci_high", "substitutions", "deletions",
+            "insertions", "correct", "reference_units", "utterances", "trainable_parameters", "train_steps",
+            "train_seconds", "eval_seconds", "rtf", "precision", "weights_dtype", "device", "device_model",
+            "cpu_flags", "config_sha256", "train_config_sha256", "git_commit", "status",
+            "error", "log", "note"]
+
+
+def override_columns(experiments: list, declared: list[str] | None = None) -> list[str]:
+    """The matrix's override columns (`declared`, e.g. its header's), then any other override key used, in order
+    of first appearance."""
+    columns: dict[str, None] = dict.fromkeys(declared or [])
+    for exp in experiments:
+        columns.update(dict.fromkeys(get_field(exp, "overrides") or {}))
+    return list(columns)
+
+
+# ---------------------------------------------------------------- table rows
+
+def _fmt(value, digits: int = 6) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        text = f"{value:.{digits}f}"
+        return text[1:] if text.startswith("-") and not text.strip("-0.") else text  # no "-0.000000"
+    return str(value)
+
+
+def ci_bounds(block: dict) -> tuple:
+    """(low, high) of a metric block's 95 % CI; (None, None) without one."""
+    ci = block.get("ci95") or (None, None)
+    return ci[0], ci[1]
+
+
+def _metric_blocks(metrics: dict) -> list[tuple[str, dict]]:
+    """(table metric name, counts) for every metric row of an evaluated experiment; each block carries its own
+    reference_units (steermoe/metrics.py)."""
+    name = metrics["metric"]
+    if metrics.get("protocol") == "seed":  # one number, as the original code computed it
+        return [(name, metrics)]
+    if name == "wer":
+        return [(name, metrics), ("wer_raw", {**metrics["raw"], "utterances": metrics.get("utterances")})]
+    if name == "cer":
+        return [(name, metrics)]
+    out = [(name, metrics)]
+    for key, label in (("yes_no", "qa_yes_no"), ("any_annotator", "qa_any_annotator"),
+                       ("lenient_substring", "qa_lenient_substring")):
+        out.append((label, metrics.get(key) or {"value": None, "ci95": None, "correct": 0, "utterances": 0,
+                                                "reference_units": 0}))
+    return out
+
+
+def _protocol(exp, result: ExperimentResult) -> str:
+    """The evaluation protocol: as evaluated, else as configured."""
+    return (result.metrics or {}).get("protocol") or (get_field(exp, "settings") or {}).get("protocol") or "honest"
+
+
+def _trainable(result: ExperimentResult):
+    if result.metrics and result.metrics.get("trainable_parameters") is not None:
+        return int(result.metrics["trainable_parameters"])
+    counts = (result.summary or {}).get("trainable_parameters")
+    if isinstance(counts, dict):
+        return int(sum(counts.values()))
+    return counts
+
+
+def table_rows(experiments: list, results: dict[str, ExperimentResult], override_columns: list[str],
+               git_commit: str) -> list[dict]:
+    rows = []
+    for exp in experiments:
+        r = results[str(get_field(exp, "id"))]
+        overrides = get_field(exp, "overrides") or {}
+        base = {"experiment": r.id, "method": get_field(exp, "method"), "encoder": get_field(exp, "encoder"),
+                "decoder": get_field(exp, "decoder"), "dataset": get_field(exp, "dataset"),
+                "recipe": get_field(exp, "recipe") or "", "group": get_field(exp, "group") or "",
+                "baseline": bool(get_field(exp, "baseline")), "tags": ",".join(get_field(exp, "tags") or []),
+                **{c: overrides.get(c, "") for c in override_columns},
+                "test_set": r.test_set, "protocol": _protocol(exp, r), "trainable_parameters": _trainable(r),
+                "train_steps": (r.summary or {}).get("steps"),
+                "train_seconds": (r.summary or {}).get("train_seconds_this_run"),
+                **{c: (r.summary or r.metrics or {}).get(c) for c in PRECISION_COLUMNS},
+                "config_sha256": r.config_sha256, "train_config_sha256": r.train_config_sha256,
+                "git_commit": git_commit, "status": r.status, "error": r.error, "log": r.log}
+        if r.metrics is None:
+            headline = str(get_field(exp, "metric") or "")
+            rows.append({**base, "metric": headline, "headline": True, "note": NOTES.get(headline, "")})
+            continue
+        for name, block in _metric_blocks(r.metrics):
+            low, high = ci_bounds(block)
+            rows.append({**base, "metric": name, "headline": name == r.metrics["metric"],
+                         "value": block.get("value"), "ci_low": low, "ci_high": high,
+                         "substitutions": block.get("substitutions"), "deletions": block.get("deletions"),
+                         "insertions": block.get("insertions"), "correct": block.get("correct"),
+                         "reference_units": block.get("reference_units"), "utterances": block.get("utterances"),
+                         "eval_seconds": r.metrics.get("decode_seconds"), "rtf": r.metrics.get("rtf"),
+                         "note": (SEED_PROTOCOL_NOTES if base["protocol"] == "seed" else NOTES)[name]})
+    return rows
+
+
+def _digits(column: str) -> int:
+    return {"train_seconds": 1, "eval_seconds": 2, "rtf": 4}.get(column, 6)
+
+
+def to_csv(rows: list[dict], columns: list[str]) -> str:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(columns)
+    for row in rows:
+        writer.writerow([_fmt(row.get(c), _digits(c)) for c in columns])
+    return buffer.getvalue()
+
+
+# ---------------------------------------------------------------- paired comparisons
+
+def _paired(baseline_path: Path, other_path: Path) -> tuple[list[dict], list[dict]]:
+    """Per-utterance errors of both systems in the same utterance order; the ids and each id's reference (and QA
+    answers) must be equal."""
+    def by_id(path):
+        items = read_predictions(path)
+        table = {}
+        for item in items:
+            if item["id"] in table:
+                raise MalformedFile(f"{path}: utterance id {item['id']!r} appears twice")
+            table[item["id"]] = item
+        return [item["id"] for item in items], table
+
+    order, a = by_id(baseline_path)
+    _, b = by_id(other_path)
+    if set(a) != set(b):
+        only_a, only_b = sorted(set(a) - set(b)), sorted(set(b) - set(a))
+        raise DataError(f"{other_path} and {baseline_path} were not decoded on the same test utterances: "
+                        f"{len(only_b)} ids only in the first (e.g. {only_b[:3]}), {len(only_a)} only in the "
+                        f"second (e.g. {only_a[:3]})")
+    differ = [i for i in order if (a[i].get("reference"), a[i].get("answers")) != (b[i].get("reference"),
+                                                                                  b[i].get("answers"))]
+    if differ:
+        first = differ[0]
+        raise DataError(f"{other_path} and {baseline_path} were scored against different references for "
+                        f"{len(differ)} of {len(order)} utterances (e.g. {first!r}: {b[first].get('reference')!r} "
+                        f"against {a[first].get('reference')!r}): not the same test set")
+    units = ("errors", "reference_units")
+    return [{k: a[i][k] for k in units} for i in order], [{k: b[i][k] for k in units} for i in order]
+
+
+def comparison_rows(experiments: list, results: dict[str, ExperimentResult], seed: int = 0,
+                    resamples: int = 1000) -> list[dict]:
+    """Every non-baseline experiment of a group against the group's baseline, paired on the same utterances.
+
+    delta = value - baseline value in the headline metric's own units (WER/CER: negative is better; QA accuracy:
+    positive is better); ci_low/ci_high: 95 % paired-bootstrap interval of delta; significant: the interval
+    excludes zero. The bootstrap runs on per-utterance errors (QA: 0/1 per question, one unit each).
+    """
+    from steermoe.metrics import paired_bootstrap
+
+    groups: dict[str, list] = {}
+    for exp in experiments:
+        if get_field(exp, "group"):
+            groups.setdefault(str(get_field(exp, "group")), []).append(exp)
+    rows = []
+    for group, members in groups.items():  # dicts keep matrix order
+        baselines = [e for e in members if get_field(e, "baseline")]
+        if not baselines:
+            continue
+        base_exp = baselines[0]
+        base = results[str(get_field(base_exp, "id"))]
+        for exp in members:
+            if exp is base_exp:
+                continue
+            r = results[str(get_field(exp, "id"))]
+            metric = str(get_field(exp, "metric") or "")
+            row = {"group": group, "baseline": base.id, "experiment": r.id, "test_set": r.test_set, "metric": metric,
+                   "direction": "lower is better" if LOWER_IS_BETTER.get(metric, True) else "higher is better",
+                   "resamples": resamples}
+            if len(baselines) > 1:
+                row.update(status="error", error=f"group {group!r} has {len(baselines)} baselines "
+                                                 f"({', '.join(str(get_field(e, 'id')) for e in baselines)}); mark one")
+            elif base.status != OK:
+                row.update(status="baseline not available", error=f"baseline {base.id}: {base.status}"
+                                                                  + (f" ({base.error})" if base.error else ""))
+            elif r.status != OK:
+                row.update(status="not available", error=f"{r.status}" + (f": {r.error}" if r.error else ""))
+            elif _protocol(exp, r) != _protocol(base_exp, base):
+                row.update(status="error", error=f"{r.id} is evaluated under the {_protocol(exp, r)} protocol, the "
+                                                 f"baseline {base.id} under {_protocol(base_exp, base)}")
+            elif r.test_set != base.test_set:
+                row.update(status="error", error=f"{r.id} is scored on {r.test_set}, the baseline {base.id} on "
+                                                 f"{base.test_set}: a paired comparison needs the same test set")
+            elif r.metrics["metric"] != base.metrics["metric"]:
+                row.update(status="error", error=f"{r.id} is scored with {r.metrics['metric']}, the "
+                                                 f"baseline {base.id} with {base.metrics['metric']}")
+            else:
+                try:
+                    a, b = _paired(base.predictions_path, r.predictions_path)
+                    result = paired_bootstrap(a, b, seed=seed, resamples=resamples)
+                except (DataError, ValueError) as err:
+                    row.update(status="error", error=str(err))
+                else:
+                    sign = -1.0 if r.metrics["metric"] == "qa_accuracy" else 1.0  # error rate -> accuracy
+                    low, high = sorted((sign * result["ci95"][0], sign * result["ci95"][1]))
+                    base_value = 1 - result["a"] if sign < 0 else result["a"]
+                    value = 1 - result["b"] if sign < 0 else result["b"]
+                    significant = low > 0 or high < 0
+                    improved = (low > 0) != LOWER_IS_BETTER.get(metric, True)
+                    row.update(baseline_value=base_value, value=value, delta=sign * result["delta"], ci_low=low,
+                               ci_high=high, p_value=result["p_value"], significant=significant,
+                               verdict=("better" if improved else "worse") if significant else "no clear difference",
+                               utterances=len(a), status=OK, error="")
+            rows.append(row)
+    return rows
+
+def summary_text(table: list[dict], comparisons: list[dict]) -> str:
+    """A short human view of the table: headline metric rows, then the comparisons."""
+    lines = [f"{'experiment':<52}{'metric':<14}{'value':>9}  {'95% CI':<19}status"]
+    for row in table:
+        if not row["headline"]:
+            continue
+        value = f"{row['value']:.4f}" if row.get("value") is not None else "-"
+        ci = f"{row['ci_low']:.4f}-{row['ci_high']:.4f}" if row.get("ci_low") is not None else ""
+        status = row["status"] + (f": {row['error']}" if row["error"] else "")
+        lines.append(f"{row['experiment']:<52}{row['metric']:<14}{value:>9}  {ci:<19}{status}")
+    for c in comparisons:
+        if c["status"] == OK:
+            lines.append(f"{c['experiment']} vs {c['baseline']}: delta {c['delta']:+.4f} "
+                         f"[{c['ci_low']:+.4f}, {c['ci_high']:+.4f}] p={c['p_value']:.3f} ({c['direction']}): "
+                         f"{c['verdict']}")
+        else:
+            lines.append(f"{c['experiment']} vs {c['baseline']}: {c['status']}: {c['error']}")
+    return "\n".join(lines)
