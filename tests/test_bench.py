@@ -37,7 +37,7 @@ def test_orchestration_dry_run_of_a_generated_matrix(tmp_path):
     out = tmp_path / "orchestration.json"
     result = orchestration.main(["--quick", "--rows", "30", "--out", str(out)])
     assert json.loads(out.read_text())["rows"] == 30
-    assert result["jobs"] >= 4 * 30  # render x 2, train, evaluate per row, plus data, models and the table
+    assert result["jobs"] >= 2 * 30  # train and evaluate per row, plus data, models and the table
     assert result["median_cli_help_seconds"] > 0
     assert result["verdict"].startswith("not judged")  # the target is for 1,000 rows
 

@@ -65,9 +65,8 @@ def _alternatives(names):
     return "|".join(re.escape(name) for name in sorted(names)) or "(?!)"
 
 
-# Experiment ids and config stems by their shape, not as alternations of every id: a 1,000-row matrix would put
-# 45 kB of regex into every path pattern and cost Snakemake seconds per hundred jobs. Unknown ids stop at EXP;
-# a stem of another experiment stops at rendered_sha256.
+# Experiment ids by their shape, not as an alternation of every id: a 1,000-row matrix would put 45 kB of regex into
+# every path pattern and cost Snakemake seconds per hundred jobs. Unknown ids stop at EXP.
 wildcard_constraints:
     exp=r"[A-Za-z0-9][A-Za-z0-9._-]*",
     dataset=_alternatives(DATASETS),
@@ -75,21 +74,10 @@ wildcard_constraints:
 
 
 # ---- per-experiment lookups used by the rules ----------------------------------------------------------------
-def config_stem(mode):
-    """The config file stems of one mode (render rules' {stem} wildcard)."""
-    # {method}_{encoder}_{decoder}_{dataset}_{mode}[_{variant}]; a variant is never train/test/eval
-    return rf"[A-Za-z0-9][A-Za-z0-9._-]*_{mode}(?:_(?!(?:train|test|eval)\.yaml)[A-Za-z0-9.-]+)?"
-
-
-def rendered_sha256(mode):
-    def get(wildcards):
-        exp = EXP[wildcards.exp]
-        expected = exp.train_config if mode == "train" else exp.test_config
-        if PurePosixPath(expected).stem != wildcards.stem:
-            raise WorkflowError(f"{RESULTS}/{wildcards.exp}/{wildcards.stem}.yaml is not a config of experiment "
-                                f"{wildcards.exp} (its {mode} config is {expected})")
-        return CONFIG_SHA256[wildcards.exp][mode]
-    return get
+def config_sha256(mode):
+    """The sha256 of an experiment's rendered `mode` config: a param of the job that writes it, so that Snakemake
+    re-runs the job exactly when the text changes."""
+    return lambda wildcards: CONFIG_SHA256[wildcards.exp][mode]
 
 
 def data_manifest(wildcards):
