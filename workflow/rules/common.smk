@@ -1,6 +1,7 @@
 """Load and validate the experiments (config, catalog, matrix) and render every experiment's configs, once, at
 parse time. Nothing here imports torch or transformers: steermoe.matrix and steermoe.render are torch-free, so a
 dry run stays fast. Every error names the file, the row and the column, and stops the workflow before any job."""
+import inspect
 import re
 import shlex
 from pathlib import Path, PurePosixPath
@@ -8,6 +9,7 @@ from pathlib import Path, PurePosixPath
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import best_match
 from referencing import Registry, Resource
+from snakemake.common import overwrite_function_params
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
@@ -97,36 +99,48 @@ wildcard_constraints:
 
 
 # ---- per-experiment lookups used by the rules ----------------------------------------------------------------
+def job_function(func):
+    """Mark a function that Snakemake calls for every job (input, params, threads, resources): Snakemake reads its
+    signature with inspect.signature on every call, 20,000 times for 1,000 experiments, unless it is given once."""
+    overwrite_function_params(func, inspect.signature(func).parameters)
+    return func
+
+
 def config_sha256(mode):
     """The sha256 of an experiment's rendered `mode` config: a param of the job that writes it, so that Snakemake
     re-runs the job exactly when the text changes."""
-    return lambda wildcards: CONFIG_SHA256[wildcards.exp][mode]
+    return job_function(lambda wildcards: CONFIG_SHA256[wildcards.exp][mode])
 
 
-def data_manifest(wildcards):
-    return f"{EXP[wildcards.exp].data_dir}/manifest.json"
+@job_function
+def train_inputs(wildcards):
+    """What training reads: the prepared dataset and the import markers of the embedded models it uses (none for
+    models given by path)."""
+    exp = EXP[wildcards.exp]
+    return {"data": f"{exp.data_dir}/manifest.json",
+            "models": [f"{MODELS}/{name}/steermoe_import.json" for name in exp.embedded_models]}
 
 
-def model_markers(wildcards):
-    """The import markers of the embedded models an experiment uses (none for models given by path)."""
-    return [f"{MODELS}/{name}/steermoe_import.json" for name in EXP[wildcards.exp].embedded_models]
+@job_function
+def evaluate_inputs(wildcards):
+    """What evaluation reads: training's inputs and the model, its own or that of the experiment it shares
+    training with."""
+    return {"model": EXP[wildcards.exp].model, **train_inputs(wildcards)}
 
 
+@job_function
 def train_config(wildcards):
     return EXP[wildcards.exp].train_config
 
 
+@job_function
 def test_config(wildcards):
     return EXP[wildcards.exp].test_config
 
 
-def trained_model(wildcards):
-    """The model an experiment evaluates: its own, or that of the experiment it shares training with."""
-    return EXP[wildcards.exp].model
-
-
 def resource(key, default=None, evaluate=False):
     """A job resource from the catalog (the decoder's `resources`, else `defaults.resources`)."""
+    @job_function
     def get(wildcards):
         res = EXP[wildcards.exp].resources
         if evaluate:
@@ -138,10 +152,12 @@ def resource(key, default=None, evaluate=False):
     return get
 
 
+@job_function
 def train_threads(wildcards):
     return EXP[wildcards.exp].resources.get("threads", 1)
 
 
+@job_function
 def master_port(wildcards):
     return EXP[wildcards.exp].port
 

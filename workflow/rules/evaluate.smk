@@ -8,9 +8,7 @@
 
 rule evaluate:
     input:
-        model=trained_model,
-        data=data_manifest,
-        models=model_markers,
+        unpack(evaluate_inputs),
     output:
         metrics=f"{RESULTS}/{{exp}}/eval/metrics.json",
         predictions=f"{RESULTS}/{{exp}}/eval/predictions.jsonl",

@@ -12,8 +12,7 @@
 
 rule train:
     input:
-        data=data_manifest,
-        models=model_markers,
+        unpack(train_inputs),
     output:
         model=f"{RESULTS}/{{exp}}/train/final/model.safetensors",
         meta=f"{RESULTS}/{{exp}}/train/final/steermoe.json",
