@@ -4,20 +4,26 @@ pays: the `steermoe` command (`steermoe --help`) and, for train/evaluate jobs, i
 The workflow (Snakefile, workflow/, templates/, profiles/, experiments/) is copied into a temporary folder and its
 matrix replaced by N distinct rows over the catalog's embedded models and synthetic datasets (method x encoder x
 dataset x seed). Reading the workflow validates the matrix and renders every experiment's two configs, so the dry
-run covers parsing, validation, rendering and the DAG of N x 4 jobs plus data, model and aggregate jobs.
+run covers parsing, validation, rendering and the DAG of N x 2 jobs (train, evaluate) plus data, model and
+aggregate jobs. Snakemake imports `steermoe` from the tree it measures (PYTHONPATH).
 
-    python -m bench orchestration [--quick] [--rows N]
+--compare-ref GIT_REF also dry-runs the workflow and code of that commit (`git archive`, e.g. the commit before a
+change) on the same matrix, the two timed in alternating order round by round, so that both see the same load.
+
+    python -m bench orchestration [--quick] [--rows N] [--compare-ref GIT_REF]
 """
 from __future__ import annotations
 
+import io
 import os
 import shutil
 import subprocess
 import sys
+import tarfile
 import tempfile
 from pathlib import Path
 
-from bench.common import REPO, arguments, median, report, timed_command, verdict
+from bench.common import REPO, arguments, interleaved, median, report, timed_command, verdict
 
 TARGET_SECONDS = 5.0
 WORKFLOW = ["Snakefile", "workflow", "templates", "profiles", "experiments"]
@@ -37,38 +43,83 @@ def matrix(rows: int) -> str:
 
 
 def main(argv=None) -> dict:
-    args = arguments(__doc__, argv, lambda p: p.add_argument("--rows", type=int, help="matrix rows (default 1000)"))
+    def options(parser):
+        parser.add_argument("--rows", type=int, help="matrix rows (default 1000)")
+        parser.add_argument("--compare-ref", metavar="GIT_REF", help="also time the workflow of this commit")
+
+    args = arguments(__doc__, argv, options)
     rows = args.rows or (100 if args.quick else 1000)
     repetitions = 1 if args.quick else 3
     bin_dir = Path(sys.executable).parent
-    env = {**os.environ, "PATH": os.pathsep.join([str(bin_dir), os.environ.get("PATH", "")])}
+    command = [str(bin_dir / "snakemake"), "-n", "--cores", "2"]  # as a user types it (2,000+ jobs printed)
     with tempfile.TemporaryDirectory() as tmp:
-        root = Path(tmp) / "wf"
-        root.mkdir()
-        for name in WORKFLOW:
-            (shutil.copytree if (REPO / name).is_dir() else shutil.copy2)(REPO / name, root / name)
-        (root / "experiments" / "matrix.tsv").write_text(matrix(rows))
-        command = [str(bin_dir / "snakemake"), "-n", "--cores", "2"]  # as a user types it (4,000+ jobs printed)
-        first = subprocess.run(command, cwd=root, env=env, capture_output=True, text=True)
-        if first.returncode != 0:
-            raise SystemExit(f"snakemake -n failed ({first.returncode}):\n{first.stdout[-3000:]}{first.stderr[-3000:]}")
-        jobs = _job_count(first.stdout + first.stderr)
-        dry_run = timed_command(command, repetitions, cwd=root, env=env)
+        trees = {"working tree": REPO}
+        if args.compare_ref:
+            ref = _commit(args.compare_ref)
+            trees = {ref: _archive(ref, Path(tmp) / "ref"), **trees}
+        workflows = {label: _workflow(tree, Path(tmp) / f"wf{i}", rows)
+                     for i, (label, tree) in enumerate(trees.items())}
+        envs = {label: {**os.environ, "PYTHONPATH": str(tree),
+                        "PATH": os.pathsep.join([str(bin_dir), os.environ.get("PATH", "")])}
+                for label, tree in trees.items()}
+        jobs = {label: _first_dry_run(command, root, envs[label]) for label, root in workflows.items()}
+        dry_runs = interleaved({label: lambda _, label=label: subprocess.run(
+            command, cwd=workflows[label], env=envs[label], check=True, capture_output=True) for label in workflows},
+            repetitions, warmup=0)
     cli = timed_command([str(bin_dir / "steermoe"), "--help"], 3 if args.quick else 7)
     # what a train or evaluate job pays before its own work: torch, transformers and the engine
     engine = timed_command([sys.executable, "-c", "import steermoe.train, steermoe.evaluate"], 1 if args.quick else 3)
-    seconds, cli_seconds, engine_seconds = median(dry_run), median(cli), median(engine)
-    result = {"rows": rows, "jobs": jobs, "dry_run_seconds": dry_run, "median_dry_run_seconds": seconds,
-              "target_seconds": TARGET_SECONDS, "cli_help_seconds": cli, "median_cli_help_seconds": cli_seconds,
-              "engine_import_seconds": engine, "median_engine_import_seconds": engine_seconds,
+    current = dry_runs["working tree"]
+    seconds, cli_seconds, engine_seconds = median(current), median(cli), median(engine)
+    result = {"rows": rows, "jobs": jobs["working tree"], "dry_run_seconds": current,
+              "median_dry_run_seconds": seconds, "target_seconds": TARGET_SECONDS, "cli_help_seconds": cli,
+              "median_cli_help_seconds": cli_seconds, "engine_import_seconds": engine,
+              "median_engine_import_seconds": engine_seconds,
               "verdict": verdict(seconds, TARGET_SECONDS, higher_is_better=False)}
     if rows != 1000:
         result["verdict"] = f"not judged ({rows} rows; the target is for 1,000)"
-    table = [[f"snakemake -n, {rows}-row matrix ({jobs} jobs)", seconds, f"<= {TARGET_SECONDS:g}"],
-             ["steermoe --help (the CLI's start-up)", cli_seconds, "reported"],
-             ["import steermoe.train, steermoe.evaluate (a train/evaluate job's start-up)", engine_seconds,
-              "reported"]]
+    table = [[f"snakemake -n, {rows}-row matrix ({jobs['working tree']} jobs)", seconds, f"<= {TARGET_SECONDS:g}"]]
+    if args.compare_ref:
+        result["compare"] = {"ref": args.compare_ref, "commit": ref, "jobs": jobs[ref],
+                             "dry_run_seconds": dry_runs[ref], "median_dry_run_seconds": median(dry_runs[ref])}
+        table.append([f"snakemake -n, {rows}-row matrix, workflow of {ref} ({jobs[ref]} jobs)", median(dry_runs[ref]),
+                      "reported"])
+    table += [["steermoe --help (the CLI's start-up)", cli_seconds, "reported"],
+              ["import steermoe.train, steermoe.evaluate (a train/evaluate job's start-up)", engine_seconds,
+               "reported"]]
     return report("orchestration", args, result, ["what", "s (median)", "target"], table)
+
+
+def _commit(ref: str) -> str:
+    """The short commit id of a git ref of this repository."""
+    return subprocess.run(["git", "rev-parse", "--short", f"{ref}^{{commit}}"], cwd=REPO, check=True,
+                          capture_output=True, text=True).stdout.strip()
+
+
+def _archive(commit: str, dest: Path) -> Path:
+    """The files of `commit` (code and workflow) in `dest`."""
+    tar = subprocess.run(["git", "archive", commit], cwd=REPO, check=True, capture_output=True).stdout
+    with tarfile.open(fileobj=io.BytesIO(tar)) as archive:
+        archive.extractall(dest, filter="data")
+    return dest
+
+
+def _workflow(tree: Path, dest: Path, rows: int) -> Path:
+    """A copy of the workflow of `tree` in `dest`, with a generated matrix of `rows` rows."""
+    dest.mkdir()
+    for name in WORKFLOW:
+        (shutil.copytree if (tree / name).is_dir() else shutil.copy2)(tree / name, dest / name)
+    (dest / "experiments" / "matrix.tsv").write_text(matrix(rows))
+    return dest
+
+
+def _first_dry_run(command: list[str], root: Path, env: dict) -> int | None:
+    """Run the dry run once (Snakemake creates .snakemake/, Python its caches) and count its jobs."""
+    first = subprocess.run(command, cwd=root, env=env, capture_output=True, text=True)
+    if first.returncode != 0:
+        raise SystemExit(f"snakemake -n in {root} failed ({first.returncode}):\n{first.stdout[-3000:]}"
+                         f"{first.stderr[-3000:]}")
+    return _job_count(first.stdout + first.stderr)
 
 
 def _job_count(output: str) -> int | None:

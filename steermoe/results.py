@@ -12,7 +12,7 @@ Status of an experiment:
     ok                   metrics.json is there and was computed with the current rendered configs
     stale                metrics.json is there (its values are kept) but a rendered config changed since, the
                          trained model is gone, or the matrix asks for another metric: re-run the workflow
-    failed at model import / data preparation / render
+    failed at model import / data preparation
                          training never started because a step it needs failed; that step's log says why
     failed at train      no trained model; the train log says why
     failed at evaluate   trained, but no metrics; the evaluate log says why
@@ -35,7 +35,7 @@ OLD_NAMES = {"exact_match": "qa_accuracy", "reference_words": "reference_units",
 ERROR_PREFIX = "steermoe: error:"
 OK, STALE = "ok", "stale"
 FAILED_TRAIN, FAILED_EVAL, NOT_RUN, INVALID = "failed at train", "failed at evaluate", "not run", "invalid results"
-FAILED_IMPORT, FAILED_DATA, FAILED_RENDER = "failed at model import", "failed at data preparation", "failed at render"
+FAILED_IMPORT, FAILED_DATA = "failed at model import", "failed at data preparation"
 
 
 def get_field(exp, key: str, default=None):
@@ -219,7 +219,7 @@ def collect(exp, results: Path, logs: Path, root: Path | None = None) -> Experim
     if message is not None:
         out.status, out.error, out.log = FAILED_TRAIN, message, str(train_log)
         return out
-    upstream = _upstream_failure(exp, Path(logs), root, train_config, test_config)
+    upstream = _upstream_failure(exp, Path(logs), root)
     if upstream is not None:
         out.status, out.error, out.log = upstream
     elif folder.is_dir() and any(folder.rglob("*")):
@@ -227,11 +227,9 @@ def collect(exp, results: Path, logs: Path, root: Path | None = None) -> Experim
     return out
 
 
-def _upstream_failure(exp, logs: Path, root: Path, train_config: Path | None,
-                      test_config: Path | None) -> tuple[str, str, str] | None:
-    """Why training never started: a failed model import, data preparation or config rendering (their logs exist
-    and their outputs do not). None when nothing upstream failed (the experiment simply has not run yet)."""
-    exp_id = str(get_field(exp, "id"))
+def _upstream_failure(exp, logs: Path, root: Path) -> tuple[str, str, str] | None:
+    """Why training never started: a failed model import or data preparation (their logs exist and their outputs
+    do not). None when nothing upstream failed (the experiment simply has not run yet)."""
     checks = []
     for entry in (get_field(exp, "encoder_entry") or {}, get_field(exp, "decoder_entry") or {}):
         if entry.get("embedded") and entry.get("path"):
@@ -240,9 +238,6 @@ def _upstream_failure(exp, logs: Path, root: Path, train_config: Path | None,
     if get_field(exp, "data_dir"):
         checks.append((FAILED_DATA, root / get_field(exp, "data_dir") / "manifest.json",
                        logs / "data" / f"{get_field(exp, 'dataset')}.log"))
-    for config in (train_config, test_config):
-        if config is not None:
-            checks.append((FAILED_RENDER, config, logs / exp_id / f"render_{config.stem}.log"))
     for status, output, log in checks:
         if not output.exists():
             message = log_error(log)

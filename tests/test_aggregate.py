@@ -454,16 +454,17 @@ datasets:
 
 def test_upstream_failures_explain_why_training_never_ran(workdir):
     data_failed = {**experiment(BETTER, "layer_wise"), "data_dir": "data/synth-en"}
-    render_failed = experiment(SAME, "layer_wise")
+    render_failed = experiment(SAME, "layer_wise")  # the train job writes its config first, into the train log
     write_log("data", "synth-en", "building...\nsteermoe: error: espeak-ng is not installed\n")
-    write_log(SAME, f"render_{SAME}_train", "steermoe: error: templates/train.yaml.j2: undefined 'steering'\n")
+    write_log(SAME, "train", "steermoe: error: results/x_train.yaml: rendered 0a1b..., but the workflow planned "
+                             "2c3d...\n")
     not_run = {**experiment(NOT_RUN, "layer_wise", dataset="synth-zh"), "data_dir": "data/synth-zh"}
     run([data_failed, render_failed, not_run])
     rows = {r["experiment"]: r for r in read_table(workdir / "results/table.csv")}
     assert (rows[BETTER]["status"], rows[BETTER]["error"]) == ("failed at data preparation",
                                                                "espeak-ng is not installed")
     assert rows[BETTER]["log"] == "logs/data/synth-en.log"
-    assert rows[SAME]["status"] == "failed at render" and "undefined 'steering'" in rows[SAME]["error"]
+    assert rows[SAME]["status"] == "failed at train" and "the workflow planned" in rows[SAME]["error"]
     assert rows[NOT_RUN]["status"] == "not run"  # its data has no log: it has simply not run yet
 
 

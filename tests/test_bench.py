@@ -35,9 +35,10 @@ def test_orchestration_dry_run_of_a_generated_matrix(tmp_path):
     rows = orchestration.matrix(30).splitlines()[1:]
     assert len(rows) == len(set(rows)) == 30
     out = tmp_path / "orchestration.json"
-    result = orchestration.main(["--quick", "--rows", "30", "--out", str(out)])
+    result = orchestration.main(["--quick", "--rows", "30", "--compare-ref", "HEAD", "--out", str(out)])
     assert json.loads(out.read_text())["rows"] == 30
-    assert result["jobs"] >= 4 * 30  # render x 2, train, evaluate per row, plus data, models and the table
+    assert result["jobs"] >= 2 * 30  # train and evaluate per row, plus data, models and the table
+    assert result["compare"]["ref"] == "HEAD" and len(result["compare"]["dry_run_seconds"]) == 1
     assert result["median_cli_help_seconds"] > 0
     assert result["verdict"].startswith("not judged")  # the target is for 1,000 rows
 

@@ -103,5 +103,5 @@ def test_quick_matrix_runs_through_slurm(slurm_conf, embedded_models, tmp_path):
     train = completed[next(job for job, rule in jobs.items() if rule == "rule_train")]
     assert train["ProcCnt"] == "2"  # the catalog's threads for smollm2 (set to 2 above) became --cpus-per-task
     assert completed[next(job for job, rule in jobs.items() if rule == "rule_prepare_data")]["ProcCnt"] == "2"
-    # local rules (render, aggregate) ran here, not on SLURM
+    # the local rule (aggregate) ran here, not on SLURM
     assert "localrule aggregate:" in output

@@ -87,7 +87,7 @@ def planned(root: Path, *args) -> set[tuple[str, str]]:
 
 
 def experiment_jobs(exp_id: str) -> set[tuple[str, str]]:
-    return {(rule, exp_id) for rule in ("render_train", "render_test", "train", "evaluate")}
+    return {(rule, exp_id) for rule in ("train", "evaluate")}
 
 
 def write_matrix(root: Path, *rows: str, header: str = HEADER) -> Path:
@@ -495,12 +495,36 @@ def test_template_edit_reruns_only_the_experiments_whose_config_changed(done):
     assert planned(done) == set()
     template.write_text(original + '{% if exp.method == "linear" %}\n# baseline\n{% endif %}\n')
     linear = DEFAULT_IDS[1]
-    assert planned(done) == {("render_test", linear), ("evaluate", linear), AGG}
+    assert planned(done) == {("evaluate", linear), AGG}
     snakemake(done)
     assert sorted(calls(done)) == [("aggregate", "results"), ("evaluate", linear)]
     common = done / "templates" / "common.yaml.j2"
     common.write_text(common.read_text().replace("use_cache: false", "use_cache: false  # KV cache off"))
     assert {(rule, what) for rule, what in planned(done) if rule == "train"} == {("train", e) for e in DEFAULT_IDS}
+
+
+def test_a_template_edit_that_changes_one_train_config_retrains_exactly_that_experiment(done):
+    template = done / "templates" / "train.yaml.j2"
+    template.write_text(template.read_text() + '{% if exp.method == "linear" %}\n# baseline\n{% endif %}\n')
+    linear = DEFAULT_IDS[1]
+    assert planned(done) == experiment_jobs(linear) | {AGG}
+    snakemake(done)
+    assert sorted(calls(done)) == [("aggregate", "results"), ("evaluate", linear), ("train", linear)]
+    config = done / load_matrix(done / "experiments/matrix.tsv", done / "experiments/catalog.yaml")[1].train_config
+    assert config.read_text().endswith("# baseline\n")  # the train job wrote the new text
+
+
+def test_an_evaluation_only_catalog_edit_reruns_only_evaluation(done):
+    catalog = done / "experiments" / "catalog.yaml"
+    trained = {e: (done / "results" / e / "train/final/model.safetensors").stat().st_mtime_ns for e in DEFAULT_IDS}
+    catalog.write_text(catalog.read_text().replace("    num_beams: 1", "    num_beams: 2", 1))
+    assert planned(done) == {("evaluate", e) for e in DEFAULT_IDS} | {AGG}
+    snakemake(done)
+    assert sorted(calls(done)) == [("aggregate", "results")] + [("evaluate", e) for e in sorted(DEFAULT_IDS)]
+    assert trained == {e: (done / "results" / e / "train/final/model.safetensors").stat().st_mtime_ns
+                       for e in DEFAULT_IDS}
+    for exp in load_matrix(done / "experiments/matrix.tsv", catalog):
+        assert "num_beams: 2\n" in (done / exp.test_config).read_text()
 
 
 def test_catalog_edit_reruns_exactly_the_experiments_using_the_entry(done):
@@ -520,7 +544,7 @@ def test_catalog_edit_reruns_exactly_the_experiments_using_the_entry(done):
     assert planned(done) == experiment_jobs(aqa) | {AGG}
     # an evaluation-only setting of synth-aqa: its evaluation only
     edit("      max_new_tokens: 16", "      max_new_tokens: 24")
-    assert planned(done) == {("render_test", aqa), ("evaluate", aqa), AGG}
+    assert planned(done) == {("evaluate", aqa), AGG}
     # synth-en's prompt: the two synth-en experiments
     edit('prompt: "please transcribe the audio content into text: "\n    # CPU',
          'prompt: "transcribe: "\n    # CPU')
@@ -535,7 +559,30 @@ def test_catalog_edit_reruns_exactly_the_experiments_using_the_entry(done):
     assert {w for r, w in planned(done) if r == "train"} == set(DEFAULT_IDS)
     # the evaluation-only setting: evaluation only
     edit("    num_beams: 1", "    num_beams: 2")
-    assert {r for r, _ in planned(done)} == {"render_test", "evaluate", "aggregate"}
+    assert {r for r, _ in planned(done)} == {"evaluate", "aggregate"}
+
+
+def test_editing_a_matrix_row_reruns_only_that_row_and_never_deletes_its_checkpoints(tmp_path):
+    root = copy_workflow(tmp_path / "wf")
+    header = "method\tencoder\tdecoder\tdataset\tvariant\tmax_steps\n"
+    first = "layer_wise\twhisper-tiny.en\tsmollm2\tsynth-en\ta\t"
+    second = "linear\twhisper-tiny.en\tsmollm2\tsynth-en\tb\t"
+    write_matrix(root, first, second, header=header)
+    snakemake(root)
+    edited, kept = load_matrix(root / "experiments/matrix.tsv", root / "experiments/catalog.yaml")
+    for exp in (edited, kept):  # each job wrote its config, as rendered at parse time
+        assert (root / exp.train_config).read_text() == render(exp, root / "templates", "train")
+        assert (root / exp.test_config).read_text() == render(exp, root / "templates", "test")
+    checkpoint = root / edited.train_dir / "checkpoint-1"
+    checkpoint.mkdir()
+    (checkpoint / "complete.json").write_text("{}\n")
+    (root / "stub_calls.jsonl").unlink()
+    write_matrix(root, first + "40", second, header=header)  # same id, another max_steps
+    assert planned(root) == experiment_jobs(edited.id) | {AGG}
+    snakemake(root)
+    assert sorted(calls(root)) == [("aggregate", "results"), ("evaluate", edited.id), ("train", edited.id)]
+    assert (checkpoint / "complete.json").is_file()
+    assert "max_steps: 40\n" in (root / edited.train_config).read_text()
 
 
 def test_quick_switch_and_failed_experiment_does_not_block_the_others(done):

@@ -1,10 +1,12 @@
 """Load and validate the experiments (config, catalog, matrix) and render every experiment's configs, once, at
 parse time. Nothing here imports torch or transformers: steermoe.matrix and steermoe.render are torch-free, so a
 dry run stays fast. Every error names the file, the row and the column, and stops the workflow before any job."""
+import inspect
 import re
 import shlex
 from pathlib import PurePosixPath
 
+from snakemake.common import overwrite_function_params
 from snakemake.exceptions import WorkflowError
 
 from steermoe.catalog import data_command
@@ -51,9 +53,8 @@ def _alternatives(names):
     return "|".join(re.escape(name) for name in sorted(names)) or "(?!)"
 
 
-# Experiment ids and config stems by their shape, not as alternations of every id: a 1,000-row matrix would put
-# 45 kB of regex into every path pattern and cost Snakemake seconds per hundred jobs. Unknown ids stop at EXP;
-# a stem of another experiment stops at rendered_sha256.
+# Experiment ids by their shape, not as an alternation of every id: a 1,000-row matrix would put 45 kB of regex into
+# every path pattern and cost Snakemake seconds per hundred jobs. Unknown ids stop at EXP.
 wildcard_constraints:
     exp=r"[A-Za-z0-9][A-Za-z0-9._-]*",
     dataset=_alternatives(DATASETS),
@@ -61,47 +62,48 @@ wildcard_constraints:
 
 
 # ---- per-experiment lookups used by the rules ----------------------------------------------------------------
-def config_stem(mode):
-    """The config file stems of one mode (render rules' {stem} wildcard)."""
-    # {method}_{encoder}_{decoder}_{dataset}_{mode}[_{variant}]; a variant is never train/test/eval
-    return rf"[A-Za-z0-9][A-Za-z0-9._-]*_{mode}(?:_(?!(?:train|test|eval)\.yaml)[A-Za-z0-9.-]+)?"
+def job_function(func):
+    """Mark a function that Snakemake calls for every job (input, params, threads, resources): Snakemake reads its
+    signature with inspect.signature on every call, 20,000 times for 1,000 experiments, unless it is given once."""
+    overwrite_function_params(func, inspect.signature(func).parameters)
+    return func
 
 
-def rendered_sha256(mode):
-    def get(wildcards):
-        exp = EXP[wildcards.exp]
-        expected = exp.train_config if mode == "train" else exp.test_config
-        if PurePosixPath(expected).stem != wildcards.stem:
-            raise WorkflowError(f"{RESULTS}/{wildcards.exp}/{wildcards.stem}.yaml is not a config of experiment "
-                                f"{wildcards.exp} (its {mode} config is {expected})")
-        return CONFIG_SHA256[wildcards.exp][mode]
-    return get
+def config_sha256(mode):
+    """The sha256 of an experiment's rendered `mode` config: a param of the job that writes it, so that Snakemake
+    re-runs the job exactly when the text changes."""
+    return job_function(lambda wildcards: CONFIG_SHA256[wildcards.exp][mode])
 
 
-def data_manifest(wildcards):
-    return f"{EXP[wildcards.exp].data_dir}/manifest.json"
+@job_function
+def train_inputs(wildcards):
+    """What training reads: the prepared dataset and the import markers of the embedded models it uses (none for
+    models given by path)."""
+    exp = EXP[wildcards.exp]
+    return {"data": f"{exp.data_dir}/manifest.json",
+            "models": [f"{MODELS}/{name}/steermoe_import.json" for name in exp.embedded_models]}
 
 
-def model_markers(wildcards):
-    """The import markers of the embedded models an experiment uses (none for models given by path)."""
-    return [f"{MODELS}/{name}/steermoe_import.json" for name in EXP[wildcards.exp].embedded_models]
+@job_function
+def evaluate_inputs(wildcards):
+    """What evaluation reads: training's inputs and the model, its own or that of the experiment it shares
+    training with."""
+    return {"model": EXP[wildcards.exp].model, **train_inputs(wildcards)}
 
 
+@job_function
 def train_config(wildcards):
     return EXP[wildcards.exp].train_config
 
 
+@job_function
 def test_config(wildcards):
     return EXP[wildcards.exp].test_config
 
 
-def trained_model(wildcards):
-    """The model an experiment evaluates: its own, or that of the experiment it shares training with."""
-    return EXP[wildcards.exp].model
-
-
 def resource(key, default=None, evaluate=False):
     """A job resource from the catalog (the decoder's `resources`, else `defaults.resources`)."""
+    @job_function
     def get(wildcards):
         res = EXP[wildcards.exp].resources
         if evaluate:
@@ -113,10 +115,12 @@ def resource(key, default=None, evaluate=False):
     return get
 
 
+@job_function
 def train_threads(wildcards):
     return EXP[wildcards.exp].resources.get("threads", 1)
 
 
+@job_function
 def master_port(wildcards):
     return EXP[wildcards.exp].port
 

@@ -1,19 +1,23 @@
-# Evaluation: decode the test split with the final weights, score it under the experiment's protocol (metrics.json
-# with counts and a 95 % bootstrap CI, predictions.jsonl per utterance; steering.json/.png for steering methods).
-# An experiment that differs from an earlier one only in evaluation settings evaluates that one's model.
+# Evaluation: write the experiment's test config (as training writes its train config: checked against the text
+# hashed at parse time, whose sha256 is a param, so an edit that changes only evaluation settings re-runs only
+# evaluation), then decode the test split with the final weights and score it under the experiment's protocol
+# (metrics.json with counts and a 95 % bootstrap CI, predictions.jsonl per utterance; steering.json/.png for
+# steering methods). An experiment that differs from an earlier one only in evaluation settings evaluates that
+# one's model.
 
 
 rule evaluate:
     input:
-        config=test_config,
-        model=trained_model,
-        data=data_manifest,
-        models=model_markers,
+        unpack(evaluate_inputs),
     output:
         metrics=f"{RESULTS}/{{exp}}/eval/metrics.json",
         predictions=f"{RESULTS}/{{exp}}/eval/predictions.jsonl",
     log:
         f"{LOGS}/{{exp}}/evaluate.log",
+    params:
+        config=test_config,
+        config_sha256=config_sha256("test"),
+        render=RENDER_ARGS,
     threads: train_threads
     resources:
         gpu=resource("gpu", 0, evaluate=True),
@@ -22,5 +26,9 @@ rule evaluate:
     conda:
         "../envs/steermoe.yaml"
     shell:
-        "OMP_NUM_THREADS={threads} steermoe launch --gpus {resources.gpu} -- "
-        "steermoe evaluate --config {input.config} > {log} 2>&1"
+        """
+        steermoe render {params.render} --id {wildcards.exp} --mode test --expect-sha256 {params.config_sha256} \
+            > {log} 2>&1 &&
+        OMP_NUM_THREADS={threads} steermoe launch --gpus {resources.gpu} -- \
+            steermoe evaluate --config {params.config} >> {log} 2>&1
+        """

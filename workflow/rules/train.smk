@@ -1,6 +1,10 @@
-# Training. The output is the final folder's weights (written atomically with steermoe.json and
-# train_summary.json); checkpoints (results/{exp}/train/checkpoint-*) are NOT outputs, so Snakemake never deletes
-# them when a job fails, and `steermoe train` resumes from the newest complete one when the job runs again.
+# Training. The job first writes the experiment's train config (results/{exp}/..._train.yaml, read by hand too) with
+# `steermoe render`, which fails unless the text is the one rendered and hashed at parse time; that sha256 is a
+# param, so Snakemake re-trains exactly the experiments whose train config changed when a template, the catalog or
+# a matrix row is edited (templates and catalog are not inputs: their modification time would re-run everything).
+# The output is the final folder's weights (written atomically with steermoe.json and train_summary.json);
+# checkpoints (results/{exp}/train/checkpoint-*) are NOT outputs, so Snakemake never deletes them when a job fails,
+# and `steermoe train` resumes from the newest complete one when the job runs again.
 # `steermoe launch` gives the job its own `gpu` GPUs of this machine (lock files; CUDA_VISIBLE_DEVICES), so jobs
 # sharing a node never see each other's GPUs; with gpu > 1 it starts the DeepSpeed launcher (one process per GPU)
 # with a master port derived from the experiment id, so that concurrent jobs on one node never collide.
@@ -8,9 +12,7 @@
 
 rule train:
     input:
-        config=train_config,
-        data=data_manifest,
-        models=model_markers,
+        unpack(train_inputs),
     output:
         model=f"{RESULTS}/{{exp}}/train/final/model.safetensors",
         meta=f"{RESULTS}/{{exp}}/train/final/steermoe.json",
@@ -18,6 +20,9 @@ rule train:
     log:
         f"{LOGS}/{{exp}}/train.log",
     params:
+        config=train_config,
+        config_sha256=config_sha256("train"),
+        render=RENDER_ARGS,
         port=master_port,
     threads: train_threads
     resources:
@@ -28,6 +33,8 @@ rule train:
         "../envs/steermoe.yaml"
     shell:
         """
+        steermoe render {params.render} --id {wildcards.exp} --mode train --expect-sha256 {params.config_sha256} \
+            > {log} 2>&1 &&
         OMP_NUM_THREADS={threads} steermoe launch --gpus {resources.gpu} --port {params.port} -- \
-            steermoe train --config {input.config} > {log} 2>&1
+            steermoe train --config {params.config} >> {log} 2>&1
         """
