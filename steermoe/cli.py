@@ -111,12 +111,12 @@ def _evaluate(args) -> None:
 
 def _aggregate(args) -> None:
     from steermoe.aggregate import aggregate
-    from steermoe.matrix import load_matrix
+    from steermoe.matrix import load_matrix, read_matrix
     from steermoe.settings import SETTINGS
 
     experiments = load_matrix(args.matrix, args.catalog, quick=args.quick, results=args.results, data=args.data,
                               models=args.models)
-    columns = [name for name in SETTINGS if any(name in exp.overrides for exp in experiments)]  # overridden ones
+    columns = [c for c in read_matrix(args.matrix)[0] if c in SETTINGS]  # the matrix's override columns
     aggregate(experiments, Path(args.results), Path(args.out), logs_dir=Path(args.logs), seed=args.seed,
               resamples=args.resamples, columns=columns)
 

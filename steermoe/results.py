@@ -27,7 +27,7 @@ from pathlib import Path
 
 from steermoe.errors import DataError
 from steermoe.fsutil import sha256_file
-from steermoe.runconfig import METRICS
+from steermoe.settings import METRICS
 
 # what an older steermoe wrote into metrics.json -> today's name
 OLD_NAMES = {"exact_match": "qa_accuracy", "reference_words": "reference_units",
