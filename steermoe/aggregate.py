@@ -42,7 +42,7 @@ def aggregate(experiments: list, results_dir: Path, out_dir: Path, logs_dir: Pat
     results = {i: collect(e, Path(results_dir), Path(logs_dir), root) for i, e in zip(ids, experiments)}
     columns = override_columns(experiments, columns)
     commit = git_commit(root) if commit is None else commit
-    table = table_rows(experiments, results, columns, commit)
+    table = table_rows(experiments, results, columns, commit, seed=seed, resamples=resamples)
     comparisons = comparison_rows(experiments, results, seed=seed, resamples=resamples)
     outputs: dict[Path, bytes | str] = {}
     if plots:

@@ -6,8 +6,12 @@ row per metric: English `wer` (Whisper-normalised, headline) and `wer_raw`; Chin
 (normalised exact match, headline), `qa_yes_no` (yes/no subset) and `qa_lenient_substring` (the original code's
 lenient substring score, reported only as such).
 
+Replicates (experiments whose settings differ only in `seed`) keep one row each and add, after the last of them, a
+summary row named after the set: the mean over seeds of the headline metric, the standard deviation across seeds
+and a 95 % CI from a crossed bootstrap over seeds and utterances (steermoe/seeds.py).
+
 comparisons.csv: per group with a baseline, each other experiment vs the baseline, paired bootstrap (only between
-ok experiments; otherwise the row says why not).
+ok experiments; otherwise the row says why not). Replicate sets are compared as sets, paired by seed and utterance.
 
 Rows follow the matrix order and numbers have fixed formats, so two runs from scratch on machines that agree on
 the precision columns (precision, weights_dtype, device, device_model; the CPU class decides the precision) give
@@ -46,14 +50,15 @@ TIMING_COLUMNS = ("train_seconds", "eval_seconds", "rtf")
 PRECISION_COLUMNS = ("precision", "weights_dtype", "device", "device_model", "cpu_flags")
 
 COMPARISON_COLUMNS = ["group", "baseline", "experiment", "test_set", "metric", "direction", "baseline_value", "value",
-                      "delta", "ci_low", "ci_high", "p_value", "significant", "verdict", "utterances", "resamples",
-                      "status", "error"]
+                      "delta", "ci_low", "ci_high", "p_value", "significant", "verdict", "utterances", "seeds",
+                      "resamples", "status", "error"]
 
 
 def table_columns(override_columns: list[str]) -> list[str]:
     return ["experiment", "method", "encoder", "decoder", "dataset", "recipe", "group", "baseline", "tags",
-            *override_columns,
-            "test_set", "protocol", "metric", "headline", "value", "ci_low", "ci_high", "substitutions", "deletions",
+            *override_columns, "replicate_of", "seeds",
+            "test_set", "protocol", "metric", "headline", "value", "std", "ci_low", "ci_high", "substitutions",
+            "deletions",
             "insertions", "correct", "reference_units", "utterances", "trainable_parameters", "train_steps",
             "train_seconds", "eval_seconds", "rtf", "precision", "weights_dtype", "device", "device_model",
             "cpu_flags", "config_sha256", "train_config_sha256", "git_commit", "status",
@@ -122,8 +127,56 @@ def _trainable(result: ExperimentResult):
     return counts
 
 
+def replicate_sets(experiments: list) -> dict[str, list]:
+    """{set name: its experiments in matrix order} for every replicate set (steermoe.experiments.name_replicates)."""
+    sets: dict[str, list] = {}
+    for exp in experiments:
+        if get_field(exp, "replicate_of"):
+            sets.setdefault(str(get_field(exp, "replicate_of")), []).append(exp)
+    return sets
+
+
+def _aligned(paths: list[Path]) -> list[list[dict]]:
+    """Per-utterance records of several evaluations on the same test set, in the first one's utterance order."""
+    runs = [_paired(paths[0], paths[0])[0]]
+    return runs + [_paired(paths[0], path)[1] for path in paths[1:]]
+
+
+def _seed_of(exp):
+    return (get_field(exp, "overrides") or {}).get("seed", (get_field(exp, "settings") or {}).get("seed", 0))
+
+
+def _summary_row(name: str, members: list, results: dict[str, ExperimentResult], first_row: dict, seed: int,
+                 resamples: int) -> dict:
+    """The replicate set's row: mean, spread and crossed-bootstrap CI of the headline metric over its seeds."""
+    from steermoe.seeds import summarise
+
+    seeds = ",".join(str(_seed_of(e)) for e in members)
+    row = {**{k: first_row.get(k) for k in ("method", "encoder", "decoder", "dataset", "recipe", "group", "baseline",
+                                            "tags", "test_set", "protocol", "trainable_parameters", "train_steps")},
+           "experiment": name, "seeds": seeds, "metric": first_row["metric"], "headline": True,
+           "note": f"mean of {len(members)} seeds; std across seeds; 95 % CI: crossed bootstrap over seeds and "
+                   f"utterances"}
+    done = [results[str(get_field(e, "id"))] for e in members]
+    missing = [r.id for r in done if r.status != OK]
+    if missing:
+        return {**row, "status": "incomplete", "error": f"{len(missing)} of {len(done)} seeds not ok: "
+                                                        f"{', '.join(missing)}"}
+    try:
+        stats = summarise(_aligned([r.predictions_path for r in done]), seed=seed, resamples=resamples)
+    except (DataError, ValueError) as err:
+        return {**row, "status": "error", "error": str(err)}
+    low, high, mean = stats["ci95"][0], stats["ci95"][1], stats["mean"]
+    if first_row["metric"] == "qa_accuracy":  # the records count errors: accuracy = 1 - error rate
+        low, high, mean = 1 - high, 1 - low, 1 - mean
+    return {**row, "value": mean, "std": stats["std"], "ci_low": low, "ci_high": high,
+            "utterances": first_row.get("utterances"), "status": OK, "error": ""}
+
+
 def table_rows(experiments: list, results: dict[str, ExperimentResult], override_columns: list[str],
-               git_commit: str) -> list[dict]:
+               git_commit: str, seed: int = 0, resamples: int = 1000) -> list[dict]:
+    sets = replicate_sets(experiments)
+    last_of_set = {str(get_field(members[-1], "id")): name for name, members in sets.items()}
     rows = []
     for exp in experiments:
         r = results[str(get_field(exp, "id"))]
@@ -133,6 +186,7 @@ def table_rows(experiments: list, results: dict[str, ExperimentResult], override
                 "recipe": get_field(exp, "recipe") or "", "group": get_field(exp, "group") or "",
                 "baseline": bool(get_field(exp, "baseline")), "tags": ",".join(get_field(exp, "tags") or []),
                 **{c: overrides.get(c, "") for c in override_columns},
+                "replicate_of": get_field(exp, "replicate_of") or "",
                 "test_set": r.test_set, "protocol": _protocol(exp, r), "trainable_parameters": _trainable(r),
                 "train_steps": (r.summary or {}).get("steps"),
                 "train_seconds": (r.summary or {}).get("train_seconds_this_run"),
@@ -142,8 +196,7 @@ def table_rows(experiments: list, results: dict[str, ExperimentResult], override
         if r.metrics is None:
             headline = str(get_field(exp, "metric") or "")
             rows.append({**base, "metric": headline, "headline": True, "note": NOTES.get(headline, "")})
-            continue
-        for name, block in _metric_blocks(r.metrics):
+        for name, block in _metric_blocks(r.metrics) if r.metrics else []:
             low, high = ci_bounds(block)
             rows.append({**base, "metric": name, "headline": name == r.metrics["metric"],
                          "value": block.get("value"), "ci_low": low, "ci_high": high,
@@ -152,6 +205,10 @@ def table_rows(experiments: list, results: dict[str, ExperimentResult], override
                          "reference_units": block.get("reference_units"), "utterances": block.get("utterances"),
                          "eval_seconds": r.metrics.get("decode_seconds"), "rtf": r.metrics.get("rtf"),
                          "note": (SEED_PROTOCOL_NOTES if base["protocol"] == "seed" else NOTES)[name]})
+        if r.id in last_of_set:
+            name = last_of_set[r.id]
+            first = next(row for row in rows if row["experiment"] == str(get_field(sets[name][0], "id")))
+            rows.append(_summary_row(name, sets[name], results, first, seed, resamples))
     return rows
 
 
@@ -206,10 +263,10 @@ def comparison_rows(experiments: list, results: dict[str, ExperimentResult], see
 
     delta = value - baseline value in the headline metric's own units (WER/CER: negative is better; QA accuracy:
     positive is better); ci_low/ci_high: 95 % paired-bootstrap interval of delta; significant: the interval
-    excludes zero. The bootstrap runs on per-utterance errors (QA: 0/1 per question, one unit each).
+    excludes zero. The bootstrap runs on per-utterance errors (QA: 0/1 per question, one unit each). A replicate
+    set is one row, named after the set, with `seeds` pairs.
     """
-    from steermoe.metrics import paired_bootstrap
-
+    sets = replicate_sets(experiments)
     groups: dict[str, list] = {}
     for exp in experiments:
         if get_field(exp, "group"):
@@ -221,50 +278,107 @@ def comparison_rows(experiments: list, results: dict[str, ExperimentResult], see
             continue
         base_exp = baselines[0]
         base = results[str(get_field(base_exp, "id"))]
+        base_set = get_field(base_exp, "replicate_of")
+        compared = set()
         for exp in members:
-            if exp is base_exp:
-                continue
+            name = get_field(exp, "replicate_of")
+            if exp is base_exp or (name and name == base_set) or (name and name in compared):
+                continue  # a replicate set is compared once, as a set
             r = results[str(get_field(exp, "id"))]
             metric = str(get_field(exp, "metric") or "")
-            row = {"group": group, "baseline": base.id, "experiment": r.id, "test_set": r.test_set, "metric": metric,
+            row = {"group": group, "baseline": base_set or base.id, "experiment": name or r.id,
+                   "test_set": r.test_set, "metric": metric,
                    "direction": "lower is better" if LOWER_IS_BETTER.get(metric, True) else "higher is better",
                    "resamples": resamples}
-            if len(baselines) > 1:
+            if name:
+                compared.add(name)
+            if len({get_field(e, "replicate_of") or get_field(e, "id") for e in baselines}) > 1:
                 row.update(status="error", error=f"group {group!r} has {len(baselines)} baselines "
                                                  f"({', '.join(str(get_field(e, 'id')) for e in baselines)}); mark one")
+            elif name or base_set:
+                row.update(_compare_sets(sets.get(base_set, [base_exp]), sets.get(name, [exp]), results, seed,
+                                         resamples))
             elif base.status != OK:
                 row.update(status="baseline not available", error=f"baseline {base.id}: {base.status}"
                                                                   + (f" ({base.error})" if base.error else ""))
             elif r.status != OK:
                 row.update(status="not available", error=f"{r.status}" + (f": {r.error}" if r.error else ""))
-            elif _protocol(exp, r) != _protocol(base_exp, base):
-                row.update(status="error", error=f"{r.id} is evaluated under the {_protocol(exp, r)} protocol, the "
-                                                 f"baseline {base.id} under {_protocol(base_exp, base)}")
-            elif r.test_set != base.test_set:
-                row.update(status="error", error=f"{r.id} is scored on {r.test_set}, the baseline {base.id} on "
-                                                 f"{base.test_set}: a paired comparison needs the same test set")
-            elif r.metrics["metric"] != base.metrics["metric"]:
-                row.update(status="error", error=f"{r.id} is scored with {r.metrics['metric']}, the "
-                                                 f"baseline {base.id} with {base.metrics['metric']}")
             else:
-                try:
-                    a, b = _paired(base.predictions_path, r.predictions_path)
-                    result = paired_bootstrap(a, b, seed=seed, resamples=resamples)
-                except (DataError, ValueError) as err:
-                    row.update(status="error", error=str(err))
-                else:
-                    sign = -1.0 if r.metrics["metric"] == "qa_accuracy" else 1.0  # error rate -> accuracy
-                    low, high = sorted((sign * result["ci95"][0], sign * result["ci95"][1]))
-                    base_value = 1 - result["a"] if sign < 0 else result["a"]
-                    value = 1 - result["b"] if sign < 0 else result["b"]
-                    significant = low > 0 or high < 0
-                    improved = (low > 0) != LOWER_IS_BETTER.get(metric, True)
-                    row.update(baseline_value=base_value, value=value, delta=sign * result["delta"], ci_low=low,
-                               ci_high=high, p_value=result["p_value"], significant=significant,
-                               verdict=("better" if improved else "worse") if significant else "no clear difference",
-                               utterances=len(a), status=OK, error="")
+                row.update(_compare(base_exp, base, exp, r, seed, resamples))
             rows.append(row)
     return rows
+
+
+def _verdict(result: dict, metric_name: str, metric: str, utterances: int) -> dict:
+    """A paired result (error rates) as comparison columns in the metric's own units."""
+    sign = -1.0 if metric_name == "qa_accuracy" else 1.0  # error rate -> accuracy
+    low, high = sorted((sign * result["ci95"][0], sign * result["ci95"][1]))
+    base_value = 1 - result["a"] if sign < 0 else result["a"]
+    value = 1 - result["b"] if sign < 0 else result["b"]
+    significant = low > 0 or high < 0
+    improved = (low > 0) != LOWER_IS_BETTER.get(metric, True)
+    return dict(baseline_value=base_value, value=value, delta=sign * result["delta"], ci_low=low, ci_high=high,
+                p_value=result["p_value"], significant=significant,
+                verdict=("better" if improved else "worse") if significant else "no clear difference",
+                utterances=utterances, status=OK, error="")
+
+
+def _mismatch(base_exp, base: ExperimentResult, exp, r: ExperimentResult) -> str | None:
+    """Why two evaluations cannot be paired (protocol, test set, metric), or None."""
+    if _protocol(exp, r) != _protocol(base_exp, base):
+        return f"{r.id} is evaluated under the {_protocol(exp, r)} protocol, the baseline {base.id} under " \
+               f"{_protocol(base_exp, base)}"
+    if r.test_set != base.test_set:
+        return f"{r.id} is scored on {r.test_set}, the baseline {base.id} on {base.test_set}: a paired comparison " \
+               f"needs the same test set"
+    if r.metrics["metric"] != base.metrics["metric"]:
+        return f"{r.id} is scored with {r.metrics['metric']}, the baseline {base.id} with {base.metrics['metric']}"
+    return None
+
+
+def _compare(base_exp, base: ExperimentResult, exp, r: ExperimentResult, seed: int, resamples: int) -> dict:
+    from steermoe.metrics import paired_bootstrap
+
+    problem = _mismatch(base_exp, base, exp, r)
+    if problem:
+        return {"status": "error", "error": problem}
+    try:
+        a, b = _paired(base.predictions_path, r.predictions_path)
+        result = paired_bootstrap(a, b, seed=seed, resamples=resamples)
+    except (DataError, ValueError) as err:
+        return {"status": "error", "error": str(err)}
+    return _verdict(result, r.metrics["metric"], str(get_field(exp, "metric") or ""), len(a))
+
+
+def _compare_sets(baseline: list, members: list, results: dict[str, ExperimentResult], seed: int,
+                  resamples: int) -> dict:
+    """Two replicate sets (or a set and a single run), paired by seed and utterance (steermoe/seeds.py)."""
+    from steermoe.seeds import paired
+
+    base_seeds, seeds = [_seed_of(e) for e in baseline], [_seed_of(e) for e in members]
+    if sorted(base_seeds) != sorted(seeds):
+        return {"status": "error", "error": f"seeds {sorted(seeds)} against the baseline's {sorted(base_seeds)}: "
+                                            f"replicates are paired by seed, so both need the same seeds"}
+    by_seed = dict(zip(base_seeds, baseline))
+    pairs = [(by_seed[s], e) for s, e in zip(seeds, members)]
+    runs = [(results[str(get_field(b, "id"))], results[str(get_field(e, "id"))]) for b, e in pairs]
+    for (b_exp, e_exp), (b, r) in zip(pairs, runs):
+        if b.status != OK:
+            return {"status": "baseline not available", "error": f"baseline {b.id}: {b.status}"}
+        if r.status != OK:
+            return {"status": "not available", "error": f"{r.id}: {r.status}" + (f": {r.error}" if r.error else "")}
+        problem = _mismatch(b_exp, b, e_exp, r)
+        if problem:
+            return {"status": "error", "error": problem}
+    try:
+        aligned = _aligned([b.predictions_path for b, _ in runs] + [r.predictions_path for _, r in runs])
+        result = paired(aligned[:len(runs)], aligned[len(runs):], seed=seed, resamples=resamples)
+    except (DataError, ValueError) as err:
+        return {"status": "error", "error": str(err)}
+    out = _verdict(result, runs[0][1].metrics["metric"], str(get_field(members[0], "metric") or ""),
+                   len(aligned[0]))
+    return {**out, "seeds": len(runs)}
+
 
 def summary_text(table: list[dict], comparisons: list[dict]) -> str:
     """A short human view of the table: headline metric rows, then the comparisons."""

@@ -480,3 +480,53 @@ def test_retraining_that_failed_hides_the_old_metrics(workdir):
     (workdir / "logs" / BETTER / "train.log").unlink()
     row = collect(experiment(BETTER, "layer_wise"), agg.Path("results"), agg.Path("logs"))
     assert row.status == "stale" and "final is missing" in row.error
+
+
+def test_replicate_sets_get_a_summary_row_and_are_compared_as_sets_paired_by_seed(workdir):
+    from steermoe.seeds import paired, summarise
+
+    sets = {"linear_r": (BASE_ERRORS, True), "layer_wise_r": (BETTER_ERRORS, False)}
+    exps, runs = [], {}
+    for name, (errors, baseline) in sets.items():
+        runs[name] = []
+        for seed in (0, 1, 2):
+            exp_id = f"{name}_seed{seed}"
+            seeded = [e + (i + seed) % 2 for i, e in enumerate(errors)]  # each seed errs a little differently
+            write_evaluated(exp_id, seeded)
+            runs[name].append([{"errors": e, "reference_units": u} for e, u in zip(seeded, UNITS)])
+            exps.append({**experiment(exp_id, name.split("_r")[0], group="g", baseline=baseline, seed=seed),
+                         "replicate_of": name})
+    run(exps)
+    rows = [r for r in read_table(workdir / "results/table.csv") if r["headline"] == "true"]
+    assert [r["experiment"] for r in rows] == [f"linear_r_seed{s}" for s in range(3)] + ["linear_r"] + \
+        [f"layer_wise_r_seed{s}" for s in range(3)] + ["layer_wise_r"]
+    summary = next(r for r in rows if r["experiment"] == "layer_wise_r")
+    expected = summarise(runs["layer_wise_r"], resamples=400)
+    assert summary["seeds"] == "0,1,2" and summary["status"] == "ok"
+    assert float(summary["value"]) == pytest.approx(expected["mean"], abs=1e-6)
+    assert float(summary["std"]) == pytest.approx(expected["std"], abs=1e-6)
+    assert [float(summary["ci_low"]), float(summary["ci_high"])] == pytest.approx(expected["ci95"], abs=1e-6)
+    assert rows[0]["replicate_of"] == "linear_r" and rows[0]["seed"] == "0"
+    comparisons = read_table(workdir / "results/comparisons.csv")
+    assert [(c["experiment"], c["baseline"], c["seeds"]) for c in comparisons] == [("layer_wise_r", "linear_r", "3")]
+    expected = paired(runs["linear_r"], runs["layer_wise_r"], resamples=400)
+    assert float(comparisons[0]["delta"]) == pytest.approx(expected["delta"], abs=1e-6)
+    assert [float(comparisons[0]["ci_low"]), float(comparisons[0]["ci_high"])] == \
+        pytest.approx(expected["ci95"], abs=1e-6)
+    assert comparisons[0]["verdict"] == "better"
+
+
+def test_a_replicate_set_with_a_missing_seed_says_so_and_is_not_compared(workdir):
+    exps = []
+    for name, baseline in (("linear_r", True), ("layer_wise_r", False)):
+        for seed in (0, 1):
+            exp_id = f"{name}_seed{seed}"
+            if (name, seed) != ("layer_wise_r", 1):
+                write_evaluated(exp_id, BASE_ERRORS)
+            exps.append({**experiment(exp_id, name.split("_r")[0], group="g", baseline=baseline, seed=seed),
+                         "replicate_of": name})
+    run(exps)
+    summary = next(r for r in read_table(workdir / "results/table.csv") if r["experiment"] == "layer_wise_r")
+    assert summary["status"] == "incomplete" and "1 of 2 seeds not ok: layer_wise_r_seed1" in summary["error"]
+    comparison = read_table(workdir / "results/comparisons.csv")[0]
+    assert comparison["status"] == "not available" and "layer_wise_r_seed1" in comparison["error"]
