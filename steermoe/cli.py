@@ -93,6 +93,28 @@ def _train(args) -> None:
     train(run)
 
 
+def _check(args) -> int:
+    from steermoe.errors import USER_ERRORS
+    from steermoe.runconfig import load_run_config
+
+    failed = 0
+    for path in args.configs:
+        try:
+            run = load_run_config(path)
+            if run.mode == "eval":
+                from steermoe.evaluate import preflight
+                preflight(run)
+            else:
+                from steermoe.train import preflight
+                preflight(run, log=lambda _: None)
+        except USER_ERRORS as err:
+            print(f"steermoe: error: {err}", file=sys.stderr)
+            failed += 1
+        else:
+            print(f"{path}: ok ({'evaluation' if run.mode == 'eval' else 'training'} config, {run.method})")
+    return 2 if failed else 0
+
+
 def _launch(args) -> None:
     from steermoe.launch import launch, master_port
 
@@ -263,6 +285,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="output folder (default: evaluation.output_dir)")
     p.set_defaults(func=_evaluate)
 
+    p = sub.add_parser("check", help="check configs as train/evaluate would, before any weights load: keys, types, "
+                                     "ranges, model folders, data files, the DeepSpeed JSON")
+    p.add_argument("configs", nargs="+", metavar="CONFIG", help="training (_train) or evaluation (_test) configs")
+    p.set_defaults(func=_check)
+
     p = sub.add_parser("launch", help="run a job on its own GPUs of this machine (claimed with lock files; several "
                                       "GPUs through the DeepSpeed launcher): steermoe launch --gpus N -- COMMAND")
     p.add_argument("--gpus", type=int, default=0, help="GPUs the job gets (0: none visible to it)")
@@ -361,7 +388,7 @@ def main(argv: list[str] | None = None) -> int:
     threading.excepthook = _storage_errors_quiet_in_threads
 
     try:
-        args.func(args)
+        status = args.func(args)
     except USER_ERRORS as err:
         print(f"steermoe: error: {err}", file=sys.stderr)
         return 2
@@ -372,7 +399,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"steermoe: error: cannot write{where}: {err.strerror}; free space or make the folder writable, then "
               f"run the same command again (finished results and complete checkpoints are kept)", file=sys.stderr)
         return 2
-    return 0
+    return status or 0
 
 
 if __name__ == "__main__":

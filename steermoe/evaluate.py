@@ -50,16 +50,21 @@ def gather_to_first(items: list, world: int) -> list:
     return [item for part in gathered for item in part] if gathered else []
 
 
-def evaluate(run: RunConfig, checkpoint: Path | None = None, output_dir: Path | None = None, log=print,
-             device: torch.device | None = None) -> dict:
-    """Decode the run's whole test split on `device` (default: the job's GPU, else the CPU) and score it."""
+def preflight(run: RunConfig) -> None:
+    """Everything evaluation checks before any weights load (`steermoe check` runs it too)."""
     if run.mode == "train":
         raise ConfigError(f"{run.path} is a training config (its name ends in _train); evaluate with the "
                           f"_test/_eval config")
+    check_inputs(run, ("parquet_dirs",))
+
+
+def evaluate(run: RunConfig, checkpoint: Path | None = None, output_dir: Path | None = None, log=print,
+             device: torch.device | None = None) -> dict:
+    """Decode the run's whole test split on `device` (default: the job's GPU, else the CPU) and score it."""
+    preflight(run)
     ev, top = run.evaluation, run.top
     checkpoint = Path(checkpoint) if checkpoint else run.checkpoint_dir
     output_dir = Path(output_dir) if output_dir else run.eval_dir
-    check_inputs(run, ("parquet_dirs",))
     torch.manual_seed(top.seed)
     decision = precision.for_run(run, log)
     model = load_model(run, decision.weights)

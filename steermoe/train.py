@@ -333,18 +333,14 @@ def training_arguments(run: RunConfig, mixed: str, has_dev: bool) -> TrainingArg
         remove_unused_columns=False, report_to="none", disable_tqdm=True)
 
 
-def train(run: RunConfig, log=print) -> dict:
-    """Train one run to `training.output_dir/final`; resumes from the newest intact checkpoint."""
-    from torch.utils.tensorboard import SummaryWriter
-    from transformers import set_seed
-    from transformers.integrations import TensorBoardCallback
-
+def preflight(run: RunConfig, log=print) -> tuple[precision.Decision, TrainingArguments]:
+    """Everything training checks before any weights load (`steermoe check` runs it too): the config's mode and
+    consistency, the model folders and data files, and the DeepSpeed JSON against the config. Returns the precision
+    decision and the Trainer's arguments."""
+    t, top = run.training, run.top
     if run.mode == "eval":
         raise ConfigError(f"{run.path} is an evaluation config (its name ends in _test/_eval); train with the "
                           f"_train config")
-    t, top = run.training, run.top
-    if int(os.environ.get("RANK", "0")) != 0:
-        log = quiet  # under a launcher, process 0 speaks for every process
     if top.use_early_stopping and top.save_steps % top.eval_steps:
         raise ConfigError(f"{run.path}: use_early_stopping keeps the best checkpoint, so save_steps ({top.save_steps})"
                           f" must be a multiple of eval_steps ({top.eval_steps})")
@@ -352,10 +348,27 @@ def train(run: RunConfig, log=print) -> dict:
     if t.use_deepspeed:
         read_deepspeed_config(run)
         distributed_env(run)
+    decision = precision.for_run(run, log)
+    # dev data exists exactly when eval_steps is set (eval_parquet_dirs, or rows held out of training)
+    args = training_arguments(run, decision.precision, has_dev=top.eval_steps is not None)
+    if t.use_deepspeed:
+        check_deepspeed_agrees(run, args)
+    return decision, args
+
+
+def train(run: RunConfig, log=print) -> dict:
+    """Train one run to `training.output_dir/final`; resumes from the newest intact checkpoint."""
+    from torch.utils.tensorboard import SummaryWriter
+    from transformers import set_seed
+    from transformers.integrations import TensorBoardCallback
+
+    t, top = run.training, run.top
+    if int(os.environ.get("RANK", "0")) != 0:
+        log = quiet  # under a launcher, process 0 speaks for every process
+    decision, args = preflight(run, log)
     output_dir = run.resolve(t.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     set_seed(top.seed)
-    decision = precision.for_run(run, log)
     model = load_model(run, decision.weights)
     train_rows = filter_rows(load_rows(run, top.parquet_dirs, "parquet_dirs"), model, run, "parquet_dirs", log)
     dev_rows = None
@@ -368,9 +381,6 @@ def train(run: RunConfig, log=print) -> dict:
     features = AudioFeatures(model.encoder.kind, model.encoder.num_mel_bins, run.top.encoder_window)
     collator = Collator(features, top.textual_prompt)
 
-    args = training_arguments(run, decision.precision, dev_rows is not None)
-    if t.use_deepspeed:
-        check_deepspeed_agrees(run, args)  # before anything is written
 
     # TensorBoard writes on process 0 only; the callback ignores the other processes
     writer = SummaryWriter(log_dir=str(run.resolve(t.logging_dir))) if args.should_save else None

@@ -391,6 +391,56 @@ def test_deepspeed_json_that_contradicts_the_config(bad_config, tmp_path):
     bad_config.check()
 
 
+def test_steermoe_check_reports_every_bad_config_of_the_catalogue_as_train_does(tiny, tmp_path):  # noqa: F811
+    """`steermoe check` runs train's and evaluate's own checks, so each case of the catalogue above gets the message
+    that `steermoe train` gives (the parts those tests assert), in one command, before any weights load; a good
+    config passes."""
+    broken = tmp_path / "broken-weights"
+    shutil.copytree(tiny["decoder"], broken)
+    for weights in broken.glob("*.safetensors"):
+        weights.write_bytes(b"not safetensors")  # nothing may load them: every check reads configs and schemas only
+    table = pq.read_table(f"{tiny['corpus']}/train.parquet")
+    pq.write_table(table.rename_columns(["id", "wav", *table.column_names[2:]]), tmp_path / "other.parquet")
+    pq.write_table(table.slice(0, 0), tmp_path / "empty.parquet")
+    (tmp_path / "bad.json").write_text('{"zero_optimization": {"stage": 2,}}\n')
+    ds = json.loads((REPO / "steermoe" / "deepspeed" / "stage2_simple.json").read_text())
+    (tmp_path / "contradicts.json").write_text(json.dumps({**ds, "train_micro_batch_size_per_gpu": 8}))
+    cases = [  # (sections, the message's parts)
+        ({"training": {"learning_rat": 0.1}}, ["unknown key 'training.learning_rat'; did you mean "
+                                               "'training.learning_rate'?"]),
+        ({"fp16": True}, ["unknown key 'fp16'; it belongs at 'training.fp16'"]),
+        ({"training": {"batch_size": 0}}, ["training.batch_size: must be greater than 0, got 0"]),
+        ({"sample_rate": 8000}, ["sample_rate: 8000 is not one of 16000"]),
+        ({"whisper_encoder": {"model_path": str(tmp_path / "none")}},
+         [f"whisper_encoder.model_path: model folder {tmp_path / 'none'} does not exist"]),
+        ({"llm_decoder": {"model_name": tiny["encoder"]}},
+         [f"llm_decoder.model_name: {tiny['encoder']} holds a 'whisper' model, not a causal language model"]),
+        ({"parquet_dirs": [str(tmp_path / "gone")]},
+         [f"parquet_dirs: {tmp_path / 'gone'} is neither a .parquet file nor a folder with .parquet files"]),
+        ({"parquet_dirs": [str(tmp_path / "other.parquet")]}, [f"{tmp_path / 'other.parquet'} has no column 'audio'"]),
+        ({"training": {"use_deepspeed": True, "deepspeed_config": str(tmp_path / "bad.json")}},
+         [f"training.deepspeed_config {tmp_path / 'bad.json'} is not valid JSON"]),
+        ({"training": {"use_deepspeed": True, "deepspeed_config": str(tmp_path / "contradicts.json")}},
+         ["contradicts this config: train_micro_batch_size_per_gpu is 8 but training.batch_size is 4"]),
+    ]
+    configs = [write_config(tmp_path, tiny, name=f"layer_wise_whisper_qwen_case{i}_train",
+                            **{"llm_decoder": {"model_name": str(broken)}, **sections})
+               for i, (sections, _) in enumerate(cases)]
+    good = write_config(tmp_path, tiny, name="layer_wise_whisper_qwen_good_test")
+    rc, output = steermoe("check", *configs, good)
+    assert rc == 2 and TRACEBACK not in output, output[-4000:]
+    lines = [line for line in output.splitlines() if line.startswith("steermoe: error: ")]
+    assert len(lines) == len(cases), output[-4000:]
+    for line, config, (_, parts) in zip(lines, configs, cases):
+        assert line.startswith(f"steermoe: error: {config}: ") or str(tmp_path) in line, line
+        for part in parts:
+            assert part in line, (part, line)
+    assert f"{good}: ok (evaluation config, layer_wise)" in output
+    # and word for word what train says, for a key error and a data error
+    for index in (0, 6):
+        assert user_error(*steermoe("train", "--config", configs[index])) == lines[index]
+
+
 # ---- during training -----------------------------------------------------------------------------------------
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tiny, tmp_path):  # noqa: F811
     # a projection learning rate of 1e30 (with weight decay) overflows the projection after two updates: NaN loss
