@@ -5,6 +5,11 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 
+# The suite computes in fp32 on every CPU, so that its numeric comparisons (DeepSpeed against plain training, two
+# processes against one) mean the same on a CPU with fast bf16 as on one without; the precision policy's own tests
+# inject the capabilities they test. Subprocesses (steermoe, snakemake, torchrun) inherit it.
+os.environ.setdefault("STEERMOE_NATIVE_BF16", "0")
+
 
 @pytest.fixture(scope="session")
 def embedded_models():
