@@ -18,6 +18,7 @@ import argparse
 import math
 import re
 import struct
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -228,6 +229,9 @@ def read_checkpoint(path: str | Path) -> dict:
     """The release's checkpoint dict, unpickled with only tensors and argparse.Namespace allowed; memory-mapped, so
     reading `args` alone costs nothing."""
     file = Path(path) / CHECKPOINT
+    if not zipfile.is_zipfile(file):
+        raise ModelFolderError(f"{file}: not a readable PyTorch checkpoint (not the zip archive torch.save writes); "
+                               f"expected {FORMAT}")
     try:
         with torch.serialization.safe_globals([argparse.Namespace]):
             package = torch.load(file, map_location="cpu", weights_only=True, mmap=True)

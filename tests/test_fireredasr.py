@@ -1,7 +1,6 @@
 """FireRedASR-AED's Conformer (the seed's `conformer`): parity with the reference `fireredasr` package (features and
 encoder), the release's files read safely, and the seed's C3B / C7B setups counted and planned."""
 import argparse
-import io
 import json
 import shutil
 import wave
@@ -265,9 +264,9 @@ def test_tiny_fireredasr_trains_and_evaluates_through_the_quick_matrix(tmp_path)
     catalog = tiny_catalog("unused", decoder, tone_corpus(tmp_path / "tones"), save_steps=2)
     catalog["encoders"] = {"tiny-firered": {"type": "conformer", "path": folder}}
     (root / "experiments" / "catalog.yaml").write_text(yaml.safe_dump(catalog))
-    header = "method\tencoder\tdecoder\tdataset\tbaseline\n"
-    write_matrix(root, "layer_wise\ttiny-firered\ttiny-qwen\ttones\tfalse",
-                 "linear\ttiny-firered\ttiny-qwen\ttones\ttrue", header=header)
+    header = "method\tencoder\tdecoder\tdataset\tgroup\tbaseline\n"
+    write_matrix(root, "layer_wise\ttiny-firered\ttiny-qwen\ttones\tg\tfalse",
+                 "linear\ttiny-firered\ttiny-qwen\ttones\tg\ttrue", header=header)
     snakemake(root, "--config", "quick=true", stub=False)
     table = list(csv.DictReader((root / "results" / "table.csv").open()))
     assert {r["experiment"]: r["status"] for r in table} == {"layer_wise_tiny-firered_tiny-qwen_tones": "ok",
