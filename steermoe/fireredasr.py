@@ -216,22 +216,24 @@ def is_release_folder(path: str | Path) -> bool:
 
 
 def check_folder(path: str | Path) -> None:
-    """The release's files are all there (cheap: nothing is read)."""
+    """The release's files are all there and the checkpoint is a whole zip archive (cheap: only its directory is
+    read)."""
     path = Path(path)
     for name, what in ((CMVN, "the global CMVN statistics of its fbank features (Kaldi matrix)"),
                        *((n, "the release's tokenizer file") for n in TOKENIZER_FILES)):
         if not (path / name).is_file():
             raise ModelFolderError(f"{path / name} is missing: a FireRedASR-AED folder holds {CHECKPOINT}, {CMVN}, "
                                    f"{', '.join(TOKENIZER_FILES)} as released; expected here: {what}")
+    if not zipfile.is_zipfile(path / CHECKPOINT):  # a truncated download loses the archive's closing directory
+        raise ModelFolderError(f"{path / CHECKPOINT}: not a readable PyTorch checkpoint (not the whole zip archive "
+                               f"torch.save writes); expected {FORMAT}")
 
 
 def read_checkpoint(path: str | Path) -> dict:
     """The release's checkpoint dict, unpickled with only tensors and argparse.Namespace allowed; memory-mapped, so
     reading `args` alone costs nothing."""
+    check_folder(path)
     file = Path(path) / CHECKPOINT
-    if not zipfile.is_zipfile(file):
-        raise ModelFolderError(f"{file}: not a readable PyTorch checkpoint (not the zip archive torch.save writes); "
-                               f"expected {FORMAT}")
     try:
         with torch.serialization.safe_globals([argparse.Namespace]):
             package = torch.load(file, map_location="cpu", weights_only=True, mmap=True)
@@ -288,7 +290,6 @@ def read_kaldi_cmvn(file: str | Path) -> tuple[torch.Tensor, torch.Tensor]:
 def load_stack(path: str | Path, window: str) -> FireRedStack:
     """The frozen encoder (fp32) of a FireRedASR-AED folder: shape from its args, weights from encoder.*, CMVN."""
     path = Path(path)
-    check_folder(path)
     package = read_checkpoint(path)
     config = config_from_checkpoint(path, package)
     mean, inv_std = read_kaldi_cmvn(path / CMVN)

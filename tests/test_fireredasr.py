@@ -187,6 +187,19 @@ def test_a_damaged_release_folder_names_the_file_and_what_is_expected(release, t
         load_encoder(folder)
 
 
+@pytest.mark.parametrize("damage", [lambda f: (f / "cmvn.ark").unlink(), lambda f: (f / "dict.txt").unlink(),
+                                    _truncate, _safetensors_instead], ids=["no-cmvn", "no-dict", "truncated",
+                                                                          "safetensors"])
+def test_the_quick_check_before_a_job_catches_missing_and_truncated_files(release, tmp_path, damage, monkeypatch):
+    """steermoe train checks every input folder before any weights load: this check never unpickles."""
+    folder = copy_release(release, tmp_path)
+    check_encoder_folder(folder)  # a whole release passes
+    damage(folder)
+    monkeypatch.setattr(torch, "load", lambda *a, **k: pytest.fail("the quick check unpickled the checkpoint"))
+    with pytest.raises(ModelFolderError, match=str(folder)):
+        check_encoder_folder(folder)
+
+
 def test_a_folder_that_is_neither_kind_says_what_either_needs(tmp_path):
     with pytest.raises(ModelFolderError, match="no config.json.*nor a FireRedASR-AED release folder.*model.pth.tar"):
         load_encoder(tmp_path)
