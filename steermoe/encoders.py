@@ -14,11 +14,13 @@ from pathlib import Path
 import torch
 from torch import nn
 from torch.nn import functional as F
+from steermoe import fireredasr
 from steermoe.errors import ModelFolderError
 
 WHISPER_TYPES = ("whisper",)
 PARAKEET_TYPES = ("parakeet_encoder", "parakeet_ctc", "parakeet_tdt", "parakeet_rnnt")
-ENCODER_TYPES = WHISPER_TYPES + PARAKEET_TYPES
+FIREREDASR_TYPES = ("fireredasr_aed",)  # a release folder (model.pth.tar, cmvn.ark), not a Hugging Face one
+ENCODER_TYPES = WHISPER_TYPES + PARAKEET_TYPES + FIREREDASR_TYPES
 
 
 def length_mask(lengths: torch.Tensor, max_len: int) -> torch.Tensor:
@@ -120,7 +122,8 @@ def read_model_config(path: str | Path) -> dict:
                                f"models, or point the catalog at a local Hugging Face model folder")
     config_file = path / "config.json"
     if not config_file.is_file():
-        raise ModelFolderError(f"{path} has no config.json: it is not a Hugging Face model folder")
+        raise ModelFolderError(f"{path} has no config.json: it is not a Hugging Face model folder (nor a FireRedASR-AED "
+                               f"release folder, which has {fireredasr.CHECKPOINT})")
     try:
         return json.loads(config_file.read_text())
     except json.JSONDecodeError as err:
@@ -128,10 +131,13 @@ def read_model_config(path: str | Path) -> dict:
 
 
 def encoder_from_config(config, window: str) -> nn.Module:
-    """Build a randomly initialised stack from a transformers config (used on the meta device and in tests)."""
+    """Build a randomly initialised stack from a transformers config or a FireRedConfig (used on the meta device and
+    in tests)."""
     from transformers import ParakeetEncoder, WhisperConfig
     from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
+    if isinstance(config, fireredasr.FireRedConfig):
+        return fireredasr.FireRedStack(fireredasr.ConformerEncoder(config), window)
     if isinstance(config, WhisperConfig):
         return WhisperStack(WhisperEncoder(config), window)
     if config.model_type in PARAKEET_TYPES[1:]:
@@ -143,7 +149,10 @@ def encoder_from_config(config, window: str) -> nn.Module:
 
 
 def check_encoder_folder(path: str | Path) -> None:
-    """That a folder holds an audio encoder this project supports, from its config file alone."""
+    """That a folder holds an audio encoder this project supports, from its config file alone (a FireRedASR-AED
+    release: that its files are there)."""
+    if fireredasr.is_release_folder(path):
+        return fireredasr.check_folder(path)
     model_type = read_model_config(path).get("model_type")
     if model_type not in ENCODER_TYPES:
         raise ModelFolderError(f"{path} holds a {model_type!r} model, not an audio encoder "
@@ -151,10 +160,13 @@ def check_encoder_folder(path: str | Path) -> None:
 
 
 def load_encoder(path: str | Path, window: str = "dynamic") -> nn.Module:
-    """Load a frozen encoder stack (fp32) from a local Hugging Face folder; only the encoder's weights are read."""
+    """Load a frozen encoder stack (fp32) from a local Hugging Face folder or a FireRedASR-AED release folder; only
+    the encoder's weights are read."""
     from safetensors import safe_open
     from transformers import AutoConfig
 
+    if fireredasr.is_release_folder(path):
+        return fireredasr.load_stack(path, window)
     check_encoder_folder(path)
     stack = encoder_from_config(AutoConfig.from_pretrained(path), window)
     # checkpoint prefixes: WhisperForConditionalGeneration "model.encoder.", WhisperModel "encoder.",

@@ -1,4 +1,5 @@
-"""On-the-fly encoder features: 16 kHz mono waveforms -> log-mel (Whisper) or normalised log-mel fbank (Parakeet).
+"""On-the-fly encoder features: 16 kHz mono waveforms -> log-mel (Whisper), normalised log-mel fbank (Parakeet), or
+Kaldi fbank (FireRedASR-AED; its global CMVN lives with the encoder, which applies it: steermoe/fireredasr.py).
 
 Each utterance is featurised on its own and zero-padded to the batch maximum, so an utterance's features do not
 depend on its batch mates. Whisper's 30 s window (original behaviour) pads the *audio* to 30 s first.
@@ -18,16 +19,21 @@ class AudioFeatures:
         self.kind, self.window = kind, window
         if kind == "whisper":
             self.extractor = WhisperFeatureExtractor(feature_size=num_mel_bins)
+        elif kind == "fireredasr":
+            self.extractor = KaldiFbank(num_mel_bins)
         else:
             self.extractor = ParakeetFeatureExtractor(feature_size=num_mel_bins)
 
     def __call__(self, waveforms: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Return features (B, n_mels, F) for Whisper or (B, F, n_mels) for Parakeet, and frame counts (B,)."""
+        """Return features (B, n_mels, F) for Whisper or (B, F, n_mels) for Parakeet and FireRedASR, and frame counts
+        (B,)."""
         if self.kind == "whisper":
             padding = "max_length" if self.window == "30s" else "longest"
             per_utt = [self.extractor(w, sampling_rate=SAMPLE_RATE, padding=padding,
                                       return_tensors="pt").input_features[0] for w in waveforms]  # (n_mels, F_b)
             time_axis = 1
+        elif self.kind == "fireredasr":
+            per_utt, time_axis = [self.extractor(w) for w in waveforms], 0
         else:
             per_utt = []
             for w in waveforms:
@@ -44,3 +50,26 @@ class AudioFeatures:
             else:
                 batch[b, : f.shape[0]] = f
         return batch, lengths
+
+
+class KaldiFbank:
+    """FireRedASR's fbank, as its release computes it (fireredasr/data/asr_feat.py): kaldi-native-fbank, 25 ms
+    windows every 10 ms, no dither, on int16-scaled samples (the release reads 16-bit WAV as integers)."""
+
+    def __init__(self, num_mel_bins: int = 80):
+        import kaldi_native_fbank as knf
+
+        self.knf = knf
+        self.options = knf.FbankOptions()
+        self.options.frame_opts.dither = 0.0
+        self.options.frame_opts.snip_edges = True
+        self.options.mel_opts.num_bins = num_mel_bins
+
+    def __call__(self, waveform: np.ndarray) -> torch.Tensor:
+        """(samples,) float in [-1, 1] at 16 kHz -> (F, n_mels) log fbank."""
+        fbank = self.knf.OnlineFbank(self.options)
+        fbank.accept_waveform(SAMPLE_RATE, (np.asarray(waveform, dtype=np.float32) * 32768.0).tolist())
+        frames = [fbank.get_frame(i) for i in range(fbank.num_frames_ready)]
+        if not frames:
+            return torch.zeros(0, self.options.mel_opts.num_bins)
+        return torch.from_numpy(np.stack(frames)).float()

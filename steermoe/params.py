@@ -11,7 +11,8 @@ from pathlib import Path
 import torch
 
 from steermoe.config import SteerMoEConfig
-from steermoe.encoders import ModelFolderError, encoder_from_config
+from steermoe import fireredasr
+from steermoe.encoders import FIREREDASR_TYPES, ModelFolderError, encoder_from_config
 from steermoe.model import SteerMoEModel
 
 SHAPES = Path(__file__).parent / "shapes"
@@ -22,10 +23,13 @@ def shipped_shapes() -> list[str]:
 
 
 def load_shape(name_or_path: str | Path):
-    """A transformers config from a model folder, a config.json file, or a shipped shape name."""
+    """A transformers config (a FireRedConfig for FireRedASR-AED) from a model folder, a config.json file, or a shipped
+    shape name."""
     from transformers import AutoConfig
 
     path = Path(name_or_path)
+    if path.is_dir() and fireredasr.is_release_folder(path):
+        return fireredasr.config_from_checkpoint(path)
     if path.is_dir():
         return AutoConfig.from_pretrained(path)
     if path.is_file():
@@ -38,6 +42,8 @@ def load_shape(name_or_path: str | Path):
     model_type = values.pop("model_type", None)
     if model_type is None:
         raise ModelFolderError(f"{name_or_path}: the config has no model_type")
+    if model_type in FIREREDASR_TYPES:
+        return fireredasr.FireRedConfig(**{k: v for k, v in values.items() if not k.startswith("_")})
     return AutoConfig.for_model(model_type, **values)
 
 

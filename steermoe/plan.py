@@ -166,7 +166,8 @@ def _shape_source(entry: dict, root: Path) -> tuple[str | None, str]:
     from steermoe.params import shipped_shapes
 
     path = entry.get("path")
-    if path and (root / path / "config.json").is_file():
+    # a Hugging Face folder, or a FireRedASR-AED release (model.pth.tar): its own config or args
+    if path and any((root / path / name).is_file() for name in ("config.json", "model.pth.tar")):
         return str(root / path), str(path)
     shapes = {s.lower(): s for s in shipped_shapes()}
     folder = Path(path).name if path else None

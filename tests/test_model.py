@@ -12,7 +12,7 @@ METHODS = ["layer_wise", "linear", "post_encoder", "lora"]
 TARGETS = ["hello there", "a much longer target sentence here"]
 
 
-@pytest.mark.parametrize("encoder", ["whisper", "parakeet"])
+@pytest.mark.parametrize("encoder", ["whisper", "parakeet", "fireredasr"])
 @pytest.mark.parametrize("method", METHODS)
 def test_only_trainable_parameters_change(method, encoder):
     model = tiny_model(method, encoder, pooling_kernel_size=2)
@@ -63,11 +63,14 @@ def test_every_tensor_the_model_builds_follows_its_inputs_device(method, encoder
     ("whisper", "llama", "chat", "post_encoder"),
     ("parakeet", "qwen2", "chat", "layer_wise"),
     ("parakeet", "llama", "raw", "lora"),
+    ("fireredasr", "qwen2", "chat", "layer_wise"),
+    ("fireredasr", "llama", "raw", "lora"),
 ])
 def test_padding_invariance(encoder, decoder, prompt_format, method):
     """An utterance in a padded batch gives the same logits and the same generated text as alone."""
     model = tiny_model(method, encoder, decoder, pooling_kernel_size=3, prompt_format=prompt_format)
-    short_frames, long_frames = 49, 97  # encoder lengths 25 (Whisper) and 7 (Parakeet): a pooling window straddles the end
+    # encoder lengths 25 (Whisper), 7 (Parakeet), 13 (FireRedASR): a pooling window straddles the end
+    short_frames, long_frames = 49, 97
     batch_feats, batch_lengths = features(encoder, [short_frames, long_frames], seed=1)
     alone_feats, alone_lengths = features(encoder, [short_frames], seed=1)  # same random draw for utterance 0
     if encoder == "whisper":
@@ -100,7 +103,7 @@ def test_labels_cover_target_and_eos_only():
     assert positions[0, mask[0].argmax()] == 0 and positions[1, 0] == 0
 
 
-@pytest.mark.parametrize("encoder", ["whisper", "parakeet"])
+@pytest.mark.parametrize("encoder", ["whisper", "parakeet", "fireredasr"])
 def test_layer_wise_with_zero_scales_equals_linear(encoder):
     steered = tiny_model("layer_wise", encoder, seed=3, pooling_kernel_size=2)
     linear = tiny_model("linear", encoder, seed=3, pooling_kernel_size=2)

@@ -84,7 +84,7 @@ def test_unknown_shape_and_wrong_kind(tmp_path):
 
 
 def test_conformer_shape_counts():
-    model = meta_model(SteerMoEConfig(), "conformer", "qwen2.5-7b-instruct")
+    model = meta_model(SteerMoEConfig(), "fireredasr-aed-l", "qwen2.5-7b-instruct")
     assert {p.device.type for p in model.parameters()} == {"meta"}
     counts = count_parameters(model)
-    assert counts == {**counts, **formula_counts(12, 8, 512, 3584)}
+    assert counts == {**counts, **formula_counts(16, 8, 1280, 3584)}

@@ -40,6 +40,12 @@ def parakeet_config(layers=2, d=32) -> ParakeetEncoderConfig:
                                  intermediate_size=2 * d, subsampling_conv_channels=8, num_mel_bins=80)
 
 
+def fireredasr_config(layers=2, d=32):
+    from steermoe.fireredasr import FireRedConfig
+
+    return FireRedConfig(idim=80, n_layers_enc=layers, n_head=4, d_model=d, kernel_size=5)
+
+
 def decoder(kind="qwen2", hidden=48, vocab=128):
     if kind == "qwen2":
         cfg = Qwen2Config(vocab_size=vocab, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=2,
@@ -54,9 +60,13 @@ def tiny_model(method="layer_wise", encoder="whisper", decoder_kind="qwen2", see
                **options) -> SteerMoEModel:
     """decoder_generation: a GenerationConfig the decoder comes with, as a released LLM's folder has one."""
     torch.manual_seed(seed)
-    enc_cfg = whisper_config() if encoder == "whisper" else parakeet_config()
+    enc_cfg = {"whisper": whisper_config, "parakeet": parakeet_config, "fireredasr": fireredasr_config}[encoder]()
     window = options.pop("encoder_window", "dynamic")
     stack = encoder_from_config(enc_cfg, window).eval()
+    if encoder == "fireredasr":  # its pos_bias_u/v start at zero: random, so relative positions matter here
+        for name, param in stack.named_parameters():
+            if "pos_bias" in name:
+                param.data.normal_()
     config = SteerMoEConfig(method=method, encoder_window=window, num_experts=4, **options)
     llm = decoder(decoder_kind).eval()
     if decoder_generation is not None:
@@ -72,7 +82,7 @@ def features(encoder: str, frames: list[int], n_mels=80, seed=0):
     for i, n in enumerate(frames):
         feats[i, :, :n] = torch.randn(n_mels, n, generator=g)
     if encoder != "whisper":
-        feats = feats.transpose(1, 2).contiguous()  # Parakeet takes (B, F, n_mels)
+        feats = feats.transpose(1, 2).contiguous()  # Parakeet and FireRedASR take (B, F, n_mels)
     return feats, lengths
 
 
@@ -88,6 +98,51 @@ def save_tiny_models(root) -> tuple[str, str]:
     decoder().save_pretrained(root / "qwen2-tiny-random")
     char_tokenizer().save_pretrained(root / "qwen2-tiny-random")
     return str(root / "whisper-tiny-random"), str(root / "qwen2-tiny-random")
+
+
+def kaldi_matrix(stats) -> bytes:
+    """A Kaldi binary double matrix ("\\0B", "DM ", rows, cols), as compute-cmvn-stats writes cmvn.ark."""
+    import struct
+
+    import numpy as np
+
+    stats = np.asarray(stats, dtype="<f8")
+    return b"\0BDM " + struct.pack("<bibi", 4, stats.shape[0], 4, stats.shape[1]) + stats.tobytes()
+
+
+def save_fireredasr_folder(out, layers=2, d=32, heads=4, kernel_size=5, seed=0):
+    """A FireRedASR-AED release folder with random weights, written as the release is: model.pth.tar (args +
+    model_state_dict of the reference package's ConformerEncoder, plus a stand-in decoder weight), cmvn.ark, and
+    the tokenizer files. Every parameter is random (LayerNorms included), so parity tests compare everything."""
+    import argparse
+    from pathlib import Path
+
+    from fireredasr.models.module.conformer_encoder import ConformerEncoder
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    g = torch.Generator().manual_seed(seed)
+    reference = ConformerEncoder(80, layers, heads, d, kernel_size=kernel_size)
+    with torch.no_grad():
+        for name, param in reference.named_parameters():
+            fan_in = param[0].numel() if param.dim() > 1 else 1
+            base = 1.0 if "layer_norm" in name or "batch_norm" in name else 0.0
+            param.copy_(base + torch.randn(param.shape, generator=g) / fan_in ** 0.5)
+    args = argparse.Namespace(idim=80, n_layers_enc=layers, n_layers_dec=layers, n_head=heads, d_model=d,
+                              residual_dropout=0.1, dropout_rate=0.1, kernel_size=kernel_size, pe_maxlen=5000,
+                              odim=16, sos_id=3, eos_id=4, pad_id=2)
+    state = {f"encoder.{k}": v for k, v in reference.state_dict().items()}
+    state["decoder.tgt_word_emb.weight"] = torch.randn(16, d, generator=g)
+    torch.save({"args": args, "model_state_dict": state}, out / "model.pth.tar")
+    # fbank statistics of 1000 frames: means around 10, variances around 4 (log-mel energies of speech)
+    mean = 10 + torch.randn(80, generator=g, dtype=torch.float64)
+    var = 4 + torch.rand(80, generator=g, dtype=torch.float64)
+    count = 1000.0
+    stats = [[*(mean * count).tolist(), count], [*((var + mean ** 2) * count).tolist(), 0.0]]
+    (out / "cmvn.ark").write_bytes(kaldi_matrix(stats))
+    (out / "dict.txt").write_text("<blank> 0\n<unk> 1\n<pad> 2\n<sos> 3\n<eos> 4\n")
+    (out / "train_bpe1000.model").write_bytes(b"stand-in sentencepiece model")
+    return str(out), reference
 
 
 def tiny_catalog(encoder: str, decoder: str, corpus: str, **settings) -> dict:
