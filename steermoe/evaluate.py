@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from steermoe import metrics, precision
+from steermoe import metrics, precision, tracking
 from steermoe.analysis import GateStats, steering_parameters
 from steermoe.checkpoint import load_trainable
 from steermoe.data.batching import Collator
@@ -56,6 +56,7 @@ def preflight(run: RunConfig) -> None:
         raise ConfigError(f"{run.path} is a training config (its name ends in _train); evaluate with the "
                           f"_test/_eval config")
     check_inputs(run, ("parquet_dirs",))
+    tracking.check_tracker(run)
 
 
 def evaluate(run: RunConfig, checkpoint: Path | None = None, output_dir: Path | None = None, log=print,
@@ -163,6 +164,7 @@ def evaluate(run: RunConfig, checkpoint: Path | None = None, output_dir: Path | 
         write_json(building / "steering.json", analysis)
         plot_steering(analysis, building / "steering.png", title=run.name)
     replace_dir(building, output_dir)
+    tracking.log_evaluation(run, result)
     headline = f"{result['metric']} {result['value']:.4f} (95% CI {result['ci95'][0]:.4f}-{result['ci95'][1]:.4f})"
     log(f"{run.name}: {headline} on {len(chosen)} utterances ({ev.protocol} protocol), RTF {result['rtf']:.3f}; "
         f"written to {output_dir}")

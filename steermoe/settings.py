@@ -21,6 +21,7 @@ PROMPT_FORMATS = ("raw", "chat")
 DTYPES = ("auto", "float32", "bfloat16", "float16")  # auto: the precision policy (steermoe/precision.py)
 METRICS = ("wer", "cer", "qa_accuracy")
 SCHEDULERS = ("linear", "cosine", "constant_with_warmup", "constant")
+TRACKERS = ("tensorboard", "mlflow", "wandb")  # TensorBoard is always written; steermoe/tracking.py
 ENCODER_SECTIONS = ("whisper_encoder", "conformer_encoder")  # a config has exactly one
 REQUIRED = object()  # the default of a key a config must give
 
@@ -58,6 +59,7 @@ S, K = _setting, Key
 # Settings keep this relative order: automatic variants list their overrides in it (so ids stay the same).
 TABLE: tuple[Key, ...] = (
     K("method", str, None, choices=METHODS, model="method", new=True),  # default: the file name's prefix
+    K("run_name", str, None, new=True),  # the tracker's run name (the workflow: the experiment id); default file name
     *(K(f"{section}.{key}", type_, default, **bounds)
       for section in ENCODER_SECTIONS
       for key, type_, default, bounds in (("model_path", str, REQUIRED, {}),
@@ -82,6 +84,7 @@ TABLE: tuple[Key, ...] = (
     S("training.bf16", (bool, str), "auto", choices=(True, False, "auto"), new=True),  # auto: the precision policy
     S("training.use_deepspeed", bool, False),
     S("training.deepspeed_config", str, None),  # the DeepSpeed JSON; default the shipped ZeRO-2 one
+    S("training.report_to", str, "tensorboard", choices=TRACKERS),  # where the curves and metrics also go
     S("steering.num_experts", int, 8, positive=True, short="experts", model="num_experts"),
     S("steering.steering_scale", float, 0.1, short="scale", model="steering_scale"),
     S("steering.use_layer_scales", bool, True, short="layerscales", model="use_layer_scales"),

@@ -19,7 +19,7 @@ import torch
 from torch.utils.data import DataLoader
 from transformers import EarlyStoppingCallback, PrinterCallback, Trainer, TrainerCallback, TrainingArguments
 
-from steermoe import precision
+from steermoe import precision, tracking
 from steermoe.analysis import GateStats, scalars, steering_parameters
 from steermoe.checkpoint import (SCALER, SCHEDULER, complete_checkpoints, load_optimizer, load_rng, mark_complete,
                                  remove_old_checkpoints, resume_point, rng_stem, save_optimizer, save_rng,
@@ -294,6 +294,17 @@ class Progress(TrainerCallback):
             self.log(f"step {state.global_step}/{state.max_steps}  {values}  {elapsed:.0f}s{eta}")
 
 
+class TrackConfig(TrainerCallback):
+    """The rendered config joins the tracker's run (MLflow, W&B), which the Trainer's integration has just begun."""
+
+    def __init__(self, run: RunConfig):
+        self.run = run
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if state.is_world_process_zero:
+            tracking.log_config(self.run)
+
+
 def deepspeed_state_on_cpus() -> None:
     """Accelerate's process state for DeepSpeed on CPUs, over gloo. Left to the Trainer, Accelerate names no
     backend there and then counts every process as process 0 of 1: each would write the checkpoints, and DeepSpeed's
@@ -330,7 +341,8 @@ def training_arguments(run: RunConfig, mixed: str, has_dev: bool) -> TrainingArg
         eval_strategy="steps" if evaluate else "no", eval_steps=top.eval_steps if evaluate else None,
         load_best_model_at_end=bool(top.use_early_stopping), metric_for_best_model="loss", greater_is_better=False,
         seed=top.seed, data_seed=top.seed, dataloader_num_workers=top.dataloader_num_workers,
-        remove_unused_columns=False, report_to="none", disable_tqdm=True)
+        remove_unused_columns=False, report_to=tracking.trainer_report_to(run), run_name=tracking.run_name(run),
+        disable_tqdm=True)
 
 
 def preflight(run: RunConfig, log=print) -> tuple[precision.Decision, TrainingArguments]:
@@ -345,6 +357,7 @@ def preflight(run: RunConfig, log=print) -> tuple[precision.Decision, TrainingAr
         raise ConfigError(f"{run.path}: use_early_stopping keeps the best checkpoint, so save_steps ({top.save_steps})"
                           f" must be a multiple of eval_steps ({top.eval_steps})")
     check_inputs(run, ("parquet_dirs", "eval_parquet_dirs"))
+    tracking.check_tracker(run)
     if t.use_deepspeed:
         read_deepspeed_config(run)
         distributed_env(run)
@@ -384,7 +397,8 @@ def train(run: RunConfig, log=print) -> dict:
 
     # TensorBoard writes on process 0 only; the callback ignores the other processes
     writer = SummaryWriter(log_dir=str(run.resolve(t.logging_dir))) if args.should_save else None
-    callbacks = [Progress(log), StopOnSignal(), TensorBoardCallback(writer)]
+    tracking.prepare_trainer_run(run)
+    callbacks = [Progress(log), StopOnSignal(), TensorBoardCallback(writer), TrackConfig(run)]
     if top.use_early_stopping:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=top.early_stopping_patience))
     trainer = SteerMoETrainer(model=model, args=args,
