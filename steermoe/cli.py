@@ -175,6 +175,12 @@ def _plan(args) -> None:
         from steermoe.fsutil import write_json
 
         write_json(Path(args.json), document)
+    if args.csv:
+        from steermoe.fsutil import write_atomic
+        from steermoe.plan import plan_csv
+
+        Path(args.csv).parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(Path(args.csv), plan_csv(rows))
 
 
 def _matrix(args) -> None:
@@ -224,6 +230,8 @@ def _matrix_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from steermoe.plan import DEFAULT_UTILIZATION, H100_BF16_TFLOPS
+
     parser = argparse.ArgumentParser(prog="steermoe", description="SteerMoE speech-LLM experiments")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -302,7 +310,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--results", default=WORKFLOW["results"], help="folder holding results/{experiment}/")
     p.add_argument("--logs", default="logs", help="folder holding logs/{experiment}/{train,evaluate}.log")
     p.add_argument("--out", default="results", help="where table.csv, comparisons.csv and plots/ go")
-    p.add_argument("--data", default=WORKFLOW["data"], help="prepared corpora (to tell why an experiment never trained)")
+    p.add_argument("--data", default=WORKFLOW["data"],
+                   help="prepared corpora (to tell why an experiment never trained)")
     p.add_argument("--models", default=WORKFLOW["models"], help="imported embedded models (likewise)")
     p.add_argument("--seed", type=int, default=0, help="paired-bootstrap seed")
     p.add_argument("--resamples", type=int, default=1000, help="paired-bootstrap resamples")
@@ -321,13 +330,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("plan", help="per experiment: trainable parameters, training FLOPs and GPU-hours")
     _matrix_arguments(p)
-    p.add_argument("--data", default=WORKFLOW["data"], help="prepared corpora (their manifests give the utterance lengths)")
-    p.add_argument("--models", default=WORKFLOW["models"], help="imported embedded models (their configs give the shapes)")
-    p.add_argument("--peak-tflops", type=float, default=989.0,
-                   help="accelerator peak TFLOP/s (default: H100 SXM bf16 dense, 989)")
-    p.add_argument("--utilization", type=float, default=0.4, help="achieved fraction of peak (default 0.4)")
+    p.add_argument("--data", default=WORKFLOW["data"],
+                   help="prepared corpora (their manifests give the utterance lengths)")
+    p.add_argument("--models", default=WORKFLOW["models"],
+                   help="imported embedded models (their configs give the shapes)")
+    p.add_argument("--peak-tflops", type=float, default=H100_BF16_TFLOPS,
+                   help=f"accelerator peak TFLOP/s (default: H100 SXM bf16 dense, {H100_BF16_TFLOPS:g})")
+    p.add_argument("--utilization", type=float, default=DEFAULT_UTILIZATION,
+                   help=f"achieved fraction of peak (default {DEFAULT_UTILIZATION:g})")
     p.add_argument("--json", nargs="?", const="-", default=None, metavar="PATH",
                    help="print JSON instead of the table; with PATH, print the table and write JSON to PATH")
+    p.add_argument("--csv", default=None, metavar="PATH", help="also write the plan as CSV (results/plan.csv)")
     p.set_defaults(func=_plan)
 
     p = sub.add_parser("render", help="render experiments' YAML configs from the templates (as the workflow does)")

@@ -438,10 +438,9 @@ def plan_experiment(exp, root: Path = Path("."), quick: bool = False, peak_tflop
     return row
 
 
-def plan(experiments: list, catalog=None, *, root: Path | str = ".", quick: bool = False,
+def plan(experiments: list, *, root: Path | str = ".", quick: bool = False,
          peak_tflops: float = H100_BF16_TFLOPS, utilization: float = DEFAULT_UTILIZATION) -> list[dict]:
-    """One plan row per experiment (matrix order). `catalog` is unused (the experiments carry their catalog
-    entries) and kept for call symmetry with load_matrix."""
+    """One plan row per experiment (matrix order)."""
     from steermoe.errors import ConfigError
 
     if not 0 < utilization <= 1:
@@ -458,6 +457,25 @@ def _si(value: float | None, unit: str = "") -> str:
         if abs(value) >= factor:
             return f"{value / factor:.3g} {prefix}{unit}"
     return f"{value:.3g} {unit}".strip()
+
+
+CSV_COLUMNS = ("experiment", "method", "encoder", "decoder", "dataset", "trainable_parameters", "encoder_frames",
+               "audio_tokens", "decoder_tokens", "batch_size", "gradient_accumulation_steps", "devices", "steps",
+               "flops_per_step", "flops", "gpu_hours", "notes")
+
+
+def plan_csv(rows: list[dict]) -> str:
+    """The plan as CSV (results/plan.csv), one row per experiment."""
+    import csv
+    import io
+
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(CSV_COLUMNS)
+    for r in rows:
+        notes = [f"encoder {r['encoder_shape']}", f"decoder {r['decoder_shape']}", *r["notes"]]
+        writer.writerow(["" if r.get(c) is None else r.get(c) for c in CSV_COLUMNS[:-1]] + ["; ".join(notes)])
+    return buffer.getvalue()
 
 
 def format_plan(rows: list[dict], peak_tflops: float = H100_BF16_TFLOPS,

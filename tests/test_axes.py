@@ -97,8 +97,12 @@ def test_the_workflow_runs_a_matrix_declared_with_axes(tmp_path):
     assert {what for rule, what in jobs if rule == "evaluate"} == set(expected)
 
 
-SEEDED = "fixed: {encoder: whisper-tiny.en, decoder: smollm2, dataset: synth-en, group: g}\nblocks:\n" \
-         "  - {method: layer_wise, num_experts: [4, 8], seeds: SEEDS}\n  - {method: linear, baseline: true, seeds: SEEDS}\n"
+SEEDED = """\
+fixed: {encoder: whisper-tiny.en, decoder: smollm2, dataset: synth-en, group: g}
+blocks:
+  - {method: layer_wise, num_experts: [4, 8], seeds: SEEDS}
+  - {method: linear, baseline: true, seeds: SEEDS}
+"""
 
 
 def test_seeds_make_one_experiment_per_seed_equal_to_explicit_seed_rows(tmp_path):

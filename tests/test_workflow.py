@@ -30,6 +30,7 @@ WORKFLOW = ["Snakefile", "workflow", "templates", "profiles", "experiments"]
 DEFAULT_IDS = ["layer_wise_whisper-tiny.en_smollm2_synth-en", "linear_whisper-tiny.en_smollm2_synth-en",
                "layer_wise_whisper-tiny.en_smollm2_synth-aqa"]
 AGG = ("aggregate", "results/table.csv")  # the matrix and catalog are its inputs: any edit refreshes the table
+PLAN = ("plan", "results/plan.csv")  # likewise the cost plan (a dry run shows its message, not its output)
 HEADER = "method\tencoder\tdecoder\tdataset\tnum_experts\tencoder_window\tmax_steps\tgroup\tbaseline\n"
 
 
@@ -485,7 +486,7 @@ def test_adding_a_row_adds_exactly_its_jobs(done, tmp_path):
     shutil.copy(matrix, fresh / "experiments" / "matrix.tsv")
     assert planned(fresh) == before | experiment_jobs(new)
     snakemake(done)
-    assert sorted(calls(done)) == sorted([("train", new), ("evaluate", new), ("aggregate", "results")])
+    assert sorted(calls(done)) == sorted([("train", new), ("evaluate", new), ("aggregate", "results"), PLAN])
 
 
 def test_template_edit_reruns_only_the_experiments_whose_config_changed(done):
@@ -520,7 +521,7 @@ def test_an_evaluation_only_catalog_edit_reruns_only_evaluation(done):
     catalog.write_text(catalog.read_text().replace("    num_beams: 1", "    num_beams: 2", 1))
     assert planned(done) == {("evaluate", e) for e in DEFAULT_IDS} | {AGG}
     snakemake(done)
-    assert sorted(calls(done)) == [("aggregate", "results")] + [("evaluate", e) for e in sorted(DEFAULT_IDS)]
+    assert sorted(calls(done)) == [("aggregate", "results")] + [("evaluate", e) for e in sorted(DEFAULT_IDS)] + [PLAN]
     assert trained == {e: (done / "results" / e / "train/final/model.safetensors").stat().st_mtime_ns
                        for e in DEFAULT_IDS}
     for exp in load_matrix(done / "experiments/matrix.tsv", catalog):
@@ -580,7 +581,7 @@ def test_editing_a_matrix_row_reruns_only_that_row_and_never_deletes_its_checkpo
     write_matrix(root, first + "40", second, header=header)  # same id, another max_steps
     assert planned(root) == experiment_jobs(edited.id) | {AGG}
     snakemake(root)
-    assert sorted(calls(root)) == [("aggregate", "results"), ("evaluate", edited.id), ("train", edited.id)]
+    assert sorted(calls(root)) == [("aggregate", "results"), ("evaluate", edited.id), PLAN, ("train", edited.id)]
     assert (checkpoint / "complete.json").is_file()
     assert "max_steps: 40\n" in (root / edited.train_config).read_text()
 
@@ -666,12 +667,18 @@ def test_tiny_matrix_end_to_end(tmp_path):
         assert summary["steps"] == 2
         assert list((root / "results" / exp / "train").glob("checkpoint-*"))  # checkpoints kept, not outputs
     assert (root / "results" / "comparisons.csv").is_file() and list((root / "results" / "plots").glob("*.png"))
+    # the cost plan was written before any training job started (each writes its config first)
+    plan = list(csv.DictReader((root / "results" / "plan.csv").open()))
+    assert [r["experiment"] for r in plan] == ids and all(int(r["trainable_parameters"]) > 0 for r in plan)
+    experiments = load_matrix(root / "experiments/matrix.tsv", root / "experiments/catalog.yaml")
+    assert all((root / "results" / "plan.csv").stat().st_mtime <= (root / e.train_config).stat().st_mtime
+               for e in experiments)
     assert "Nothing to be done" in snakemake(root, "-n", stub=False).stdout
     snakemake(root, "--report", "results/report.html", stub=False)
     page = open_in_browser(root / "results" / "report.html", tmp_path / "report.png")
     # the report's app ran (its menu is rendered) and it holds the table, the comparisons and every plot
     assert "Results" in page["text"] and "Plots" in page["text"], page["text"][:500]
-    for entry in ("all experiments", "comparisons with baselines",
+    for entry in ("all experiments", "comparisons with baselines", "plan.csv",
                   *(p.name for p in (root / "results" / "plots").glob("*.png"))):
         assert entry in page["data"], entry
     # a broken experiment fails, the others stay done, and the table says why (onerror aggregates)

@@ -63,6 +63,11 @@ def main(argv):
         _record(command, name)
         (dest / name).mkdir(parents=True, exist_ok=True)
         (dest / name / "steermoe_import.json").write_text("{}\n")
+    elif command == "plan":
+        out = Path(_arg(argv, "--csv"))
+        _record(command, str(out))
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text("experiment,steps\n")
     elif command == "aggregate":
         out = Path(_arg(argv, "--out"))
         _record(command, str(out))

@@ -7,6 +7,7 @@ rule aggregate:
     input:
         metrics=all_metrics(),
         summaries=all_train_summaries(),
+        plan=f"{RESULTS}/plan.csv",
         matrix=config["matrix"],
         catalog=config["catalog"],
     output:

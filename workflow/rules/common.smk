@@ -141,6 +141,17 @@ AGGREGATE_COMMAND = shlex.join(["steermoe", "aggregate", "--matrix", config["mat
                                 "--results", RESULTS, "--logs", LOGS, "--data", DATA, "--models", MODELS,
                                 "--out", RESULTS] + (["--quick"] if QUICK else []))
 
+PLAN_COMMAND = shlex.join(["steermoe", "plan", "--matrix", config["matrix"], "--catalog", config["catalog"],
+                           "--data", DATA, "--models", MODELS, "--csv", f"{RESULTS}/plan.csv"]
+                          + (["--quick"] if QUICK else []))
+
+
+def all_inputs_of_training():
+    """Every prepared dataset's manifest and every embedded model's import marker (the plan reads both)."""
+    return [f"{DATA}/{name}/manifest.json" for name in DATASETS] + \
+        [f"{MODELS}/{name}/steermoe_import.json" for name in EMBEDDED]
+
+
 RENDER_ARGS = shlex.join(["--matrix", config["matrix"], "--catalog", config["catalog"], "--templates",
                           config["templates"], "--results", RESULTS, "--data", DATA, "--models", MODELS]
                          + (["--quick"] if QUICK else []))
