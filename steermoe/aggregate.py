@@ -46,7 +46,8 @@ def aggregate(experiments: list, results_dir: Path, out_dir: Path, logs_dir: Pat
     comparisons = comparison_rows(experiments, results, seed=seed, resamples=resamples)
     outputs: dict[Path, bytes | str] = {}
     if plots:
-        outputs[Path("plots/metrics.png")] = plot_metrics(experiments, results)
+        summaries = {row["experiment"]: row for row in table if row.get("seeds")}  # the replicate sets' rows
+        outputs[Path("plots/metrics.png")] = plot_metrics(experiments, results, summaries)
         outputs[Path("plots/steering_gates.png")] = plot_steering_gates(experiments, results)
         outputs[Path("plots/training_curves.png")] = plot_training_curves(experiments, results)
     outputs[Path("comparisons.csv")] = to_csv(comparisons, COMPARISON_COLUMNS)

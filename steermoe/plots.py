@@ -43,37 +43,53 @@ def _empty(plt, message: str) -> bytes:
     return _figure_bytes(fig)
 
 
-def plot_metrics(experiments: list, results: dict[str, ExperimentResult]) -> bytes:
-    """Headline metric per experiment with its 95 % CI, one panel per dataset, colour by method."""
+def plot_metrics(experiments: list, results: dict[str, ExperimentResult], summaries: dict | None = None) -> bytes:
+    """Headline metric per experiment with its 95 % CI, one panel per dataset, colour by method. A replicate set is
+    one line: each seed's value (small circles), the mean with its crossed-bootstrap CI (diamond), and the mean +- one
+    standard deviation across seeds (thick bar); `summaries` are the table's summary rows by set name."""
     plt = _pyplot()
-    datasets: dict[str, list] = {}
+    summaries = summaries or {}
+    datasets: dict[str, dict[str, list]] = {}  # dataset -> line label -> its experiments (a set's seeds, or one)
     for exp in experiments:
-        datasets.setdefault(str(get_field(exp, "dataset")), []).append(exp)
+        label = get_field(exp, "replicate_of") or str(get_field(exp, "id"))
+        datasets.setdefault(str(get_field(exp, "dataset")), {}).setdefault(label, []).append(exp)
     methods = list(dict.fromkeys(str(get_field(e, "method")) for e in experiments))
     colours = {m: f"C{i % 10}" for i, m in enumerate(methods)}
     if not experiments:
         return _empty(plt, "no experiments in the matrix")
-    heights = [max(1.5, 0.35 * len(members) + 1) for members in datasets.values()]
+    heights = [max(1.5, 0.35 * len(lines) + 1) for lines in datasets.values()]
     fig, axes = plt.subplots(len(datasets), 1, figsize=(9, sum(heights) + 0.5), squeeze=False,
                              gridspec_kw={"height_ratios": heights})
-    for ax, (dataset, members) in zip(axes[:, 0], datasets.items()):
+    for ax, (dataset, lines) in zip(axes[:, 0], datasets.items()):
         labels, metric_names = [], set()
-        for y, exp in enumerate(members):
-            r = results[str(get_field(exp, "id"))]
-            labels.append(r.id)
-            if r.status in (OK, STALE) and r.metrics.get("value") is not None:
+        for y, (label, members) in enumerate(lines.items()):
+            colour = colours[str(get_field(members[0], "method"))]
+            done = [results[str(get_field(e, "id"))] for e in members]
+            done = [r for r in done if r.status in (OK, STALE) and r.metrics.get("value") is not None]
+            summary = summaries.get(label)
+            labels.append(label + (f" ({len(members)} seeds)" if summary else ""))
+            if summary and summary.get("value") is not None:
+                value, low, high, std = summary["value"], summary["ci_low"], summary["ci_high"], summary["std"]
+                metric_names.add(summary["metric"])
+                ax.plot([r.metrics["value"] for r in done], [y] * len(done), "o", mfc="none", ms=4, color=colour)
+                ax.hlines(y, value - std, value + std, color=colour, lw=4, alpha=0.4)
+                ax.errorbar(value, y, xerr=[[value - low], [high - value]], fmt="D", color=colour, capsize=4)
+            elif done and not summary:
+                r = done[0]
                 value, (low, high) = r.metrics["value"], ci_bounds(r.metrics)
                 metric_names.add(r.metrics["metric"])
                 xerr = [[value - low], [high - value]] if low is not None else None
-                ax.errorbar(value, y, xerr=xerr, fmt="o", color=colours[str(get_field(exp, "method"))], capsize=4)
-                ax.annotate(f"{value:.3f}", (value, y), textcoords="offset points", xytext=(0, 6), ha="center",
-                            fontsize=7)
+                ax.errorbar(value, y, xerr=xerr, fmt="o", color=colour, capsize=4)
             else:
-                ax.annotate(r.status, (0, y), xycoords=("axes fraction", "data"), xytext=(4, 0),
+                status = summary["status"] if summary else results[str(get_field(members[0], "id"))].status
+                ax.annotate(status, (0, y), xycoords=("axes fraction", "data"), xytext=(4, 0),
                             textcoords="offset points", va="center", fontsize=8, color="red")
-        ax.set_yticks(range(len(members)))
+                continue
+            ax.annotate(f"{value:.3f}", (value, y), textcoords="offset points", xytext=(0, 6), ha="center",
+                        fontsize=7)
+        ax.set_yticks(range(len(lines)))
         ax.set_yticklabels(labels, fontsize=7)
-        ax.set_ylim(len(members) - 0.5, -0.5)
+        ax.set_ylim(len(lines) - 0.5, -0.5)
         ax.set_title(f"{dataset}", fontsize=9)
         ax.set_xlabel(" / ".join(sorted(metric_names)) + " (95 % CI)" if metric_names else "no results yet",
                       fontsize=8)
