@@ -146,12 +146,6 @@ PLAN_COMMAND = shlex.join(["steermoe", "plan", "--matrix", config["matrix"], "--
                           + (["--quick"] if QUICK else []))
 
 
-def all_inputs_of_training():
-    """Every prepared dataset's manifest and every embedded model's import marker (the plan reads both)."""
-    return [f"{DATA}/{name}/manifest.json" for name in DATASETS] + \
-        [f"{MODELS}/{name}/steermoe_import.json" for name in EMBEDDED]
-
-
 RENDER_ARGS = shlex.join(["--matrix", config["matrix"], "--catalog", config["catalog"], "--templates",
                           config["templates"], "--results", RESULTS, "--data", DATA, "--models", MODELS]
                          + (["--quick"] if QUICK else []))

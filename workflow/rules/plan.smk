@@ -1,10 +1,11 @@
-# The cost plan, written before any training starts (its priority puts it ahead of the train jobs, which need the
-# same data and models): trainable parameters, FLOPs and GPU-hours per experiment (steermoe plan), in the report.
+# The cost plan, written first (it needs only the matrix and the catalog, and its priority puts it ahead of every
+# ready job): trainable parameters, FLOPs and GPU-hours per experiment (steermoe plan), in the report. Models not
+# imported yet are sized from their shipped shapes, corpora not prepared yet from their generators or published
+# sizes; `steermoe plan` recomputes it from whatever is there now.
 
 
 rule plan:
     input:
-        all_inputs_of_training(),
         matrix=config["matrix"],
         catalog=config["catalog"],
     output:
