@@ -237,7 +237,8 @@ def sentence_pools(wordnet: list[Sentence], fortunes: list[Sentence]) -> dict[st
     return pools
 
 
-def plan(sizes: dict[str, int], seed: int, pools: dict[str, list[Sentence]] | None = None) -> dict[str, list[Utterance]]:
+def plan(sizes: dict[str, int], seed: int,
+         pools: dict[str, list[Sentence]] | None = None) -> dict[str, list[Utterance]]:
     """Per split, its utterances. Each split draws from its own random.Random(seed, split), so one split's size
     never changes another's sentences, and a larger split is a superset of a smaller one (a prefix of one shuffle)."""
     unknown = sorted(set(sizes) - set(SPLITS))
