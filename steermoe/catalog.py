@@ -18,7 +18,7 @@ from steermoe.errors import ConfigError
 from steermoe.settings import METRICS, SETTINGS
 
 ENCODER_TYPES = ("whisper", "conformer")
-SYNTH_CORPORA = ("synth-en", "synth-aqa", "synth-zh")
+SYNTH_CORPORA = ("synth-en", "synth-aqa", "synth-zh", "speech-en")
 PREPARE_CORPORA = ("librispeech", "librispeech-parquet", "aishell1", "aishell2", "clotho-aqa", "parquet")
 RESOURCE_KEYS = ("gpus", "mem_mb", "runtime", "threads", "eval_runtime", "eval_mem_mb")
 

@@ -12,6 +12,7 @@ import sys
 import threading
 from pathlib import Path
 
+from steermoe.catalog import SYNTH_CORPORA
 from steermoe.settings import METHODS, WORKFLOW_CONFIG as WORKFLOW, default
 
 STORAGE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM}
@@ -55,10 +56,10 @@ def _data_prepare(args) -> None:
 
 
 def _data_synth(args) -> None:
-    from steermoe.data import synth_aqa, synth_en, synth_zh
+    from steermoe.data import speech_en, synth_aqa, synth_en, synth_zh
 
     build = {"synth-en": synth_en.build_synth_en, "synth-aqa": synth_aqa.build_synth_aqa,
-             "synth-zh": synth_zh.build_synth_zh}[args.name]
+             "synth-zh": synth_zh.build_synth_zh, "speech-en": speech_en.build_speech_en}[args.name]
     sizes = None
     if args.sizes:
         try:
@@ -275,7 +276,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=None)
     p.set_defaults(func=_data_prepare)
     p = data.add_parser("synth", help="build a synthetic corpus of the embedded default")
-    p.add_argument("name", choices=["synth-en", "synth-aqa", "synth-zh"])
+    p.add_argument("name", choices=list(SYNTH_CORPORA))
     p.add_argument("--out", required=True)
     p.add_argument("--sizes", nargs="*", help="split=count pairs, e.g. train=1200 dev=100 test=200")
     p.add_argument("--seed", type=int, default=0)
