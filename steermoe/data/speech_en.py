@@ -336,7 +336,7 @@ def build_speech_en(out_dir: str | Path, sizes: dict[str, int] | None = None, se
         splits[split] = [RawItem(u.id, audio[position + i], u.sentence.text, u.sentence.section, speaker=u.voice,
                                  language="en") for i, u in enumerate(rows)]
         position += len(rows)
-    manifest = prepare_corpus(CORPUS, splits, out_dir, Filters(max_audio_length=30.0, max_text_length=448),
+    manifest = prepare_corpus(CORPUS, splits, out_dir, Filters(max_audio_length=30.0, max_text_characters=448),
                               workers=workers, progress=progress)
     manifest["sources"] = SOURCES
     manifest["voices"] = {split: sorted({u.voice for u in rows}) for split, rows in plans.items()}
