@@ -28,3 +28,30 @@ def test_smoke_job_learns(embedded_models):
     assert last < 0.2 * first, result["losses"]
     exact = sum(h.lower().strip(" .") == r for h, r in zip(result["hypotheses"], SENTENCES))
     assert exact >= 2, result["hypotheses"]
+
+
+def test_the_catalogs_preparation_limits_reach_steermoe_data_prepare(tmp_path):
+    """A catalog `prepare:` block becomes a `steermoe data prepare` command whose flags the CLI accepts: the
+    character limit is max_text_characters (max_text_length is training's token limit)."""
+    import shlex
+
+    from steermoe.cli import build_parser
+    from steermoe.matrix import data_command, load_catalog
+
+    catalog = tmp_path / "catalog.yaml"
+    catalog.write_text("""
+encoders:
+  tiny: {type: whisper, path: models/tiny}
+decoders:
+  smol: {path: models/smol}
+datasets:
+  libri:
+    prepare: {corpus: librispeech, root: /corpora/LibriSpeech, max_audio_length: 20, max_text_characters: 300,
+              filter_dataset: false}
+    splits: {train: train-clean-100, test: test-clean}
+    metric: wer
+    prompt: "transcribe: "
+""")
+    command = data_command(load_catalog(catalog).datasets["libri"], "data/libri")
+    args = build_parser().parse_args(shlex.split(command)[1:])
+    assert (args.max_audio_length, args.max_text_characters, args.no_filter) == (20.0, 300, True)
