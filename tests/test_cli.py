@@ -36,7 +36,7 @@ def test_the_catalogs_preparation_limits_reach_steermoe_data_prepare(tmp_path):
     import shlex
 
     from steermoe.cli import build_parser
-    from steermoe.matrix import data_command, load_catalog
+    from steermoe.catalog import data_command, load_catalog
 
     catalog = tmp_path / "catalog.yaml"
     catalog.write_text("""
