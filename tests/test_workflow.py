@@ -261,6 +261,13 @@ def test_bad_row_stops_snakemake_before_any_job(tmp_path):
     (root / "experiments/catalog.yaml").write_text(yaml.safe_dump(catalog, allow_unicode=True))
     proc = snakemake(root, check=False)
     assert "datasets.synth-en.settings.batch_size: must be an integer, got 'eight'" in proc.stdout + proc.stderr
+    # what only the JSON schema forbids is reported with the file and the key too
+    catalog["datasets"]["synth-en"]["settings"]["batch_size"] = 2
+    catalog["encoders"]["whisper-tiny.en"]["description"] = 5
+    (root / "experiments/catalog.yaml").write_text(yaml.safe_dump(catalog, allow_unicode=True))
+    proc = snakemake(root, "-n", check=False)
+    assert ("experiments/catalog.yaml: encoders.whisper-tiny.en.description: 5 is not of type 'string' "
+            "(workflow/schemas/catalog.schema.yaml)") in proc.stdout + proc.stderr
 
 
 def test_json_schemas_agree_with_the_settings_and_reject_bad_values(tmp_path):

@@ -33,19 +33,20 @@ except ConfigError as err:
 # The catalog and the matrix rows are checked against workflow/schemas with every schema file read once:
 # snakemake.utils.validate reads a schema again, with the pure-Python YAML parser, on every call and at every $ref
 # into another file (0.9 s for the catalog and a 1,000-row matrix).
-def _schema_registry(folder):
-    schemas = [read_yaml(path) | {"$id": path.resolve().as_uri()} for path in sorted(folder.glob("*.schema.yaml"))]
-    return Registry().with_resources((schema["$id"], Resource.from_contents(schema)) for schema in schemas)
+def _schema_validators(folder):
+    """{name: validator} for every workflow/schemas/{name}.schema.yaml, all in one registry for their $refs."""
+    paths = {path.name.removesuffix(".schema.yaml"): path for path in sorted(folder.glob("*.schema.yaml"))}
+    schemas = {name: read_yaml(path) | {"$id": path.resolve().as_uri()} for name, path in paths.items()}
+    registry = Registry().with_resources((schema["$id"], Resource.from_contents(schema)) for schema in schemas.values())
+    return {name: Draft202012Validator(schema, registry=registry) for name, schema in schemas.items()}
 
 
-SCHEMAS = Path(workflow.basedir) / "workflow" / "schemas"
-_REGISTRY = _schema_registry(SCHEMAS)
+SCHEMA_VALIDATORS = _schema_validators(Path(workflow.basedir) / "workflow" / "schemas")
 
 
 def check_schema(name, instance, where):
     """Stop with `where` and the first violation of workflow/schemas/{name}.schema.yaml."""
-    uri = (SCHEMAS / f"{name}.schema.yaml").resolve().as_uri()
-    error = best_match(Draft202012Validator(_REGISTRY.contents(uri), registry=_REGISTRY).iter_errors(instance))
+    error = best_match(SCHEMA_VALIDATORS[name].iter_errors(instance))
     if error is not None:
         key = ".".join(str(part) for part in error.absolute_path)
         where = f"{where}: {key}" if key else where
@@ -122,10 +123,9 @@ def train_inputs(wildcards):
 
 
 @job_function
-def evaluate_inputs(wildcards):
-    """What evaluation reads: training's inputs and the model, its own or that of the experiment it shares
-    training with."""
-    return {"model": EXP[wildcards.exp].model, **train_inputs(wildcards)}
+def trained_model(wildcards):
+    """The model an experiment evaluates: its own, or that of the experiment it shares training with."""
+    return EXP[wildcards.exp].model
 
 
 @job_function
@@ -168,10 +168,6 @@ def prepare_command(wildcards):
 
 def all_metrics():
     return [exp.metrics for exp in EXPERIMENTS]
-
-
-def all_train_summaries():
-    return [exp.train_summary for exp in EXPERIMENTS]
 
 
 AGGREGATE_COMMAND = shlex.join(["steermoe", "aggregate", "--matrix", config["matrix"], "--catalog", config["catalog"],
