@@ -110,7 +110,7 @@ def load_catalog(path: str | Path) -> Catalog:
                           "embedded": _check_str(f"{where}.embedded", entry.get("embedded"), required=False),
                           "feature_dim": entry.get("feature_dim"), "num_layers": entry.get("num_layers"),
                           "settings": check_settings(f"{where}.settings", entry.get("settings")),
-                          "description": entry.get("description", "")}
+                          "description": _check_str(f"{where}.description", entry.get("description"), False) or ""}
     decoders = {}
     for name, entry in entries("decoders").items():
         where = f"{file}: decoders.{name}"
@@ -121,7 +121,8 @@ def load_catalog(path: str | Path) -> Catalog:
         decoders[name] = {"name": name, "path": _check_str(f"{where}.path", entry.get("path"), required=False),
                           "embedded": _check_str(f"{where}.embedded", entry.get("embedded"), required=False),
                           "resources": _check_resources(f"{where}.resources", entry.get("resources")),
-                          "settings": settings, "description": entry.get("description", "")}
+                          "settings": settings,
+                          "description": _check_str(f"{where}.description", entry.get("description"), False) or ""}
     for kind, section in (("encoders", encoders), ("decoders", decoders)):
         for name, entry in section.items():
             if not entry["path"] and not entry["embedded"]:
@@ -153,7 +154,8 @@ def load_catalog(path: str | Path) -> Catalog:
                "settings": check_settings(f"{where}.settings", entry.get("settings")),
                "quick": {"sizes": _check_sizes(f"{where}.quick.sizes", quick.get("sizes")),
                          "settings": check_settings(f"{where}.quick.settings", quick.get("settings"))},
-               "description": entry.get("description", ""), "synth": None, "prepare": None}
+               "description": _check_str(f"{where}.description", entry.get("description"), False) or "",
+               "synth": None, "prepare": None}
         if "synth" in entry:
             if entry["synth"] not in SYNTH_CORPORA:
                 raise ConfigError(f"{where}.synth: {entry['synth']!r} is not one of {listed(SYNTH_CORPORA)}"
@@ -193,7 +195,8 @@ def load_catalog(path: str | Path) -> Catalog:
             raise ConfigError(f"{where}: a recipe name uses letters, digits, '.' and '-' (it becomes part of ids)")
         entry = check_mapping(where, entry, ("settings", "encoders", "description"))
         by_type = check_mapping(f"{where}.encoders", entry.get("encoders"), ENCODER_TYPES)
-        recipes[name] = {"name": name, "description": entry.get("description", ""),
+        recipes[name] = {"name": name,
+                         "description": _check_str(f"{where}.description", entry.get("description"), False) or "",
                          "settings": check_settings(f"{where}.settings", entry.get("settings")),
                          "encoders": {kind: check_settings(f"{where}.encoders.{kind}", values)
                                       for kind, values in by_type.items()}}

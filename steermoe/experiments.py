@@ -82,10 +82,6 @@ class Experiment:
         return f"{self.final_dir}/model.safetensors"
 
     @property
-    def train_summary(self) -> str:
-        return f"{self.final_dir}/train_summary.json"
-
-    @property
     def port(self) -> int:
         """The distributed master port of the experiment's training job (stable, spread over 20000-39999)."""
         return master_port(self.id)

@@ -265,6 +265,13 @@ def test_bad_row_stops_snakemake_before_any_job(tmp_path):
     (root / "experiments/catalog.yaml").write_text(yaml.safe_dump(catalog, allow_unicode=True))
     proc = snakemake(root, check=False)
     assert "datasets.synth-en.settings.batch_size: must be an integer, got 'eight'" in proc.stdout + proc.stderr
+    # a description that is not text is named with the file and the key too
+    catalog["datasets"]["synth-en"]["settings"]["batch_size"] = 2
+    catalog["encoders"]["whisper-tiny.en"]["description"] = 5
+    (root / "experiments/catalog.yaml").write_text(yaml.safe_dump(catalog, allow_unicode=True))
+    proc = snakemake(root, "-n", check=False)
+    assert ("experiments/catalog.yaml: encoders.whisper-tiny.en.description: must be a non-empty string, got 5"
+            in proc.stdout + proc.stderr)
 
 
 def _other_value(key):

@@ -85,10 +85,9 @@ def train_inputs(wildcards):
 
 
 @job_function
-def evaluate_inputs(wildcards):
-    """What evaluation reads: training's inputs and the model, its own or that of the experiment it shares
-    training with."""
-    return {"model": EXP[wildcards.exp].model, **train_inputs(wildcards)}
+def trained_model(wildcards):
+    """The model an experiment evaluates: its own, or that of the experiment it shares training with."""
+    return EXP[wildcards.exp].model
 
 
 @job_function
@@ -131,10 +130,6 @@ def prepare_command(wildcards):
 
 def all_metrics():
     return [exp.metrics for exp in EXPERIMENTS]
-
-
-def all_train_summaries():
-    return [exp.train_summary for exp in EXPERIMENTS]
 
 
 AGGREGATE_COMMAND = shlex.join(["steermoe", "aggregate", "--matrix", config["matrix"], "--catalog", config["catalog"],

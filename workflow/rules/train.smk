@@ -1,7 +1,8 @@
-# Training. The job first writes the experiment's train config (results/{exp}/..._train.yaml, read by hand too) with
-# `steermoe render`, which fails unless the text is the one rendered and hashed at parse time; that sha256 is a
-# param, so Snakemake re-trains exactly the experiments whose train config changed when a template, the catalog or
-# a matrix row is edited (templates and catalog are not inputs: their modification time would re-run everything).
+# Training. The job first writes the experiment's train config (results/{exp}/..._train.yaml) with `steermoe render`,
+# which fails unless the text is the one rendered and hashed at parse time; that sha256 is a param, so Snakemake
+# re-trains exactly the experiments whose train config changed when a template, the catalog or a matrix row is
+# edited (templates and catalog are not inputs: their modification time would re-run everything). The config is not
+# an output, so it stays for reading (or `steermoe train --config` by hand) when training fails.
 # The output is the final folder's weights (written atomically with steermoe.json and train_summary.json);
 # checkpoints (results/{exp}/train/checkpoint-*) are NOT outputs, so Snakemake never deletes them when a job fails,
 # and `steermoe train` resumes from the newest complete one when the job runs again.
