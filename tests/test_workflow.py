@@ -261,12 +261,13 @@ def test_bad_row_stops_snakemake_before_any_job(tmp_path):
     # a catalog error names the key
     write_matrix(root, ROW, BASE)
     catalog = yaml.safe_load((root / "experiments/catalog.yaml").read_text())
-    catalog["datasets"]["synth-en"]["settings"]["batch_size"] = "eight"
+    settings = catalog["datasets"]["synth-en"]["settings"]  # shared with other datasets through a YAML anchor
+    catalog["datasets"]["synth-en"]["settings"] = {**settings, "batch_size": "eight"}
     (root / "experiments/catalog.yaml").write_text(yaml.safe_dump(catalog, allow_unicode=True))
     proc = snakemake(root, check=False)
     assert "datasets.synth-en.settings.batch_size: must be an integer, got 'eight'" in proc.stdout + proc.stderr
     # a description that is not text is named with the file and the key too
-    catalog["datasets"]["synth-en"]["settings"]["batch_size"] = 2
+    catalog["datasets"]["synth-en"]["settings"] = settings
     catalog["encoders"]["whisper-tiny.en"]["description"] = 5
     (root / "experiments/catalog.yaml").write_text(yaml.safe_dump(catalog, allow_unicode=True))
     proc = snakemake(root, "-n", check=False)
