@@ -12,8 +12,9 @@ Template context:
     decoder    the catalog entry: name, path
     dataset    the catalog entry: name, metric, prompt, language, task
     s          every setting (steermoe.settings.SETTINGS), merged; its default where unset
-    settings   settings(section): the YAML lines of every setting of a section ('' = top level), in the table's
-               order; a train config leaves out the evaluation-only ones, so that they never retrain
+    settings   settings.SECTION (training, steering, ..., top for the top level): the YAML lines of every setting of
+               the section, in the table's order; a train config leaves out the evaluation-only ones, so that they
+               never retrain
     mode       'train' or 'test'
 Filter: `yaml` writes a value as a YAML scalar or flow list (strings quoted, None as null).
 """
@@ -23,13 +24,18 @@ import hashlib
 import json
 import math
 import traceback
+from functools import lru_cache
 from pathlib import Path
 
 from steermoe.errors import ConfigError
+from steermoe.fsutil import write_atomic
 from steermoe.experiments import Experiment
 from steermoe.settings import SETTINGS
 
 TEMPLATES = {"train": "train.yaml.j2", "test": "test.yaml.j2"}
+BY_SECTION: dict[str, list] = {}  # YAML section ('' = top level) -> its settings, in the table's order
+for _name, _key in SETTINGS.items():
+    BY_SECTION.setdefault(_key.section, []).append((_name, _key))
 
 
 def yaml_value(value) -> str:
@@ -68,10 +74,9 @@ def context(exp: Experiment, mode: str) -> dict:
     settings = {name: key.default if exp.settings.get(name) is None else exp.settings[name]
                 for name, key in SETTINGS.items()}
 
-    def block(section: str) -> str:
-        indent = "  " if section else ""
-        return "\n".join(f"{indent}{key.name}: {yaml_value(settings[name])}" for name, key in SETTINGS.items()
-                         if key.section == section and not (mode == "train" and key.evaluation_only))
+    blocks = {section or "top": "\n".join(f"{'  ' if section else ''}{key.name}: {yaml_value(settings[name])}"
+                                         for name, key in keys if not (mode == "train" and key.evaluation_only))
+              for section, keys in BY_SECTION.items()}
     enc, dec, ds = exp.encoder_entry, exp.decoder_entry, exp.dataset_entry
     return {
         "mode": mode,
@@ -87,7 +92,7 @@ def context(exp: Experiment, mode: str) -> dict:
         "dataset": {"name": exp.dataset, "metric": ds["metric"], "prompt": ds["prompt"],
                     "language": ds["language"], "task": ds["task"]},
         "s": settings,
-        "settings": block,
+        "settings": blocks,
     }
 
 
@@ -105,7 +110,7 @@ def _template_error(err: Exception, templates: Path, name: str) -> ConfigError:
     where = f"{file}" + (f", line {line}" if line else "")
     if isinstance(err, UndefinedError):
         return ConfigError(f"{where}: undefined variable: {err.message} (variables: exp, encoder, decoder, dataset, "
-                           f"s (settings), mode); settings(section) writes a section's settings")
+                           f"s (settings), mode); settings.SECTION writes a section's settings")
     if isinstance(err, SecurityError):
         return ConfigError(f"{where}: blocked by the template sandbox: {err}")
     if isinstance(err, TemplateSyntaxError):
@@ -116,8 +121,10 @@ def _template_error(err: Exception, templates: Path, name: str) -> ConfigError:
     return ConfigError(f"{where}: {type(err).__name__}: {err}")
 
 
-def render(exp: Experiment, templates: str | Path, mode: str, env=None) -> str:
-    """The text of the experiment's `mode` config ('train' or 'test'), validated by steermoe.runconfig."""
+def render(exp: Experiment, templates: str | Path, mode: str, env=None, validated: set | None = None) -> str:
+    """The text of the experiment's `mode` config ('train' or 'test'), validated by steermoe.runconfig. A text whose
+    key is in `validated` (see validation_key) passed the same validator before and is not parsed again; a text that
+    passes now is added to it."""
     from jinja2 import TemplateError
 
     from steermoe.runconfig import parse_run_config
@@ -132,18 +139,49 @@ def render(exp: Experiment, templates: str | Path, mode: str, env=None) -> str:
     except ConfigError as err:
         raise ConfigError(f"{templates / name}: {err}") from None
     path = exp.train_config if mode == "train" else exp.test_config
+    key = validation_key(text, path)
+    if validated is not None and key in validated:
+        return text
     try:
         parse_run_config(text.encode("utf-8"), path)
     except ConfigError as err:
         raise ConfigError(f"experiment {exp.id} (matrix row {exp.row}, line {exp.line}): the config rendered from "
                           f"{templates / name} is invalid: {err}") from None
+    if validated is not None:
+        validated.add(key)
     return text
 
 
-def render_all(experiments: list[Experiment], templates: str | Path) -> dict[str, dict[str, str]]:
-    """{experiment id: {'train': text, 'test': text}} for every experiment (one environment, one pass)."""
+@lru_cache(maxsize=1)
+def _validator_version() -> str:
+    """The source of every module the config validator runs: a change to any of them validates everything again."""
+    from steermoe import checks, config, protocols, runconfig, settings
+
+    return hashlib.sha256(b"".join(Path(m.__file__).read_bytes()
+                                   for m in (checks, config, protocols, runconfig, settings))).hexdigest()
+
+
+def validation_key(text: str, path: str) -> str:
+    """What a validation depends on: the config's text, its file name (which gives method and mode), the validator."""
+    return hashlib.sha256(f"{_validator_version()}\0{path}\0{text}".encode("utf-8")).hexdigest()
+
+
+def render_all(experiments: list[Experiment], templates: str | Path,
+               memo: Path | None = None) -> dict[str, dict[str, str]]:
+    """{experiment id: {'train': text, 'test': text}} for every experiment (one environment, one pass). `memo`: a file
+    of the validation keys of configs validated before (the workflow keeps it under .snakemake/): a repeated run
+    parses only the configs that changed."""
     env = environment(templates)
-    return {exp.id: {mode: render(exp, templates, mode, env) for mode in TEMPLATES} for exp in experiments}
+    before = set(memo.read_text().split()) if memo is not None and memo.is_file() else set()
+    validated = set(before)
+    texts = {exp.id: {mode: render(exp, templates, mode, env, validated) for mode in TEMPLATES} for exp in experiments}
+    if memo is not None:
+        current = {validation_key(texts[exp.id][mode], exp.train_config if mode == "train" else exp.test_config)
+                   for exp in experiments for mode in TEMPLATES}  # the memo holds today's configs only
+        if current != before:
+            memo.parent.mkdir(parents=True, exist_ok=True)
+            write_atomic(memo, "".join(f"{key}\n" for key in sorted(current)))
+    return texts
 
 
 def sha256(text: str) -> str:

@@ -4,7 +4,7 @@ dry run stays fast. Every error names the file, the row and the column, and stop
 import inspect
 import re
 import shlex
-from pathlib import PurePosixPath
+from pathlib import Path, PurePosixPath
 
 from snakemake.common import overwrite_function_params
 from snakemake.exceptions import WorkflowError
@@ -32,7 +32,8 @@ QUICK = bool(config["quick"])
 try:
     EXPERIMENTS = load_matrix(config["matrix"], config["catalog"], quick=QUICK, results=RESULTS, data=DATA,
                               models=MODELS)
-    RENDERED = render_all(EXPERIMENTS, config["templates"])
+    # configs validated by an earlier run of this workflow (same text, same validator) are not parsed again
+    RENDERED = render_all(EXPERIMENTS, config["templates"], memo=Path(".snakemake/steermoe-validated-configs"))
 except ConfigError as err:
     raise WorkflowError(str(err)) from None
 
@@ -100,23 +101,22 @@ def test_config(wildcards):
     return EXP[wildcards.exp].test_config
 
 
+def _job_resource(res, key, default, evaluate):
+    if evaluate:
+        if key == "gpu":
+            return min(1, res.get("gpus", 0))  # evaluation decodes on one device
+        if key in ("runtime", "mem_mb") and f"eval_{key}" in res:
+            return res[f"eval_{key}"]
+    return res.get("gpus" if key == "gpu" else key, default)
+
+
 def resource(key, default=None, evaluate=False):
-    """A job resource from the catalog (the decoder's `resources`, else `defaults.resources`)."""
-    @job_function
-    def get(wildcards):
-        res = EXP[wildcards.exp].resources
-        if evaluate:
-            if key == "gpu":
-                return min(1, res.get("gpus", 0))  # evaluation decodes on one device
-            if key in ("runtime", "mem_mb") and f"eval_{key}" in res:
-                return res[f"eval_{key}"]
-        return res.get("gpus" if key == "gpu" else key, default)
-    return get
-
-
-@job_function
-def train_threads(wildcards):
-    return EXP[wildcards.exp].resources.get("threads", 1)
+    """A job resource from the catalog (the decoder's `resources`, else `defaults.resources`): a constant when every
+    experiment has the same value (Snakemake then calls nothing per job), else a function of the experiment."""
+    values = {_job_resource(exp.resources, key, default, evaluate) for exp in EXPERIMENTS}
+    if len(values) == 1:
+        return values.pop()
+    return job_function(lambda wildcards: _job_resource(EXP[wildcards.exp].resources, key, default, evaluate))
 
 
 @job_function

@@ -19,7 +19,7 @@ rule evaluate:
         config=test_config,
         config_sha256=config_sha256("test"),
         render=RENDER_ARGS,
-    threads: train_threads
+    threads: resource("threads", 1)
     resources:
         gpu=resource("gpu", 0, evaluate=True),
         mem_mb=resource("mem_mb", 8000, evaluate=True),

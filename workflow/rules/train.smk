@@ -25,7 +25,7 @@ rule train:
         config_sha256=config_sha256("train"),
         render=RENDER_ARGS,
         port=master_port,
-    threads: train_threads
+    threads: resource("threads", 1)
     resources:
         gpu=resource("gpu", 0),
         mem_mb=resource("mem_mb", 8000),
