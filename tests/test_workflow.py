@@ -311,7 +311,8 @@ def test_the_one_validator_rejects_bad_settings_in_the_catalog_and_the_matrix(tm
     catalog = yaml.safe_load((REPO / "experiments/catalog.yaml").read_text())
     catalog["decoders"]["smollm2"]["settings"] = {"num_experts": 0}
     (tmp_path / "catalog.yaml").write_text(yaml.safe_dump(catalog, allow_unicode=True))
-    with pytest.raises(ConfigError, match=r"catalog.yaml: decoders.smollm2.settings.num_experts: must be greater than 0"):
+    message = r"catalog.yaml: decoders.smollm2.settings.num_experts: must be greater than 0"
+    with pytest.raises(ConfigError, match=message):
         load_catalog(tmp_path / "catalog.yaml")
     row = "linear\twhisper-tiny.en\tsmollm2\tsynth-en"
     for header, cells, message in (
@@ -697,3 +698,24 @@ def test_tiny_matrix_end_to_end(tmp_path):
     failed = [r for r in table if r["experiment"] == "linear_tiny-whisper_missing_tones"]
     assert failed and failed[0]["status"] != "ok" and failed[0]["error"]
     assert {r["status"] for r in table if r["experiment"] in ids} == {"ok"}
+
+
+def test_a_repeated_parse_validates_only_the_configs_that_changed(tmp_path, monkeypatch):
+    """The workflow remembers which rendered configs passed the validator (by text, file name and the validator's
+    source): the next run parses only new or changed texts, and the memo holds today's configs only."""
+    import steermoe.runconfig
+
+    parsed = []
+    real = steermoe.runconfig.parse_run_config
+    monkeypatch.setattr(steermoe.runconfig, "parse_run_config",
+                        lambda text, path: parsed.append(path) or real(text, path))
+    experiments = load_matrix(REPO / "experiments/matrix.tsv", REPO / "experiments/catalog.yaml")
+    memo = tmp_path / ".snakemake" / "steermoe-validated-configs"
+    first = render_all(experiments, REPO / "templates", memo=memo)
+    assert len(parsed) == 2 * len(experiments) and len(memo.read_text().split()) == 2 * len(experiments)
+    parsed.clear()
+    assert render_all(experiments, REPO / "templates", memo=memo) == first and parsed == []
+    experiments[0].settings["num_beams"] = 2  # an evaluation-only change: one test config differs
+    render_all(experiments, REPO / "templates", memo=memo)
+    assert parsed == [experiments[0].test_config]
+    assert len(memo.read_text().split()) == 2 * len(experiments)  # the old text's key is gone
