@@ -2,7 +2,8 @@
 so it works while the matrix runs and on a cluster's shared filesystem. Torch-free.
 
 States: done (evaluated with the current configs), stale (evaluated, but a config changed since), failed (the
-reason is in the log shown), training / evaluating (a job's log is growing), pending (nothing yet).
+reason is in the log shown), preparing / training / evaluating (a job's log is growing: its data or models, its
+training, its evaluation), stalled (such a log has not moved for 10 minutes), pending (nothing yet).
 """
 from __future__ import annotations
 
@@ -93,8 +94,8 @@ def experiment_line(exp, results: Path, logs: Path, now: float | None = None) ->
         line.update(state=_job_state(train_log, "training", now), log=str(train_log))
         if line["state"] == "training" and progress.seconds_per_step is not None:
             line["eta"] = progress.seconds_per_step * (progress.total - progress.step)
-    elif result.error and result.status != NOT_RUN:  # a step before training failed
-        line.update(state="failed", log=result.log)
+    elif result.error and result.status != NOT_RUN:  # a step before training (data, models) has a log
+        line.update(state=_job_state(Path(result.log), "preparing", now), log=result.log)
     if line["state"] == "failed":
         line["metric"] = (result.error or log_error(Path(line["log"])) or "")[:70]
     return line

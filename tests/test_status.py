@@ -60,6 +60,16 @@ def test_each_experiment_gets_its_state_eta_losses_metric_and_log(workdir):
     assert table.splitlines()[-1] == "1 done, 1 training, 1 pending"
 
 
+def test_data_still_being_prepared_is_preparing_and_a_failed_preparation_is_failed(workdir):
+    waiting, broken = (experiment(e, "layer_wise", dataset=d) | {"data_dir": f"data/{d}"}
+                       for e, d in ((BASE, "synth-en"), (BETTER, "synth-zh")))
+    write_log("data", "synth-en", "synth-en speech:  13%|#         | 345/2700 [00:37<03:56,  9.95utt/s]\n")
+    write_log("data", "synth-zh", "steermoe: error: espeak-ng has no voice cmn-latn-pinyin\n")
+    preparing, failed = (experiment_line(e, Path("results"), Path("logs")) for e in (waiting, broken))
+    assert (preparing["state"], preparing["log"], preparing["metric"]) == ("preparing", "logs/data/synth-en.log", "")
+    assert failed["state"] == "failed" and "no voice cmn-latn-pinyin" in failed["metric"]
+
+
 def test_an_evaluation_variant_shows_the_training_it_shares(workdir):
     write_log(TRAINING, "train", LOG)
     line = experiment_line({**experiment(f"{TRAINING}_protocolseed", "layer_wise"), "trained_by": TRAINING},
