@@ -170,6 +170,12 @@ def bootstrap_ci(errors: np.ndarray, units: np.ndarray, seed: int = 0, resamples
     return float(low), float(high)
 
 
+def two_sided_p(deltas: np.ndarray) -> float:
+    """min(1, 2 (k + 1) / (B + 1)), k being the number of the B resampled deltas on the rarer side of zero."""
+    beyond_zero = min(int(np.sum(deltas <= 0)), int(np.sum(deltas >= 0)))
+    return min(1.0, 2 * (beyond_zero + 1) / (len(deltas) + 1))
+
+
 def paired_bootstrap(a: list[dict], b: list[dict], seed: int = 0, resamples: int = 1000) -> dict:
     """Paired bootstrap of delta = rate(b) - rate(a) on the same utterances (per_utterance lists).
 
@@ -192,8 +198,7 @@ def paired_bootstrap(a: list[dict], b: list[dict], seed: int = 0, resamples: int
                              for index in index_blocks(len(units), seed, resamples)])
     deltas = deltas[~np.isnan(deltas)]
     low, high = np.percentile(deltas, [2.5, 97.5])
-    beyond_zero = min(int(np.sum(deltas <= 0)), int(np.sum(deltas >= 0)))
-    p_value = min(1.0, 2 * (beyond_zero + 1) / (len(deltas) + 1))
+    p_value = two_sided_p(deltas)
     return {"a": float(rate_a), "b": float(rate_b), "delta": float(rate_b - rate_a),
             "ci95": [float(low), float(high)], "p_value": float(p_value), "resamples": resamples}
 

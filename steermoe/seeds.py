@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-BLOCK_ELEMENTS = 1 << 22  # resamples are drawn in blocks of about this many utterance indices
+from steermoe.metrics import BLOCK_ELEMENTS, two_sided_p
 
 
 def _matrix(runs: list[list[dict]]) -> tuple[np.ndarray, np.ndarray]:
@@ -61,7 +61,7 @@ def summarise(runs: list[list[dict]], seed: int = 0, resamples: int = 1000) -> d
 
 def paired(a: list[list[dict]], b: list[list[dict]], seed: int = 0, resamples: int = 1000) -> dict:
     """delta = mean rate(b) - mean rate(a), paired by seed index and utterance; CI and a two-sided p-value as in
-    steermoe.metrics.paired_bootstrap ((k + 1) / (B + 1) on the rarer side of zero, doubled)."""
+    steermoe.metrics.paired_bootstrap (metrics.two_sided_p)."""
     if len(a) != len(b):
         raise ValueError(f"paired replicates need the same seeds: {len(a)} vs {len(b)}")
     errors_a, units = _matrix(a)
@@ -71,8 +71,7 @@ def paired(a: list[list[dict]], b: list[list[dict]], seed: int = 0, resamples: i
     # the difference of two mean rates over the same draws is the mean rate of the per-seed error differences
     deltas = _resampled(errors_b - errors_a, units, seed, resamples)
     low, high = np.percentile(deltas, [2.5, 97.5])
-    beyond_zero = min(int(np.sum(deltas <= 0)), int(np.sum(deltas >= 0)))
     rate_a, rate_b = errors_a.sum(axis=1) / units.sum(), errors_b.sum(axis=1) / units.sum()
     return {"a": float(rate_a.mean()), "b": float(rate_b.mean()), "delta": float((rate_b - rate_a).mean()),
-            "ci95": [float(low), float(high)], "p_value": min(1.0, 2 * (beyond_zero + 1) / (len(deltas) + 1)),
+            "ci95": [float(low), float(high)], "p_value": two_sided_p(deltas),
             "seeds": len(rate_a), "resamples": resamples}
