@@ -15,7 +15,7 @@ from pathlib import Path, PurePosixPath
 
 from steermoe.checks import check_mapping, check_value, closest, is_safe_name, listed, read_yaml
 from steermoe.errors import ConfigError
-from steermoe.settings import METRICS, SETTINGS
+from steermoe.settings import METRICS, OWN_DECODER, SETTINGS
 
 ENCODER_TYPES = ("whisper", "conformer")
 SYNTH_CORPORA = ("synth-en", "synth-aqa", "synth-zh", "speech-en")
@@ -55,20 +55,29 @@ def _check_str(where: str, value, required=True) -> str | None:
     return value
 
 
-def _check_splits(where: str, value) -> dict:
-    value = check_mapping(where, value, ("train", "dev", "test"), required=("train", "test"))
-    out = {}
-    for split in ("train", "dev", "test"):
-        names = value.get(split)
-        if names is None:
-            out[split] = []
-            continue
-        names = [names] if isinstance(names, str) else names
-        if not isinstance(names, list) or not names or not all(isinstance(n, str) and is_safe_name(n) for n in names):
-            raise ConfigError(f"{where}.{split}: must be a split name or a list of split names ([A-Za-z0-9.-]), "
-                              f"got {value.get(split)!r}")
-        out[split] = names
-    return out
+def _split_names(where: str, value) -> list[str]:
+    names = [value] if isinstance(value, str) else value
+    if not isinstance(names, list) or not names or not all(isinstance(n, str) and is_safe_name(n) for n in names):
+        raise ConfigError(f"{where}: must be a split name or a list of split names ([A-Za-z0-9.-]), got {value!r}")
+    return names
+
+
+def _check_splits(where: str, value, test_sets) -> tuple[dict, dict]:
+    """(train and dev split names, {test set name: split names}). The test sets are `test_sets`, one per prepared
+    split named there, or else the one set `test` that `splits.test` makes."""
+    where_sets = f"{where.rpartition('.')[0]}.test_sets"
+    required = ("train",) if test_sets is not None else ("train", "test")
+    value = check_mapping(where, value, ("train", "dev", "test"), required=required)
+    if test_sets is not None and "test" in value:
+        raise ConfigError(f"{where}.test: give the test splits in one place: 'test_sets' lists them ({where_sets})")
+    splits = {split: _split_names(f"{where}.{split}", value[split]) if value.get(split) is not None else []
+              for split in ("train", "dev")}
+    if test_sets is None:
+        return splits, {"test": _split_names(f"{where}.test", value["test"])}
+    names = _split_names(where_sets, test_sets)
+    if len(set(names)) != len(names):
+        raise ConfigError(f"{where_sets}: {names} names a split twice")
+    return splits, {name: [name] for name in names}
 
 
 def load_catalog(path: str | Path) -> Catalog:
@@ -114,6 +123,9 @@ def load_catalog(path: str | Path) -> Catalog:
     decoders = {}
     for name, entry in entries("decoders").items():
         where = f"{file}: decoders.{name}"
+        if name == OWN_DECODER:
+            raise ConfigError(f"{where}: '{OWN_DECODER}' is reserved (a reference row's decoder: the encoder model's "
+                              f"own); choose another name")
         entry = check_mapping(where, entry, ("path", "embedded", "dtype", "resources", "settings", "description"))
         settings = check_settings(f"{where}.settings", entry.get("settings"))
         if entry.get("dtype") is not None:
@@ -139,8 +151,8 @@ def load_catalog(path: str | Path) -> Catalog:
     datasets = {}
     for name, entry in entries("datasets").items():
         where = f"{file}: datasets.{name}"
-        entry = check_mapping(where, entry, ("synth", "sizes", "prepare", "splits", "metric", "prompt", "language",
-                                              "task", "settings", "quick", "description"),
+        entry = check_mapping(where, entry, ("synth", "sizes", "prepare", "splits", "test_sets", "metric", "prompt",
+                                              "language", "task", "settings", "quick", "description"),
                                required=("metric", "prompt"))
         if ("synth" in entry) == ("prepare" in entry):
             raise ConfigError(f"{where}: give exactly one of 'synth' (a synthetic corpus: {listed(SYNTH_CORPORA)})"
@@ -162,8 +174,14 @@ def load_catalog(path: str | Path) -> Catalog:
                                   f"{closest(entry['synth'], SYNTH_CORPORA)}")
             out["synth"] = entry["synth"]
             out["sizes"] = _check_sizes(f"{where}.sizes", entry.get("sizes"))
-            out["splits"] = _check_splits(f"{where}.splits", entry.get("splits") or
-                                          {"train": "train", "dev": "dev", "test": "test"})
+            named = {"train": "train", "dev": "dev", **({} if "test_sets" in entry else {"test": "test"})}
+            out["splits"], out["test_sets"] = _check_splits(f"{where}.splits", entry.get("splits") or named,
+                                                            entry.get("test_sets"))
+            for size_key, sizes in (("sizes", out["sizes"]), ("quick.sizes", out["quick"]["sizes"])):
+                missing = [s for parts in out["test_sets"].values() for s in parts if sizes and s not in sizes]
+                if missing:
+                    raise ConfigError(f"{where}.{size_key}: test split {missing[0]!r} has no size; give it one "
+                                      f"(e.g. {missing[0]}: 200) or leave it out of test_sets")
         else:
             if entry.get("sizes") is not None or out["quick"]["sizes"]:
                 raise ConfigError(f"{where}: 'sizes' is for synthetic corpora only")
@@ -183,7 +201,8 @@ def load_catalog(path: str | Path) -> Catalog:
             if "splits" not in entry:
                 raise ConfigError(f"{where}: 'splits' is required for a real corpus (train, dev, test: the split "
                                   f"names its reader produces, e.g. train-clean-100 for LibriSpeech)")
-            out["splits"] = _check_splits(f"{where}.splits", entry["splits"])
+            out["splits"], out["test_sets"] = _check_splits(f"{where}.splits", entry["splits"],
+                                                            entry.get("test_sets"))
         datasets[name] = out
     recipes = {}
     section = data.get("recipes") or {}

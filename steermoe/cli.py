@@ -13,7 +13,7 @@ import threading
 from pathlib import Path
 
 from steermoe.catalog import SYNTH_CORPORA
-from steermoe.settings import METHODS, WORKFLOW_CONFIG as WORKFLOW, default
+from steermoe.settings import METHODS, REFERENCE, WORKFLOW_CONFIG as WORKFLOW, default
 
 STORAGE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM}
 
@@ -239,7 +239,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("params", help="trainable parameters per group (meta device: no weights needed)")
     p.add_argument("--encoder", required=True, help="encoder folder, config.json, or shipped shape name")
     p.add_argument("--decoder", required=True, help="decoder folder, config.json, or shipped shape name")
-    p.add_argument("--method", default="layer_wise", choices=METHODS)
+    p.add_argument("--method", default="layer_wise", choices=[m for m in METHODS if m != REFERENCE])
     p.add_argument("--num-experts", type=int, default=default("steering.num_experts"))
     p.add_argument("--fixed-scales", action="store_true", help="use_layer_scales: false")
     p.add_argument("--pooling-kernel-size", type=int, default=default("pooling_kernel_size"))

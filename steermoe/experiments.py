@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from steermoe.checks import check_safe_path, closest, listed, parse_bool
 from steermoe.errors import ConfigError
 from steermoe.launch import master_port
-from steermoe.settings import EVALUATION_ONLY, WORKFLOW_CONFIG
+from steermoe.settings import EVALUATION_ONLY, REFERENCE, WORKFLOW_CONFIG
 
 # ---- the workflow config (experiments/config.yaml): where the matrix, catalog and experiments' files live -------
 def check_workflow_config(config: dict, where: str) -> dict:
@@ -52,6 +52,7 @@ class Experiment:
     recipe: str | None = None  # a named block of settings from the catalog's `recipes:`
     trained_by: str | None = None  # the experiment whose model this one evaluates (same training, other evaluation)
     replicate_of: str | None = None  # the replicate set (same settings, another seed) it belongs to, by name
+    test_set: str = "test"  # the dataset's test set it is scored on (catalog `test_sets`; the first by default)
     tags: list = field(default_factory=list)
     language: str = ""
     task: str = ""
@@ -82,6 +83,11 @@ class Experiment:
         return f"{self.final_dir}/model.safetensors"
 
     @property
+    def trains(self) -> bool:
+        """False for a reference row: the encoder's own model decodes, untrained."""
+        return self.method != REFERENCE
+
+    @property
     def port(self) -> int:
         """The distributed master port of the experiment's training job (stable, spread over 20000-39999)."""
         return master_port(self.id)
@@ -102,6 +108,8 @@ def share_training(experiments: list[Experiment]) -> None:
     evaluated on the first one's model, so adding an evaluation variant never retrains."""
     first: dict[str, Experiment] = {}
     for exp in experiments:
+        if not exp.trains:
+            continue
         training = {k: v for k, v in exp.settings.items() if k not in EVALUATION_ONLY}
         key = repr((exp.method, exp.encoder, exp.decoder, exp.dataset, sorted(training.items())))
         owner = first.setdefault(key, exp)
@@ -125,23 +133,27 @@ def name_replicates(experiments: list[Experiment]) -> None:
 
 
 def check_groups(file: str, experiments: list[Experiment]) -> None:
-    groups: dict[str, list[Experiment]] = {}
+    """A group compares on each test set with its one baseline row (the seeds of one baseline count once)."""
+    groups: dict[tuple, list[Experiment]] = {}
     for exp in experiments:
         if exp.group:
-            groups.setdefault(exp.group, []).append(exp)
-    for name, members in groups.items():
+            groups.setdefault((exp.group, exp.test_set), []).append(exp)
+    for (name, test_set), members in groups.items():
         baselines = [e for e in members if e.baseline]
-        if len({e.replicate_of or e.id for e in baselines}) != 1:  # the seeds of one baseline count once
+        if len({e.replicate_of or e.id for e in baselines}) != 1:
             rows = ", ".join(dict.fromkeys(f"row {e.row} (line {e.line})" for e in (baselines or members)))
             what = "no baseline row" if not baselines else f"{len(baselines)} baseline rows"
-            raise ConfigError(f"{file}: group '{name}' has {what} ({rows}); mark exactly one row of the group "
-                              f"'baseline: true' (the row the others are compared with)")
+            on = f" on test set '{test_set}'" if any(e.baseline for e in experiments if e.group == name) else ""
+            raise ConfigError(f"{file}: group '{name}' has {what}{on} ({rows}); mark exactly one row of the group "
+                              f"'baseline: true' (the row the others are compared with)"
+                              + ("; the baseline row must be scored on every test set its group uses" if on else ""))
         base = baselines[0]
         for exp in members:
             if exp.dataset != base.dataset:
                 raise ConfigError(f"{file}: row {exp.row} (line {exp.line}), column 'dataset': group '{name}' "
                                   f"compares on the test set of its baseline (row {base.row}: {base.dataset!r}), but "
                                   f"this row uses {exp.dataset!r}; use one group per dataset")
+
 
 def embedded_models_used(experiments: list[Experiment]) -> list[str]:
     return sorted({m for e in experiments for m in e.embedded_models})

@@ -9,6 +9,7 @@ Torch-free (the Snakefile imports it at parse time, and `steermoe aggregate` / `
 
 The matrix is a tab-separated file. Columns:
     method, encoder, decoder, dataset   required; a method of steermoe.settings.METHODS and names of the catalog
+                                        (a `reference` row's decoder is `own`: the encoder model's own decoder)
     recipe                              optional name of a catalog recipe (a block of settings: seed-code, paper)
     variant                             optional explicit suffix of the experiment id (default: the recipe, then
                                         the overrides)
@@ -39,12 +40,15 @@ from steermoe.catalog import load_catalog, model_path
 from steermoe.checks import check_safe_path, check_value, closest, expected, is_safe_name, listed, parse_bool
 from steermoe.errors import ConfigError
 from steermoe.experiments import Experiment, check_groups, experiment_files, name_replicates, share_training
-from steermoe.settings import METHODS, PATH_SETTINGS, SETTINGS, abbreviation
+from steermoe.settings import METHODS, OWN_DECODER, PATH_SETTINGS, REFERENCE, SETTINGS, abbreviation
 
 SPECIAL_COLUMNS = ("method", "encoder", "decoder", "dataset", "recipe", "variant", "group", "baseline", "tags",
                    "seeds")
 REQUIRED_COLUMNS = ("method", "encoder", "decoder", "dataset")
 RESERVED_PARTS = ("train", "test", "eval")  # the name convention reads the mode from the last `_` parts
+# a reference row's decoder (the encoder model's own): nothing to load, no resources of its own
+OWN_DECODER_ENTRY = {"name": OWN_DECODER, "description": "the encoder model's own decoder", "path": None,
+                     "embedded": None, "resources": {}, "settings": {}}
 ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 MAX_ID_LENGTH = 200
 
@@ -207,8 +211,15 @@ def load_matrix(matrix_path: str | Path, catalog_path: str | Path, quick: bool =
     for row, declared in enumerate(rows, 1):
         cells, line = declared.cells, declared.line
         where = _Where(declared.file, row, line)
+        reference = cells["method"] == REFERENCE
+        if reference != (cells["decoder"] == OWN_DECODER):
+            raise ConfigError(f"{where('decoder')}: {cells['decoder']!r} with method {cells['method']!r}: a "
+                              f"'{REFERENCE}' row decodes with the encoder's own model, so its decoder is "
+                              f"'{OWN_DECODER}', and only a '{REFERENCE}' row has decoder '{OWN_DECODER}'")
         for column, allowed in names.items():
             value = cells[column]
+            if reference and column == "decoder":
+                continue
             if not value:
                 raise ConfigError(f"{where(column)}: empty; allowed: {listed(allowed)}")
             if value not in allowed:
@@ -239,17 +250,32 @@ def load_matrix(matrix_path: str | Path, catalog_path: str | Path, quick: bool =
             raise ConfigError(f"{where('baseline')}: a baseline row needs a 'group' (the rows it is compared with)")
         tags = [t.strip() for t in (cells.get("tags") or "").split(",") if t.strip()]
         method, enc, dec, ds = cells["method"], cells["encoder"], cells["decoder"], cells["dataset"]
-        encoder, decoder, dataset = catalog.encoders[enc], catalog.decoders[dec], catalog.datasets[ds]
+        encoder, dataset = catalog.encoders[enc], catalog.datasets[ds]
+        decoder = OWN_DECODER_ENTRY if reference else catalog.decoders[dec]
+        if reference and encoder["type"] != "whisper":
+            raise ConfigError(f"{where('encoder')}: a '{REFERENCE}' row decodes with the encoder's own model; that "
+                              f"is wired for Whisper encoders only, and {enc!r} is a {encoder['type']}")
         chosen = catalog.recipes[recipe] if recipe else {"settings": {}, "encoders": {}}
         resources = {"gpus": 0, "mem_mb": 8000, "runtime": 240, "threads": 1,
                      **catalog.defaults["resources"], **decoder["resources"]}
 
-        for seed in seeds or [None]:  # a `seeds` row is one experiment per seed
-            replicate = overrides if seed is None else {**overrides, "seed": seed}
+        test_sets = list(dataset["test_sets"])
+        if "test_set" in overrides and overrides["test_set"] not in test_sets:
+            raise ConfigError(f"{where('test_set')}: {overrides['test_set']!r} is not a test set of dataset {ds!r}"
+                              f"{closest(overrides['test_set'], test_sets)}; its test sets (catalog "
+                              f"datasets.{ds}.test_sets): {listed(test_sets)}")
+        # one experiment per seed x test set (a test_set cell picks one); the first test set's ids carry no suffix
+        chosen_sets = [overrides["test_set"]] if "test_set" in overrides else test_sets
+        if overrides.get("test_set") == test_sets[0]:
+            del overrides["test_set"]  # the default test set: the same experiment as a row without the cell
+        for seed, test_set in [(seed, test_set) for seed in seeds or [None] for test_set in chosen_sets]:
+            evaluated = {**overrides, **({"test_set": test_set} if test_set != test_sets[0] else {})}
+            replicate = evaluated if seed is None else {**evaluated, "seed": seed}
             if explicit is None:
                 variant = "-".join(part for part in (recipe, auto_variant(replicate)) if part) or None
             else:
-                variant = explicit if seed is None else f"{explicit}-seed{seed}"
+                extra = auto_variant({k: v for k, v in replicate.items() if k in ("seed", "test_set")})
+                variant = "-".join(part for part in (explicit, extra) if part)
             name = f"{method}_{enc}_{dec}_{ds}"
             exp_id = name + (f"_{variant}" if variant else "")
             if not ID_RE.match(exp_id) or ".." in exp_id or len(exp_id) > MAX_ID_LENGTH:
@@ -263,21 +289,26 @@ def load_matrix(matrix_path: str | Path, catalog_path: str | Path, quick: bool =
                 catalog.defaults["settings"], encoder["settings"], decoder["settings"], dataset["settings"],
                 {"textual_prompt": dataset["prompt"]} if "textual_prompt" not in dataset["settings"] else {},
                 chosen["settings"], chosen["encoders"].get(encoder["type"], {}), replicate,
-                catalog.defaults["quick"]["settings"] if quick else {}, dataset["quick"]["settings"] if quick else {})
+                catalog.defaults["quick"]["settings"] if quick else {}, dataset["quick"]["settings"] if quick else {},
+                {"test_set": test_set})
             exp = Experiment(
                 id=exp_id, method=method, encoder=enc, decoder=dec, dataset=ds, overrides=replicate, group=group,
                 baseline=baseline, metric=dataset["metric"], row=row, line=line, variant=variant, recipe=recipe,
                 tags=tags, language=dataset["language"], task=dataset["task"], settings=settings,
                 resources=resources, **experiment_files(results, name, variant),
                 data_dir=f"{data}/{ds}",
+                test_set=test_set,
                 parquet={split: [f"{data}/{ds}/{s}.parquet" for s in names_]
-                         for split, names_ in dataset["splits"].items()},
+                         for split, names_ in {**dataset["splits"], "test": dataset["test_sets"][test_set]}.items()},
                 embedded_models=sorted({e["embedded"] for e in (encoder, decoder) if e["embedded"]}),
                 encoder_entry={**encoder, "path": model_path(encoder, "encoders", enc, models, catalog.path)},
-                decoder_entry={**decoder, "path": model_path(decoder, "decoders", dec, models, catalog.path)},
+                decoder_entry=decoder if reference else
+                {**decoder, "path": model_path(decoder, "decoders", dec, models, catalog.path)},
                 dataset_entry=dataset)
             # a replicate set is named by the id without its seed (name_replicates keeps it for sets of 2 or more)
-            unseeded = explicit or "-".join(p for p in (recipe, auto_variant(overrides)) if p)
+            unseeded = explicit or "-".join(p for p in (recipe, auto_variant(evaluated)) if p)
+            if explicit and test_set != test_sets[0]:
+                unseeded += f"-{auto_variant({'test_set': test_set})}"
             exp.replicate_of = name + (f"_{unseeded}" if unseeded else "")
             by_id[exp_id] = exp
             experiments.append(exp)

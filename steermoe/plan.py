@@ -55,7 +55,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from steermoe.results import get_field
-from steermoe.settings import MODEL_OPTIONS, SETTINGS
+from steermoe.settings import MODEL_OPTIONS, REFERENCE, SETTINGS
 
 H100_BF16_TFLOPS = 989.0
 DEFAULT_UTILIZATION = 0.4
@@ -358,6 +358,9 @@ def plan_experiment(exp, root: Path = Path("."), quick: bool = False, peak_tflop
     method = get_field(exp, "method")
     row = {"experiment": get_field(exp, "id"), "method": method, "encoder": get_field(exp, "encoder"),
            "decoder": get_field(exp, "decoder"), "dataset": get_field(exp, "dataset"), "notes": []}
+    if method == REFERENCE:
+        return {**row, "trainable_parameters": 0, "flops": 0, "gpu_hours": 0.0,
+                "notes": ["reference: decodes with the encoder model's own decoder, untrained"]}
     enc_source, enc_label = _shape_source(get_field(exp, "encoder_entry") or {"name": get_field(exp, "encoder")}, root)
     dec_source, dec_label = _shape_source(get_field(exp, "decoder_entry") or {"name": get_field(exp, "decoder")}, root)
     row.update(encoder_shape=enc_label, decoder_shape=dec_label)

@@ -124,12 +124,10 @@ def _file_sha(path) -> str:
 
 
 def _test_set(exp, test_config: Path | None) -> str:
-    """The test split's name: the experiment's own, else from the rendered test config's parquet_dirs."""
-    explicit = get_field(exp, "test_set")
-    if explicit:
-        return str(explicit)
+    """`{dataset}/{split}`: the prepared split(s) the experiment is scored on (`+` joins several), from the
+    experiment, else from the rendered test config's parquet_dirs."""
     files = (get_field(exp, "parquet") or {}).get("test")
-    if files:  # matrix.Experiment: the test split's parquet files
+    if files:  # matrix.Experiment: its test set's parquet files
         return f"{get_field(exp, 'dataset')}/{'+'.join(Path(f).stem for f in files)}"
     if test_config is not None and test_config.is_file():
         try:

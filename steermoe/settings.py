@@ -14,7 +14,9 @@ from dataclasses import dataclass
 
 from steermoe.protocols import PROTOCOLS
 
-METHODS = ("layer_wise", "linear", "post_encoder", "lora")
+METHODS = ("layer_wise", "linear", "post_encoder", "lora", "reference")
+REFERENCE = "reference"  # no SteerMoE module: the encoder's own model decodes, untrained (e.g. Whisper's decoder)
+OWN_DECODER = "own"  # a reference row's decoder: the encoder model's own
 POOLING_TYPES = ("avg", "max")
 ENCODER_WINDOWS = ("30s", "dynamic")  # pad to Whisper's 30 s window (the original code), or the batch's real length
 PROMPT_FORMATS = ("raw", "chat")
@@ -107,6 +109,8 @@ TABLE: tuple[Key, ...] = (
     S("evaluation.protocol", str, "honest", choices=PROTOCOLS, evaluation_only=True, new=True),
     S("evaluation.sampling_seeds", int, 3, positive=True, evaluation_only=True, new=True),  # protocol seed: 0..n-1
     S("evaluation.bootstrap_resamples", int, 1000, positive=True, evaluation_only=True, new=True),
+    # which of the dataset's test sets (catalog `test_sets`) is decoded; the workflow sets it, default the first
+    S("evaluation.test_set", str, None, short="on-", evaluation_only=True, new=True),
     S("seed", int, 0, minimum=0, new=True),
     S("encoder_window", str, "dynamic", choices=ENCODER_WINDOWS, short="window", model="encoder_window", new=True),
     S("prompt_format", str, "raw", choices=PROMPT_FORMATS, short="prompt", model="prompt_format", new=True),

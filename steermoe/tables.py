@@ -26,6 +26,7 @@ from pathlib import Path
 
 from steermoe.errors import DataError
 from steermoe.results import OK, ExperimentResult, MalformedFile, get_field, read_predictions
+from steermoe.settings import REFERENCE
 
 NOTES = {
     "wer": "word error rate after Whisper English normalisation",
@@ -118,6 +119,10 @@ def _protocol(exp, result: ExperimentResult) -> str:
     return (result.metrics or {}).get("protocol") or (get_field(exp, "settings") or {}).get("protocol") or "honest"
 
 
+def _reference_label(exp) -> str:
+    return "reference (the encoder model's own decoder, untrained): " if get_field(exp, "method") == REFERENCE else ""
+
+
 def _trainable(result: ExperimentResult):
     if result.metrics and result.metrics.get("trainable_parameters") is not None:
         return int(result.metrics["trainable_parameters"])
@@ -204,7 +209,8 @@ def table_rows(experiments: list, results: dict[str, ExperimentResult], override
                          "insertions": block.get("insertions"), "correct": block.get("correct"),
                          "reference_units": block.get("reference_units"), "utterances": block.get("utterances"),
                          "eval_seconds": r.metrics.get("decode_seconds"), "rtf": r.metrics.get("rtf"),
-                         "note": (SEED_PROTOCOL_NOTES if base["protocol"] == "seed" else NOTES)[name]})
+                         "note": _reference_label(exp)
+                                 + (SEED_PROTOCOL_NOTES if base["protocol"] == "seed" else NOTES)[name]})
         if r.id in last_of_set:
             name = last_of_set[r.id]
             first = next(row for row in rows if row["experiment"] == str(get_field(sets[name][0], "id")))
@@ -267,12 +273,12 @@ def comparison_rows(experiments: list, results: dict[str, ExperimentResult], see
     set is one row, named after the set, with `seeds` pairs.
     """
     sets = replicate_sets(experiments)
-    groups: dict[str, list] = {}
+    groups: dict[tuple, list] = {}  # a group compares on each of its test sets separately
     for exp in experiments:
         if get_field(exp, "group"):
-            groups.setdefault(str(get_field(exp, "group")), []).append(exp)
+            groups.setdefault((str(get_field(exp, "group")), get_field(exp, "test_set")), []).append(exp)
     rows = []
-    for group, members in groups.items():  # dicts keep matrix order
+    for (group, _), members in groups.items():  # dicts keep matrix order
         baselines = [e for e in members if get_field(e, "baseline")]
         if not baselines:
             continue

@@ -214,8 +214,9 @@ def test_comparison_needs_the_same_references(workdir):
 
 
 def test_comparison_needs_the_same_test_set(workdir):
+    """Grouping pairs test sets by name; the files decoded must agree too."""
     exps = [experiment(BASE, "linear", group="g", baseline=True),
-            {**experiment(BETTER, "layer_wise", group="g"), "test_set": "synth-en/unseen-voice"}]
+            {**experiment(BETTER, "layer_wise", group="g"), "parquet": {"test": ["data/synth-en/unseen-voice.parquet"]}}]
     write_evaluated(BASE, BASE_ERRORS)
     write_evaluated(BETTER, BETTER_ERRORS)
     run(exps)

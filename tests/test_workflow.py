@@ -419,6 +419,90 @@ def test_rows_that_differ_only_in_evaluation_share_one_training(tmp_path):
     assert {what for rule, what in jobs if rule == "evaluate"} == {honest.id, seed.id, beams.id, other.id}
 
 
+def test_every_row_is_scored_on_each_test_set_of_its_dataset_with_one_training(tmp_path):
+    root = copy_workflow(tmp_path / "wf")
+    header = "method\tencoder\tdecoder\tdataset\ttest_set\tgroup\tbaseline\n"
+    matrix = write_matrix(root, "layer_wise\twhisper-tiny.en\tsmollm2\tsynth-en\t\tg\tfalse",
+                          "linear\twhisper-tiny.en\tsmollm2\tsynth-en\t\tg\ttrue",
+                          "layer_wise\twhisper-tiny.en\tsmollm2\tsynth-aqa\t\t\t", header=header)
+    steer, steer_unseen, base, base_unseen, aqa = load_matrix(matrix, root / "experiments/catalog.yaml")
+    assert steer_unseen.id == f"{steer.id}_on-test-unseen" and steer_unseen.trained_by == steer.id
+    assert (steer.test_set, steer_unseen.test_set, aqa.test_set) == ("test", "test-unseen", "test")
+    assert base_unseen.group == "g" and base_unseen.baseline and base_unseen.trained_by == base.id
+    test = yaml.safe_load(render(steer_unseen, root / "templates", "test"))
+    assert test["parquet_dirs"] == ["data/synth-en/test-unseen.parquet"]
+    assert test["evaluation"]["test_set"] == "test-unseen"
+    assert test["evaluation"]["checkpoint"] == steer.final_dir
+    assert test["evaluation"]["output_dir"] == f"results/{steer_unseen.id}/eval"
+    assert yaml.safe_load(render(steer, root / "templates", "test"))["parquet_dirs"] == ["data/synth-en/test.parquet"]
+    jobs = planned(root)
+    assert {what for rule, what in jobs if rule == "train"} == {steer.id, base.id, aqa.id}
+    assert {what for rule, what in jobs if rule == "evaluate"} == {e.id for e in (steer, steer_unseen, base,
+                                                                                base_unseen, aqa)}
+
+
+def test_a_test_set_cell_picks_one_test_set_and_an_unknown_one_is_named_with_the_allowed_ones(tmp_path):
+    root = copy_workflow(tmp_path / "wf")
+    header = "method\tencoder\tdecoder\tdataset\ttest_set\n"
+    matrix = write_matrix(root, "layer_wise\twhisper-tiny.en\tsmollm2\tsynth-en\ttest-unseen",
+                          "linear\twhisper-tiny.en\tsmollm2\tsynth-en\ttest", header=header)
+    unseen, linear = load_matrix(matrix, root / "experiments/catalog.yaml")
+    assert (unseen.id, unseen.test_set) == ("layer_wise_whisper-tiny.en_smollm2_synth-en_on-test-unseen",
+                                            "test-unseen")
+    assert (linear.id, linear.test_set) == ("linear_whisper-tiny.en_smollm2_synth-en", "test")  # the default
+    write_matrix(root, "layer_wise\twhisper-tiny.en\tsmollm2\tsynth-en\ttest-unseeen", header=header)
+    with pytest.raises(ConfigError, match=r"row 1 \(line 2\), column 'test_set': 'test-unseeen' is not a test set "
+                                          r"of dataset 'synth-en' \(did you mean 'test-unseen'\?\); its test sets .*: test, test-unseen"):
+        load_matrix(matrix, root / "experiments/catalog.yaml")
+
+
+@pytest.mark.parametrize("edit, message", [
+    (("    test_sets: [test, test-unseen]", "    test_sets: [test, test-unseen]\n    splits: {train: train, test: test}"),
+     r"datasets.synth-en.splits.test: give the test splits in one place: 'test_sets' lists them"),
+    (("sizes: {train: 2400, dev: 100, test: 200, test-unseen: 200}", "sizes: {train: 2400, dev: 100, test: 200}"),
+     r"datasets.synth-en.sizes: test split 'test-unseen' has no size"),
+    (("    test_sets: [test, test-unseen]", "    test_sets: [test, test]"),
+     r"datasets.synth-en.test_sets: \['test', 'test'\] names a split twice"),
+])
+def test_bad_test_sets_in_the_catalog_are_clear_errors(tmp_path, edit, message):
+    catalog = tmp_path / "catalog.yaml"
+    text = (REPO / "experiments/catalog.yaml").read_text()
+    assert edit[0] in text
+    catalog.write_text(text.replace(edit[0], edit[1], 1))
+    with pytest.raises(ConfigError, match=message):
+        load_catalog(catalog)
+
+
+def test_a_group_needs_its_baseline_on_every_test_set_it_is_scored_on(tmp_path):
+    root = copy_workflow(tmp_path / "wf")
+    header = "method\tencoder\tdecoder\tdataset\ttest_set\tgroup\tbaseline\n"
+    matrix = write_matrix(root, "layer_wise\twhisper-tiny.en\tsmollm2\tsynth-en\t\tg\tfalse",
+                          "linear\twhisper-tiny.en\tsmollm2\tsynth-en\ttest\tg\ttrue", header=header)
+    with pytest.raises(ConfigError, match=r"group 'g' has no baseline row on test set 'test-unseen' \(row 1 "
+                                          r"\(line 2\)\); .*scored on every test set its group uses"):
+        load_matrix(matrix, root / "experiments/catalog.yaml")
+
+
+def test_scoring_a_trained_experiment_on_another_test_set_runs_only_the_new_evaluations(tmp_path):
+    """The test split is already prepared: adding it to an experiment neither prepares data nor retrains."""
+    root = copy_workflow(tmp_path / "wf")
+    matrix = root / "experiments/matrix.tsv"
+    original = matrix.read_text()
+    header = original.splitlines()[4]
+    rows = [line for line in original.splitlines()[5:] if "\tsynth-en\t" in line]
+    write_matrix(root, *(row + "\ttest" for row in rows), header=header + "\ttest_set\n")
+    snakemake(root)
+    assert planned(root) == set()
+    (root / "stub_calls.jsonl").unlink()
+    matrix.write_text(original)
+    new = {e.id for e in load_matrix(matrix, root / "experiments/catalog.yaml") if e.test_set == "test-unseen"}
+    assert len(new) == 3
+    assert planned(root) == {("evaluate", e) for e in new} | {AGG}
+    snakemake(root)
+    assert {call for call in calls(root) if call[0] != "plan"} == {("evaluate", e) for e in new} | {("aggregate",
+                                                                                                    "results")}
+
+
 # ---- rendering -----------------------------------------------------------------------------------------------
 def test_rendered_configs_load_and_are_deterministic(tmp_path):
     root = copy_workflow(tmp_path / "wf")

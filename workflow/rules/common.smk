@@ -87,8 +87,10 @@ def train_inputs(wildcards):
 
 @job_function
 def trained_model(wildcards):
-    """The model an experiment evaluates: its own, or that of the experiment it shares training with."""
-    return EXP[wildcards.exp].model
+    """The model an experiment evaluates: its own, or that of the experiment it shares training with; a reference
+    row evaluates the encoder's own model, untrained, so it reads what training would."""
+    exp = EXP[wildcards.exp]
+    return {"model": exp.model} if exp.trains else train_inputs(wildcards)
 
 
 @job_function

@@ -9,7 +9,7 @@
 
 rule evaluate:
     input:
-        model=trained_model,
+        unpack(trained_model),
     output:
         metrics=f"{RESULTS}/{{exp}}/eval/metrics.json",
         predictions=f"{RESULTS}/{{exp}}/eval/predictions.jsonl",
