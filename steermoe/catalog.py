@@ -245,13 +245,31 @@ def model_path(entry: dict, kind: str, name: str, models_dir: str, catalog: str)
 
 
 # ---- data preparation ----------------------------------------------------------------------------------------
-def data_command(dataset: dict, out: str, quick: bool = False) -> str:
-    """The `steermoe data ...` command (shell-quoted) that prepares a catalog dataset into `out`."""
+def separate_test_sets(dataset: dict) -> list[str]:
+    """The test sets prepared by a job of their own: a synthetic corpus's test sets after the first. Adding one
+    then synthesises only it, and the corpus that training reads stays as it was (a real corpus's preparation
+    reads every split of the release at once, so its test sets are all there already)."""
+    return list(dataset["test_sets"])[1:] if dataset["synth"] else []
+
+
+def data_folder(data: str, name: str, test_set: str | None = None) -> str:
+    """Where a dataset is prepared: {data}/{name}, and a separately prepared test set in {data}/{name}@{test_set}."""
+    return f"{data}/{name}" + (f"@{test_set}" if test_set else "")
+
+
+def data_command(dataset: dict, out: str, quick: bool = False, test_set: str | None = None) -> str:
+    """The `steermoe data ...` command (shell-quoted) that prepares a catalog dataset into `out`: all of it but
+    its separately prepared test sets, or (`test_set`) only that one."""
     if dataset["synth"]:
         sizes = {**dataset.get("sizes", {}), **(dataset["quick"]["sizes"] if quick else {})}
+        if test_set is None:
+            separate = {split for name in separate_test_sets(dataset) for split in dataset["test_sets"][name]}
+            sizes = {k: v for k, v in sizes.items() if k not in separate}
         args = ["steermoe", "data", "synth", dataset["synth"], "--out", out]
         if sizes:
             args += ["--sizes", *(f"{k}={v}" for k, v in sizes.items())]
+        if test_set is not None:  # the other splits' sizes stay: the builder draws the test set's sentences apart
+            args += ["--only", *dataset["test_sets"][test_set]]
         return shlex.join(args)
     prep = dataset["prepare"]
     args = ["steermoe", "data", "prepare", "--corpus", prep["corpus"], "--root", *prep["root"], "--out", out]

@@ -67,7 +67,7 @@ def _data_synth(args) -> None:
         except ValueError:
             raise SystemExit(f"steermoe: error: --sizes takes split=count pairs, e.g. train=1200 dev=100, "
                              f"got {' '.join(args.sizes)}")
-    _print_manifest(build(Path(args.out), sizes, seed=args.seed, workers=args.workers))
+    _print_manifest(build(Path(args.out), sizes, seed=args.seed, workers=args.workers, only=args.only))
 
 
 def _print_manifest(manifest: dict) -> None:
@@ -279,6 +279,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name", choices=list(SYNTH_CORPORA))
     p.add_argument("--out", required=True)
     p.add_argument("--sizes", nargs="*", help="split=count pairs, e.g. train=1200 dev=100 test=200")
+    p.add_argument("--only", nargs="+", metavar="SPLIT",
+                   help="build only these splits, exactly as a build of all the sizes would (a test set of its own)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workers", type=int, default=None)
     p.set_defaults(func=_data_synth)

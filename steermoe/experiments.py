@@ -63,6 +63,7 @@ class Experiment:
     final_dir: str = ""  # results/{id}/train/final (model.safetensors, steermoe.json, train_summary.json)
     eval_dir: str = ""  # results/{id}/eval (metrics.json, predictions.jsonl, steering.json, steering.png)
     data_dir: str = ""  # data/{dataset}
+    test_data: str = ""  # the manifest of its test set's preparation: data/{dataset}[@{test set}]/manifest.json
     parquet: dict = field(default_factory=dict)  # {"train": [...], "dev": [...], "test": [...]} parquet files
     embedded_models: list = field(default_factory=list)  # embedded model names this experiment imports
     encoder_entry: dict = field(default_factory=dict)  # the catalog entries (validated)

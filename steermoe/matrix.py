@@ -36,7 +36,7 @@ import re
 from pathlib import Path, PurePosixPath
 
 from steermoe.axes import Row, cell_text, read_axes
-from steermoe.catalog import load_catalog, model_path
+from steermoe.catalog import data_folder, load_catalog, model_path, separate_test_sets
 from steermoe.checks import check_safe_path, check_value, closest, expected, is_safe_name, listed, parse_bool
 from steermoe.errors import ConfigError
 from steermoe.experiments import Experiment, check_groups, experiment_files, name_replicates, share_training
@@ -285,6 +285,7 @@ def load_matrix(matrix_path: str | Path, catalog_path: str | Path, quick: bool =
                 first = by_id[exp_id]
                 raise ConfigError(f"{where()}: duplicate of row {first.row} (line {first.line}): both are experiment "
                                   f"'{exp_id}'; remove one, or tell them apart with an override or a 'variant'")
+            test_folder = data_folder(data, ds, test_set if test_set in separate_test_sets(dataset) else None)
             settings = _merge_settings(
                 catalog.defaults["settings"], encoder["settings"], decoder["settings"], dataset["settings"],
                 {"textual_prompt": dataset["prompt"]} if "textual_prompt" not in dataset["settings"] else {},
@@ -296,10 +297,11 @@ def load_matrix(matrix_path: str | Path, catalog_path: str | Path, quick: bool =
                 baseline=baseline, metric=dataset["metric"], row=row, line=line, variant=variant, recipe=recipe,
                 tags=tags, language=dataset["language"], task=dataset["task"], settings=settings,
                 resources=resources, **experiment_files(results, name, variant),
-                data_dir=f"{data}/{ds}",
-                test_set=test_set,
-                parquet={split: [f"{data}/{ds}/{s}.parquet" for s in names_]
-                         for split, names_ in {**dataset["splits"], "test": dataset["test_sets"][test_set]}.items()},
+                data_dir=data_folder(data, ds),
+                test_set=test_set, test_data=f"{test_folder}/manifest.json",
+                parquet={**{split: [f"{data}/{ds}/{s}.parquet" for s in names_]
+                            for split, names_ in dataset["splits"].items()},
+                         "test": [f"{test_folder}/{s}.parquet" for s in dataset["test_sets"][test_set]]},
                 embedded_models=sorted({e["embedded"] for e in (encoder, decoder) if e["embedded"]}),
                 encoder_entry={**encoder, "path": model_path(encoder, "encoders", enc, models, catalog.path)},
                 decoder_entry=decoder if reference else

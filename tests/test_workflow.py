@@ -27,8 +27,12 @@ from steermoe.settings import SETTINGS
 REPO = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(sys.executable).parent
 WORKFLOW = ["Snakefile", "workflow", "templates", "profiles", "experiments"]
-DEFAULT_IDS = ["layer_wise_whisper-tiny.en_smollm2_synth-en", "linear_whisper-tiny.en_smollm2_synth-en",
-               "layer_wise_whisper-tiny.en_smollm2_synth-aqa"]
+LAYER_WISE, LINEAR, AQA = ("layer_wise_whisper-tiny.en_smollm2_synth-en", "linear_whisper-tiny.en_smollm2_synth-en",
+                           "layer_wise_whisper-tiny.en_smollm2_synth-aqa")
+REFERENCE = "reference_whisper-tiny.en_own_synth-en"
+UNSEEN = "_on-test-unseen"  # the id suffix of synth-en's second test set
+TRAINED_IDS = [LAYER_WISE, LINEAR, AQA]
+DEFAULT_IDS = [LAYER_WISE, LAYER_WISE + UNSEEN, LINEAR, LINEAR + UNSEEN, REFERENCE, REFERENCE + UNSEEN, AQA]
 AGG = ("aggregate", "results/table.csv")  # the matrix and catalog are its inputs: any edit refreshes the table
 PLAN = ("plan", "results/plan.csv")  # likewise the cost plan (a dry run shows its message, not its output)
 HEADER = "method\tencoder\tdecoder\tdataset\tnum_experts\tencoder_window\tmax_steps\tgroup\tbaseline\n"
@@ -88,7 +92,9 @@ def planned(root: Path, *args) -> set[tuple[str, str]]:
 
 
 def experiment_jobs(exp_id: str) -> set[tuple[str, str]]:
-    return {(rule, exp_id) for rule in ("train", "evaluate")}
+    """A trained experiment's jobs: its training, and its evaluation on each test set of its dataset."""
+    evaluated = [exp_id, exp_id + UNSEEN] if "_synth-en" in exp_id else [exp_id]
+    return {("train", exp_id)} | {("evaluate", e) for e in evaluated}
 
 
 def write_matrix(root: Path, *rows: str, header: str = HEADER) -> Path:
@@ -128,13 +134,15 @@ def test_default_matrix_validates_and_dry_runs(tmp_path):
     jobs = planned(root)
     expected = {("import_model", "whisper-tiny.en"), ("import_model", "smollm2-135m-instruct"),
                 ("prepare_data", "synth-en"), ("prepare_data", "synth-aqa"),
-                AGG} | set().union(*map(experiment_jobs, DEFAULT_IDS))
+                ("prepare_test_set", "synth-en@test-unseen"),
+                AGG, ("evaluate", REFERENCE), ("evaluate", REFERENCE + UNSEEN)} | \
+        set().union(*map(experiment_jobs, TRAINED_IDS))
     assert jobs == expected
     experiments = load_matrix(root / "experiments/matrix.tsv", root / "experiments/catalog.yaml")
     assert [e.id for e in experiments] == DEFAULT_IDS
-    base = experiments[1]
+    base = experiments[2]
     assert base.group == "synth-en" and base.baseline and experiments[0].group == "synth-en"
-    assert [e.metric for e in experiments] == ["wer", "wer", "qa_accuracy"]
+    assert [e.metric for e in experiments] == ["wer"] * 6 + ["qa_accuracy"]
     assert base.train_config == f"results/{base.id}/linear_whisper-tiny.en_smollm2_synth-en_train.yaml"
 
 
@@ -143,7 +151,7 @@ def test_data_preparation_uses_the_cores_it_is_given(tmp_path):
     for cores in ("1", "4"):  # capped at --cores, and more than 2 where a machine has more
         out = snakemake(root, "-n", "-p", "--cores", cores).stdout
         workers = re.findall(r"^Shell command: steermoe data synth (\S+) .* --workers (\d+) ", out, re.M)
-        assert sorted(workers) == [("synth-aqa", cores), ("synth-en", cores)], out[-3000:]
+        assert sorted(workers) == [("synth-aqa", cores), ("synth-en", cores), ("synth-en", cores)], out[-3000:]
 
 
 def test_seed_matrix_validates_and_plans_the_deepspeed_launch(tmp_path):
@@ -483,24 +491,27 @@ def test_a_group_needs_its_baseline_on_every_test_set_it_is_scored_on(tmp_path):
         load_matrix(matrix, root / "experiments/catalog.yaml")
 
 
-def test_scoring_a_trained_experiment_on_another_test_set_runs_only_the_new_evaluations(tmp_path):
-    """The test split is already prepared: adding it to an experiment neither prepares data nor retrains."""
+def test_adding_a_test_set_prepares_only_it_and_runs_only_the_new_evaluations(tmp_path):
+    """A synthetic corpus's second test set is synthesised by a job of its own: the training data stays as it was."""
     root = copy_workflow(tmp_path / "wf")
-    matrix = root / "experiments/matrix.tsv"
-    original = matrix.read_text()
-    header = original.splitlines()[4]
-    rows = [line for line in original.splitlines()[5:] if "\tsynth-en\t" in line]
-    write_matrix(root, *(row + "\ttest" for row in rows), header=header + "\ttest_set\n")
+    catalog = root / "experiments/catalog.yaml"
+    with_unseen = catalog.read_text()
+    sizes, test_sets = "sizes: {train: 2400, dev: 100, test: 200, test-unseen: 200}", "test_sets: [test, test-unseen]"
+    assert sizes in with_unseen and test_sets in with_unseen
+    catalog.write_text(with_unseen.replace(sizes, "sizes: {train: 2400, dev: 100, test: 200}")
+                       .replace(test_sets, "test_sets: [test]"))
     snakemake(root)
-    assert planned(root) == set()
     (root / "stub_calls.jsonl").unlink()
-    matrix.write_text(original)
-    new = {e.id for e in load_matrix(matrix, root / "experiments/catalog.yaml") if e.test_set == "test-unseen"}
-    assert len(new) == 3
-    assert planned(root) == {("evaluate", e) for e in new} | {AGG}
+    catalog.write_text(with_unseen)
+    new = {e.id for e in load_matrix(root / "experiments/matrix.tsv", catalog) if e.test_set == "test-unseen"}
+    assert new == {LAYER_WISE + UNSEEN, LINEAR + UNSEEN, REFERENCE + UNSEEN}
+    assert planned(root) == {("evaluate", e) for e in new} | {("prepare_test_set", "synth-en@test-unseen"), AGG}
     snakemake(root)
-    assert {call for call in calls(root) if call[0] != "plan"} == {("evaluate", e) for e in new} | {("aggregate",
-                                                                                                    "results")}
+    assert {call for call in calls(root) if call[0] != "plan"} == \
+        {("evaluate", e) for e in new} | {("data synth", "synth-en@test-unseen"), ("aggregate", "results")}
+    manifest = json.loads((root / "data/synth-en@test-unseen/manifest.json").read_text())
+    assert manifest["argv"][manifest["argv"].index("--only"):] == ["--only", "test-unseen"]
+    assert "test-unseen=200" in manifest["argv"]  # drawn apart from the other splits, so it needs their sizes
 
 
 # ---- rendering -----------------------------------------------------------------------------------------------
@@ -579,7 +590,7 @@ def test_adding_a_row_adds_exactly_its_jobs(done, tmp_path):
     shutil.copy(matrix, fresh / "experiments" / "matrix.tsv")
     assert planned(fresh) == before | experiment_jobs(new)
     snakemake(done)
-    assert sorted(calls(done)) == sorted([("train", new), ("evaluate", new), ("aggregate", "results"), PLAN])
+    assert sorted(calls(done)) == sorted([*experiment_jobs(new), ("aggregate", "results"), PLAN])
 
 
 def test_template_edit_reruns_only_the_experiments_whose_config_changed(done):
@@ -588,35 +599,33 @@ def test_template_edit_reruns_only_the_experiments_whose_config_changed(done):
     template.write_text(original + "{# a template comment renders nothing #}\n")
     assert planned(done) == set()
     template.write_text(original + '{% if exp.method == "linear" %}\n# baseline\n{% endif %}\n')
-    linear = DEFAULT_IDS[1]
-    assert planned(done) == {("evaluate", linear), AGG}
+    assert planned(done) == {("evaluate", LINEAR), ("evaluate", LINEAR + UNSEEN), AGG}
     snakemake(done)
-    assert sorted(calls(done)) == [("aggregate", "results"), ("evaluate", linear)]
+    assert sorted(calls(done)) == [("aggregate", "results"), ("evaluate", LINEAR), ("evaluate", LINEAR + UNSEEN)]
     common = done / "templates" / "common.yaml.j2"
     common.write_text(common.read_text().replace("use_cache: false", "use_cache: false  # KV cache off"))
-    assert {(rule, what) for rule, what in planned(done) if rule == "train"} == {("train", e) for e in DEFAULT_IDS}
+    assert {(rule, what) for rule, what in planned(done) if rule == "train"} == {("train", e) for e in TRAINED_IDS}
 
 
 def test_a_template_edit_that_changes_one_train_config_retrains_exactly_that_experiment(done):
     template = done / "templates" / "train.yaml.j2"
     template.write_text(template.read_text() + '{% if exp.method == "linear" %}\n# baseline\n{% endif %}\n')
-    linear = DEFAULT_IDS[1]
-    assert planned(done) == experiment_jobs(linear) | {AGG}
+    assert planned(done) == experiment_jobs(LINEAR) | {AGG}
     snakemake(done)
-    assert sorted(calls(done)) == [("aggregate", "results"), ("evaluate", linear), ("train", linear)]
-    config = done / load_matrix(done / "experiments/matrix.tsv", done / "experiments/catalog.yaml")[1].train_config
+    assert sorted(calls(done)) == sorted([("aggregate", "results"), *experiment_jobs(LINEAR)])
+    config = done / load_matrix(done / "experiments/matrix.tsv", done / "experiments/catalog.yaml")[2].train_config
     assert config.read_text().endswith("# baseline\n")  # the train job wrote the new text
 
 
 def test_an_evaluation_only_catalog_edit_reruns_only_evaluation(done):
     catalog = done / "experiments" / "catalog.yaml"
-    trained = {e: (done / "results" / e / "train/final/model.safetensors").stat().st_mtime_ns for e in DEFAULT_IDS}
+    trained = {e: (done / "results" / e / "train/final/model.safetensors").stat().st_mtime_ns for e in TRAINED_IDS}
     catalog.write_text(catalog.read_text().replace("    num_beams: 1", "    num_beams: 2", 1))
     assert planned(done) == {("evaluate", e) for e in DEFAULT_IDS} | {AGG}
     snakemake(done)
     assert sorted(calls(done)) == [("aggregate", "results")] + [("evaluate", e) for e in sorted(DEFAULT_IDS)] + [PLAN]
     assert trained == {e: (done / "results" / e / "train/final/model.safetensors").stat().st_mtime_ns
-                       for e in DEFAULT_IDS}
+                       for e in TRAINED_IDS}
     for exp in load_matrix(done / "experiments/matrix.tsv", catalog):
         assert "num_beams: 2\n" in (done / exp.test_config).read_text()
 
@@ -633,24 +642,24 @@ def test_catalog_edit_reruns_exactly_the_experiments_using_the_entry(done):
     edit("path: /path/to/Qwen2.5-7B-Instruct", "path: /models/Qwen2.5-7B-Instruct")
     assert planned(done) == {AGG}
     # a setting of synth-aqa: its one experiment
-    aqa = DEFAULT_IDS[2]
+    aqa = AQA
     edit("      max_steps: 500", "      max_steps: 450")
     assert planned(done) == experiment_jobs(aqa) | {AGG}
     # an evaluation-only setting of synth-aqa: its evaluation only
     edit("      max_new_tokens: 16", "      max_new_tokens: 24")
     assert planned(done) == {("evaluate", aqa), AGG}
-    # synth-en's prompt: the two synth-en experiments
+    # synth-en's prompt: the two synth-en trainings and every synth-en evaluation (the reference's config shows it)
     edit('prompt: "please transcribe the audio content into text: "\n    # CPU',
          'prompt: "transcribe: "\n    # CPU')
-    assert planned(done) - {AGG} == \
-        experiment_jobs(DEFAULT_IDS[0]) | experiment_jobs(DEFAULT_IDS[1])
+    assert planned(done) - {AGG} == experiment_jobs(LAYER_WISE) | experiment_jobs(LINEAR) | \
+        {("evaluate", REFERENCE), ("evaluate", REFERENCE + UNSEEN)}
     # synth-aqa's sizes: its data again, then its experiment
     edit("sizes: {train: 600, dev: 60, test: 120}", "sizes: {train: 700, dev: 60, test: 120}")
     assert planned(done) == {("prepare_data", "synth-aqa"), ("train", aqa), ("evaluate", aqa),
                              AGG}
-    # the shared decoder: every experiment
+    # the shared decoder: every trained experiment (the reference rows use none)
     edit("embedded: smollm2-135m-instruct\n", "embedded: smollm2-135m-instruct\n    dtype: float32\n")
-    assert {w for r, w in planned(done) if r == "train"} == set(DEFAULT_IDS)
+    assert {w for r, w in planned(done) if r == "train"} == set(TRAINED_IDS)
     # the evaluation-only setting: evaluation only
     edit("    num_beams: 1", "    num_beams: 2")
     assert {r for r, _ in planned(done)} == {"evaluate", "aggregate"}
@@ -682,19 +691,19 @@ def test_editing_a_matrix_row_reruns_only_that_row_and_never_deletes_its_checkpo
 def test_quick_switch_and_failed_experiment_does_not_block_the_others(done):
     """--config quick=true re-renders every config; a failing train job does not stop the other experiments."""
     jobs = planned(done, "--config", "quick=true")
-    assert {w for r, w in jobs if r == "train"} == set(DEFAULT_IDS)
+    assert {w for r, w in jobs if r == "train"} == set(TRAINED_IDS)
     assert {w for r, w in jobs if r == "prepare_data"} == {"synth-en", "synth-aqa"}  # quick sizes
-    proc = snakemake(done, "--config", "quick=true", env={"STEERMOE_STUB_FAIL": DEFAULT_IDS[2]}, check=False)
+    proc = snakemake(done, "--config", "quick=true", env={"STEERMOE_STUB_FAIL": AQA}, check=False)
     assert proc.returncode != 0
     done_calls = calls(done)
-    assert ("evaluate", DEFAULT_IDS[0]) in done_calls and ("evaluate", DEFAULT_IDS[1]) in done_calls
-    assert ("evaluate", DEFAULT_IDS[2]) not in done_calls
+    assert ("evaluate", LAYER_WISE) in done_calls and ("evaluate", LINEAR) in done_calls
+    assert ("evaluate", AQA) not in done_calls
     assert done_calls[-1] == ("aggregate", "results")  # onerror: the table is still written
     # the failed job's outputs are removed, its checkpoints are not (they are not outputs)
-    train_dir = done / "results" / DEFAULT_IDS[2] / "train"
+    train_dir = done / "results" / AQA / "train"
     assert (train_dir / "checkpoint-1" / "complete.json").is_file()
     assert not (train_dir / "final" / "model.safetensors").exists()
-    rendered = (done / "results" / DEFAULT_IDS[0] / f"{DEFAULT_IDS[0]}_train.yaml").read_text()
+    rendered = (done / "results" / LAYER_WISE / f"{LAYER_WISE}_train.yaml").read_text()
     assert "max_steps: 2\n" in rendered
     manifest = json.loads((done / "data" / "synth-en" / "manifest.json").read_text())
     argv = manifest["argv"]

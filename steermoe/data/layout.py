@@ -153,6 +153,17 @@ def prepare_corpus(corpus: str, splits: dict[str, Iterable[RawItem | Reject]], o
     return manifest
 
 
+def only_splits(plans: dict, only: list[str] | None) -> dict:
+    """The `only` splits of a builder's per-split plans (all of them when None). A builder plans every split it
+    is given sizes for, so a split built alone is the one a full build makes."""
+    if only is None:
+        return plans
+    missing = [split for split in only if split not in plans]
+    if missing:
+        raise DataError(f"--only {missing[0]}: no such split in the sizes ({', '.join(plans)}); give its size too")
+    return {split: plans[split] for split in only}
+
+
 def read_split(corpus_dir: str | Path, split: str) -> pa.Table:
     path = Path(corpus_dir) / f"{split}.parquet"
     if not path.is_file():

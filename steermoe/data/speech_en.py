@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from steermoe.data.audio import SAMPLE_RATE
-from steermoe.data.layout import Filters, RawItem, prepare_corpus
+from steermoe.data.layout import Filters, RawItem, only_splits, prepare_corpus
 from steermoe.errors import DataError
 from steermoe.fsutil import write_atomic
 
@@ -320,12 +320,13 @@ def speak(utterance: Utterance) -> bytes:
 
 
 def build_speech_en(out_dir: str | Path, sizes: dict[str, int] | None = None, seed: int = 0,
-                    workers: int | None = None, progress: bool = True) -> dict:
-    """Speak and prepare every split into out_dir (the common layout); returns the manifest, which also records
-    the text sources and their licences, the voices of each split, the perturbations and the normalisation."""
+                    workers: int | None = None, progress: bool = True, only: list[str] | None = None) -> dict:
+    """Speak and prepare every split (or the `only` ones, as a full build would) into out_dir (the common
+    layout); returns the manifest, which also records the text sources and their licences, the voices of each
+    split, the perturbations and the normalisation."""
     from tqdm import tqdm
 
-    plans = plan(sizes or DEFAULT_SIZES, seed)
+    plans = only_splits(plan(sizes or DEFAULT_SIZES, seed), only)
     jobs = [u for rows in plans.values() for u in rows]
     workers = workers or 2
     with get_context("spawn").Pool(workers) as pool:

@@ -24,7 +24,7 @@ from typing import NamedTuple
 import numpy as np
 
 from steermoe.data.audio import SAMPLE_RATE
-from steermoe.data.layout import RawItem, prepare_corpus
+from steermoe.data.layout import RawItem, only_splits, prepare_corpus
 
 CORPUS = "synth-aqa"
 DEFAULT_SIZES = {"train": 600, "dev": 60, "test": 120}
@@ -226,11 +226,12 @@ def plan_split(split: str, size: int, seed: int = 0) -> list[AqaExample]:
 
 
 def build_synth_aqa(out_dir: str | Path, sizes: dict[str, int] | None = None, seed: int = 0,
-                    workers: int | None = None, progress: bool = True) -> dict:
-    """Render and prepare every split into out_dir (the common layout); returns the manifest."""
+                    workers: int | None = None, progress: bool = True, only: list[str] | None = None) -> dict:
+    """Render and prepare every split (or the `only` ones, as a full build would) into out_dir (the common
+    layout); returns the manifest."""
     splits = {}
     with ThreadPoolExecutor(workers or 2) as pool:  # threads suffice: the work is in the sox processes
-        for split, size in (sizes or DEFAULT_SIZES).items():
+        for split, size in only_splits(sizes or DEFAULT_SIZES, only).items():
             examples = plan_split(split, size, seed)
             audios = pool.map(lambda example: render_scene(example.scene), examples)
             splits[split] = [RawItem(id=example.id, audio=audio, text=example.qa.answer,

@@ -17,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from steermoe.data.layout import RawItem, prepare_corpus
+from steermoe.data.layout import RawItem, only_splits, prepare_corpus
 
 CORPUS = "synth-zh"
 DEFAULT_SIZES = {"train": 400, "dev": 40, "test": 80}
@@ -132,11 +132,12 @@ def speak(pinyin: str, speaker: Speaker) -> bytes:
 
 
 def build_synth_zh(out_dir: str | Path, sizes: dict[str, int] | None = None, seed: int = 0,
-                   workers: int | None = None, progress: bool = True) -> dict:
-    """Speak and prepare every split into out_dir (the common layout); returns the manifest."""
+                   workers: int | None = None, progress: bool = True, only: list[str] | None = None) -> dict:
+    """Speak and prepare every split (or the `only` ones, as a full build would) into out_dir (the common
+    layout); returns the manifest."""
     splits = {}
     with ThreadPoolExecutor(workers or 2) as pool:  # threads suffice: the work is in the espeak-ng processes
-        for split, examples in plan_splits(sizes or DEFAULT_SIZES, seed).items():
+        for split, examples in only_splits(plan_splits(sizes or DEFAULT_SIZES, seed), only).items():
             pinyins = [example.pinyin for example in examples]  # in this thread: pypinyin's caches are not shared
             audios = pool.map(speak, pinyins, [example.speaker for example in examples])
             splits[split] = [RawItem(id=example.id, audio=audio, text=example.text, source=f"{CORPUS} seed {seed}",

@@ -9,7 +9,7 @@ from pathlib import Path, PurePosixPath
 from snakemake.common import overwrite_function_params
 from snakemake.exceptions import WorkflowError
 
-from steermoe.catalog import data_command
+from steermoe.catalog import data_command, data_folder, separate_test_sets
 from steermoe.errors import ConfigError
 from steermoe.experiments import check_workflow_config, embedded_models_used
 from steermoe.matrix import load_matrix
@@ -60,6 +60,7 @@ wildcard_constraints:
     exp=r"[A-Za-z0-9][A-Za-z0-9._-]*",
     dataset=_alternatives(DATASETS),
     name=_alternatives(EMBEDDED),
+    test_set=r"[A-Za-z0-9.-]+",
 
 
 # ---- per-experiment lookups used by the rules ----------------------------------------------------------------
@@ -86,11 +87,11 @@ def train_inputs(wildcards):
 
 
 @job_function
-def trained_model(wildcards):
-    """The model an experiment evaluates: its own, or that of the experiment it shares training with; a reference
-    row evaluates the encoder's own model, untrained, so it reads what training would."""
+def evaluation_inputs(wildcards):
+    """Its test set, and the model it evaluates: its own, or that of the experiment it shares training with; a
+    reference row evaluates the encoder's own model, untrained, so it reads what training would."""
     exp = EXP[wildcards.exp]
-    return {"model": exp.model} if exp.trains else train_inputs(wildcards)
+    return {"test_data": exp.test_data, **({"model": exp.model} if exp.trains else train_inputs(wildcards))}
 
 
 @job_function
@@ -127,7 +128,15 @@ def master_port(wildcards):
 
 
 def prepare_command(wildcards):
-    return data_command(DATASETS[wildcards.dataset], f"{DATA}/{wildcards.dataset}", quick=QUICK)
+    return data_command(DATASETS[wildcards.dataset], data_folder(DATA, wildcards.dataset), quick=QUICK)
+
+
+def prepare_test_set_command(wildcards):
+    dataset = DATASETS[wildcards.dataset]
+    if wildcards.test_set not in separate_test_sets(dataset):
+        raise WorkflowError(f"{wildcards.test_set!r} is not a separately prepared test set of {wildcards.dataset}")
+    return data_command(dataset, data_folder(DATA, wildcards.dataset, wildcards.test_set), quick=QUICK,
+                        test_set=wildcards.test_set)
 
 
 def all_metrics():

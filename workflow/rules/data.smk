@@ -20,3 +20,22 @@ rule prepare_data:
         "../envs/steermoe.yaml"
     shell:
         "{params.command} --workers {threads} > {log} 2>&1"
+
+
+# A synthetic corpus's test sets after the first are synthesised by a job each (steermoe data synth --only), into
+# {data}/{dataset}@{test_set}: adding one to the catalog runs only it and its evaluations, never training.
+rule prepare_test_set:
+    output:
+        f"{DATA}/{{dataset}}@{{test_set}}/manifest.json",
+    log:
+        f"{LOGS}/data/{{dataset}}@{{test_set}}.log",
+    params:
+        command=prepare_test_set_command,
+    threads: 8
+    resources:
+        mem_mb=8000,
+        runtime=240,
+    conda:
+        "../envs/steermoe.yaml"
+    shell:
+        "{params.command} --workers {threads} > {log} 2>&1"

@@ -3,13 +3,13 @@
 # evaluation), then decode the test split with the final weights and score it under the experiment's protocol
 # (metrics.json with counts and a 95 % bootstrap CI, predictions.jsonl per utterance; steering.json/.png for
 # steering methods). An experiment that differs from an earlier one only in evaluation settings evaluates that
-# one's model. The model is the only input: the data and embedded models evaluation reads are training's inputs,
-# so a change to them re-runs training and then this job.
+# one's model. Its inputs are its test set's data and the model (training's inputs bring the embedded models; a
+# reference row, which trains nothing, reads them itself).
 
 
 rule evaluate:
     input:
-        unpack(trained_model),
+        unpack(evaluation_inputs),
     output:
         metrics=f"{RESULTS}/{{exp}}/eval/metrics.json",
         predictions=f"{RESULTS}/{{exp}}/eval/predictions.jsonl",
