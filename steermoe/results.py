@@ -27,7 +27,7 @@ from pathlib import Path
 
 from steermoe.errors import DataError
 from steermoe.fsutil import sha256_file
-from steermoe.settings import METRICS
+from steermoe.settings import METRICS, REFERENCE
 
 # what an older steermoe wrote into metrics.json -> today's name
 OLD_NAMES = {"exact_match": "qa_accuracy", "reference_words": "reference_units",
@@ -149,6 +149,7 @@ def collect(exp, results: Path, logs: Path, root: Path | None = None) -> Experim
     exp_id = str(get_field(exp, "id"))
     folder = Path(results) / exp_id
     trainer = str(get_field(exp, "trained_by") or exp_id)  # the experiment whose training this one evaluates
+    trains = get_field(exp, "method") != REFERENCE  # a reference row evaluates the encoder's own model, untrained
     train_log, eval_log = Path(logs) / trainer / "train.log", Path(logs) / exp_id / "evaluate.log"
 
     def rendered(key: str, suffix: str) -> Path | None:
@@ -193,7 +194,7 @@ def collect(exp, results: Path, logs: Path, root: Path | None = None) -> Experim
                 out.error += f" (the metrics in {metrics_path} are from an earlier model)"
                 out.metrics = out.steering = out.predictions_path = None
                 return out
-        stale = [f"{summary_path.parent} is missing"] if out.summary is None else []
+        stale = [f"{summary_path.parent} is missing"] if out.summary is None and trains else []
         current_test = _file_sha(test_config)
         if current_test and out.config_sha256 and current_test != out.config_sha256:
             stale.append(f"{test_config} changed since evaluation")
@@ -206,12 +207,15 @@ def collect(exp, results: Path, logs: Path, root: Path | None = None) -> Experim
         if stale:
             out.status, out.error = STALE, "; ".join(stale) + ": re-run the workflow"
         return out
-    if out.summary is not None:  # trained, not evaluated
+    if out.summary is not None or not trains:  # trained (or nothing to train), not evaluated
         message = log_error(eval_log)
-        if message is None:
-            out.status, out.error = NOT_RUN, "trained; not evaluated yet"
-        else:
+        upstream = _upstream_failure(exp, Path(logs), root)
+        if message is not None:
             out.status, out.error, out.log = FAILED_EVAL, message, str(eval_log)
+        elif upstream is not None:  # its test set's data (or a reference row's model import)
+            out.status, out.error, out.log = upstream
+        else:
+            out.status, out.error = NOT_RUN, "trained; not evaluated yet" if trains else "not evaluated yet"
         return out
     message = log_error(train_log)
     if message is not None:
@@ -236,6 +240,9 @@ def _upstream_failure(exp, logs: Path, root: Path) -> tuple[str, str, str] | Non
     if get_field(exp, "data_dir"):
         checks.append((FAILED_DATA, root / get_field(exp, "data_dir") / "manifest.json",
                        logs / "data" / f"{get_field(exp, 'dataset')}.log"))
+    test_data = get_field(exp, "test_data")
+    if test_data and Path(test_data).parent != Path(get_field(exp, "data_dir") or ""):  # a test set of its own
+        checks.append((FAILED_DATA, root / test_data, logs / "data" / f"{Path(test_data).parent.name}.log"))
     for status, output, log in checks:
         if not output.exists():
             message = log_error(log)

@@ -226,6 +226,30 @@ def test_comparison_needs_the_same_test_set(workdir):
                             f"paired comparison needs the same test set")
 
 
+def test_a_group_is_compared_on_each_of_its_test_sets_with_the_baseline_scored_on_the_same_one(workdir):
+    def on(exp, test_set):
+        return {**exp, "test_set": test_set, "parquet": {"test": [f"data/synth-en/{test_set}.parquet"]}}
+
+    unseen_base, unseen_better = f"{BASE}_on-test-unseen", f"{BETTER}_on-test-unseen"
+    exps = [on(experiment(BASE, "linear", group="g", baseline=True), "test"),
+            on(experiment(unseen_base, "linear", group="g", baseline=True), "test-unseen"),
+            on(experiment(BETTER, "layer_wise", group="g"), "test"),
+            on(experiment(unseen_better, "layer_wise", group="g"), "test-unseen")]
+    write_evaluated(BASE, BASE_ERRORS)
+    write_evaluated(unseen_base, BETTER_ERRORS)  # on this test set the baseline does as well as the other row
+    write_evaluated(BETTER, BETTER_ERRORS)
+    write_evaluated(unseen_better, BETTER_ERRORS)
+    run(exps)
+    rows = read_table(workdir / "results/comparisons.csv")
+    assert [(r["baseline"], r["experiment"], r["test_set"]) for r in rows] == [
+        (BASE, BETTER, "synth-en/test"), (unseen_base, unseen_better, "synth-en/test-unseen")]
+    assert rows[0]["verdict"] == "better" and float(rows[1]["delta"]) == 0.0
+    table = read_table(workdir / "results/table.csv")
+    assert {(r["experiment"], r["test_set"]) for r in table} == {(BASE, "synth-en/test"), (BETTER, "synth-en/test"),
+                                                                (unseen_base, "synth-en/test-unseen"),
+                                                                (unseen_better, "synth-en/test-unseen")}
+
+
 def test_seed_protocol_rows_are_labelled_and_never_paired_with_honest_ones(workdir):
     exps = [experiment(BASE, "linear", group="g", baseline=True), experiment(BETTER, "layer_wise", group="g")]
     write_evaluated(BASE, BASE_ERRORS)
