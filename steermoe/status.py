@@ -102,7 +102,8 @@ def experiment_line(exp, results: Path, logs: Path, now: float | None = None) ->
 
 
 def format_lines(lines: list[dict]) -> str:
-    header = (f"{'experiment':<58}{'state':<12}{'step':>11}  {'elapsed':>7}  {'ETA':>7}  {'loss':>7}  {'dev':>7}  "
+    width = max([len("experiment"), *(len(x["experiment"]) for x in lines)]) + 2
+    header = (f"{'experiment':<{width}}{'state':<12}{'step':>11}  {'elapsed':>7}  {'ETA':>7}  {'loss':>7}  {'dev':>7}  "
               f"metric / log")
     rows = [header]
     for x in lines:
@@ -110,7 +111,7 @@ def format_lines(lines: list[dict]) -> str:
         loss = f"{x['loss']:.3f}" if x["loss"] is not None else "-"
         dev = f"{x['dev_loss']:.3f}" if x["dev_loss"] is not None else "-"
         tail = "  ".join(part for part in (x["metric"], x["log"]) if part)
-        rows.append(f"{x['experiment']:<58}{x['state']:<12}{step:>11}  {_duration(x['elapsed']):>7}  "
+        rows.append(f"{x['experiment']:<{width}}{x['state']:<12}{step:>11}  {_duration(x['elapsed']):>7}  "
                     f"{_duration(x['eta']):>7}  {loss:>7}  {dev:>7}  {tail}")
     counts = Counter(x["state"].split()[0] for x in lines)  # "stalled 12m00s" counts as stalled
     rows.append(", ".join(f"{n} {state}" for state, n in counts.items()))
