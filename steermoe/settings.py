@@ -14,7 +14,10 @@ from dataclasses import dataclass
 
 from steermoe.protocols import PROTOCOLS
 
-METHODS = ("layer_wise", "linear", "post_encoder", "lora")
+TRAINED_METHODS = ("layer_wise", "linear", "post_encoder", "lora")  # a SteerMoE model (SteerMoEConfig.method)
+# the frozen encoder's own model decoded with no training, e.g. Whisper's decoder (the seed's "Whisper (frozen)" row)
+REFERENCE = "reference"
+METHODS = TRAINED_METHODS + (REFERENCE,)
 POOLING_TYPES = ("avg", "max")
 ENCODER_WINDOWS = ("30s", "dynamic")  # pad to Whisper's 30 s window (the original code), or the batch's real length
 PROMPT_FORMATS = ("raw", "chat")
