@@ -13,7 +13,7 @@ import threading
 from pathlib import Path
 
 from steermoe.catalog import SYNTH_CORPORA
-from steermoe.settings import METHODS, REFERENCE, WORKFLOW_CONFIG as WORKFLOW, default
+from steermoe.settings import REFERENCE, TRAINED_METHODS, WORKFLOW_CONFIG as WORKFLOW, default
 
 STORAGE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM}
 
@@ -102,7 +102,9 @@ def _check(args) -> int:
     for path in args.configs:
         try:
             run = load_run_config(path)
-            if run.mode == "eval":
+            # a reference row is only ever evaluated: its config is an evaluation config unless named _train
+            evaluation = run.mode == "eval" or (run.method == REFERENCE and run.mode is None)
+            if evaluation:
                 from steermoe.evaluate import preflight
                 preflight(run)
             else:
@@ -112,7 +114,7 @@ def _check(args) -> int:
             print(f"steermoe: error: {err}", file=sys.stderr)
             failed += 1
         else:
-            print(f"{path}: ok ({'evaluation' if run.mode == 'eval' else 'training'} config, {run.method})")
+            print(f"{path}: ok ({'evaluation' if evaluation else 'training'} config, {run.method})")
     return 2 if failed else 0
 
 
@@ -239,7 +241,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("params", help="trainable parameters per group (meta device: no weights needed)")
     p.add_argument("--encoder", required=True, help="encoder folder, config.json, or shipped shape name")
     p.add_argument("--decoder", required=True, help="decoder folder, config.json, or shipped shape name")
-    p.add_argument("--method", default="layer_wise", choices=[m for m in METHODS if m != REFERENCE])
+    p.add_argument("--method", default="layer_wise", choices=TRAINED_METHODS)
     p.add_argument("--num-experts", type=int, default=default("steering.num_experts"))
     p.add_argument("--fixed-scales", action="store_true", help="use_layer_scales: false")
     p.add_argument("--pooling-kernel-size", type=int, default=default("pooling_kernel_size"))
@@ -290,7 +292,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--deepspeed_config", "--deepspeed-config", default=None,
                    help="DeepSpeed JSON (sets training.use_deepspeed, as the seed's launcher flag did)")
     p.set_defaults(func=_train)
-    p = sub.add_parser("evaluate", help="decode a test split with a trained checkpoint and score it")
+    p = sub.add_parser("evaluate", help="decode a test split with a trained checkpoint (a reference config: with "
+                                        "the encoder's own model) and score it")
     p.add_argument("--config", required=True, help="{method}_{encoder}_{decoder}_{dataset}_test.yaml")
     p.add_argument("--checkpoint", default=None, help="trained folder (default: evaluation.checkpoint)")
     p.add_argument("--out", default=None, help="output folder (default: evaluation.output_dir)")

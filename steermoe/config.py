@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass, field, fields
 
 from steermoe.checks import check_value
 from steermoe.errors import ConfigError
-from steermoe.settings import MODEL_OPTIONS
+from steermoe.settings import MODEL_OPTIONS, REFERENCE, TRAINED_METHODS
 
 
 def _default(option: str):
@@ -44,7 +44,10 @@ class SteerMoEConfig:
 
     def __post_init__(self):
         if self.method is None:
-            raise ConfigError(f"method: required; one of {', '.join(MODEL_OPTIONS['method'].choices)}")
+            raise ConfigError(f"method: required; one of {', '.join(TRAINED_METHODS)}")
+        if self.method == REFERENCE:  # the settings table allows it: a config may name it, a model may not
+            raise ConfigError(f"method: {REFERENCE} builds no SteerMoE model (it decodes the encoder's own model, "
+                              f"untrained); one of {', '.join(TRAINED_METHODS)}")
         for option, key in MODEL_OPTIONS.items():
             setattr(self, option, check_value(option, key, getattr(self, option)))
 

@@ -12,6 +12,7 @@ import torch
 from steermoe.data.batching import AudioRows, parquet_files
 from steermoe.errors import ConfigError, DataError, ModelFolderError
 from steermoe.runconfig import RunConfig
+from steermoe.settings import REFERENCE
 
 DEV_HOLDOUT_MAX = 200
 
@@ -27,14 +28,20 @@ def named_by(run: RunConfig, key: str):
 
 def check_inputs(run: RunConfig, data_keys: tuple[str, ...]) -> None:
     """What a job reads, checked in a second, before any weights load: the model folders (their config files) and
-    the data under `data_keys` (the parquet files' schemas)."""
+    the data under `data_keys` (the parquet files' schemas). A reference row reads the whole Whisper folder and no
+    LLM."""
     from steermoe.encoders import check_encoder_folder
     from steermoe.model import check_decoder_folder
+    from steermoe.reference import check_folder as check_reference_folder
 
-    with named_by(run, f"{run.encoder_kind}_encoder.model_path"):
-        check_encoder_folder(run.resolve(run.encoder.model_path))
-    with named_by(run, "llm_decoder.model_name"):
-        check_decoder_folder(run.resolve(run.decoder.model_name))
+    if run.method == REFERENCE:
+        with named_by(run, "whisper_encoder.model_path"):
+            check_reference_folder(run.resolve(run.encoder.model_path))
+    else:
+        with named_by(run, f"{run.encoder_kind}_encoder.model_path"):
+            check_encoder_folder(run.resolve(run.encoder.model_path))
+        with named_by(run, "llm_decoder.model_name"):
+            check_decoder_folder(run.resolve(run.decoder.model_name))
     for key in data_keys:
         entries = getattr(run.top, key) or []
         parquet_files([str(run.resolve(e)) for e in entries], run.top.audio_column, run.top.text_column,

@@ -3,6 +3,9 @@
 Every key the seed document names means something here; a key that is unknown, misplaced or of the wrong type
 is an error naming the file, the key and the closest valid key. YAML is read with a safe loader that follows
 YAML 1.2 for numbers, so the seed's `learning_rate: 1e-4` is a float (PyYAML would make it a string).
+
+A `reference` config (the Whisper encoder's own model decoded untrained) needs the whisper_encoder section, the test
+data and where to write; it may leave out llm_decoder and training, and builds no SteerMoE model.
 """
 from __future__ import annotations
 
@@ -16,7 +19,7 @@ from types import SimpleNamespace
 from steermoe.checks import check_value, load_yaml
 from steermoe.config import SteerMoEConfig
 from steermoe.errors import ConfigError
-from steermoe.settings import ENCODER_SECTIONS, METHODS, MODEL_OPTIONS, REQUIRED, TABLE, Key
+from steermoe.settings import ENCODER_SECTIONS, METHODS, MODEL_OPTIONS, REFERENCE, REQUIRED, TABLE, Key
 
 DEEPSPEED_DIR = Path(__file__).parent / "deepspeed"  # the shipped ZeRO-2 / ZeRO-3 JSONs
 
@@ -27,6 +30,10 @@ for _key in TABLE:
         NESTED.setdefault(_key.section, {})[_key.name] = _key
     else:
         NESTED[_key.name] = _key
+
+# what a reference config (the encoder's own model, untrained) may leave out: it loads no LLM and trains nothing;
+# the training section's precision and tracker keys still apply to its decoding
+REFERENCE_OPTIONAL = ("llm_decoder", "training")
 
 NAME_PATTERN = re.compile(r"^(?P<method>%s)_(?P<rest>.+)$" % "|".join(sorted(METHODS, key=len, reverse=True)))
 
@@ -57,7 +64,9 @@ def _suggest(dotted: str) -> str:
     return "see the configuration reference in the README"
 
 
-def _section(file: str, name: str, spec: dict, values) -> SimpleNamespace:
+def _section(file: str, name: str, spec: dict, values, required: bool = True) -> SimpleNamespace:
+    """A section's keys checked, defaults filled in. required=False: a section the method ignores, whose required
+    keys may be missing or empty (None); its other keys are still checked (a typo is still an error)."""
     if values is None:
         values = {}
     if not isinstance(values, dict):
@@ -66,12 +75,12 @@ def _section(file: str, name: str, spec: dict, values) -> SimpleNamespace:
     for key, value in values.items():
         if key not in spec:
             raise ConfigError(f"{file}: unknown key '{name}.{key}'; {_suggest(f'{name}.{key}')}")
-        out[key] = check_value(f"{file}: {name}.{key}", spec[key], value)
+        out[key] = None if value is None and not required else check_value(f"{file}: {name}.{key}", spec[key], value)
     for key, k in spec.items():
         if out.get(key) is None:
-            if k.default is REQUIRED:
+            if k.default is REQUIRED and required:
                 raise ConfigError(f"{file}: '{name}.{key}' is required")
-            out[key] = k.default
+            out[key] = None if k.default is REQUIRED else k.default
     return SimpleNamespace(**out)
 
 
@@ -84,7 +93,7 @@ class RunConfig:
     method: str
     encoder_kind: str  # 'whisper' or 'conformer' (the section name used)
     encoder: SimpleNamespace
-    decoder: SimpleNamespace
+    decoder: SimpleNamespace  # method reference: ignored, its model_name may be None
     steering: SimpleNamespace
     lora: SimpleNamespace
     training: SimpleNamespace
@@ -150,13 +159,19 @@ def parse_run_config(text: bytes, path: str | Path) -> RunConfig:
         raise ConfigError(f"{file}: not UTF-8 text ({err})") from err
     if not isinstance(data, dict):
         raise ConfigError(f"{file}: a config is a YAML mapping of keys; got {type(data).__name__}")
+    name_method, mode = parse_name(path.stem)
+    # the method decides which sections a config needs: read before them
+    declared = check_value(f"{file}: method", NESTED["method"], data.get("method"))
+    method = declared or name_method
+    reference = method == REFERENCE
+    optional = REFERENCE_OPTIONAL if reference else ()
     sections, top = {}, {}
     for key, value in data.items():
         if not isinstance(key, str) or key not in NESTED:
             raise ConfigError(f"{file}: unknown key '{key}'; {_suggest(str(key))}")
         spec = NESTED[key]
         if isinstance(spec, dict):
-            sections[key] = _section(file, key, spec, value)
+            sections[key] = _section(file, key, spec, value, required=key not in optional)
         else:
             top[key] = check_value(f"{file}: {key}", spec, value)
     for key, spec in NESTED.items():
@@ -169,41 +184,51 @@ def parse_run_config(text: bytes, path: str | Path) -> RunConfig:
     if len(encoders) != 1:
         raise ConfigError(f"{file}: give exactly one of 'whisper_encoder' or 'conformer_encoder' "
                           f"(found {', '.join(encoders) or 'neither'})")
+    if reference and encoders[0] != "whisper_encoder":
+        raise ConfigError(f"{file}: '{encoders[0]}' with method {REFERENCE}: reference decoding is available for "
+                          f"Whisper encoders only (FireRedASR's own decoder is not wired); give a 'whisper_encoder'")
     for name in ("llm_decoder", "training"):
         if name not in sections:
-            raise ConfigError(f"{file}: the '{name}' section is missing")
+            if name not in optional:
+                raise ConfigError(f"{file}: the '{name}' section is missing")
+            sections[name] = _section(file, name, NESTED[name], {}, required=False)
     for name in ("steering", "lora", "evaluation"):
         sections.setdefault(name, _section(file, name, NESTED[name], {}))
 
-    name_method, mode = parse_name(path.stem)
-    method = top["method"] or name_method
     if method is None:
         raise ConfigError(f"{file}: no method: set 'method' ({', '.join(METHODS)}) or name the file "
                           f"{{method}}_{{encoder}}_{{decoder}}_{{dataset}}_{{mode}}.yaml")
-    if name_method and top["method"] and name_method != top["method"]:
-        raise ConfigError(f"{file}: 'method: {top['method']}' contradicts the file name's method '{name_method}'")
+    if name_method and declared and name_method != declared:
+        raise ConfigError(f"{file}: 'method: {declared}' contradicts the file name's method '{name_method}'")
 
     flags = [v for v in (sections["steering"].use_gradient_clipping, top["clip_steering_gradients"]) if v is not None]
     if len(set(flags)) > 1:
         raise ConfigError(f"{file}: 'steering.use_gradient_clipping' and 'clip_steering_gradients' disagree; they are "
                           f"the same switch, set both alike (or only one)")
-    t = sections["training"]
+    t, ev = sections["training"], sections["evaluation"]
     if t.fp16 and t.bf16 is True:
         raise ConfigError(f"{file}: 'training.fp16' and 'training.bf16' are both true; choose one")
     if t.use_deepspeed and not t.deepspeed_config:
         t.deepspeed_config = str(DEEPSPEED_DIR / "stage2_simple.json")  # the seed's recommended configuration
-    if not t.logging_dir:
+    if not t.logging_dir and t.output_dir:
         t.logging_dir = str(Path(t.output_dir) / "logs")
     if top["use_early_stopping"] and top["eval_steps"] is None:
         raise ConfigError(f"{file}: 'use_early_stopping' needs dev evaluation: set 'eval_steps'")
+    if reference and not (ev.output_dir or t.output_dir):
+        raise ConfigError(f"{file}: 'evaluation.output_dir' is required: method {REFERENCE} trains nothing, so there "
+                          f"is no training.output_dir to evaluate into")
+    if reference and ev.protocol == "seed":
+        raise ConfigError(f"{file}: 'evaluation.protocol: seed' repeats the original code's sampling from its LLM, "
+                          f"which method {REFERENCE} does not have; evaluate it with protocol honest")
 
     config = RunConfig(
         path=path, name=path.stem, mode=mode, method=method, encoder_kind=encoders[0].split("_")[0],
         encoder=sections[encoders[0]], decoder=sections["llm_decoder"], steering=sections["steering"],
-        lora=sections["lora"], training=t, evaluation=sections["evaluation"], top=SimpleNamespace(**top),
+        lora=sections["lora"], training=t, evaluation=ev, top=SimpleNamespace(**top),
         clip_steering=bool(flags and flags[0]), sha256=hashlib.sha256(text).hexdigest())
-    try:
-        config.model_config()
-    except ConfigError as err:
-        raise ConfigError(f"{file}: {err}") from err
+    if not reference:  # a reference row builds no SteerMoE model
+        try:
+            config.model_config()
+        except ConfigError as err:
+            raise ConfigError(f"{file}: {err}") from err
     return config

@@ -14,8 +14,10 @@ from dataclasses import dataclass
 
 from steermoe.protocols import PROTOCOLS
 
-METHODS = ("layer_wise", "linear", "post_encoder", "lora", "reference")
-REFERENCE = "reference"  # no SteerMoE module: the encoder's own model decodes, untrained (e.g. Whisper's decoder)
+TRAINED_METHODS = ("layer_wise", "linear", "post_encoder", "lora")  # a SteerMoE model (SteerMoEConfig.method)
+# the frozen encoder's own model decoded with no training, e.g. Whisper's decoder (the seed's "Whisper (frozen)" row)
+REFERENCE = "reference"
+METHODS = TRAINED_METHODS + (REFERENCE,)
 OWN_DECODER = "own"  # a reference row's decoder: the encoder model's own
 POOLING_TYPES = ("avg", "max")
 ENCODER_WINDOWS = ("30s", "dynamic")  # pad to Whisper's 30 s window (the original code), or the batch's real length

@@ -30,6 +30,7 @@ from steermoe.features import AudioFeatures
 from steermoe.fsutil import replace_dir, write_json
 from steermoe.loading import check_inputs, dev_holdout, filter_rows, load_model, load_rows
 from steermoe.runconfig import DEEPSPEED_DIR, RunConfig
+from steermoe.settings import REFERENCE
 
 
 # ---- launch ----------------------------------------------------------------------------------------------
@@ -350,6 +351,9 @@ def preflight(run: RunConfig, log=print) -> tuple[precision.Decision, TrainingAr
     consistency, the model folders and data files, and the DeepSpeed JSON against the config. Returns the precision
     decision and the Trainer's arguments."""
     t, top = run.training, run.top
+    if run.method == REFERENCE:
+        raise ConfigError(f"{run.path}: method {REFERENCE} trains nothing (it decodes the encoder's own model); "
+                          f"evaluate it with `steermoe evaluate` and its _test config")
     if run.mode == "eval":
         raise ConfigError(f"{run.path} is an evaluation config (its name ends in _test/_eval); train with the "
                           f"_train config")

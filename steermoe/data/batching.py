@@ -37,7 +37,8 @@ def parquet_files(entries: list[str], audio_column: str, text_column: str, key: 
 class AudioRows(torch.utils.data.Dataset):
     """Utterances held as encoded audio in memory (FLAC/WAV bytes), decoded per item.
 
-    columns: id, audio (bytes), duration (s), text; optional prompt (str) and answers (list of str).
+    columns: id, audio (bytes), duration (s), text; optional prompt (str), answers (list of str) and language (a
+    code such as 'en': what a reference row's multilingual Whisper is told).
     """
 
     def __init__(self, columns: dict[str, list], source: str = ""):
@@ -62,7 +63,7 @@ class AudioRows(torch.utils.data.Dataset):
         import pyarrow.parquet as pq
         import soundfile as sf
 
-        columns = {"id": [], "audio": [], "duration": [], "text": [], "prompt": [], "answers": []}
+        columns = {"id": [], "audio": [], "duration": [], "text": [], "prompt": [], "answers": [], "language": []}
         files = parquet_files(entries, audio_column, text_column, key)
         for file in files:
             table = pq.read_table(file)
@@ -76,6 +77,7 @@ class AudioRows(torch.utils.data.Dataset):
                 [f"{file.stem}:{i}" for i in range(n)]
             columns["prompt"] += get("prompt", None)
             columns["answers"] += get("answers", None)
+            columns["language"] += get("language", None)
             if "duration" in table.column_names:
                 columns["duration"] += [float(d) for d in table.column("duration").to_pylist()]
             else:

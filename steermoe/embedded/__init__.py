@@ -20,7 +20,7 @@ from steermoe.fsutil import replace_dir, sha256_file as sha256
 from steermoe.errors import EmbeddedModelError
 
 MANIFEST = "steermoe_import.json"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: English-only Whisper folders say so (generation_config.is_multilingual false)
 
 
 @dataclass(frozen=True)

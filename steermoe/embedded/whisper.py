@@ -32,7 +32,9 @@ def convert_whisper(sources: list[Path], out: Path) -> None:
     eot, sot = token("<|endoftext|>"), token("<|startoftranscript|>")
     languages = {t: i for t, i in sorted(tokenizer.get_added_vocab().items(), key=lambda kv: kv[1])
                  if LANGUAGE_TOKEN.match(t) and sot < i}
-    multilingual = len(languages) > 1
+    # an English-only (.en) checkpoint's tokenizer lists the language tokens too; its vocabulary is one token short
+    # of the multilingual 51,865 (the test transformers' own OpenAI conversion uses)
+    multilingual = v["decoder/embeddings/weight"].shape[0] >= 51865
     config = WhisperConfig(
         vocab_size=v["decoder/embeddings/weight"].shape[0],
         num_mel_bins=v["encoder/conv1/weight"].shape[1],
