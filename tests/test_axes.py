@@ -148,3 +148,21 @@ def test_adding_a_seed_schedules_only_that_seeds_jobs(tmp_path):
     jobs = planned(root, "--config", "matrix=experiments/seeds.yaml", "quick=true")
     new = "linear_whisper-tiny.en_smollm2_synth-en_seed2"
     assert {what for rule, what in jobs if rule not in ("aggregate",)} == {new}
+
+
+def test_the_shipped_expert_count_ablation_expands_to_its_15_experiments():
+    experiments = load_matrix(REPO / "experiments" / "ablation-experts.yaml", CATALOG)
+    prefix = "whisper-tiny.en_smollm2_synth-en"
+    expected = [f"layer_wise_{prefix}_experts{n}-seed{s}" for n in (2, 4, 8, 16) for s in range(3)]
+    expected += [f"linear_{prefix}_seed{s}" for s in range(3)]
+    assert [exp.id for exp in experiments] == expected
+    assert {exp.group for exp in experiments} == {"experts"}
+    assert [exp.id for exp in experiments if exp.baseline] == [f"linear_{prefix}_seed{s}" for s in range(3)]
+    for exp in experiments:
+        assert (exp.encoder, exp.decoder, exp.dataset) == ("whisper-tiny.en", "smollm2", "synth-en")
+        assert exp.settings["seed"] == int(exp.id[-1])
+        if exp.method == "layer_wise":
+            assert exp.settings["num_experts"] == int(exp.id.split("_experts")[1].split("-")[0])
+        else:
+            assert exp.method == "linear" and "num_experts" not in exp.overrides
+    assert len({exp.replicate_of for exp in experiments}) == 5  # 5 replicate sets of 3 seeds

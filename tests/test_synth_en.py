@@ -1,4 +1,4 @@
-"""synth-en: deterministic, held-out sentences and voice, a real vocabulary, intelligible audio."""
+"""synth-en: deterministic, held-out sentences and voices (test, test-unseen), a real vocabulary, intelligible audio."""
 import random
 import re
 
@@ -8,10 +8,11 @@ import torch
 
 from steermoe.data.audio import decode
 from steermoe.data.layout import read_split
-from steermoe.data.synth_en import TEST_ONLY_VOICE, build_synth_en, plan, sentence, vocabulary
+from steermoe.data.synth_en import (DEFAULT_SIZES, TEST_ONLY_VOICE, TEST_ONLY_VOICES, TRAIN_VOICES, build_synth_en,
+                                    plan, sentence, vocabulary)
 from steermoe.features import AudioFeatures
 
-SIZES = {"train": 30, "dev": 6, "test": 28}
+SIZES = {"train": 30, "dev": 6, "test": 28, "test-unseen": 6}
 
 
 @pytest.fixture(scope="module")
@@ -41,11 +42,38 @@ def test_plan_holds_out_sentences_and_a_voice():
     assert more["test"] == plans["test"] and more["dev"] == plans["dev"] and more["train"][:600] == plans["train"]
 
 
+def test_test_unseen_sentences_are_new_and_its_voices_never_trained_on():
+    plans = plan({**DEFAULT_SIZES, "test-unseen": 200}, seed=0)
+    unseen = {t for _, _, t in plans["test-unseen"]}
+    assert len(unseen) == 200
+    for split in ("train", "dev", "test"):
+        assert not unseen & {t for _, _, t in plans[split]}, split
+    voices = {v for _, v, _ in plans["test-unseen"]}
+    assert voices == set(TEST_ONLY_VOICES) and len(voices) >= 3 and not voices & set(TRAIN_VOICES)
+    for split in ("train", "dev"):
+        assert not voices & {v for _, v, _ in plans[split]}, split
+    assert {v for _, v, _ in plans["test"]} & voices == {TEST_ONLY_VOICE}  # test keeps its one held-out voice
+    assert all(uid.startswith("synth-en-test-unseen-") for uid, _, _ in plans["test-unseen"])
+
+
+@pytest.mark.parametrize("seed", [0, 7])
+def test_adding_test_unseen_leaves_the_other_splits_unchanged(seed):
+    before = plan(DEFAULT_SIZES, seed)
+    for sizes in ({**DEFAULT_SIZES, "test-unseen": 200}, {"test-unseen": 50, **DEFAULT_SIZES}):  # either key order
+        after = plan(sizes, seed)
+        assert {split: after[split] for split in before} == before
+        assert list(after) == ["test", "dev", "train", "test-unseen"]  # drawn after train, whatever the order asked
+    more = plan({**DEFAULT_SIZES, "test-unseen": 400}, seed)["test-unseen"]  # more of it: a superset
+    assert more[:200] == plan({**DEFAULT_SIZES, "test-unseen": 200}, seed)["test-unseen"]
+
+
 def test_build_is_byte_identical_whatever_the_worker_count(corpus, tmp_path):
     again = tmp_path / "again"
     build_synth_en(again, SIZES, seed=7, workers=1, progress=False)  # the fixture's build used 2 worker processes
-    for name in ["train.parquet", "dev.parquet", "test.parquet", "manifest.json", "rejects.jsonl"]:
+    for name in ["train.parquet", "dev.parquet", "test.parquet", "test-unseen.parquet", "manifest.json",
+                 "rejects.jsonl"]:
         assert (again / name).read_bytes() == (corpus / name).read_bytes(), name
+    assert {r["speaker"] for r in read_split(corpus, "test-unseen").to_pylist()} == set(TEST_ONLY_VOICES)
 
 
 def test_whisper_base_understands_the_test_audio(corpus, embedded_models):
