@@ -144,7 +144,9 @@ def check_groups(file: str, experiments: list[Experiment]) -> None:
         if len({e.replicate_of or e.id for e in baselines}) != 1:
             rows = ", ".join(dict.fromkeys(f"row {e.row} (line {e.line})" for e in (baselines or members)))
             what = "no baseline row" if not baselines else f"{len(baselines)} baseline rows"
-            on = f" on test set '{test_set}'" if any(e.baseline for e in experiments if e.group == name) else ""
+            # a baseline elsewhere in the group, but not scored on this test set
+            on = f" on test set '{test_set}'" if not baselines and any(e.baseline and e.group == name
+                                                                       for e in experiments) else ""
             raise ConfigError(f"{file}: group '{name}' has {what}{on} ({rows}); mark exactly one row of the group "
                               f"'baseline: true' (the row the others are compared with)"
                               + ("; the baseline row must be scored on every test set its group uses" if on else ""))

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from steermoe.data.audio import decode
-from steermoe.data.layout import read_split
+from steermoe.data.layout import DataError, read_split
 from steermoe.data.synth_en import (DEFAULT_SIZES, TEST_ONLY_VOICE, TEST_ONLY_VOICES, TRAIN_VOICES, build_synth_en,
                                     plan, sentence, vocabulary)
 from steermoe.features import AudioFeatures
@@ -74,6 +74,17 @@ def test_build_is_byte_identical_whatever_the_worker_count(corpus, tmp_path):
                  "rejects.jsonl"]:
         assert (again / name).read_bytes() == (corpus / name).read_bytes(), name
     assert {r["speaker"] for r in read_split(corpus, "test-unseen").to_pylist()} == set(TEST_ONLY_VOICES)
+
+
+def test_a_test_set_built_on_its_own_is_the_one_a_full_build_makes(corpus, tmp_path):
+    """The workflow synthesises a second test set by a job of its own (--only): it must be the same audio and text."""
+    alone = tmp_path / "alone"
+    build_synth_en(alone, SIZES, seed=7, progress=False, only=["test-unseen"])
+    assert sorted(p.name for p in alone.glob("*.parquet")) == ["test-unseen.parquet"]
+    assert (alone / "test-unseen.parquet").read_bytes() == (corpus / "test-unseen.parquet").read_bytes()
+    with pytest.raises(DataError, match=r"--only test-other: no such split in the sizes \(test, dev, train, "
+                                        r"test-unseen\); give its size too"):
+        build_synth_en(tmp_path / "bad", SIZES, seed=7, progress=False, only=["test-other"])
 
 
 def test_whisper_base_understands_the_test_audio(corpus, embedded_models):

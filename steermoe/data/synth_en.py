@@ -22,7 +22,7 @@ import subprocess
 from multiprocessing import get_context
 from pathlib import Path
 
-from steermoe.data.layout import Filters, RawItem, prepare_corpus
+from steermoe.data.layout import Filters, RawItem, only_splits, prepare_corpus
 
 NAMES = """anna ben carla david emma frank grace henry irene jack laura mark nina oscar paula quinn rachel sam tina
 victor wendy alex bella chris diana ethan fiona george hannah ivan julia kevin lily martin nora peter rose simon
@@ -159,10 +159,12 @@ def plan(sizes: dict[str, int], seed: int) -> dict[str, list[tuple[str, str, str
 
 
 def build_synth_en(out_dir: str | Path, sizes: dict[str, int] | None = None, seed: int = 0,
-                   workers: int | None = None, progress: bool = True) -> dict:
+                   workers: int | None = None, progress: bool = True, only: list[str] | None = None) -> dict:
+    """Speak and prepare every split (or the `only` ones, as a full build would) into out_dir (the common
+    layout); returns the manifest."""
     from tqdm import tqdm
 
-    plans = plan(sizes or DEFAULT_SIZES, seed)
+    plans = only_splits(plan(sizes or DEFAULT_SIZES, seed), only)
     jobs = [(voice, text) for rows in plans.values() for _, voice, text in rows]
     workers = workers or 2
     with get_context("spawn").Pool(workers) as pool:
