@@ -197,7 +197,7 @@ def _render(args) -> None:
     from steermoe.errors import ConfigError
     from steermoe.fsutil import write_atomic
     from steermoe.matrix import load_matrix
-    from steermoe.render import TEMPLATES, environment, render, sha256
+    from steermoe.render import environment, render, sha256
 
     experiments = load_matrix(args.matrix, args.catalog, quick=args.quick, results=args.results, data=args.data,
                               models=args.models)
@@ -208,12 +208,16 @@ def _render(args) -> None:
         if unknown:
             raise ConfigError(f"{args.matrix}: no experiment '{unknown[0]}'; experiments: {', '.join(known)}")
         chosen = [known[i] for i in args.id]
-    modes = list(TEMPLATES) if args.mode == "both" else [args.mode]
-    if args.expect_sha256 and len(chosen) * len(modes) != 1:
+    if args.mode == "train" and args.id:
+        for exp in chosen:
+            if "train" not in exp.configs:
+                owner = f"it is scored on the model of {exp.trained_by}" if exp.trained_by else "it trains nothing"
+                raise ConfigError(f"{exp.id} has no train config of its own: {owner}")
+    if args.expect_sha256 and (len(chosen) != 1 or args.mode == "both"):
         raise ConfigError("--expect-sha256 needs exactly one --id and one --mode")
     env = environment(args.templates)
     for exp in chosen:
-        for mode in modes:
+        for mode in exp.configs if args.mode == "both" else [m for m in exp.configs if m == args.mode]:
             text = render(exp, args.templates, mode, env)
             digest = sha256(text)
             path = Path(exp.train_config if mode == "train" else exp.test_config)

@@ -89,6 +89,12 @@ class Experiment:
         return self.method != REFERENCE
 
     @property
+    def configs(self) -> tuple[str, ...]:
+        """The configs it has of its own: a train config only where it trains a model of its own (a reference
+        row trains none; an evaluation variant is scored on another experiment's model)."""
+        return ("train", "test") if self.trains and not self.trained_by else ("test",)
+
+    @property
     def port(self) -> int:
         """The distributed master port of the experiment's training job (stable, spread over 20000-39999)."""
         return master_port(self.id)

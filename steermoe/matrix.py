@@ -268,14 +268,16 @@ def load_matrix(matrix_path: str | Path, catalog_path: str | Path, quick: bool =
         chosen_sets = [overrides["test_set"]] if "test_set" in overrides else test_sets
         if overrides.get("test_set") == test_sets[0]:
             del overrides["test_set"]  # the default test set: the same experiment as a row without the cell
+        trained = {k: v for k, v in overrides.items() if k != "test_set"}
         for seed, test_set in [(seed, test_set) for seed in seeds or [None] for test_set in chosen_sets]:
-            evaluated = {**overrides, **({"test_set": test_set} if test_set != test_sets[0] else {})}
-            replicate = evaluated if seed is None else {**evaluated, "seed": seed}
+            seeded = trained if seed is None else {**trained, "seed": seed}
+            on = {"test_set": test_set} if test_set != test_sets[0] else {}  # the first test set adds nothing
+            replicate = {**seeded, **on}
+            # the id's variant: explicit (and the seed), else the recipe and the overrides; the test set last
             if explicit is None:
-                variant = "-".join(part for part in (recipe, auto_variant(replicate)) if part) or None
+                variant = "-".join(p for p in (recipe, auto_variant(seeded), auto_variant(on)) if p) or None
             else:
-                extra = auto_variant({k: v for k, v in replicate.items() if k in ("seed", "test_set")})
-                variant = "-".join(part for part in (explicit, extra) if part)
+                variant = "-".join(p for p in (explicit, seed is not None and f"seed{seed}", auto_variant(on)) if p)
             name = f"{method}_{enc}_{dec}_{ds}"
             exp_id = name + (f"_{variant}" if variant else "")
             if not ID_RE.match(exp_id) or ".." in exp_id or len(exp_id) > MAX_ID_LENGTH:
@@ -308,9 +310,8 @@ def load_matrix(matrix_path: str | Path, catalog_path: str | Path, quick: bool =
                 {**decoder, "path": model_path(decoder, "decoders", dec, models, catalog.path)},
                 dataset_entry=dataset)
             # a replicate set is named by the id without its seed (name_replicates keeps it for sets of 2 or more)
-            unseeded = explicit or "-".join(p for p in (recipe, auto_variant(evaluated)) if p)
-            if explicit and test_set != test_sets[0]:
-                unseeded += f"-{auto_variant({'test_set': test_set})}"
+            unseeded = "-".join(p for p in (explicit or recipe, explicit is None and auto_variant(trained),
+                                            auto_variant(on)) if p)
             exp.replicate_of = name + (f"_{unseeded}" if unseeded else "")
             by_id[exp_id] = exp
             experiments.append(exp)
@@ -325,11 +326,19 @@ def load_matrix(matrix_path: str | Path, catalog_path: str | Path, quick: bool =
 
 
 def explicit_rows(experiments: list[Experiment]) -> str:
-    """The experiments as an explicit TSV matrix (one row each) that expands to the same ids and configs."""
-    settings = [name for name in SETTINGS if any(name in exp.overrides for exp in experiments)]
+    """The experiments as an explicit TSV matrix (one row each) that expands to the same ids and configs. A row of
+    a dataset with several test sets names its test set (else it would expand to all of them)."""
+    several = any(len(exp.dataset_entry["test_sets"]) > 1 for exp in experiments)
+    settings = [name for name in SETTINGS
+                if any(name in exp.overrides for exp in experiments) or (name == "test_set" and several)]
     lines = ["\t".join([*SPECIAL_COLUMNS, *settings])]
     for exp in experiments:
-        special = [exp.method, exp.encoder, exp.decoder, exp.dataset, exp.recipe, exp.variant, exp.group,
+        variant = exp.variant  # without its test-set part: the test_set column gives that
+        if "test_set" in exp.overrides:
+            on = auto_variant({"test_set": exp.test_set})
+            variant = None if variant == on else variant.removesuffix(f"-{on}")
+        cells = {**exp.overrides, "test_set": exp.test_set}
+        special = [exp.method, exp.encoder, exp.decoder, exp.dataset, exp.recipe, variant, exp.group,
                    exp.baseline, ",".join(exp.tags), None]  # seeds: each replicate is its own row
-        lines.append("\t".join(cell_text(v) for v in [*special, *(exp.overrides.get(s) for s in settings)]))
+        lines.append("\t".join(cell_text(v) for v in [*special, *(cells.get(s) for s in settings)]))
     return "\n".join(lines) + "\n"

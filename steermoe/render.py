@@ -168,16 +168,18 @@ def validation_key(text: str, path: str) -> str:
 
 def render_all(experiments: list[Experiment], templates: str | Path,
                memo: Path | None = None) -> dict[str, dict[str, str]]:
-    """{experiment id: {'train': text, 'test': text}} for every experiment (one environment, one pass). `memo`: a file
+    """{experiment id: {'train': text, 'test': text}} for every experiment (one environment, one pass; only 'test'
+    for one that trains no model of its own: Experiment.configs). `memo`: a file
     of the validation keys of configs validated before (the workflow keeps it under .snakemake/): a repeated run
     parses only the configs that changed."""
     env = environment(templates)
     before = set(memo.read_text().split()) if memo is not None and memo.is_file() else set()
     validated = set(before)
-    texts = {exp.id: {mode: render(exp, templates, mode, env, validated) for mode in TEMPLATES} for exp in experiments}
+    texts = {exp.id: {mode: render(exp, templates, mode, env, validated) for mode in exp.configs}
+             for exp in experiments}
     if memo is not None:
-        current = {validation_key(texts[exp.id][mode], exp.train_config if mode == "train" else exp.test_config)
-                   for exp in experiments for mode in TEMPLATES}  # the memo holds today's configs only
+        current = {validation_key(text, exp.train_config if mode == "train" else exp.test_config)
+                   for exp in experiments for mode, text in texts[exp.id].items()}  # today's configs only
         if current != before:
             memo.parent.mkdir(parents=True, exist_ok=True)
             write_atomic(memo, "".join(f"{key}\n" for key in sorted(current)))

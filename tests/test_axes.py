@@ -37,7 +37,7 @@ def fingerprint(path: Path) -> list[tuple]:
     """Each experiment's id, group, baseline and the sha256 of both rendered configs, in matrix order."""
     experiments = load_matrix(path, CATALOG)
     rendered = render_all(experiments, TEMPLATES)
-    return [(exp.id, exp.group, exp.baseline, sha256(rendered[exp.id]["train"]), sha256(rendered[exp.id]["test"]))
+    return [(exp.id, exp.group, exp.baseline, *(sha256(text) for text in rendered[exp.id].values()))
             for exp in experiments]
 
 
@@ -46,7 +46,9 @@ def test_axes_expand_to_exactly_the_ids_and_config_hashes_of_the_explicit_rows(t
     (tmp_path / "explicit.tsv").write_text(EXPLICIT)
     expanded = fingerprint(tmp_path / "axes.yaml")
     assert expanded == fingerprint(tmp_path / "explicit.tsv")
-    assert len(expanded) == 6 and [e[0] for e in expanded][-1] == "linear_whisper-tiny.en_smollm2_synth-en"
+    # six rows, each scored on synth-en's two test sets
+    assert len(expanded) == 12 and [e[0] for e in expanded][-2:] == ["linear_whisper-tiny.en_smollm2_synth-en",
+                                                                   "linear_whisper-tiny.en_smollm2_synth-en_on-test-unseen"]
     assert expanded[0][0] == "layer_wise_whisper-tiny.en_smollm2_synth-en_lr0.01-experts2-window30s"
 
 
@@ -64,7 +66,7 @@ def test_a_yaml_matrix_includes_explicit_tsv_rows_beside_its_axes(tmp_path):
                                        "layer_wise\twhisper-tiny.en\tsmollm2\tsynth-aqa\n")
     (tmp_path / "both.yaml").write_text(f"include: [{tmp_path / 'rows.tsv'}]\n" + AXES)
     ids = [exp.id for exp in load_matrix(tmp_path / "both.yaml", CATALOG)]
-    assert ids[0] == "layer_wise_whisper-tiny.en_smollm2_synth-aqa" and len(ids) == 7
+    assert ids[0] == "layer_wise_whisper-tiny.en_smollm2_synth-aqa" and len(ids) == 1 + 6 * 2
 
 
 @pytest.mark.parametrize("text, message", [
@@ -92,9 +94,9 @@ def test_the_workflow_runs_a_matrix_declared_with_axes(tmp_path):
     root = copy_workflow(tmp_path / "wf")
     (root / "experiments" / "ablation.yaml").write_text(AXES)
     jobs = planned(root, "--config", "matrix=experiments/ablation.yaml")
-    expected = [exp.id for exp in load_matrix(root / "experiments" / "ablation.yaml", CATALOG)]
-    assert {what for rule, what in jobs if rule == "train"} == set(expected)
-    assert {what for rule, what in jobs if rule == "evaluate"} == set(expected)
+    expected = load_matrix(root / "experiments" / "ablation.yaml", CATALOG)
+    assert {what for rule, what in jobs if rule == "train"} == {e.id for e in expected if e.test_set == "test"}
+    assert {what for rule, what in jobs if rule == "evaluate"} == {e.id for e in expected}
 
 
 SEEDED = """\
@@ -120,11 +122,12 @@ def test_seeds_make_one_experiment_per_seed_equal_to_explicit_seed_rows(tmp_path
     for path in ("count.yaml", "list.yaml", "axis.yaml", "cells.tsv"):
         assert sorted(fingerprint(tmp_path / path)) == expected, path
     experiments = load_matrix(tmp_path / "cells.tsv", CATALOG)
-    assert [e.id for e in experiments][:3] == [f"layer_wise_whisper-tiny.en_smollm2_synth-en_experts4-seed{s}"
-                                               for s in range(3)]
-    assert {e.replicate_of for e in experiments} == {"layer_wise_whisper-tiny.en_smollm2_synth-en_experts4",
-                                                     "layer_wise_whisper-tiny.en_smollm2_synth-en_experts8",
-                                                     "linear_whisper-tiny.en_smollm2_synth-en"}
+    assert [e.id for e in experiments][:4] == [f"layer_wise_whisper-tiny.en_smollm2_synth-en_experts4-seed{s}{on}"
+                                               for s in range(2) for on in ("", "-on-test-unseen")]
+    layer_wise, linear = "layer_wise_whisper-tiny.en_smollm2_synth-en", "linear_whisper-tiny.en_smollm2_synth-en"
+    assert {e.replicate_of for e in experiments} == {  # a replicate set per test set
+        f"{layer_wise}_experts4", f"{layer_wise}_experts8", linear,
+        f"{layer_wise}_experts4-on-test-unseen", f"{layer_wise}_experts8-on-test-unseen", f"{linear}_on-test-unseen"}
 
 
 @pytest.mark.parametrize("cell, message", [("x", "neither a count nor"), ("0", "give a positive count"),
@@ -147,20 +150,22 @@ def test_adding_a_seed_schedules_only_that_seeds_jobs(tmp_path):
     matrix.write_text(matrix.read_text().replace("seeds: 2", "seeds: 3"))
     jobs = planned(root, "--config", "matrix=experiments/seeds.yaml", "quick=true")
     new = "linear_whisper-tiny.en_smollm2_synth-en_seed2"
-    assert {what for rule, what in jobs if rule not in ("aggregate",)} == {new}
+    assert {what for rule, what in jobs if rule not in ("aggregate",)} == {new, f"{new}-on-test-unseen"}
 
 
-def test_the_shipped_expert_count_ablation_expands_to_its_15_experiments():
+def test_the_shipped_expert_count_ablation_trains_15_models_each_scored_on_both_test_sets():
     experiments = load_matrix(REPO / "experiments" / "ablation-experts.yaml", CATALOG)
     prefix = "whisper-tiny.en_smollm2_synth-en"
-    expected = [f"layer_wise_{prefix}_experts{n}-seed{s}" for n in (2, 4, 8, 16) for s in range(3)]
-    expected += [f"linear_{prefix}_seed{s}" for s in range(3)]
-    assert [exp.id for exp in experiments] == expected
+    trained = [f"layer_wise_{prefix}_experts{n}-seed{s}" for n in (2, 4, 8, 16) for s in range(3)]
+    trained += [f"linear_{prefix}_seed{s}" for s in range(3)]
+    assert [exp.id for exp in experiments] == [f"{i}{on}" for i in trained for on in ("", "-on-test-unseen")]
+    assert [exp.id for exp in experiments if "train" in exp.configs] == trained
     assert {exp.group for exp in experiments} == {"experts"}
-    assert [exp.id for exp in experiments if exp.baseline] == [f"linear_{prefix}_seed{s}" for s in range(3)]
+    assert [exp.id for exp in experiments if exp.baseline and exp.test_set == "test"] == [f"linear_{prefix}_seed{s}"
+                                                                                      for s in range(3)]
     for exp in experiments:
         assert (exp.encoder, exp.decoder, exp.dataset) == ("whisper-tiny.en", "smollm2", "synth-en")
-        assert exp.settings["seed"] == int(exp.id[-1])
+        assert exp.settings["seed"] == int(exp.id.removesuffix("-on-test-unseen")[-1])
         if exp.method == "layer_wise":
             assert exp.settings["num_experts"] == int(exp.id.split("_experts")[1].split("-")[0])
         else:

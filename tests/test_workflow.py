@@ -91,10 +91,20 @@ def planned(root: Path, *args) -> set[tuple[str, str]]:
     return jobs
 
 
+def on_unseen(exp_id: str) -> str:
+    """The id of a synth-en experiment scored on synth-en's second test set."""
+    return exp_id + (UNSEEN if exp_id.endswith("_synth-en") else UNSEEN.replace("_", "-"))
+
+
 def experiment_jobs(exp_id: str) -> set[tuple[str, str]]:
     """A trained experiment's jobs: its training, and its evaluation on each test set of its dataset."""
-    evaluated = [exp_id, exp_id + UNSEEN] if "_synth-en" in exp_id else [exp_id]
+    evaluated = [exp_id, on_unseen(exp_id)] if "_synth-en" in exp_id else [exp_id]
     return {("train", exp_id)} | {("evaluate", e) for e in evaluated}
+
+
+def on_first_test_set(experiments: list) -> list:
+    """One experiment per row: those scored on their dataset's first test set (synth-en has two)."""
+    return [exp for exp in experiments if exp.test_set == next(iter(exp.dataset_entry["test_sets"]))]
 
 
 def write_matrix(root: Path, *rows: str, header: str = HEADER) -> Path:
@@ -344,7 +354,7 @@ def test_overrides_reach_the_rendered_config_and_quick_wins(tmp_path):
     matrix = write_matrix(root, "layer_wise\twhisper-tiny.en\tsmollm2\tsynth-en\t4\t30s\t50\t\t",
                           "layer_wise\twhisper-tiny.en\tsmollm2\tsynth-en\t\t\t\t\t")
     catalog = root / "experiments/catalog.yaml"
-    exp, plain = load_matrix(matrix, catalog)
+    exp, plain = on_first_test_set(load_matrix(matrix, catalog))
     assert exp.id == "layer_wise_whisper-tiny.en_smollm2_synth-en_steps50-experts4-window30s"
     assert exp.overrides == {"num_experts": 4, "encoder_window": "30s", "max_steps": 50}
     assert exp.train_config.endswith("/layer_wise_whisper-tiny.en_smollm2_synth-en_train_steps50-experts4-window30s"
@@ -370,7 +380,7 @@ def test_the_seed_code_recipe_renders_exactly_what_the_original_code_ran(tmp_pat
                           "layer_wise\twhisper-large-v3\tqwen7b\tlibri\tpaper",
                           "layer_wise\twhisper-large-v3\tqwen7b\tlibri\t",
                           header="method\tencoder\tdecoder\tdataset\trecipe\n")
-    whisper, conformer, paper, plain = load_matrix(matrix, root / "experiments/catalog.yaml")
+    whisper, conformer, paper, plain = on_first_test_set(load_matrix(matrix, root / "experiments/catalog.yaml"))
     assert (whisper.id, whisper.recipe) == ("layer_wise_whisper-large-v3_qwen7b_libri_seed-code", "seed-code")
 
     def rendered(exp):
@@ -416,7 +426,8 @@ def test_rows_that_differ_only_in_evaluation_share_one_training(tmp_path):
                           "layer_wise\twhisper-tiny.en\tsmollm2\tsynth-en\tseed\t\t",
                           "layer_wise\twhisper-tiny.en\tsmollm2\tsynth-en\t\t4\t",
                           "layer_wise\twhisper-tiny.en\tsmollm2\tsynth-en\tseed\t\t50", header=header)
-    honest, seed, beams, other = load_matrix(matrix, root / "experiments/catalog.yaml")
+    everything = load_matrix(matrix, root / "experiments/catalog.yaml")
+    honest, seed, beams, other = on_first_test_set(everything)
     assert (seed.id, seed.trained_by) == (f"{honest.id}_protocolseed", honest.id)
     assert beams.trained_by == honest.id and other.trained_by is None  # max_steps changes training
     assert seed.final_dir == honest.final_dir and seed.train_config == honest.train_config
@@ -424,7 +435,7 @@ def test_rows_that_differ_only_in_evaluation_share_one_training(tmp_path):
     assert test["evaluation"]["checkpoint"] == honest.final_dir and test["evaluation"]["protocol"] == "seed"
     jobs = planned(root)
     assert {what for rule, what in jobs if rule == "train"} == {honest.id, other.id}
-    assert {what for rule, what in jobs if rule == "evaluate"} == {honest.id, seed.id, beams.id, other.id}
+    assert {what for rule, what in jobs if rule == "evaluate"} == {e.id for e in everything}  # each on 2 test sets
 
 
 def test_every_row_is_scored_on_each_test_set_of_its_dataset_with_one_training(tmp_path):
@@ -438,7 +449,7 @@ def test_every_row_is_scored_on_each_test_set_of_its_dataset_with_one_training(t
     assert (steer.test_set, steer_unseen.test_set, aqa.test_set) == ("test", "test-unseen", "test")
     assert base_unseen.group == "g" and base_unseen.baseline and base_unseen.trained_by == base.id
     test = yaml.safe_load(render(steer_unseen, root / "templates", "test"))
-    assert test["parquet_dirs"] == ["data/synth-en/test-unseen.parquet"]
+    assert test["parquet_dirs"] == ["data/synth-en@test-unseen/test-unseen.parquet"]
     assert test["evaluation"]["test_set"] == "test-unseen"
     assert test["evaluation"]["checkpoint"] == steer.final_dir
     assert test["evaluation"]["output_dir"] == f"results/{steer_unseen.id}/eval"
@@ -510,7 +521,7 @@ def test_adding_a_test_set_prepares_only_it_and_runs_only_the_new_evaluations(tm
     assert {call for call in calls(root) if call[0] != "plan"} == \
         {("evaluate", e) for e in new} | {("data synth", "synth-en@test-unseen"), ("aggregate", "results")}
     manifest = json.loads((root / "data/synth-en@test-unseen/manifest.json").read_text())
-    assert manifest["argv"][manifest["argv"].index("--only"):] == ["--only", "test-unseen"]
+    assert manifest["argv"][manifest["argv"].index("--only") + 1] == "test-unseen"
     assert "test-unseen=200" in manifest["argv"]  # drawn apart from the other splits, so it needs their sizes
 
 
@@ -523,7 +534,7 @@ def test_rendered_configs_load_and_are_deterministic(tmp_path):
         first, second = render_all(experiments, root / "templates"), render_all(experiments, root / "templates")
         assert first == second
         for exp in experiments:
-            for mode, path in (("train", exp.train_config), ("test", exp.test_config)):
+            for mode, path in (("train", exp.train_config), ("test", exp.test_config))[2 - len(exp.configs):]:
                 target = tmp_path / "rendered" / path
                 target.parent.mkdir(parents=True, exist_ok=True)
                 target.write_text(first[exp.id][mode])
@@ -541,8 +552,9 @@ def test_rendered_configs_load_and_are_deterministic(tmp_path):
     subprocess.run([str(VENV_BIN / "steermoe"), "render"], cwd=root, check=True, env=env, capture_output=True)
     experiments = load_matrix(root / "experiments/matrix.tsv", catalog)
     texts = render_all(experiments, root / "templates")
-    for exp in experiments:
-        assert (root / exp.train_config).read_text() == texts[exp.id]["train"]
+    for exp in experiments:  # a training's config is its owner's, whichever experiments share it
+        if exp.trains:
+            assert (root / exp.train_config).read_text() == texts[exp.trained_by or exp.id]["train"]
         assert (root / exp.test_config).read_text() == texts[exp.id]["test"]
 
 
@@ -566,7 +578,7 @@ def test_template_sandbox_and_undefined_variables(tmp_path):
             render(exp, root / "templates", "train")
     # a rendered config that the loader rejects names the experiment, its row and the key
     template.write_text(original.replace("evaluation:", "evaluaton:"))
-    with pytest.raises(ConfigError, match=rf"experiment {exp.id} \(matrix row 1, line 5\): the config rendered from "
+    with pytest.raises(ConfigError, match=rf"experiment {exp.id} \(matrix row 1, line 6\): the config rendered from "
                                           rf".*train.yaml.j2 is invalid: .*unknown key 'evaluaton'"):
         render(exp, root / "templates", "train")
     assert environment(root / "templates").is_safe_attribute("", "__class__", "") is False
@@ -672,7 +684,7 @@ def test_editing_a_matrix_row_reruns_only_that_row_and_never_deletes_its_checkpo
     second = "linear\twhisper-tiny.en\tsmollm2\tsynth-en\tb\t"
     write_matrix(root, first, second, header=header)
     snakemake(root)
-    edited, kept = load_matrix(root / "experiments/matrix.tsv", root / "experiments/catalog.yaml")
+    edited, kept = on_first_test_set(load_matrix(root / "experiments/matrix.tsv", root / "experiments/catalog.yaml"))
     for exp in (edited, kept):  # each job wrote its config, as rendered at parse time
         assert (root / exp.train_config).read_text() == render(exp, root / "templates", "train")
         assert (root / exp.test_config).read_text() == render(exp, root / "templates", "test")
@@ -683,7 +695,7 @@ def test_editing_a_matrix_row_reruns_only_that_row_and_never_deletes_its_checkpo
     write_matrix(root, first + "40", second, header=header)  # same id, another max_steps
     assert planned(root) == experiment_jobs(edited.id) | {AGG}
     snakemake(root)
-    assert sorted(calls(root)) == [("aggregate", "results"), ("evaluate", edited.id), PLAN, ("train", edited.id)]
+    assert sorted(calls(root)) == sorted([("aggregate", "results"), PLAN, *experiment_jobs(edited.id)])
     assert (checkpoint / "complete.json").is_file()
     assert "max_steps: 40\n" in (root / edited.train_config).read_text()
 
@@ -805,10 +817,11 @@ def test_a_repeated_parse_validates_only_the_configs_that_changed(tmp_path, monk
     experiments = load_matrix(REPO / "experiments/matrix.tsv", REPO / "experiments/catalog.yaml")
     memo = tmp_path / ".snakemake" / "steermoe-validated-configs"
     first = render_all(experiments, REPO / "templates", memo=memo)
-    assert len(parsed) == 2 * len(experiments) and len(memo.read_text().split()) == 2 * len(experiments)
+    configs = sum(len(exp.configs) for exp in experiments)
+    assert len(parsed) == configs and len(memo.read_text().split()) == configs
     parsed.clear()
     assert render_all(experiments, REPO / "templates", memo=memo) == first and parsed == []
     experiments[0].settings["num_beams"] = 2  # an evaluation-only change: one test config differs
     render_all(experiments, REPO / "templates", memo=memo)
     assert parsed == [experiments[0].test_config]
-    assert len(memo.read_text().split()) == 2 * len(experiments)  # the old text's key is gone
+    assert len(memo.read_text().split()) == configs  # the old text's key is gone
