@@ -170,4 +170,4 @@ def test_the_shipped_expert_count_ablation_trains_15_models_each_scored_on_both_
             assert exp.settings["num_experts"] == int(exp.id.split("_experts")[1].split("-")[0])
         else:
             assert exp.method == "linear" and "num_experts" not in exp.overrides
-    assert len({exp.replicate_of for exp in experiments}) == 5  # 5 replicate sets of 3 seeds
+    assert len({exp.replicate_of for exp in experiments}) == 10  # 5 replicate sets of 3 seeds, on 2 test sets
