@@ -358,8 +358,10 @@ def plan_experiment(exp, root: Path = Path("."), quick: bool = False, peak_tflop
     method = get_field(exp, "method")
     row = {"experiment": get_field(exp, "id"), "method": method, "encoder": get_field(exp, "encoder"),
            "decoder": get_field(exp, "decoder"), "dataset": get_field(exp, "dataset"), "notes": []}
-    if method == REFERENCE:
-        return {**row, "trainable_parameters": 0, "flops": 0, "gpu_hours": 0.0,
+    if method == REFERENCE:  # nothing trained: no training compute
+        return {**row, **dict.fromkeys(CSV_COLUMNS[5:-1]), "trainable_parameters": 0, "gradient_accumulation_steps": 1,
+                "devices": 1, "steps": 0, "flops": 0, "gpu_hours": 0.0, "encoder_shape": get_field(exp, "encoder"),
+                "decoder_shape": "the encoder model's own", "data_source": "-", "token_counts": "-",
                 "notes": ["reference: decodes with the encoder model's own decoder, untrained"]}
     enc_source, enc_label = _shape_source(get_field(exp, "encoder_entry") or {"name": get_field(exp, "encoder")}, root)
     dec_source, dec_label = _shape_source(get_field(exp, "decoder_entry") or {"name": get_field(exp, "decoder")}, root)
@@ -483,7 +485,8 @@ def plan_csv(rows: list[dict]) -> str:
 
 def format_plan(rows: list[dict], peak_tflops: float = H100_BF16_TFLOPS,
                 utilization: float = DEFAULT_UTILIZATION) -> str:
-    header = (f"{'experiment':<48}{'trainable':>12}{'frames':>8}{'audio':>7}{'dec.tok':>8}{'batch':>9}{'steps':>8}"
+    width = max([len("experiment"), *(len(r["experiment"]) for r in rows)]) + 2
+    header = (f"{'experiment':<{width}}{'trainable':>12}{'frames':>8}{'audio':>7}{'dec.tok':>8}{'batch':>9}{'steps':>8}"
               f"{'FLOP/step':>12}{'FLOP total':>12}{'GPU-h':>9}")
     lines = [header]
     for r in rows:
@@ -491,9 +494,10 @@ def format_plan(rows: list[dict], peak_tflops: float = H100_BF16_TFLOPS,
             return "?" if value is None else fmt.format(value)
 
         gpu = "?" if r["gpu_hours"] is None else (f"{r['gpu_hours']:.3g}")
-        batch = f"{r['batch_size']}" + (f"x{r['gradient_accumulation_steps']}" if r["gradient_accumulation_steps"] > 1
-                                        else "") + (f"x{r['devices']}" if r["devices"] > 1 else "")
-        lines.append(f"{r['experiment']:<48}{num(r['trainable_parameters']):>12}{num(r['encoder_frames']):>8}"
+        batch = "-" if r["batch_size"] is None else f"{r['batch_size']}" + (
+            f"x{r['gradient_accumulation_steps']}" if r["gradient_accumulation_steps"] > 1 else "") + (
+            f"x{r['devices']}" if r["devices"] > 1 else "")
+        lines.append(f"{r['experiment']:<{width}}{num(r['trainable_parameters']):>12}{num(r['encoder_frames']):>8}"
                      f"{num(r['audio_tokens']):>7}{num(r['decoder_tokens'], '{:.0f}'):>8}{batch:>9}"
                      f"{num(r['steps']):>8}{_si(r['flops_per_step']) if r['flops_per_step'] else '?':>12}"
                      f"{_si(r['flops']) if r['flops'] else '?':>12}{gpu:>9}")
