@@ -8,6 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from steermoe.matrix import load_matrix
+
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -32,15 +34,15 @@ def test_gpu_benchmark_exits_cleanly_without_a_gpu():
 def test_orchestration_dry_run_of_a_generated_matrix(tmp_path):
     from bench import orchestration
 
-    rows = orchestration.matrix(30).splitlines()[1:]
-    assert len(rows) == len(set(rows)) == 30
+    (tmp_path / "axes.yaml").write_text(orchestration.matrix(1000))
+    assert len({e.id for e in load_matrix(tmp_path / "axes.yaml", REPO / "experiments/catalog.yaml")}) == 1000
     out = tmp_path / "orchestration.json"
     result = orchestration.main(["--quick", "--rows", "30", "--compare-ref", "HEAD", "--out", str(out)])
-    assert json.loads(out.read_text())["rows"] == 30
-    assert result["jobs"] >= 2 * 30  # train and evaluate per row, plus data, models and the table
+    assert json.loads(out.read_text())["experiments"] == 40  # rounded up to whole seeds
+    assert result["jobs"] >= 2 * 40  # train and evaluate per experiment, plus data, models and the table
     assert result["compare"]["ref"] == "HEAD" and len(result["compare"]["dry_run_seconds"]) == 1
     assert result["median_cli_help_seconds"] > 0
-    assert result["verdict"].startswith("not judged")  # the target is for 1,000 rows
+    assert result["verdict"].startswith("not judged")  # the target is for 1,000 experiments
 
 
 def test_storage_bytes_and_final_checkpoint(tmp_path, embedded_models):
