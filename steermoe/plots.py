@@ -44,15 +44,16 @@ def _empty(plt, message: str) -> bytes:
 
 
 def plot_metrics(experiments: list, results: dict[str, ExperimentResult], summaries: dict | None = None) -> bytes:
-    """Headline metric per experiment with its 95 % CI, one panel per dataset, colour by method. A replicate set is
+    """Headline metric per experiment with its 95 % CI, one panel per test set, colour by method. A replicate set is
     one line: each seed's value (small circles), the mean with its crossed-bootstrap CI (diamond), and the mean +- one
     standard deviation across seeds (thick bar); `summaries` are the table's summary rows by set name."""
     plt = _pyplot()
     summaries = summaries or {}
-    datasets: dict[str, dict[str, list]] = {}  # dataset -> line label -> its experiments (a set's seeds, or one)
+    datasets: dict[str, dict[str, list]] = {}  # test set -> line label -> its experiments (a set's seeds, or one)
     for exp in experiments:
         label = get_field(exp, "replicate_of") or str(get_field(exp, "id"))
-        datasets.setdefault(str(get_field(exp, "dataset")), {}).setdefault(label, []).append(exp)
+        panel = "/".join(str(part) for part in (get_field(exp, "dataset"), get_field(exp, "test_set")) if part)
+        datasets.setdefault(panel, {}).setdefault(label, []).append(exp)
     methods = list(dict.fromkeys(str(get_field(e, "method")) for e in experiments))
     colours = {m: f"C{i % 10}" for i, m in enumerate(methods)}
     if not experiments:
