@@ -7,7 +7,7 @@ generated YAML matrix of N distinct experiments over the catalog's embedded mode
 x seeds, on synth-aqa, which has one test set). Reading the workflow expands the axes, validates the matrix and
 renders every experiment's two configs, so the dry run covers parsing, validation, rendering and the DAG of N x 2
 jobs (train, evaluate) plus data, model and aggregate jobs. Snakemake imports `steermoe` from the tree it measures
-(PYTHONPATH); a --compare-ref commit must read YAML matrices too.
+(PYTHONPATH); a --compare-ref commit from before YAML matrices gets the same experiments as explicit TSV rows.
 
 --compare-ref GIT_REF also dry-runs the workflow and code of that commit (`git archive`, e.g. the commit before a
 change) on the same matrix, the two timed in alternating order round by round, so that both see the same load.
@@ -37,15 +37,26 @@ WORKFLOW = ["Snakefile", "workflow", "templates", "profiles", "experiments"]
 METHODS = ["layer_wise", "linear", "post_encoder", "lora"]
 ENCODERS = ["whisper-tiny.en", "whisper-base"]
 EXPERTS = [2, 4, 8, 16, 32]
-MATRIX = "experiments/bench.yaml"
+MATRIX = "experiments/bench"  # .yaml, or .tsv for a tree from before YAML matrices
+
+
+def _seeds(rows: int) -> int:
+    return -(-rows // (len(METHODS) * len(ENCODERS) * len(EXPERTS)))
 
 
 def matrix(rows: int) -> str:
     """About `rows` experiments (a multiple of 40, rounded up) as axes: 4 methods x 2 encoders x 5 expert counts x
     rows / 40 seeds."""
-    seeds = -(-rows // (len(METHODS) * len(ENCODERS) * len(EXPERTS)))
-    return (f"fixed: {{decoder: smollm2, dataset: synth-aqa, seeds: {seeds}}}\n"
+    return (f"fixed: {{decoder: smollm2, dataset: synth-aqa, seeds: {_seeds(rows)}}}\n"
             f"blocks:\n  - {{method: {METHODS}, encoder: {ENCODERS}, num_experts: {EXPERTS}}}\n")
+
+
+def explicit_matrix(rows: int) -> str:
+    """The same experiments as `matrix`, one TSV row each, in its order (the ids come out alike)."""
+    lines = ["method\tencoder\tdecoder\tdataset\tnum_experts\tseed"]
+    lines += [f"{m}\t{e}\tsmollm2\tsynth-aqa\t{n}\t{s}"
+              for m in METHODS for e in ENCODERS for n in EXPERTS for s in range(_seeds(rows))]
+    return "\n".join(lines) + "\n"
 
 
 def main(argv=None) -> dict:
@@ -58,7 +69,7 @@ def main(argv=None) -> dict:
     repetitions = 1 if args.quick else 3
     bin_dir = Path(sys.executable).parent
     # as a user types it (2,000+ jobs printed)
-    command = [str(bin_dir / "snakemake"), "-n", "--cores", "2", "--config", f"matrix={MATRIX}"]
+    command = [str(bin_dir / "snakemake"), "-n", "--cores", "2"]
     with tempfile.TemporaryDirectory() as tmp:
         trees = {"working tree": REPO}
         if args.compare_ref:
@@ -69,14 +80,16 @@ def main(argv=None) -> dict:
         envs = {label: {**os.environ, "PYTHONPATH": str(tree),
                         "PATH": os.pathsep.join([str(bin_dir), os.environ.get("PATH", "")])}
                 for label, tree in trees.items()}
-        jobs = {label: _first_dry_run(command, root, envs[label]) for label, root in workflows.items()}
+        commands = {label: [*command, "--config", f"matrix={_matrix_file(root).relative_to(root)}"]
+                    for label, root in workflows.items()}
+        jobs = {label: _first_dry_run(commands[label], root, envs[label]) for label, root in workflows.items()}
         root = workflows["working tree"]
-        experiments = len(load_matrix(root / MATRIX, root / "experiments" / "catalog.yaml"))
+        experiments = len(load_matrix(_matrix_file(root), root / "experiments" / "catalog.yaml"))
         cpu = {label: [] for label in workflows}
 
         def dry_run(label):
             before = resource.getrusage(resource.RUSAGE_CHILDREN)
-            subprocess.run(command, cwd=workflows[label], env=envs[label], check=True, capture_output=True)
+            subprocess.run(commands[label], cwd=workflows[label], env=envs[label], check=True, capture_output=True)
             after = resource.getrusage(resource.RUSAGE_CHILDREN)
             cpu[label].append(after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime)
 
@@ -129,8 +142,15 @@ def _workflow(tree: Path, dest: Path, rows: int) -> Path:
     dest.mkdir()
     for name in WORKFLOW:
         (shutil.copytree if (tree / name).is_dir() else shutil.copy2)(tree / name, dest / name)
-    (dest / MATRIX).write_text(matrix(rows))
+    if (tree / "steermoe" / "axes.py").is_file():
+        (dest / f"{MATRIX}.yaml").write_text(matrix(rows))
+    else:
+        (dest / f"{MATRIX}.tsv").write_text(explicit_matrix(rows))
     return dest
+
+
+def _matrix_file(root: Path) -> Path:
+    return next(root.glob(f"{MATRIX}.*"))
 
 
 def _first_dry_run(command: list[str], root: Path, env: dict) -> int | None:

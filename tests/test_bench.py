@@ -35,7 +35,10 @@ def test_orchestration_dry_run_of_a_generated_matrix(tmp_path):
     from bench import orchestration
 
     (tmp_path / "axes.yaml").write_text(orchestration.matrix(1000))
-    assert len({e.id for e in load_matrix(tmp_path / "axes.yaml", REPO / "experiments/catalog.yaml")}) == 1000
+    (tmp_path / "rows.tsv").write_text(orchestration.explicit_matrix(1000))  # for a commit without YAML matrices
+    ids = [e.id for e in load_matrix(tmp_path / "axes.yaml", REPO / "experiments/catalog.yaml")]
+    assert len(set(ids)) == 1000 and ids == [e.id for e in load_matrix(tmp_path / "rows.tsv",
+                                                                       REPO / "experiments/catalog.yaml")]
     out = tmp_path / "orchestration.json"
     result = orchestration.main(["--quick", "--rows", "30", "--compare-ref", "HEAD", "--out", str(out)])
     assert json.loads(out.read_text())["experiments"] == 40  # rounded up to whole seeds
