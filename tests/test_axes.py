@@ -99,6 +99,17 @@ def test_the_workflow_runs_a_matrix_declared_with_axes(tmp_path):
     assert {what for rule, what in jobs if rule == "evaluate"} == {e.id for e in expected}
 
 
+def test_the_same_experiments_declared_in_another_matrix_file_are_not_run_again(tmp_path):
+    """Moving from explicit rows to axes (or to any file declaring the same experiments) keeps every result."""
+    from tests.test_workflow import copy_workflow, planned, snakemake
+
+    root = copy_workflow(tmp_path / "wf")
+    (root / "experiments" / "explicit.tsv").write_text(EXPLICIT)
+    (root / "experiments" / "ablation.yaml").write_text(AXES)
+    snakemake(root, "--config", "matrix=experiments/explicit.tsv")
+    assert planned(root, "--config", "matrix=experiments/ablation.yaml") == {("aggregate", "results/table.csv")}
+
+
 SEEDED = """\
 fixed: {encoder: whisper-tiny.en, decoder: smollm2, dataset: synth-en, group: g}
 blocks:

@@ -13,7 +13,7 @@ from steermoe.catalog import data_command, data_folder, separate_test_sets
 from steermoe.errors import ConfigError
 from steermoe.experiments import check_workflow_config, embedded_models_used
 from steermoe.matrix import load_matrix
-from steermoe.render import render_all, sha256
+from steermoe.render import render_all, sha256, store_configs
 
 
 try:
@@ -46,6 +46,10 @@ class _Experiments(dict):
 
 EXP = _Experiments((exp.id, exp) for exp in EXPERIMENTS)
 CONFIG_SHA256 = {exp_id: {mode: sha256(text) for mode, text in texts.items()} for exp_id, texts in RENDERED.items()}
+# every rendered config by its sha256: a train or evaluate job copies its own from here. Nothing in a job's command
+# names the matrix file, so the same experiment declared in another matrix (explicit rows or axes) is the same job.
+CONFIG_STORE = ".snakemake/steermoe-configs"
+store_configs(RENDERED, Path(CONFIG_STORE))
 DATASETS = {exp.dataset: exp.dataset_entry for exp in EXPERIMENTS}
 EMBEDDED = embedded_models_used(EXPERIMENTS)
 
@@ -152,6 +156,3 @@ PLAN_COMMAND = shlex.join(["steermoe", "plan", "--matrix", config["matrix"], "--
                           + (["--quick"] if QUICK else []))
 
 
-RENDER_ARGS = shlex.join(["--matrix", config["matrix"], "--catalog", config["catalog"], "--templates",
-                          config["templates"], "--results", RESULTS, "--data", DATA, "--models", MODELS]
-                         + (["--quick"] if QUICK else []))

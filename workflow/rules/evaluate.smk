@@ -18,7 +18,7 @@ rule evaluate:
     params:
         config=test_config,
         config_sha256=config_sha256("test"),
-        render=RENDER_ARGS,
+        store=CONFIG_STORE,
     threads: resource("threads", 1)
     resources:
         gpu=resource("gpu", 0, evaluate=True),
@@ -28,8 +28,7 @@ rule evaluate:
         "../envs/steermoe.yaml"
     shell:
         """
-        steermoe render {params.render} --id {wildcards.exp} --mode test --expect-sha256 {params.config_sha256} \
-            > {log} 2>&1 &&
+        cp {params.store}/{params.config_sha256}.yaml {params.config} > {log} 2>&1 &&
         OMP_NUM_THREADS={threads} steermoe launch --gpus {resources.gpu} -- \
             steermoe evaluate --config {params.config} >> {log} 2>&1
         """

@@ -1,5 +1,5 @@
-# Training. The job first writes the experiment's train config (results/{exp}/..._train.yaml) with `steermoe render`,
-# which fails unless the text is the one rendered and hashed at parse time; that sha256 is a param, so Snakemake
+# Training. The job first writes the experiment's train config (results/{exp}/..._train.yaml): the text rendered and
+# hashed at parse time, copied from the store of rendered configs; that sha256 is a param, so Snakemake
 # re-trains exactly the experiments whose train config changed when a template, the catalog or a matrix row is
 # edited (templates and catalog are not inputs: their modification time would re-run everything). The config is not
 # an output, so it stays for reading (or `steermoe train --config` by hand) when training fails.
@@ -23,7 +23,7 @@ rule train:
     params:
         config=train_config,
         config_sha256=config_sha256("train"),
-        render=RENDER_ARGS,
+        store=CONFIG_STORE,
         port=master_port,
     threads: resource("threads", 1)
     resources:
@@ -34,8 +34,7 @@ rule train:
         "../envs/steermoe.yaml"
     shell:
         """
-        steermoe render {params.render} --id {wildcards.exp} --mode train --expect-sha256 {params.config_sha256} \
-            > {log} 2>&1 &&
+        cp {params.store}/{params.config_sha256}.yaml {params.config} > {log} 2>&1 &&
         OMP_NUM_THREADS={threads} steermoe launch --gpus {resources.gpu} --port {params.port} -- \
             steermoe train --config {params.config} >> {log} 2>&1
         """
