@@ -76,7 +76,8 @@ def test_quick_matrix_runs_through_slurm(slurm_conf, embedded_models, tmp_path):
                # often; successful jobs' SLURM logs are kept to show where each job ran
                "--slurm-status-command", "squeue", "--slurm-init-seconds-before-status-checks", "2",
                "--slurm-keep-successful-logs",
-               "--set-threads", "prepare_data=2"]  # the rule asks for 8 CPUs; this cluster's one node has 2
+               # the data rules ask for 8 CPUs; this cluster's one node has 2 (SLURM would keep them pending)
+               "--set-threads", "prepare_data=2", "prepare_test_set=2"]
     proc = subprocess.run(command, cwd=root, env=snakemake_env(SLURM_CONF=str(slurm_conf)), capture_output=True,
                           text=True, timeout=1500)
     output = proc.stdout + proc.stderr
@@ -84,7 +85,8 @@ def test_quick_matrix_runs_through_slurm(slurm_conf, embedded_models, tmp_path):
     assert proc.returncode == 0, f"{output[-6000:]}\n--- slurmctld.log\n{controller_log}"
 
     table = list(csv.DictReader((root / "results" / "table.csv").open()))
-    assert {r["experiment"] for r in table} == {EXP} and {r["status"] for r in table} == {"ok"}
+    assert {r["experiment"] for r in table} == {EXP, f"{EXP}_on-test-unseen"}  # synth-en's two test sets
+    assert {r["status"] for r in table} == {"ok"}
     assert float(next(r for r in table if r["headline"] == "true")["value"]) >= 0
 
     # every non-local job was a SLURM job of this run: its log is where the executor put it, and the
@@ -92,7 +94,8 @@ def test_quick_matrix_runs_through_slurm(slurm_conf, embedded_models, tmp_path):
     run_id = re.search(r"SLURM run ID: (\S+)", output).group(1)
     logs = sorted((root / ".snakemake" / "slurm_logs").glob("rule_*/**/*.log"))
     jobs = {log.stem: log.relative_to(root / ".snakemake" / "slurm_logs").parts[0] for log in logs}
-    assert sorted(jobs.values()) == ["rule_evaluate", "rule_prepare_data", "rule_train"], output[-3000:]
+    assert sorted(jobs.values()) == ["rule_evaluate", "rule_evaluate", "rule_prepare_data", "rule_prepare_test_set",
+                                     "rule_train"], output[-3000:]
     completed = {}
     for line in (slurm_conf.parent / "jobcomp.log").read_text().splitlines():
         fields = dict(re.findall(r"(\w+)=(\S*)", line))
