@@ -11,7 +11,7 @@ rule prepare_data:
     params:
         command=prepare_command,
     # worker processes for synthesis / resampling; locally Snakemake caps it at --cores, on SLURM it is the job's
-    # --cpus-per-task (lower it with set-threads: prepare_data=N where nodes have fewer)
+    # --cpus-per-task (lower it with set-threads: prepare_data=N prepare_test_set=N where nodes have fewer)
     threads: 8
     resources:
         mem_mb=8000,
