@@ -144,8 +144,9 @@ def catalog_run(tmp: Path, data: Path, mode: str = "train", **overrides):
     row = {**DEFAULT_ROW, **overrides}
     matrix = tmp / f"matrix-{len(list(tmp.glob('matrix-*.tsv')))}.tsv"
     matrix.write_text("\t".join(row) + "\n" + "\t".join(str(v) for v in row.values()) + "\n")
-    exp, = load_matrix(matrix, REPO / "experiments" / "catalog.yaml", results=str(tmp / "results"),
-                       data=str(data), models=str(models_dir()))
+    # the first experiment: the row on its dataset's first test set (synth-en has a second)
+    exp = load_matrix(matrix, REPO / "experiments" / "catalog.yaml", results=str(tmp / "results"), data=str(data),
+                      models=str(models_dir()))[0]
     path = Path(exp.train_config if mode == "train" else exp.test_config)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(render(exp, REPO / "templates", mode))

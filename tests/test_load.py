@@ -18,8 +18,9 @@ METHODS = ["layer_wise", "linear", "post_encoder", "lora"]
 
 
 def thousand_rows() -> list[str]:
-    """1,000 distinct experiments: every row its own seed, learning rate and expert count."""
-    return [f"{METHODS[i % 4]}\twhisper-tiny.en\tsmollm2\t{('synth-en', 'synth-aqa')[i // 4 % 2]}\t{i}\t"
+    """1,000 distinct experiments: every row its own seed, learning rate and expert count (on datasets with one test
+    set each, so that a row is one experiment)."""
+    return [f"{METHODS[i % 4]}\twhisper-tiny.en\tsmollm2\t{('synth-zh', 'synth-aqa')[i // 4 % 2]}\t{i}\t"
             f"{1e-4 * (1 + i / 1000):.7g}\t{1 + i % 8}" for i in range(1000)]
 
 
