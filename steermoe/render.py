@@ -190,14 +190,11 @@ def sha256(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
-def store_configs(texts: dict[str, dict[str, str]], folder: Path) -> None:
-    """Each rendered config as `folder`/{sha256}.yaml, written once (a stored file never changes, so runs and dry runs
-    of other matrices may share the folder)."""
+def store_configs(by_sha256: dict[str, str], folder: Path) -> None:
+    """Each rendered config ({sha256: text}) as `folder`/{sha256}.yaml, written once (a stored file never changes, so
+    runs and dry runs of other matrices may share the folder)."""
     folder.mkdir(parents=True, exist_ok=True)
     stored = {path.stem for path in folder.iterdir()}
-    for by_mode in texts.values():
-        for text in by_mode.values():
-            digest = sha256(text)
-            if digest not in stored:
-                write_atomic(folder / f"{digest}.yaml", text)
-                stored.add(digest)
+    for digest, text in by_sha256.items():
+        if digest not in stored:
+            write_atomic(folder / f"{digest}.yaml", text)

@@ -209,11 +209,10 @@ def collect(exp, results: Path, logs: Path, root: Path | None = None) -> Experim
         return out
     if out.summary is not None or not trains:  # trained (or nothing to train), not evaluated
         message = log_error(eval_log)
-        upstream = _upstream_failure(exp, Path(logs), root)
         if message is not None:
             out.status, out.error, out.log = FAILED_EVAL, message, str(eval_log)
-        elif upstream is not None:  # its test set's data (or a reference row's model import)
-            out.status, out.error, out.log = upstream
+        elif (upstream := _upstream_failure(exp, Path(logs), root)) is not None:  # its test set's data (or a
+            out.status, out.error, out.log = upstream                             # reference row's model import)
         else:
             out.status, out.error = NOT_RUN, "trained; not evaluated yet" if trains else "not evaluated yet"
         return out

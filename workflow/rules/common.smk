@@ -49,7 +49,8 @@ CONFIG_SHA256 = {exp_id: {mode: sha256(text) for mode, text in texts.items()} fo
 # every rendered config by its sha256: a train or evaluate job copies its own from here. Nothing in a job's command
 # names the matrix file, so the same experiment declared in another matrix (explicit rows or axes) is the same job.
 CONFIG_STORE = ".snakemake/steermoe-configs"
-store_configs(RENDERED, Path(CONFIG_STORE))
+store_configs({CONFIG_SHA256[exp_id][mode]: text for exp_id, texts in RENDERED.items() for mode, text in
+               texts.items()}, Path(CONFIG_STORE))
 DATASETS = {exp.dataset: exp.dataset_entry for exp in EXPERIMENTS}
 EMBEDDED = embedded_models_used(EXPERIMENTS)
 
