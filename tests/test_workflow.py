@@ -203,6 +203,14 @@ def test_lint_reports_nothing(tmp_path):
 ROW = "layer_wise\twhisper-tiny.en\tsmollm2\tsynth-en\t\t\t\tsynth-en\tfalse"
 BASE = "linear\twhisper-tiny.en\tsmollm2\tsynth-en\t\t\t\tsynth-en\ttrue"
 BAD_ROWS = {
+    "own decoder": ("linear\twhisper-tiny.en\town\tsynth-en\t\t\t\t\t",
+                    r"row 3 \(line 4\), column 'decoder': 'own' with method 'linear': a 'reference' row decodes "
+                    r"with the encoder's own model, so its decoder is 'own', and only a 'reference' row has decoder"),
+    "reference decoder": ("reference\twhisper-tiny.en\tsmollm2\tsynth-en\t\t\t\t\t",
+                          r"row 3 \(line 4\), column 'decoder': 'smollm2' with method 'reference'"),
+    "reference conformer": ("reference\tconformer\town\tsynth-en\t\t\t\t\t",
+                            r"row 3 \(line 4\), column 'encoder': a 'reference' row decodes with the encoder's own "
+                            r"model; that is wired for Whisper encoders only, and 'conformer' is a conformer"),
     "method": ("layer-wise\twhisper-tiny.en\tsmollm2\tsynth-en\t\t\t\t\t",
                r"row 3 \(line 4\), column 'method': unknown method 'layer-wise' \(did you mean 'layer_wise'\?\); "
                r"allowed: layer_wise, linear, post_encoder, lora"),
