@@ -68,6 +68,7 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model",
 TYPICAL = {
     "synth-en": (2.84, None, None),  # texts from the generator; seconds measured on the built corpus
     "synth-zh": (4.0, None, None),  # texts from the generator; espeak at 125-170 syllables per minute
+    "speech-en": (2.66, None, None),  # texts from the generator; seconds measured on the built corpus (1.78 h / 2,400)
     "synth-aqa": (None, None, None),  # scenes, questions and answers from the generator
     "librispeech": (12.7, 180, 0),  # train-clean-100: 100.6 h, 28,539 utterances, ~34 words each
     "librispeech-parquet": (12.7, 180, 0),
@@ -303,10 +304,10 @@ def _prepared_stats(exp, root: Path) -> DataStats | None:
 
 
 def _synth_stats(entry: dict, quick: bool) -> DataStats:
-    from steermoe.data import synth_aqa, synth_en, synth_zh
+    from steermoe.data import speech_en, synth_aqa, synth_en, synth_zh
 
     name = entry["synth"]
-    module = {"synth-en": synth_en, "synth-aqa": synth_aqa, "synth-zh": synth_zh}[name]
+    module = {"synth-en": synth_en, "synth-aqa": synth_aqa, "synth-zh": synth_zh, "speech-en": speech_en}[name]
     sizes = {**module.DEFAULT_SIZES, **(entry.get("sizes") or {}),
              **((entry.get("quick") or {}).get("sizes") or {} if quick else {})}
     train_splits = ((entry.get("splits") or {}).get("train")) or ["train"]
@@ -316,6 +317,10 @@ def _synth_stats(entry: dict, quick: bool) -> DataStats:
     if name == "synth-en":
         planned = synth_en.plan(sample, 0)
         targets = [text for s in train_splits for _, _, text in planned.get(s, [])]
+        return DataStats(n_train, TYPICAL[name][0], targets, [], source=source + ", typical duration")
+    if name == "speech-en":
+        planned = speech_en.plan(sample, 0)
+        targets = [u.sentence.text for s in train_splits for u in planned.get(s, [])]
         return DataStats(n_train, TYPICAL[name][0], targets, [], source=source + ", typical duration")
     if name == "synth-zh":
         planned = synth_zh.plan_splits(sample, 0)

@@ -8,7 +8,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from steermoe.plan import format_plan, plan, plan_experiment, training_flops, training_steps
+from steermoe.catalog import SYNTH_CORPORA
+from steermoe.plan import dataset_stats, format_plan, plan, plan_experiment, training_flops, training_steps
 
 TINY = dict(frames=10, pooled_frames=5, decoder_tokens=12, layers=2, layers_before_pool=1, width=4, p_front=100,
             p_layers=1000, p_steering=50, p_lora=0, p_projection=20, p_decoder=2000, p_head=500, head_tokens=3,
@@ -183,3 +184,11 @@ datasets:
     assert rows[0]["trainable_parameters"] == 2 * 4 * 32 + 32 * 8 + 8 + 2 + 32 * 48 + 48
     assert rows[0]["train_utterances"] == 40 and rows[0]["steps"] == 10 and rows[0]["flops"] > rows[1]["flops"]
     assert rows[0]["data_source"].startswith("synth-en generator")
+
+
+@pytest.mark.parametrize("corpus", SYNTH_CORPORA)
+def test_every_synthetic_corpus_is_planned_before_it_is_built(corpus, tmp_path):
+    entry = {"synth": corpus, "sizes": {"train": 30}}
+    stats = dataset_stats({"dataset_entry": entry, "data_dir": "data/not-built"}, tmp_path)
+    assert stats.n_train == 30 and stats.source.startswith(f"{corpus} generator (not built yet)")
+    assert len(stats.targets) == 30 and all(stats.targets)
