@@ -15,7 +15,7 @@ from pathlib import Path
 
 from steermoe.results import ERROR_PREFIX, NOT_RUN, OK, STALE, collect, get_field, log_error
 
-STEP_LINE = re.compile(r"^step (\d+)/(\d+)  (.*)  (\d+)s(?:  ETA .*)?$")
+STEP_LINE = re.compile(r"^step (\d+)/(\d+)  (.*)  (\d+)s(?:  ETA (\d+)s)?$")
 QUIET_SECONDS = 600  # a job log untouched this long, with no result and no error, is reported as stalled
 
 
@@ -26,28 +26,26 @@ class Progress:
     loss: float | None = None
     dev_loss: float | None = None
     seconds: int | None = None  # since this run started, at the last logged step
-    seconds_per_step: float | None = None  # over this run's logged steps (a resumed run starts its own clock)
+    seconds_per_step: float | None = None  # from the log's own ETA, which a resumed run counts from its checkpoint
 
 
 def read_progress(log: Path) -> Progress:
     """The training progress in a train log's `step N/M ... Ts` lines (steermoe.train.Progress writes them)."""
-    progress, first = Progress(), None
+    progress = Progress()
     if not log.is_file():
         return progress
     for line in log.read_text(encoding="utf-8", errors="replace").splitlines():
         match = STEP_LINE.match(line.strip())
         if not match:
             continue
-        step, total, values, seconds = int(match[1]), int(match[2]), match[3], int(match[4])
+        step, total, values, seconds, eta = int(match[1]), int(match[2]), match[3], int(match[4]), match[5]
         fields = dict(re.findall(r"(\S+) (\S+)", values))
         if "loss" in fields:
             progress.loss = float(fields["loss"])
         if "eval_loss" in fields:
             progress.dev_loss = float(fields["eval_loss"])
-        if first is None or seconds < first[1]:  # a new run (resumed): its clock starts again
-            first = (step, seconds)
-        elif step > first[0]:
-            progress.seconds_per_step = (seconds - first[1]) / (step - first[0])
+        if eta is not None and total > step:
+            progress.seconds_per_step = int(eta) / (total - step)
         progress.step, progress.total, progress.seconds = step, total, seconds
     return progress
 

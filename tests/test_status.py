@@ -33,8 +33,15 @@ def test_progress_is_read_from_the_train_logs_step_lines_and_a_resumed_run_has_i
     (tmp_path / "train.log").write_text(LOG)
     progress = read_progress(tmp_path / "train.log")
     assert (progress.step, progress.total, progress.loss, progress.dev_loss) == (320, 1680, 1.8, 2.6)
-    # the resumed run logged step 240 at 50 s and 320 at 110 s: 0.75 s per step (not the first run's 0.875)
+    # the resumed run's last line: ETA 1020 s for 1360 steps, 0.75 s per step (not the first run's 0.875)
     assert progress.seconds_per_step == pytest.approx(0.75) and progress.seconds == 110
+
+
+def test_the_first_logged_step_already_gives_an_eta(tmp_path):
+    # a training logs no line at step 0, so its first line is the only one for a while
+    (tmp_path / "train.log").write_text(LOG.splitlines()[1] + "\n")
+    progress = read_progress(tmp_path / "train.log")
+    assert progress.step == 80 and progress.seconds_per_step == pytest.approx(1400 / 1600)
 
 
 def test_each_experiment_gets_its_state_eta_losses_metric_and_log(workdir):
