@@ -182,3 +182,28 @@ def test_the_shipped_expert_count_ablation_trains_15_models_each_scored_on_both_
         else:
             assert exp.method == "linear" and "num_experts" not in exp.overrides
     assert len({exp.replicate_of for exp in experiments}) == 10  # 5 replicate sets of 3 seeds, on 2 test sets
+
+
+def test_the_shipped_recipe_matrix_trains_each_recipe_once_on_the_same_utterances_and_scores_it_under_both_protocols():
+    experiments = {exp.id.split("_synth-en_")[1]: exp
+                   for exp in load_matrix(REPO / "experiments" / "recipes.yaml", CATALOG)}
+    paper, seed_code = "paper-protocolhonest", "seed-code-steps420-protocolhonest-evalsteps210-savesteps210"
+    assert [v for v, exp in experiments.items() if "train" in exp.configs] == [paper, seed_code]
+    for trained in (paper, seed_code):
+        scored_under_seed = experiments[trained.replace("protocolhonest", "protocolseed")]
+        assert scored_under_seed.trained_by.endswith(trained) and scored_under_seed.settings["protocol"] == "seed"
+    samples = {v: exp.settings["batch_size"] * exp.settings["max_steps"] for v, exp in experiments.items()}
+    assert samples[paper] == samples[seed_code] == 3360
+    settings = experiments[seed_code].settings
+    assert (settings["learning_rate"], settings["lr_scheduler"], settings["pooling_type"]) == (5e-5, "linear", "max")
+    assert [exp.baseline for exp in experiments.values() if exp.group == "recipes"] == [True, False]
+
+
+def test_the_shipped_speech_en_matrix_scores_two_trainings_and_whisper_on_both_test_sets():
+    experiments = load_matrix(REPO / "experiments" / "speech-en.yaml", CATALOG)
+    prefix = "whisper-tiny.en_{}_speech-en"
+    ids = [f"{m}_{prefix.format(d)}" for m, d in (("layer_wise", "smollm2"), ("linear", "smollm2"), ("reference", "own"))]
+    assert [exp.id for exp in experiments] == [f"{i}{on}" for i in ids for on in ("", "_on-test-ood")]
+    assert [exp.id for exp in experiments if "train" in exp.configs] == ids[:2]
+    assert {exp.test_set for exp in experiments} == {"test", "test-ood"}
+    assert [exp.id for exp in experiments if exp.baseline] == [ids[1], f"{ids[1]}_on-test-ood"]
