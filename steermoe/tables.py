@@ -68,11 +68,12 @@ def table_columns(override_columns: list[str]) -> list[str]:
 
 def override_columns(experiments: list, declared: list[str] | None = None) -> list[str]:
     """The matrix's override columns (`declared`, e.g. its header's), then any other override key used, in order
-    of first appearance."""
+    of first appearance; not those the table has already (test_set, protocol: there with the result's value)."""
     columns: dict[str, None] = dict.fromkeys(declared or [])
     for exp in experiments:
         columns.update(dict.fromkeys(get_field(exp, "overrides") or {}))
-    return list(columns)
+    own = set(table_columns([]))
+    return [c for c in columns if c not in own]
 
 
 # ---------------------------------------------------------------- table rows

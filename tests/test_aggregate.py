@@ -267,6 +267,16 @@ def test_seed_protocol_rows_are_labelled_and_never_paired_with_honest_ones(workd
     assert row["error"] == f"{BETTER} is evaluated under the seed protocol, the baseline {BASE} under honest"
 
 
+def test_a_matrix_column_the_table_already_has_appears_once_with_the_results_value(workdir):
+    exps = [experiment(BASE, "linear", test_set="test", protocol="honest", num_experts=4)]
+    write_evaluated(BASE, BASE_ERRORS)
+    run(exps)
+    header = (workdir / "results/table.csv").read_text().splitlines()[0].split(",")
+    assert header.count("test_set") == header.count("protocol") == header.count("num_experts") == 1
+    assert {(r["test_set"], r["protocol"]) for r in read_table(workdir / "results/table.csv")} == {
+        ("synth-en/test", "honest")}
+
+
 def test_an_evaluation_variant_reports_the_training_it_shares(workdir):
     sharer = f"{BASE}_protocolseed"
     exps = [experiment(BASE, "linear"), {**experiment(sharer, "linear"), "trained_by": BASE,
