@@ -77,6 +77,15 @@ def test_data_still_being_prepared_is_preparing_and_a_failed_preparation_is_fail
     assert failed["state"] == "failed" and "no voice cmn-latn-pinyin" in failed["metric"]
 
 
+def test_a_reference_row_being_decoded_is_evaluating_not_preparing_or_failed(workdir):
+    reference = experiment("reference_whisper-tiny.en_own_synth-en", "reference")
+    write_log(reference["id"], "evaluate", "decoded 160/200 utterances  123s\n")
+    line = experiment_line(reference, Path("results"), Path("logs"))
+    assert (line["state"], line["log"]) == ("evaluating", f"logs/{reference['id']}/evaluate.log")
+    write_log(reference["id"], "evaluate", "steermoe: error: models/whisper-tiny.en is not there\n")
+    assert experiment_line(reference, Path("results"), Path("logs"))["state"] == "failed"
+
+
 def test_an_evaluation_variant_shows_the_training_it_shares(workdir):
     write_log(TRAINING, "train", LOG)
     line = experiment_line({**experiment(f"{TRAINING}_protocolseed", "layer_wise"), "trained_by": TRAINING},
