@@ -143,13 +143,19 @@ def _test_set(exp, test_config: Path | None) -> str:
     return f"{get_field(exp, 'dataset')}/test"
 
 
+def trains(exp) -> bool:
+    """False for a reference row: it evaluates the encoder's own model, untrained (Experiment.trains, for the
+    dict experiments of older tables too)."""
+    return get_field(exp, "method") != REFERENCE
+
+
 def collect(exp, results: Path, logs: Path, root: Path | None = None) -> ExperimentResult:
     """Everything known about one experiment; never raises for a missing or broken experiment."""
     root = Path(root) if root is not None else Path(".")
     exp_id = str(get_field(exp, "id"))
     folder = Path(results) / exp_id
     trainer = str(get_field(exp, "trained_by") or exp_id)  # the experiment whose training this one evaluates
-    trains = get_field(exp, "method") != REFERENCE  # a reference row evaluates the encoder's own model, untrained
+    has_training = trains(exp)
     train_log, eval_log = Path(logs) / trainer / "train.log", Path(logs) / exp_id / "evaluate.log"
 
     def rendered(key: str, suffix: str) -> Path | None:
@@ -194,7 +200,7 @@ def collect(exp, results: Path, logs: Path, root: Path | None = None) -> Experim
                 out.error += f" (the metrics in {metrics_path} are from an earlier model)"
                 out.metrics = out.steering = out.predictions_path = None
                 return out
-        stale = [f"{summary_path.parent} is missing"] if out.summary is None and trains else []
+        stale = [f"{summary_path.parent} is missing"] if out.summary is None and has_training else []
         current_test = _file_sha(test_config)
         if current_test and out.config_sha256 and current_test != out.config_sha256:
             stale.append(f"{test_config} changed since evaluation")
@@ -207,14 +213,14 @@ def collect(exp, results: Path, logs: Path, root: Path | None = None) -> Experim
         if stale:
             out.status, out.error = STALE, "; ".join(stale) + ": re-run the workflow"
         return out
-    if out.summary is not None or not trains:  # trained (or nothing to train), not evaluated
+    if out.summary is not None or not has_training:  # trained (or nothing to train), not evaluated
         message = log_error(eval_log)
         if message is not None:
             out.status, out.error, out.log = FAILED_EVAL, message, str(eval_log)
         elif (upstream := _upstream_failure(exp, Path(logs), root)) is not None:  # its test set's data (or a
             out.status, out.error, out.log = upstream                             # reference row's model import)
         else:
-            out.status, out.error = NOT_RUN, "trained; not evaluated yet" if trains else "not evaluated yet"
+            out.status, out.error = NOT_RUN, "trained; not evaluated yet" if has_training else "not evaluated yet"
         return out
     message = log_error(train_log)
     if message is not None:

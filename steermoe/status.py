@@ -13,8 +13,7 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from steermoe.results import ERROR_PREFIX, NOT_RUN, OK, STALE, collect, get_field, log_error
-from steermoe.settings import REFERENCE
+from steermoe.results import ERROR_PREFIX, NOT_RUN, OK, STALE, collect, get_field, log_error, trains
 
 STEP_LINE = re.compile(r"^step (\d+)/(\d+)  (.*)  (\d+)s(?:  ETA (\d+)s)?$")
 QUIET_SECONDS = 600  # a job log untouched this long, with no result and no error, is reported as stalled
@@ -86,7 +85,7 @@ def experiment_line(exp, results: Path, logs: Path, now: float | None = None) ->
         metrics = result.metrics
         line.update(state="done" if result.status == OK else "stale", log=str(eval_log),
                     metric=f"{metrics['metric']} {metrics['value']:.4f}")
-    elif (result.summary is not None or get_field(exp, "method") == REFERENCE) and eval_log.is_file():
+    elif (result.summary is not None or not trains(exp)) and eval_log.is_file():
         line.update(state=_job_state(eval_log, "evaluating", now), log=str(eval_log))  # a reference row trains nothing
     elif result.summary is not None:
         line.update(state="trained", log=str(eval_log))
