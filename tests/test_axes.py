@@ -167,18 +167,18 @@ def test_adding_a_seed_schedules_only_that_seeds_jobs(tmp_path):
 def test_the_shipped_expert_count_ablation_trains_15_models_each_scored_on_both_test_sets():
     experiments = load_matrix(REPO / "experiments" / "ablation-experts.yaml", CATALOG)
     prefix = "whisper-tiny.en_smollm2_synth-en"
-    trained = [f"layer_wise_{prefix}_experts{n}-seed{s}" for n in (2, 4, 8, 16) for s in range(3)]
-    trained += [f"linear_{prefix}_seed{s}" for s in range(3)]
+    trained = [f"layer_wise_{prefix}_steps1680-experts{n}-seed{s}" for n in (2, 4, 8, 16) for s in range(3)]
+    trained += [f"linear_{prefix}_steps1680-seed{s}" for s in range(3)]
     assert [exp.id for exp in experiments] == [f"{i}{on}" for i in trained for on in ("", "-on-test-unseen")]
     assert [exp.id for exp in experiments if "train" in exp.configs] == trained
     assert {exp.group for exp in experiments} == {"experts"}
-    assert [exp.id for exp in experiments if exp.baseline and exp.test_set == "test"] == [f"linear_{prefix}_seed{s}"
-                                                                                      for s in range(3)]
+    assert [exp.id for exp in experiments if exp.baseline and exp.test_set == "test"] == \
+        [f"linear_{prefix}_steps1680-seed{s}" for s in range(3)]
     for exp in experiments:
         assert (exp.encoder, exp.decoder, exp.dataset) == ("whisper-tiny.en", "smollm2", "synth-en")
         assert exp.settings["seed"] == int(exp.id.removesuffix("-on-test-unseen")[-1])
         if exp.method == "layer_wise":
-            assert exp.settings["num_experts"] == int(exp.id.split("_experts")[1].split("-")[0])
+            assert exp.settings["num_experts"] == int(exp.id.split("-experts")[1].split("-")[0])
         else:
             assert exp.method == "linear" and "num_experts" not in exp.overrides
     assert len({exp.replicate_of for exp in experiments}) == 10  # 5 replicate sets of 3 seeds, on 2 test sets
@@ -187,7 +187,7 @@ def test_the_shipped_expert_count_ablation_trains_15_models_each_scored_on_both_
 def test_the_shipped_recipe_matrix_trains_each_recipe_once_on_the_same_utterances_and_scores_it_under_both_protocols():
     experiments = {exp.id.split("_synth-en_")[1]: exp
                    for exp in load_matrix(REPO / "experiments" / "recipes.yaml", CATALOG)}
-    paper, seed_code = "paper-protocolhonest", "seed-code-steps420-protocolhonest-evalsteps210-savesteps210"
+    paper, seed_code = "paper-steps1680-protocolhonest", "seed-code-steps420-protocolhonest-evalsteps210-savesteps210"
     assert [v for v, exp in experiments.items() if "train" in exp.configs] == [paper, seed_code]
     for trained in (paper, seed_code):
         scored_under_seed = experiments[trained.replace("protocolhonest", "protocolseed")]
@@ -207,3 +207,9 @@ def test_the_shipped_speech_en_matrix_scores_two_trainings_and_whisper_on_both_t
     assert [exp.id for exp in experiments if "train" in exp.configs] == ids[:2]
     assert {exp.test_set for exp in experiments} == {"test", "test-ood"}
     assert [exp.id for exp in experiments if exp.baseline] == [ids[1], f"{ids[1]}_on-test-ood"]
+
+
+def test_the_shipped_aqa_matrix_trains_layer_wise_on_synth_aqa_at_the_catalog_budget():
+    (experiment,) = load_matrix(REPO / "experiments" / "aqa.yaml", CATALOG)
+    assert experiment.id == "layer_wise_whisper-tiny.en_smollm2_synth-aqa" and experiment.metric == "qa_accuracy"
+    assert experiment.settings["max_steps"] == 500 and not experiment.overrides

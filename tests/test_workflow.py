@@ -31,8 +31,8 @@ LAYER_WISE, LINEAR, AQA = ("layer_wise_whisper-tiny.en_smollm2_synth-en", "linea
                            "layer_wise_whisper-tiny.en_smollm2_synth-aqa")
 REFERENCE = "reference_whisper-tiny.en_own_synth-en"
 UNSEEN = "_on-test-unseen"  # the id suffix of synth-en's second test set
-TRAINED_IDS = [LAYER_WISE, LINEAR, AQA]
-DEFAULT_IDS = [LAYER_WISE, LAYER_WISE + UNSEEN, LINEAR, LINEAR + UNSEEN, REFERENCE, REFERENCE + UNSEEN, AQA]
+TRAINED_IDS = [LAYER_WISE, LINEAR]
+DEFAULT_IDS = [LAYER_WISE, LAYER_WISE + UNSEEN, LINEAR, LINEAR + UNSEEN, REFERENCE, REFERENCE + UNSEEN]
 AGG = ("aggregate", "results/table.csv")  # the matrix and catalog are its inputs: any edit refreshes the table
 PLAN = ("plan", "results/plan.csv")  # likewise the cost plan (a dry run shows its message, not its output)
 HEADER = "method\tencoder\tdecoder\tdataset\tnum_experts\tencoder_window\tmax_steps\tgroup\tbaseline\n"
@@ -143,7 +143,7 @@ def test_default_matrix_validates_and_dry_runs(tmp_path):
     root = copy_workflow(tmp_path / "wf")
     jobs = planned(root)
     expected = {("import_model", "whisper-tiny.en"), ("import_model", "smollm2-135m-instruct"),
-                ("prepare_data", "synth-en"), ("prepare_data", "synth-aqa"),
+                ("prepare_data", "synth-en"),
                 ("prepare_test_set", "synth-en@test-unseen"),
                 AGG, ("evaluate", REFERENCE), ("evaluate", REFERENCE + UNSEEN)} | \
         set().union(*map(experiment_jobs, TRAINED_IDS))
@@ -152,7 +152,7 @@ def test_default_matrix_validates_and_dry_runs(tmp_path):
     assert [e.id for e in experiments] == DEFAULT_IDS
     base = experiments[2]
     assert base.group == "synth-en" and base.baseline and experiments[0].group == "synth-en"
-    assert [e.metric for e in experiments] == ["wer"] * 6 + ["qa_accuracy"]
+    assert [e.metric for e in experiments] == ["wer"] * 6
     assert base.train_config == f"results/{base.id}/linear_whisper-tiny.en_smollm2_synth-en_train.yaml"
 
 
@@ -161,7 +161,7 @@ def test_data_preparation_uses_the_cores_it_is_given(tmp_path):
     for cores in ("1", "4"):  # capped at --cores, and more than 2 where a machine has more
         out = snakemake(root, "-n", "-p", "--cores", cores).stdout
         workers = re.findall(r"^Shell command: steermoe data synth (\S+) .* --workers (\d+) ", out, re.M)
-        assert sorted(workers) == [("synth-aqa", cores), ("synth-en", cores), ("synth-en", cores)], out[-3000:]
+        assert sorted(workers) == [("synth-en", cores), ("synth-en", cores)], out[-3000:]
 
 
 def test_seed_matrix_validates_and_plans_the_deepspeed_launch(tmp_path):
@@ -378,7 +378,7 @@ def test_overrides_reach_the_rendered_config_and_quick_wins(tmp_path):
     assert load_run_config(path).training.max_steps == 50
     quick = load_matrix(matrix, catalog, quick=True)[0]
     assert quick.id == exp.id and quick.settings["max_steps"] == 2  # quick wins over the row (CI size)
-    assert plain.settings["max_steps"] == 1680
+    assert plain.settings["max_steps"] == 1120
 
 
 def test_the_seed_code_recipe_renders_exactly_what_the_original_code_ran(tmp_path):
@@ -661,6 +661,13 @@ def test_catalog_edit_reruns_exactly_the_experiments_using_the_entry(done):
     # an entry no experiment uses: no experiment (only the table is refreshed)
     edit("path: /path/to/Qwen2.5-7B-Instruct", "path: /models/Qwen2.5-7B-Instruct")
     assert planned(done) == {AGG}
+    # a setting of synth-aqa, which no experiment uses yet: the table only; then a synth-aqa row, run
+    edit("      max_steps: 500", "      max_steps: 450")
+    assert planned(done) == {AGG}
+    path.write_text(original)
+    matrix = done / "experiments" / "matrix.tsv"
+    matrix.write_text(matrix.read_text() + "layer_wise\twhisper-tiny.en\tsmollm2\tsynth-aqa\t\t\t\t\t\n")
+    snakemake(done)
     # a setting of synth-aqa: its one experiment
     aqa = AQA
     edit("      max_steps: 500", "      max_steps: 450")
@@ -679,7 +686,7 @@ def test_catalog_edit_reruns_exactly_the_experiments_using_the_entry(done):
                              AGG}
     # the shared decoder: every trained experiment (the reference rows use none)
     edit("embedded: smollm2-135m-instruct\n", "embedded: smollm2-135m-instruct\n    dtype: float32\n")
-    assert {w for r, w in planned(done) if r == "train"} == set(TRAINED_IDS)
+    assert {w for r, w in planned(done) if r == "train"} == {*TRAINED_IDS, aqa}
     # the evaluation-only setting: evaluation only
     edit("    num_beams: 1", "    num_beams: 2")
     assert {r for r, _ in planned(done)} == {"evaluate", "aggregate"}
@@ -712,15 +719,15 @@ def test_quick_switch_and_failed_experiment_does_not_block_the_others(done):
     """--config quick=true re-renders every config; a failing train job does not stop the other experiments."""
     jobs = planned(done, "--config", "quick=true")
     assert {w for r, w in jobs if r == "train"} == set(TRAINED_IDS)
-    assert {w for r, w in jobs if r == "prepare_data"} == {"synth-en", "synth-aqa"}  # quick sizes
-    proc = snakemake(done, "--config", "quick=true", env={"STEERMOE_STUB_FAIL": AQA}, check=False)
+    assert {w for r, w in jobs if r == "prepare_data"} == {"synth-en"}  # quick sizes
+    proc = snakemake(done, "--config", "quick=true", env={"STEERMOE_STUB_FAIL": LINEAR}, check=False)
     assert proc.returncode != 0
     done_calls = calls(done)
-    assert ("evaluate", LAYER_WISE) in done_calls and ("evaluate", LINEAR) in done_calls
-    assert ("evaluate", AQA) not in done_calls
+    assert ("evaluate", LAYER_WISE) in done_calls and ("evaluate", REFERENCE) in done_calls
+    assert ("evaluate", LINEAR) not in done_calls
     assert done_calls[-1] == ("aggregate", "results")  # onerror: the table is still written
     # the failed job's outputs are removed, its checkpoints are not (they are not outputs)
-    train_dir = done / "results" / AQA / "train"
+    train_dir = done / "results" / LINEAR / "train"
     assert (train_dir / "checkpoint-1" / "complete.json").is_file()
     assert not (train_dir / "final" / "model.safetensors").exists()
     rendered = (done / "results" / LAYER_WISE / f"{LAYER_WISE}_train.yaml").read_text()
