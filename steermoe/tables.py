@@ -389,14 +389,14 @@ def _compare_sets(baseline: list, members: list, results: dict[str, ExperimentRe
 
 def summary_text(table: list[dict], comparisons: list[dict]) -> str:
     """A short human view of the table: headline metric rows, then the comparisons."""
-    lines = [f"{'experiment':<52}{'metric':<14}{'value':>9}  {'95% CI':<19}status"]
-    for row in table:
-        if not row["headline"]:
-            continue
+    shown = [row for row in table if row["headline"]]
+    width = max([len("experiment"), *(len(row["experiment"]) for row in shown)]) + 2  # ids vary widely in length
+    lines = [f"{'experiment':<{width}}{'metric':<14}{'value':>9}  {'95% CI':<19}status"]
+    for row in shown:
         value = f"{row['value']:.4f}" if row.get("value") is not None else "-"
         ci = f"{row['ci_low']:.4f}-{row['ci_high']:.4f}" if row.get("ci_low") is not None else ""
         status = row["status"] + (f": {row['error']}" if row["error"] else "")
-        lines.append(f"{row['experiment']:<52}{row['metric']:<14}{value:>9}  {ci:<19}{status}")
+        lines.append(f"{row['experiment']:<{width}}{row['metric']:<14}{value:>9}  {ci:<19}{status}")
     for c in comparisons:
         if c["status"] == OK:
             lines.append(f"{c['experiment']} vs {c['baseline']}: delta {c['delta']:+.4f} "

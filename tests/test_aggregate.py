@@ -565,3 +565,14 @@ def test_a_replicate_set_with_a_missing_seed_says_so_and_is_not_compared(workdir
     assert summary["status"] == "incomplete" and "1 of 2 seeds not ok: layer_wise_r_seed1" in summary["error"]
     comparison = read_table(workdir / "results/comparisons.csv")[0]
     assert comparison["status"] == "not available" and "layer_wise_r_seed1" in comparison["error"]
+
+
+def test_the_logged_summary_keeps_a_column_gap_after_the_longest_experiment_id():
+    from steermoe.tables import summary_text
+
+    ids = ["short", "layer_wise_whisper-tiny.en_smollm2_synth-en_on-test-unseen"]
+    table = [{"experiment": i, "headline": True, "metric": "wer", "value": 0.25, "ci_low": 0.2, "ci_high": 0.3,
+              "status": "ok", "error": ""} for i in ids]
+    lines = summary_text(table, []).splitlines()
+    assert {line.index("wer") for line in lines[1:]} == {lines[0].index("metric")}
+    assert lines[2].startswith(ids[1] + "  ")
