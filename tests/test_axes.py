@@ -46,9 +46,10 @@ def test_axes_expand_to_exactly_the_ids_and_config_hashes_of_the_explicit_rows(t
     (tmp_path / "explicit.tsv").write_text(EXPLICIT)
     expanded = fingerprint(tmp_path / "axes.yaml")
     assert expanded == fingerprint(tmp_path / "explicit.tsv")
-    # six rows, each scored on synth-en's two test sets
-    assert len(expanded) == 12 and [e[0] for e in expanded][-2:] == ["linear_whisper-tiny.en_smollm2_synth-en",
-                                                                   "linear_whisper-tiny.en_smollm2_synth-en_on-test-unseen"]
+    # six rows, each scored on synth-en's three test sets
+    linear = "linear_whisper-tiny.en_smollm2_synth-en"
+    assert len(expanded) == 18 and [e[0] for e in expanded][-3:] == [linear, f"{linear}_on-test-unseen",
+                                                                   f"{linear}_on-test-ood"]
     assert expanded[0][0] == "layer_wise_whisper-tiny.en_smollm2_synth-en_lr0.01-experts2-window30s"
 
 
@@ -66,7 +67,7 @@ def test_a_yaml_matrix_includes_explicit_tsv_rows_beside_its_axes(tmp_path):
                                        "layer_wise\twhisper-tiny.en\tsmollm2\tsynth-aqa\n")
     (tmp_path / "both.yaml").write_text(f"include: [{tmp_path / 'rows.tsv'}]\n" + AXES)
     ids = [exp.id for exp in load_matrix(tmp_path / "both.yaml", CATALOG)]
-    assert ids[0] == "layer_wise_whisper-tiny.en_smollm2_synth-aqa" and len(ids) == 1 + 6 * 2
+    assert ids[0] == "layer_wise_whisper-tiny.en_smollm2_synth-aqa" and len(ids) == 1 + 6 * 3
 
 
 @pytest.mark.parametrize("text, message", [
@@ -133,12 +134,13 @@ def test_seeds_make_one_experiment_per_seed_equal_to_explicit_seed_rows(tmp_path
     for path in ("count.yaml", "list.yaml", "axis.yaml", "cells.tsv"):
         assert sorted(fingerprint(tmp_path / path)) == expected, path
     experiments = load_matrix(tmp_path / "cells.tsv", CATALOG)
-    assert [e.id for e in experiments][:4] == [f"layer_wise_whisper-tiny.en_smollm2_synth-en_experts4-seed{s}{on}"
-                                               for s in range(2) for on in ("", "-on-test-unseen")]
+    assert [e.id for e in experiments][:6] == [f"layer_wise_whisper-tiny.en_smollm2_synth-en_experts4-seed{s}{on}"
+                                               for s in range(2) for on in ("", "-on-test-unseen", "-on-test-ood")]
     layer_wise, linear = "layer_wise_whisper-tiny.en_smollm2_synth-en", "linear_whisper-tiny.en_smollm2_synth-en"
     assert {e.replicate_of for e in experiments} == {  # a replicate set per test set
         f"{layer_wise}_experts4", f"{layer_wise}_experts8", linear,
-        f"{layer_wise}_experts4-on-test-unseen", f"{layer_wise}_experts8-on-test-unseen", f"{linear}_on-test-unseen"}
+        *(f"{layer_wise}_experts{n}-on-{t}" for n in (4, 8) for t in ("test-unseen", "test-ood")),
+        f"{linear}_on-test-unseen", f"{linear}_on-test-ood"}
 
 
 @pytest.mark.parametrize("cell, message", [("x", "neither a count nor"), ("0", "give a positive count"),
@@ -161,27 +163,27 @@ def test_adding_a_seed_schedules_only_that_seeds_jobs(tmp_path):
     matrix.write_text(matrix.read_text().replace("seeds: 2", "seeds: 3"))
     jobs = planned(root, "--config", "matrix=experiments/seeds.yaml", "quick=true")
     new = "linear_whisper-tiny.en_smollm2_synth-en_seed2"
-    assert {what for rule, what in jobs if rule not in ("aggregate",)} == {new, f"{new}-on-test-unseen"}
+    assert {what for rule, what in jobs if rule not in ("aggregate",)} == {new, f"{new}-on-test-unseen", f"{new}-on-test-ood"}
 
 
-def test_the_shipped_expert_count_ablation_trains_15_models_each_scored_on_both_test_sets():
+def test_the_shipped_expert_count_ablation_trains_15_models_each_scored_on_every_test_set():
     experiments = load_matrix(REPO / "experiments" / "ablation-experts.yaml", CATALOG)
     prefix = "whisper-tiny.en_smollm2_synth-en"
     trained = [f"layer_wise_{prefix}_steps1680-experts{n}-seed{s}" for n in (2, 4, 8, 16) for s in range(3)]
     trained += [f"linear_{prefix}_steps1680-seed{s}" for s in range(3)]
-    assert [exp.id for exp in experiments] == [f"{i}{on}" for i in trained for on in ("", "-on-test-unseen")]
+    assert [exp.id for exp in experiments] == [f"{i}{on}" for i in trained for on in ("", "-on-test-unseen", "-on-test-ood")]
     assert [exp.id for exp in experiments if "train" in exp.configs] == trained
     assert {exp.group for exp in experiments} == {"experts"}
     assert [exp.id for exp in experiments if exp.baseline and exp.test_set == "test"] == \
         [f"linear_{prefix}_steps1680-seed{s}" for s in range(3)]
     for exp in experiments:
         assert (exp.encoder, exp.decoder, exp.dataset) == ("whisper-tiny.en", "smollm2", "synth-en")
-        assert exp.settings["seed"] == int(exp.id.removesuffix("-on-test-unseen")[-1])
+        assert exp.settings["seed"] == int(exp.id.split("-seed")[1][0])
         if exp.method == "layer_wise":
             assert exp.settings["num_experts"] == int(exp.id.split("-experts")[1].split("-")[0])
         else:
             assert exp.method == "linear" and "num_experts" not in exp.overrides
-    assert len({exp.replicate_of for exp in experiments}) == 10  # 5 replicate sets of 3 seeds, on 2 test sets
+    assert len({exp.replicate_of for exp in experiments}) == 15  # 5 replicate sets of 3 seeds, on 3 test sets
 
 
 def test_the_shipped_recipe_matrix_trains_each_recipe_once_on_the_same_utterances_and_scores_it_under_both_protocols():

@@ -1,4 +1,5 @@
-"""synth-en: deterministic, held-out sentences and voices (test, test-unseen), a real vocabulary, intelligible audio."""
+"""synth-en: deterministic, held-out sentences and voices (test, test-unseen), speech-en's out-of-domain test set
+(test-ood), a real vocabulary, intelligible audio."""
 import random
 import re
 
@@ -85,6 +86,21 @@ def test_a_test_set_built_on_its_own_is_the_one_a_full_build_makes(corpus, tmp_p
     with pytest.raises(DataError, match=r"--only test-other: no such split in the sizes \(test, dev, train, "
                                         r"test-unseen\); give its size too"):
         build_synth_en(tmp_path / "bad", SIZES, seed=7, progress=False, only=["test-other"])
+
+
+def test_test_ood_is_speech_en_s_out_of_domain_test_set_and_changes_no_grammar_split(tmp_path):
+    """The default's out-of-domain test set: speech-en's test-ood, byte for byte, built on its own."""
+    from steermoe.data.speech_en import build_speech_en
+
+    sizes = {**SIZES, "test-ood": 3}
+    assert plan(sizes, 7) == plan(SIZES, 7)  # not drawn from the grammar, so test-unseen keeps its sentences
+    build_synth_en(tmp_path / "synth", sizes, seed=7, progress=False, only=["test-ood"])
+    build_speech_en(tmp_path / "speech", {"test-ood": 3}, seed=7, progress=False, only=["test-ood"])
+    assert (tmp_path / "synth/test-ood.parquet").read_bytes() == (tmp_path / "speech/test-ood.parquet").read_bytes()
+    assert sorted(p.name for p in (tmp_path / "synth").glob("*.parquet")) == ["test-ood.parquet"]
+    with pytest.raises(DataError, match=r"synth-en: test-ood is speech-en's out-of-domain test set and is built on "
+                                        r"its own: ask for it with --only test-ood"):
+        build_synth_en(tmp_path / "both", sizes, seed=7, progress=False)
 
 
 def test_whisper_base_understands_the_test_audio(corpus, embedded_models):

@@ -30,9 +30,9 @@ WORKFLOW = ["Snakefile", "workflow", "templates", "profiles", "experiments"]
 LAYER_WISE, LINEAR, AQA = ("layer_wise_whisper-tiny.en_smollm2_synth-en", "linear_whisper-tiny.en_smollm2_synth-en",
                            "layer_wise_whisper-tiny.en_smollm2_synth-aqa")
 REFERENCE = "reference_whisper-tiny.en_own_synth-en"
-UNSEEN = "_on-test-unseen"  # the id suffix of synth-en's second test set
+UNSEEN, OOD = "_on-test-unseen", "_on-test-ood"  # the id suffixes of synth-en's second and third test sets
 TRAINED_IDS = [LAYER_WISE, LINEAR]
-DEFAULT_IDS = [LAYER_WISE, LAYER_WISE + UNSEEN, LINEAR, LINEAR + UNSEEN, REFERENCE, REFERENCE + UNSEEN]
+DEFAULT_IDS = [exp + on for exp in (LAYER_WISE, LINEAR, REFERENCE) for on in ("", UNSEEN, OOD)]
 AGG = ("aggregate", "results/table.csv")  # the matrix and catalog are its inputs: any edit refreshes the table
 PLAN = ("plan", "results/plan.csv")  # likewise the cost plan (a dry run shows its message, not its output)
 HEADER = "method\tencoder\tdecoder\tdataset\tnum_experts\tencoder_window\tmax_steps\tgroup\tbaseline\n"
@@ -91,14 +91,14 @@ def planned(root: Path, *args) -> set[tuple[str, str]]:
     return jobs
 
 
-def on_unseen(exp_id: str) -> str:
-    """The id of a synth-en experiment scored on synth-en's second test set."""
-    return exp_id + (UNSEEN if exp_id.endswith("_synth-en") else UNSEEN.replace("_", "-"))
+def on_other_test_sets(exp_id: str) -> list[str]:
+    """The ids of a synth-en experiment scored on synth-en's second and third test sets."""
+    return [exp_id + (on if exp_id.endswith("_synth-en") else on.replace("_", "-")) for on in (UNSEEN, OOD)]
 
 
 def experiment_jobs(exp_id: str) -> set[tuple[str, str]]:
     """A trained experiment's jobs: its training, and its evaluation on each test set of its dataset."""
-    evaluated = [exp_id, on_unseen(exp_id)] if "_synth-en" in exp_id else [exp_id]
+    evaluated = [exp_id, *on_other_test_sets(exp_id)] if "_synth-en" in exp_id else [exp_id]
     return {("train", exp_id)} | {("evaluate", e) for e in evaluated}
 
 
@@ -144,15 +144,15 @@ def test_default_matrix_validates_and_dry_runs(tmp_path):
     jobs = planned(root)
     expected = {("import_model", "whisper-tiny.en"), ("import_model", "smollm2-135m-instruct"),
                 ("prepare_data", "synth-en"),
-                ("prepare_test_set", "synth-en@test-unseen"),
-                AGG, ("evaluate", REFERENCE), ("evaluate", REFERENCE + UNSEEN)} | \
+                ("prepare_test_set", "synth-en@test-unseen"), ("prepare_test_set", "synth-en@test-ood"),
+                AGG, *(("evaluate", REFERENCE + on) for on in ("", UNSEEN, OOD))} | \
         set().union(*map(experiment_jobs, TRAINED_IDS))
     assert jobs == expected
     experiments = load_matrix(root / "experiments/matrix.tsv", root / "experiments/catalog.yaml")
     assert [e.id for e in experiments] == DEFAULT_IDS
-    base = experiments[2]
+    base = experiments[3]
     assert base.group == "synth-en" and base.baseline and experiments[0].group == "synth-en"
-    assert [e.metric for e in experiments] == ["wer"] * 6
+    assert [e.metric for e in experiments] == ["wer"] * 9
     assert base.train_config == f"results/{base.id}/linear_whisper-tiny.en_smollm2_synth-en_train.yaml"
 
 
@@ -161,7 +161,7 @@ def test_data_preparation_uses_the_cores_it_is_given(tmp_path):
     for cores in ("1", "4"):  # capped at --cores, and more than 2 where a machine has more
         out = snakemake(root, "-n", "-p", "--cores", cores).stdout
         workers = re.findall(r"^Shell command: steermoe data synth (\S+) .* --workers (\d+) ", out, re.M)
-        assert sorted(workers) == [("synth-en", cores), ("synth-en", cores)], out[-3000:]
+        assert sorted(workers) == [("synth-en", cores)] * 3, out[-3000:]
 
 
 def test_seed_matrix_validates_and_plans_the_deepspeed_launch(tmp_path):
@@ -452,9 +452,11 @@ def test_every_row_is_scored_on_each_test_set_of_its_dataset_with_one_training(t
     matrix = write_matrix(root, "layer_wise\twhisper-tiny.en\tsmollm2\tsynth-en\t\tg\tfalse",
                           "linear\twhisper-tiny.en\tsmollm2\tsynth-en\t\tg\ttrue",
                           "layer_wise\twhisper-tiny.en\tsmollm2\tsynth-aqa\t\t\t", header=header)
-    steer, steer_unseen, base, base_unseen, aqa = load_matrix(matrix, root / "experiments/catalog.yaml")
+    experiments = load_matrix(matrix, root / "experiments/catalog.yaml")
+    steer, steer_unseen, steer_ood, base, base_unseen, base_ood, aqa = experiments
     assert steer_unseen.id == f"{steer.id}_on-test-unseen" and steer_unseen.trained_by == steer.id
-    assert (steer.test_set, steer_unseen.test_set, aqa.test_set) == ("test", "test-unseen", "test")
+    assert steer_ood.id == f"{steer.id}_on-test-ood" and steer_ood.trained_by == steer.id
+    assert [e.test_set for e in experiments] == ["test", "test-unseen", "test-ood"] * 2 + ["test"]
     assert base_unseen.group == "g" and base_unseen.baseline and base_unseen.trained_by == base.id
     test = yaml.safe_load(render(steer_unseen, root / "templates", "test"))
     assert test["parquet_dirs"] == ["data/synth-en@test-unseen/test-unseen.parquet"]
@@ -464,8 +466,7 @@ def test_every_row_is_scored_on_each_test_set_of_its_dataset_with_one_training(t
     assert yaml.safe_load(render(steer, root / "templates", "test"))["parquet_dirs"] == ["data/synth-en/test.parquet"]
     jobs = planned(root)
     assert {what for rule, what in jobs if rule == "train"} == {steer.id, base.id, aqa.id}
-    assert {what for rule, what in jobs if rule == "evaluate"} == {e.id for e in (steer, steer_unseen, base,
-                                                                                base_unseen, aqa)}
+    assert {what for rule, what in jobs if rule == "evaluate"} == {e.id for e in experiments}
 
 
 def test_a_test_set_cell_picks_one_test_set_and_an_unknown_one_is_named_with_the_allowed_ones(tmp_path):
@@ -484,11 +485,12 @@ def test_a_test_set_cell_picks_one_test_set_and_an_unknown_one_is_named_with_the
 
 
 @pytest.mark.parametrize("edit, message", [
-    (("    test_sets: [test, test-unseen]", "    test_sets: [test, test-unseen]\n    splits: {train: train, test: test}"),
+    (("    test_sets: [test, test-unseen, test-ood]",
+      "    test_sets: [test, test-unseen, test-ood]\n    splits: {train: train, test: test}"),
      r"datasets.synth-en.splits.test: give the test splits in one place: 'test_sets' lists them"),
-    (("sizes: {train: 2400, dev: 100, test: 200, test-unseen: 200}", "sizes: {train: 2400, dev: 100, test: 200}"),
+    (("test: 200, test-unseen: 200, test-ood: 200}", "test: 200, test-ood: 200}"),
      r"datasets.synth-en.sizes: test split 'test-unseen' has no size"),
-    (("    test_sets: [test, test-unseen]", "    test_sets: [test, test]"),
+    (("    test_sets: [test, test-unseen, test-ood]", "    test_sets: [test, test]"),
      r"datasets.synth-en.test_sets: \['test', 'test'\] names a split twice"),
 ])
 def test_bad_test_sets_in_the_catalog_are_clear_errors(tmp_path, edit, message):
@@ -511,23 +513,23 @@ def test_a_group_needs_its_baseline_on_every_test_set_it_is_scored_on(tmp_path):
 
 
 def test_adding_a_test_set_prepares_only_it_and_runs_only_the_new_evaluations(tmp_path):
-    """A synthetic corpus's second test set is synthesised by a job of its own: the training data stays as it was."""
+    """A synthetic corpus's later test sets are synthesised by jobs of their own: the training data stays as it was."""
     root = copy_workflow(tmp_path / "wf")
     catalog = root / "experiments/catalog.yaml"
     with_unseen = catalog.read_text()
-    sizes, test_sets = "sizes: {train: 2400, dev: 100, test: 200, test-unseen: 200}", "test_sets: [test, test-unseen]"
+    sizes, test_sets = "test: 200, test-unseen: 200, test-ood: 200}", "test_sets: [test, test-unseen, test-ood]"
     assert sizes in with_unseen and test_sets in with_unseen
-    catalog.write_text(with_unseen.replace(sizes, "sizes: {train: 2400, dev: 100, test: 200}")
-                       .replace(test_sets, "test_sets: [test]"))
+    catalog.write_text(with_unseen.replace(sizes, "test: 200}").replace(test_sets, "test_sets: [test]"))
     snakemake(root)
     (root / "stub_calls.jsonl").unlink()
     catalog.write_text(with_unseen)
-    new = {e.id for e in load_matrix(root / "experiments/matrix.tsv", catalog) if e.test_set == "test-unseen"}
-    assert new == {LAYER_WISE + UNSEEN, LINEAR + UNSEEN, REFERENCE + UNSEEN}
-    assert planned(root) == {("evaluate", e) for e in new} | {("prepare_test_set", "synth-en@test-unseen"), AGG}
+    new = {e.id for e in load_matrix(root / "experiments/matrix.tsv", catalog) if e.test_set != "test"}
+    assert new == {e + on for e in (LAYER_WISE, LINEAR, REFERENCE) for on in (UNSEEN, OOD)}
+    test_sets = {"synth-en@test-unseen", "synth-en@test-ood"}
+    assert planned(root) == {("evaluate", e) for e in new} | {("prepare_test_set", t) for t in test_sets} | {AGG}
     snakemake(root)
     assert {call for call in calls(root) if call[0] != "plan"} == \
-        {("evaluate", e) for e in new} | {("data synth", "synth-en@test-unseen"), ("aggregate", "results")}
+        {("evaluate", e) for e in new} | {("data synth", t) for t in test_sets} | {("aggregate", "results")}
     manifest = json.loads((root / "data/synth-en@test-unseen/manifest.json").read_text())
     assert manifest["argv"][manifest["argv"].index("--only") + 1] == "test-unseen"
     assert "test-unseen=200" in manifest["argv"]  # drawn apart from the other splits, so it needs their sizes
@@ -619,9 +621,10 @@ def test_template_edit_reruns_only_the_experiments_whose_config_changed(done):
     template.write_text(original + "{# a template comment renders nothing #}\n")
     assert planned(done) == set()
     template.write_text(original + '{% if exp.method == "linear" %}\n# baseline\n{% endif %}\n')
-    assert planned(done) == {("evaluate", LINEAR), ("evaluate", LINEAR + UNSEEN), AGG}
+    linear = [("evaluate", LINEAR + on) for on in ("", UNSEEN, OOD)]
+    assert planned(done) == {*linear, AGG}
     snakemake(done)
-    assert sorted(calls(done)) == [("aggregate", "results"), ("evaluate", LINEAR), ("evaluate", LINEAR + UNSEEN)]
+    assert sorted(calls(done)) == sorted([("aggregate", "results"), *linear])
     common = done / "templates" / "common.yaml.j2"
     common.write_text(common.read_text().replace("use_cache: false", "use_cache: false  # KV cache off"))
     assert {(rule, what) for rule, what in planned(done) if rule == "train"} == {("train", e) for e in TRAINED_IDS}
@@ -633,7 +636,7 @@ def test_a_template_edit_that_changes_one_train_config_retrains_exactly_that_exp
     assert planned(done) == experiment_jobs(LINEAR) | {AGG}
     snakemake(done)
     assert sorted(calls(done)) == sorted([("aggregate", "results"), *experiment_jobs(LINEAR)])
-    config = done / load_matrix(done / "experiments/matrix.tsv", done / "experiments/catalog.yaml")[2].train_config
+    config = done / load_matrix(done / "experiments/matrix.tsv", done / "experiments/catalog.yaml")[3].train_config
     assert config.read_text().endswith("# baseline\n")  # the train job wrote the new text
 
 
@@ -679,7 +682,7 @@ def test_catalog_edit_reruns_exactly_the_experiments_using_the_entry(done):
     edit('prompt: "please transcribe the audio content into text: "\n    # CPU',
          'prompt: "transcribe: "\n    # CPU')
     assert planned(done) - {AGG} == experiment_jobs(LAYER_WISE) | experiment_jobs(LINEAR) | \
-        {("evaluate", REFERENCE), ("evaluate", REFERENCE + UNSEEN)}
+        {("evaluate", REFERENCE + on) for on in ("", UNSEEN, OOD)}
     # synth-aqa's sizes: its data again, then its experiment
     edit("sizes: {train: 600, dev: 60, test: 120}", "sizes: {train: 700, dev: 60, test: 120}")
     assert planned(done) == {("prepare_data", "synth-aqa"), ("train", aqa), ("evaluate", aqa),

@@ -8,6 +8,9 @@ piper voice (three speaking rates) and several espeak-ng voices. Every sentence 
                (TEST_ONLY_VOICE, Scottish English)
   test-unseen  optional (ask for it in `sizes`): sentences no other split uses, spoken only by voices that training
                never hears (TEST_ONLY_VOICES: Scottish, New York and RP-female espeak-ng voices)
+  test-ood     optional, built on its own (`only`): speech-en's out-of-domain test set, ordinary sentences of
+               another genre (fortune cookies) from voices training never hears, so that a model trained on the
+               grammar is also scored on speech it was not shaped for
 
 Splits are drawn in a fixed order, test, dev, train, then any other split by name (test-unseen), so asking for
 test-unseen, or for more of it, leaves train, dev and test exactly as they were. Deterministic: the same seed and
@@ -23,6 +26,8 @@ from multiprocessing import get_context
 from pathlib import Path
 
 from steermoe.data.layout import Filters, RawItem, only_splits, prepare_corpus
+from steermoe.data.speech_en import build_speech_en
+from steermoe.errors import DataError
 
 NAMES = """anna ben carla david emma frank grace henry irene jack laura mark nina oscar paula quinn rachel sam tina
 victor wendy alex bella chris diana ethan fiona george hannah ivan julia kevin lily martin nora peter rose simon
@@ -84,6 +89,7 @@ TRAIN_VOICES = ["piper:1.0", "piper:0.85", "piper:1.2", "espeak:en-us+m3:165:45"
 TEST_ONLY_VOICE = "espeak:en-gb-scotland+m2:155:50"
 TEST_ONLY_VOICES = [TEST_ONLY_VOICE, "espeak:en-us-nyc+m1:165:40", "espeak:en-gb-x-rp+f2:150:65"]
 UNSEEN_SPLIT = "test-unseen"
+OOD_SPLIT = "test-ood"  # speech-en's split of that name, not drawn from the grammar
 # the draw order; other split names follow, sorted. Appending here never changes an earlier split's draw.
 SPLIT_ORDER = ("test", "dev", "train")
 # the catalog sets the workflow's sizes; these are the CLI's when --sizes is not given (test-unseen is opt-in)
@@ -144,7 +150,7 @@ def plan(sizes: dict[str, int], seed: int) -> dict[str, list[tuple[str, str, str
     rng = random.Random(seed)
     seen: set[str] = set()
     out = {}
-    for split in draw_order(sizes):
+    for split in draw_order(set(sizes) - {OOD_SPLIT}):
         count = sizes[split]
         voices = split_voices(split)
         rows = []
@@ -161,10 +167,16 @@ def plan(sizes: dict[str, int], seed: int) -> dict[str, list[tuple[str, str, str
 def build_synth_en(out_dir: str | Path, sizes: dict[str, int] | None = None, seed: int = 0,
                    workers: int | None = None, progress: bool = True, only: list[str] | None = None) -> dict:
     """Speak and prepare every split (or the `only` ones, as a full build would) into out_dir (the common
-    layout); returns the manifest."""
+    layout); returns the manifest. test-ood is speech-en's, built by speech-en's builder on its own."""
     from tqdm import tqdm
 
-    plans = only_splits(plan(sizes or DEFAULT_SIZES, seed), only)
+    sizes = sizes or DEFAULT_SIZES
+    if OOD_SPLIT in (only or sizes):
+        if only != [OOD_SPLIT]:
+            raise DataError(f"synth-en: {OOD_SPLIT} is speech-en's out-of-domain test set and is built on its own: "
+                            f"ask for it with --only {OOD_SPLIT} (and build the other splits without it)")
+        return build_speech_en(out_dir, {OOD_SPLIT: sizes[OOD_SPLIT]}, seed, workers, progress, only)
+    plans = only_splits(plan(sizes, seed), only)
     jobs = [(voice, text) for rows in plans.values() for _, voice, text in rows]
     workers = workers or 2
     with get_context("spawn").Pool(workers) as pool:
