@@ -5,8 +5,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # espeak-ng and sox synthesise and resample the embedded default's speech corpora; wordnet-base and fortunes hold
-# the ordinary English sentences that speech-en speaks
-APT_PACKAGES="espeak-ng sox wordnet-base fortunes"
+# the ordinary English sentences that speech-en speaks, fortunes-zh and manpages-zh the Chinese ones of speech-zh
+APT_PACKAGES="espeak-ng sox wordnet-base fortunes fortunes-zh manpages-zh"
 # --slurm: also SLURM and munge, for a private one-node cluster on this machine (scripts/local-slurm.sh)
 # --tests: what the test suite needs beyond that: SLURM (tests/test_slurm.py) and a headless browser that opens the
 #          Snakemake report (tests/test_workflow.py)

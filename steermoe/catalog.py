@@ -14,11 +14,12 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 from steermoe.checks import check_mapping, check_value, closest, is_safe_name, listed, read_yaml
+from steermoe.data.synthetic import CORPORA
 from steermoe.errors import ConfigError
 from steermoe.settings import METRICS, OWN_DECODER, SETTINGS
 
 ENCODER_TYPES = ("whisper", "conformer")
-SYNTH_CORPORA = ("synth-en", "synth-aqa", "synth-zh", "speech-en")
+SYNTH_CORPORA = CORPORA
 PREPARE_CORPORA = ("librispeech", "librispeech-parquet", "aishell1", "aishell2", "clotho-aqa", "parquet")
 RESOURCE_KEYS = ("gpus", "mem_mb", "runtime", "threads", "eval_runtime", "eval_mem_mb")
 

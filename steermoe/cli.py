@@ -56,10 +56,9 @@ def _data_prepare(args) -> None:
 
 
 def _data_synth(args) -> None:
-    from steermoe.data import speech_en, synth_aqa, synth_en, synth_zh
+    from steermoe.data.synthetic import builder
 
-    build = {"synth-en": synth_en.build_synth_en, "synth-aqa": synth_aqa.build_synth_aqa,
-             "synth-zh": synth_zh.build_synth_zh, "speech-en": speech_en.build_speech_en}[args.name]
+    build = builder(args.name)
     sizes = None
     if args.sizes:
         try:

@@ -69,6 +69,7 @@ TYPICAL = {
     "synth-en": (2.84, None, None),  # texts from the generator; seconds measured on the built corpus
     "synth-zh": (4.0, None, None),  # texts from the generator; espeak at 125-170 syllables per minute
     "speech-en": (2.66, None, None),  # texts from the generator; seconds measured on the built corpus (1.78 h / 2,400)
+    "speech-zh": (4.9, None, None),  # texts from the generator; seconds measured on a built sample
     "synth-aqa": (None, None, None),  # scenes, questions and answers from the generator
     "librispeech": (12.7, 180, 0),  # train-clean-100: 100.6 h, 28,539 utterances, ~34 words each
     "librispeech-parquet": (12.7, 180, 0),
@@ -304,29 +305,21 @@ def _prepared_stats(exp, root: Path) -> DataStats | None:
 
 
 def _synth_stats(entry: dict, quick: bool) -> DataStats:
-    from steermoe.data import speech_en, synth_aqa, synth_en, synth_zh
+    from steermoe.data.synthetic import corpus_module
 
     name = entry["synth"]
-    module = {"synth-en": synth_en, "synth-aqa": synth_aqa, "synth-zh": synth_zh, "speech-en": speech_en}[name]
+    module = corpus_module(name)
     sizes = {**module.DEFAULT_SIZES, **(entry.get("sizes") or {}),
              **((entry.get("quick") or {}).get("sizes") or {} if quick else {})}
     train_splits = ((entry.get("splits") or {}).get("train")) or ["train"]
     n_train = sum(sizes.get(s, 0) for s in train_splits)
     sample = {s: min(sizes.get(s, 0), TEXT_SAMPLE) for s in train_splits}
     source = f"{name} generator (not built yet)"
-    if name == "synth-en":
-        planned = synth_en.plan(sample, 0)
-        targets = [text for s in train_splits for _, _, text in planned.get(s, [])]
+    if hasattr(module, "targets"):
+        planned = module.targets(sample, 0)
+        targets = [text for s in train_splits for text in planned.get(s, [])]
         return DataStats(n_train, TYPICAL[name][0], targets, [], source=source + ", typical duration")
-    if name == "speech-en":
-        planned = speech_en.plan(sample, 0)
-        targets = [u.sentence.text for s in train_splits for u in planned.get(s, [])]
-        return DataStats(n_train, TYPICAL[name][0], targets, [], source=source + ", typical duration")
-    if name == "synth-zh":
-        planned = synth_zh.plan_splits(sample, 0)
-        targets = [e.text for s in train_splits for e in planned.get(s, [])]
-        return DataStats(n_train, TYPICAL[name][0], targets, [], source=source + ", typical duration")
-    examples = [e for s in train_splits for e in synth_aqa.plan_split(s, sample[s], 0)]
+    examples = [e for s in train_splits for e in module.plan_split(s, sample[s], 0)]
     seconds = sum(e.scene.duration for e in examples) / len(examples) if examples else None
     return DataStats(n_train, seconds, [e.qa.answer for e in examples], [e.qa.question for e in examples],
                      source=source)

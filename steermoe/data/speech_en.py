@@ -11,31 +11,18 @@ Each sentence is normalised to speakable text (numbers and symbols written out, 
 punctuation (prosody); the target is its words in lower case.
 
 Voices: the piper voice at several rates and sox pitch shifts, and espeak-ng accents with different variants, rates
-and pitches. Training utterances are also perturbed (speed, volume, additive noise). Determinism: the sentence
-choice, voices and perturbations come from random.Random(seed, split); piper runs without its noise terms, sox with
--R and no dither, and the noise is drawn from a generator seeded per utterance, so the same seed gives
-byte-identical files.
+and pitches. Planning, speech, perturbation and the build are steermoe.data.speech's.
 """
 from __future__ import annotations
 
 import hashlib
-import io
-import json
-import random
 import re
-import subprocess
-from dataclasses import dataclass
-from multiprocessing import get_context
 from pathlib import Path
 
-import numpy as np
-
-from steermoe.data.audio import SAMPLE_RATE
-from steermoe.data.layout import Filters, RawItem, only_splits, prepare_corpus
+from steermoe.data import speech
+from steermoe.data.speech import Sentence, Utterance
 from steermoe.errors import DataError
-from steermoe.fsutil import write_atomic
 
-CORPUS = "speech-en"
 WORDNET_DIR = Path("/usr/share/wordnet")
 FORTUNES_DIR = Path("/usr/share/games/fortunes")
 # the cookie files of general prose; left out: verse, ascii art, computing and Star Trek in-jokes, Zippy's
@@ -52,7 +39,6 @@ SOURCES = {
                  "licence": "BSD (The Regents of the University of California) for fortune-mod and its cookie files; "
                             "/usr/share/doc/fortunes/copyright"},
 }
-SPLITS = ("train", "dev", "test", "test-ood")
 # share of WordNet synsets (per mille) held out for test and dev
 TEST_PER_MILLE, DEV_PER_MILLE = 100, 50
 MIN_WORDS, MAX_WORDS = 5, 20
@@ -65,31 +51,13 @@ TRAIN_VOICES = ["piper:1.0", "piper:0.85", "piper:1.2", "piper:0.95:-150", "pipe
 # heard only in test-ood: accents, variants and pitch shifts that no training voice has
 TEST_ONLY_VOICES = ["piper:1.05:-350", "piper:0.9:+300", "espeak:en-gb-scotland+m2:155:50",
                     "espeak:en-gb-x-gbcwmd+f1:165:60", "espeak:en-us+m6:145:30"]
-SPLIT_VOICES = {"train": TRAIN_VOICES, "dev": TRAIN_VOICES, "test": TRAIN_VOICES, "test-ood": TEST_ONLY_VOICES}
-# training perturbations, drawn per utterance: speed factor (pitch moves with it), gain, and the SNR of white noise
-SPEEDS = [1.0, 1.0, 0.9, 1.1]
-GAIN_DB = (-8.0, 0.0)
-NOISE_SNR_DB = [None, None, 30, 20, 15]
-DEFAULT_SIZES = {"train": 2400, "dev": 100, "test": 200, "test-ood": 200}
-
-
-@dataclass(frozen=True)
-class Sentence:
-    spoken: str  # what the voice reads: numbers and symbols written out, case and punctuation kept
-    text: str  # the target: lower-case words and apostrophes
-    section: str  # the source section it came from, e.g. wordnet:noun:02084071 or fortunes:wisdom:17
-
-
-@dataclass(frozen=True)
-class Utterance:
-    id: str
-    voice: str
-    sentence: Sentence
-    speed: float = 1.0
-    gain_db: float = 0.0
-    snr_db: float | None = None  # additive white noise; None: none
-    noise_seed: int = 0
-
+CORPUS = speech.SpeechCorpus(
+    name="speech-en", language="en",
+    split_voices={"train": TRAIN_VOICES, "dev": TRAIN_VOICES, "test": TRAIN_VOICES, "test-ood": TEST_ONLY_VOICES},
+    default_sizes={"train": 2400, "dev": 100, "test": 200, "test-ood": 200}, sources=SOURCES,
+    normalisation=f"numbers and symbols written out; sentences with acronyms or other symbols dropped; {MIN_WORDS} "
+                  f"to {MAX_WORDS} words; unique across splits; target in lower case without punctuation")
+SPLITS, DEFAULT_SIZES = CORPUS.splits, CORPUS.default_sizes
 
 # ---- text ------------------------------------------------------------------------------------------------------
 ONES = ("zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen "
@@ -218,135 +186,27 @@ def wordnet_split(section: str) -> str:
 
 
 def sentence_pools(wordnet: list[Sentence], fortunes: list[Sentence]) -> dict[str, list[Sentence]]:
-    """Per split, the candidate sentences, unique across all splits: a text found in more than one split stays only
-    in the first of test-ood, test, dev, train (so evaluation sentences are never trained on)."""
+    """Per split, the candidate sentences, unique across all splits (speech.unique_across_splits)."""
     by_split: dict[str, list[Sentence]] = {split: [] for split in SPLITS}
     for sentence in fortunes:
         by_split["test-ood"].append(sentence)
     for sentence in wordnet:
         by_split[wordnet_split(sentence.section)].append(sentence)
-    taken: set[str] = set()
-    pools = {}
-    for split in ("test-ood", "test", "dev", "train"):
-        pool = []
-        for sentence in by_split[split]:
-            if sentence.text not in taken:
-                taken.add(sentence.text)
-                pool.append(sentence)
-        pools[split] = pool
-    return pools
+    return speech.unique_across_splits(CORPUS, by_split)
 
 
 def plan(sizes: dict[str, int], seed: int,
          pools: dict[str, list[Sentence]] | None = None) -> dict[str, list[Utterance]]:
-    """Per split, its utterances. Each split draws from its own random.Random(seed, split), so one split's size
-    never changes another's sentences, and a larger split is a superset of a smaller one (a prefix of one shuffle)."""
-    unknown = sorted(set(sizes) - set(SPLITS))
-    if unknown:
-        raise DataError(f"{CORPUS}: unknown split(s) {unknown} in the sizes; its splits are {list(SPLITS)}")
-    pools = pools or sentence_pools(wordnet_sentences(), fortune_sentences())
-    out = {}
-    for split in [s for s in SPLITS if s in sizes]:
-        pool = list(pools[split])
-        if sizes[split] > len(pool):
-            raise DataError(f"{CORPUS}: {sizes[split]} {split} sentences asked for, the sources give {len(pool)}; "
-                            f"ask for fewer in the sizes")
-        rng = random.Random(f"{seed}:{split}")
-        rng.shuffle(pool)
-        voices = SPLIT_VOICES[split]
-        rows = []
-        for index, sentence in enumerate(pool[:sizes[split]]):
-            voice = voices[index % len(voices)]
-            uid = f"{CORPUS}-{split}-{index:05d}"
-            if split == "train":
-                rows.append(Utterance(uid, voice, sentence, speed=rng.choice(SPEEDS),
-                                      gain_db=round(rng.uniform(*GAIN_DB), 1), snr_db=rng.choice(NOISE_SNR_DB),
-                                      noise_seed=rng.randrange(2**32)))
-            else:
-                rows.append(Utterance(uid, voice, sentence))
-        out[split] = rows
-    return out
+    """Per split, its utterances (speech.plan); pools default to the sources' sentences."""
+    return speech.plan(CORPUS, sizes, seed, pools or sentence_pools(wordnet_sentences(), fortune_sentences()))
 
 
-# ---- speech ----------------------------------------------------------------------------------------------------
-def _sox_pitch(audio: np.ndarray, cents: int) -> np.ndarray:
-    """Shift pitch without changing tempo; -R and -D (no dither) make sox repeatable."""
-    command = ["sox", "-R", "-D", "-V1", "-t", "f32", "-r", str(SAMPLE_RATE), "-c", "1", "-",
-               "-t", "f32", "-", "pitch", str(cents)]
-    result = subprocess.run(command, input=audio.astype(np.float32).tobytes(), capture_output=True, check=True)
-    return np.frombuffer(result.stdout, dtype=np.float32)
-
-
-def voice_audio(voice: str, text: str) -> np.ndarray:
-    """float32 mono at SAMPLE_RATE of `voice` reading `text`."""
-    kind, *params = voice.split(":")
-    if kind == "piper":
-        from steermoe.tts import piper_speak
-
-        audio = piper_speak(text, length_scale=float(params[0]))
-        return _sox_pitch(audio, int(params[1])) if len(params) > 1 else audio
-    if kind == "espeak":
-        from steermoe.data.audio import decode
-
-        name, speed, pitch = params
-        wav = subprocess.run(["espeak-ng", "-v", name, "-s", speed, "-p", pitch, "--stdout", text],
-                             capture_output=True, check=True).stdout
-        return decode(wav)
-    raise DataError(f"{CORPUS}: unknown voice {voice!r} (piper:... or espeak:...)")
-
-
-def perturb(audio: np.ndarray, utterance: Utterance) -> np.ndarray:
-    """Speed (resampling: tempo and pitch move together, as in Kaldi's speed perturbation), gain, white noise."""
-    import soxr
-
-    if utterance.speed != 1.0:
-        audio = soxr.resample(audio, round(SAMPLE_RATE * utterance.speed), SAMPLE_RATE, quality="HQ")
-    audio = audio * np.float32(10 ** (utterance.gain_db / 20))
-    if utterance.snr_db is not None:
-        power = float(np.mean(audio.astype(np.float64) ** 2)) or 1e-10
-        noise = np.random.default_rng(utterance.noise_seed).standard_normal(len(audio))
-        audio = audio + (noise * np.sqrt(power / 10 ** (utterance.snr_db / 10))).astype(np.float32)
-    return np.clip(audio, -1.0, 1.0).astype(np.float32)
-
-
-def speak(utterance: Utterance) -> bytes:
-    """An utterance -> 16-bit WAV bytes at SAMPLE_RATE. Runs in pool workers; each keeps its own piper voice."""
-    import soundfile as sf
-
-    audio = perturb(voice_audio(utterance.voice, utterance.sentence.spoken), utterance)
-    buffer = io.BytesIO()
-    sf.write(buffer, audio, SAMPLE_RATE, format="WAV", subtype="PCM_16")
-    return buffer.getvalue()
+def targets(sizes: dict[str, int], seed: int) -> dict[str, list[str]]:
+    return speech.targets(plan(sizes, seed))
 
 
 def build_speech_en(out_dir: str | Path, sizes: dict[str, int] | None = None, seed: int = 0,
                     workers: int | None = None, progress: bool = True, only: list[str] | None = None) -> dict:
-    """Speak and prepare every split (or the `only` ones, as a full build would) into out_dir (the common
-    layout); returns the manifest, which also records the text sources and their licences, the voices of each
-    split, the perturbations and the normalisation."""
-    from tqdm import tqdm
-
-    plans = only_splits(plan(sizes or DEFAULT_SIZES, seed), only)
-    jobs = [u for rows in plans.values() for u in rows]
-    workers = workers or 2
-    with get_context("spawn").Pool(workers) as pool:
-        audio = list(tqdm(pool.imap(speak, jobs, chunksize=4), total=len(jobs), desc=f"{CORPUS} speech",
-                          unit="utt", disable=not progress))
-    splits, position = {}, 0
-    for split, rows in plans.items():
-        splits[split] = [RawItem(u.id, audio[position + i], u.sentence.text, u.sentence.section, speaker=u.voice,
-                                 language="en") for i, u in enumerate(rows)]
-        position += len(rows)
-    manifest = prepare_corpus(CORPUS, splits, out_dir, Filters(max_audio_length=30.0, max_text_characters=448),
-                              workers=workers, progress=progress)
-    manifest["sources"] = SOURCES
-    manifest["voices"] = {split: sorted({u.voice for u in rows}) for split, rows in plans.items()}
-    manifest["sections"] = {split: len({u.sentence.section for u in rows}) for split, rows in plans.items()}
-    manifest["perturbation"] = {"splits": ["train"], "speed": sorted(set(SPEEDS)), "gain_db": list(GAIN_DB),
-                                "white_noise_snr_db": sorted(s for s in set(NOISE_SNR_DB) if s is not None)}
-    manifest["normalisation"] = (f"numbers and symbols written out; sentences with acronyms or other symbols "
-                                 f"dropped; {MIN_WORDS} to {MAX_WORDS} words; unique across splits; target in "
-                                 f"lower case without punctuation")
-    manifest["seed"] = seed
-    write_atomic(Path(out_dir) / "manifest.json", json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
-    return manifest
+    """Speak and prepare every split (or the `only` ones) into out_dir; returns the manifest (speech.build)."""
+    return speech.build(CORPUS, lambda: sentence_pools(wordnet_sentences(), fortune_sentences()), out_dir, sizes,
+                        seed, workers, progress, only)

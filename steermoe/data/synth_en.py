@@ -164,6 +164,10 @@ def plan(sizes: dict[str, int], seed: int) -> dict[str, list[tuple[str, str, str
     return out
 
 
+def targets(sizes: dict[str, int], seed: int) -> dict[str, list[str]]:
+    return {split: [text for _, _, text in rows] for split, rows in plan(sizes, seed).items()}
+
+
 def build_synth_en(out_dir: str | Path, sizes: dict[str, int] | None = None, seed: int = 0,
                    workers: int | None = None, progress: bool = True, only: list[str] | None = None) -> dict:
     """Speak and prepare every split (or the `only` ones, as a full build would) into out_dir (the common

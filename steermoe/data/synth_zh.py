@@ -131,6 +131,10 @@ def speak(pinyin: str, speaker: Speaker) -> bytes:
     return subprocess.run(command, capture_output=True, check=True).stdout
 
 
+def targets(sizes: dict[str, int], seed: int) -> dict[str, list[str]]:
+    return {split: [example.text for example in examples] for split, examples in plan_splits(sizes, seed).items()}
+
+
 def build_synth_zh(out_dir: str | Path, sizes: dict[str, int] | None = None, seed: int = 0,
                    workers: int | None = None, progress: bool = True, only: list[str] | None = None) -> dict:
     """Speak and prepare every split (or the `only` ones, as a full build would) into out_dir (the common
