@@ -59,13 +59,22 @@ def _is_punctuation(char: str) -> bool:
     return char in string.punctuation or unicodedata.category(char).startswith("P")
 
 
+@lru_cache(maxsize=1)
+def _to_simplified():
+    import opencc
+
+    return opencc.OpenCC("t2s")
+
+
 def normalize_chinese(text: str) -> str:
-    """NFKC (full-width letters/digits -> ASCII), case-folded, then all punctuation and whitespace dropped.
+    """NFKC (full-width letters/digits -> ASCII), case-folded, traditional characters written simplified (OpenCC's
+    t2s), then all punctuation and whitespace dropped.
 
     Latin letters and digits inside Chinese text stay, one character each like a Chinese character: "iPhone" is six
-    units, and "iPhone" against "iphone" is no error (as in the field's CER tools).
+    units, and "iPhone" against "iphone" is no error (as in the field's CER tools). 總 against 总 is no error
+    either: Whisper often writes Mandarin in traditional characters, a choice of script, not a misrecognition.
     """
-    return "".join(c for c in unicodedata.normalize("NFKC", text).casefold()
+    return "".join(c for c in _to_simplified().convert(unicodedata.normalize("NFKC", text).casefold())
                    if not (c.isspace() or _is_punctuation(c)))
 
 

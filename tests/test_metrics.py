@@ -60,6 +60,7 @@ def test_spelling_table_is_vendored():
     ("ＡＢＣ，１２３！", "abc123"),                    # full-width comma/exclamation fold to ASCII, then go
     ("我用iPhone拍照", "我用iphone拍照"),              # Latin letters stay, one unit each, case-folded
     ("你 好\t世\n界　啊", "你好世界啊"),               # ASCII spaces, tab, newline, ideographic space U+3000
+    ("總當前行開始，向前搜索。", "总当前行开始向前搜索"),  # traditional characters written simplified
 ])
 def test_normalize_chinese(text, expected):
     assert normalize_chinese(text) == expected
