@@ -14,12 +14,11 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 from steermoe.checks import check_mapping, check_value, closest, is_safe_name, listed, read_yaml
-from steermoe.data.synthetic import CORPORA
+from steermoe.data.synthetic import SYNTH_CORPORA
 from steermoe.errors import ConfigError
 from steermoe.settings import METRICS, OWN_DECODER, SETTINGS
 
 ENCODER_TYPES = ("whisper", "conformer")
-SYNTH_CORPORA = CORPORA
 PREPARE_CORPORA = ("librispeech", "librispeech-parquet", "aishell1", "aishell2", "clotho-aqa", "parquet")
 RESOURCE_KEYS = ("gpus", "mem_mb", "runtime", "threads", "eval_runtime", "eval_mem_mb")
 

@@ -12,7 +12,7 @@ import sys
 import threading
 from pathlib import Path
 
-from steermoe.catalog import SYNTH_CORPORA
+from steermoe.data.synthetic import SYNTH_CORPORA
 from steermoe.settings import REFERENCE, TRAINED_METHODS, WORKFLOW_CONFIG as WORKFLOW, default
 
 STORAGE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM}

@@ -8,7 +8,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from steermoe.catalog import SYNTH_CORPORA
+from steermoe.data.synthetic import SYNTH_CORPORA
 from steermoe.plan import dataset_stats, format_plan, plan, plan_experiment, training_flops, training_steps
 
 TINY = dict(frames=10, pooled_frames=5, decoder_tokens=12, layers=2, layers_before_pool=1, width=4, p_front=100,

@@ -7,7 +7,7 @@ from __future__ import annotations
 import importlib
 from types import ModuleType
 
-CORPORA = ("synth-en", "synth-aqa", "synth-zh", "speech-en", "speech-zh")
+SYNTH_CORPORA = ("synth-en", "synth-aqa", "synth-zh", "speech-en", "speech-zh")
 
 
 def corpus_module(name: str) -> ModuleType:
