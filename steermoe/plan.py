@@ -69,7 +69,7 @@ TYPICAL = {
     "synth-en": (2.84, None, None),  # texts from the generator; seconds measured on the built corpus
     "synth-zh": (4.0, None, None),  # texts from the generator; espeak at 125-170 syllables per minute
     "speech-en": (2.66, None, None),  # texts from the generator; seconds measured on the built corpus (1.78 h / 2,400)
-    "speech-zh": (4.9, None, None),  # texts from the generator; seconds measured on a built sample
+    "speech-zh": (4.57, None, None),  # texts from the generator; seconds measured on the built corpus (3.04 h / 2,400)
     "synth-aqa": (None, None, None),  # scenes, questions and answers from the generator
     "librispeech": (12.7, 180, 0),  # train-clean-100: 100.6 h, 28,539 utterances, ~34 words each
     "librispeech-parquet": (12.7, 180, 0),
