@@ -1,7 +1,7 @@
 """Spoken corpora of ordinary sentences (speech-en, speech-zh): what they share once their text is chosen.
 
-A corpus module supplies its text (per split, the candidate Sentences, unique across splits) and a SpeechCorpus
-(its voices per split, default sizes, sources and licences); this module plans the utterances of each split, speaks
+A corpus module supplies a SpeechCorpus: its text (per split, the candidate Sentences, unique across splits), its
+voices, sources and licences; the SpeechCorpus plans the utterances of each split, speaks
 them (piper, espeak-ng, sox pitch shifts), perturbs the training audio (speed, volume, additive noise) and prepares
 the splits into the common layout with a manifest.
 
@@ -11,6 +11,7 @@ so the same seed gives byte-identical files.
 """
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import random
@@ -27,6 +28,12 @@ from steermoe.data.layout import Filters, RawItem, only_splits, prepare_corpus
 from steermoe.errors import DataError
 from steermoe.fsutil import write_atomic
 
+# training first, evaluation last; test-ood is another genre of text, spoken only by voices no other split uses
+SPLITS = ("train", "dev", "test", "test-ood")
+DEFAULT_SIZES = {"train": 2400, "dev": 100, "test": 200, "test-ood": 200}
+OOD_SPLIT = "test-ood"
+# share of the in-domain source's sections (per mille) held out for test and dev
+TEST_PER_MILLE, DEV_PER_MILLE = 100, 50
 # training perturbations, drawn per utterance: speed factor (pitch moves with it), gain, and the SNR of white noise
 SPEEDS = [1.0, 1.0, 0.9, 1.1]
 GAIN_DB = (-8.0, 0.0)
@@ -52,28 +59,12 @@ class Utterance:
     noise_seed: int = 0
 
 
-@dataclass(frozen=True)
-class SpeechCorpus:
-    """One spoken corpus: its splits (training first, evaluation last), the voices of each split (piper:LENGTH_SCALE[:PITCH_CENTS], the pitch shifted by sox, or
-    espeak:VOICE+VARIANT:WORDS_PER_MINUTE:PITCH), its default sizes, and what the manifest says of its text."""
-    name: str
-    language: str
-    split_voices: dict[str, list[str]]
-    default_sizes: dict[str, int]
-    sources: dict[str, dict]  # per text source: package, splits, section, text, licence
-    normalisation: str
-
-    @property
-    def splits(self) -> tuple[str, ...]:
-        return tuple(self.split_voices)
-
-
-def unique_across_splits(corpus: SpeechCorpus, by_split: dict[str, list[Sentence]]) -> dict[str, list[Sentence]]:
-    """Per split, its sentences without any text that a split listed after it has: a text found in several splits
-    stays only in the last (evaluation splits are listed last), so evaluation sentences are never trained on."""
+def unique_across_splits(by_split: dict[str, list[Sentence]]) -> dict[str, list[Sentence]]:
+    """Per split, its sentences without any text that a later split of SPLITS has: a text found in several splits
+    stays only in the last, so evaluation sentences are never trained on."""
     taken: set[str] = set()
     pools = {}
-    for split in reversed(corpus.splits):
+    for split in reversed(SPLITS):
         pool = []
         for sentence in by_split.get(split, []):
             if sentence.text not in taken:
@@ -83,38 +74,104 @@ def unique_across_splits(corpus: SpeechCorpus, by_split: dict[str, list[Sentence
     return pools
 
 
-def plan(corpus: SpeechCorpus, sizes: dict[str, int], seed: int,
-         pools: dict[str, list[Sentence]]) -> dict[str, list[Utterance]]:
-    """Per split, its utterances. Each split draws from its own random.Random(seed, split), so one split's size
-    never changes another's sentences, and a larger split is a superset of a smaller one (a prefix of one shuffle)."""
-    unknown = sorted(set(sizes) - set(corpus.splits))
-    if unknown:
-        raise DataError(f"{corpus.name}: unknown split(s) {unknown} in the sizes; its splits are {list(corpus.splits)}")
-    out = {}
-    for split in [s for s in corpus.splits if s in sizes]:
-        pool = list(pools[split])
-        if sizes[split] > len(pool):
-            raise DataError(f"{corpus.name}: {sizes[split]} {split} sentences asked for, the sources give "
-                            f"{len(pool)}; ask for fewer in the sizes")
-        rng = random.Random(f"{seed}:{split}")
-        rng.shuffle(pool)
-        voices = corpus.split_voices[split]
-        rows = []
-        for index, sentence in enumerate(pool[:sizes[split]]):
-            voice = voices[index % len(voices)]
-            uid = f"{corpus.name}-{split}-{index:05d}"
-            if split in PERTURBED_SPLITS:
-                rows.append(Utterance(uid, voice, sentence, speed=rng.choice(SPEEDS),
-                                      gain_db=round(rng.uniform(*GAIN_DB), 1), snr_db=rng.choice(NOISE_SNR_DB),
-                                      noise_seed=rng.randrange(2**32)))
-            else:
-                rows.append(Utterance(uid, voice, sentence))
-        out[split] = rows
-    return out
+def section_split(section: str) -> str:
+    """The split a section of the in-domain source belongs to: fixed by a hash of it, whatever the seed and sizes."""
+    bucket = int(hashlib.sha256(section.encode()).hexdigest(), 16) % 1000
+    return "test" if bucket < TEST_PER_MILLE else "dev" if bucket < TEST_PER_MILLE + DEV_PER_MILLE else "train"
 
 
-def targets(plans: dict[str, list[Utterance]]) -> dict[str, list[str]]:
-    return {split: [u.sentence.text for u in rows] for split, rows in plans.items()}
+def sentence_pools(in_domain: list[Sentence], other_genre: list[Sentence]) -> dict[str, list[Sentence]]:
+    """Per split, the candidate sentences: the in-domain source's go to train, dev or test by their section
+    (section_split), the other genre's to test-ood; then unique across splits (unique_across_splits)."""
+    by_split: dict[str, list[Sentence]] = {split: [] for split in SPLITS}
+    by_split[OOD_SPLIT] += other_genre
+    for sentence in in_domain:
+        by_split[section_split(sentence.section)].append(sentence)
+    return unique_across_splits(by_split)
+
+
+@dataclass(frozen=True)
+class SpeechCorpus:
+    """One spoken corpus of SPLITS: its name and language, its sentences (`pools`: per split, the candidates, from
+    sentence_pools), the voices of train, dev and test and those heard only in test-ood (piper:LENGTH_SCALE
+    [:PITCH_CENTS], the pitch shifted by sox, or espeak:VOICE+VARIANT:WORDS_PER_MINUTE:PITCH), and what the manifest
+    says of its text."""
+    name: str
+    language: str
+    pools: Callable[[], dict[str, list[Sentence]]]
+    train_voices: list[str]
+    test_only_voices: list[str]
+    sources: dict[str, dict]  # per text source: package, splits, section, text, licence
+    normalisation: str
+
+    def voices(self, split: str) -> list[str]:
+        return self.test_only_voices if split == OOD_SPLIT else self.train_voices
+
+    def plan(self, sizes: dict[str, int], seed: int,
+             pools: dict[str, list[Sentence]] | None = None) -> dict[str, list[Utterance]]:
+        """Per split, its utterances. Each split draws from its own random.Random(seed, split), so one split's size
+        never changes another's sentences, and a larger split is a superset of a smaller one (a prefix of one
+        shuffle)."""
+        unknown = sorted(set(sizes) - set(SPLITS))
+        if unknown:
+            raise DataError(f"{self.name}: unknown split(s) {unknown} in the sizes; its splits are {list(SPLITS)}")
+        pools = pools or self.pools()
+        out = {}
+        for split in [s for s in SPLITS if s in sizes]:
+            pool = list(pools[split])
+            if sizes[split] > len(pool):
+                raise DataError(f"{self.name}: {sizes[split]} {split} sentences asked for, the sources give "
+                                f"{len(pool)}; ask for fewer in the sizes")
+            rng = random.Random(f"{seed}:{split}")
+            rng.shuffle(pool)
+            voices = self.voices(split)
+            rows = []
+            for index, sentence in enumerate(pool[:sizes[split]]):
+                voice = voices[index % len(voices)]
+                uid = f"{self.name}-{split}-{index:05d}"
+                if split in PERTURBED_SPLITS:
+                    rows.append(Utterance(uid, voice, sentence, speed=rng.choice(SPEEDS),
+                                          gain_db=round(rng.uniform(*GAIN_DB), 1), snr_db=rng.choice(NOISE_SNR_DB),
+                                          noise_seed=rng.randrange(2**32)))
+                else:
+                    rows.append(Utterance(uid, voice, sentence))
+            out[split] = rows
+        return out
+
+    def targets(self, sizes: dict[str, int], seed: int) -> dict[str, list[str]]:
+        return {split: [u.sentence.text for u in rows] for split, rows in self.plan(sizes, seed).items()}
+
+    def build(self, out_dir: str | Path, sizes: dict[str, int] | None = None, seed: int = 0,
+              workers: int | None = None, progress: bool = True, only: list[str] | None = None) -> dict:
+        """Speak and prepare every split (or the `only` ones, as a full build would) into out_dir (the common
+        layout); returns the manifest, which also records the text sources and their licences, the voices of each
+        split, the perturbations and the normalisation."""
+        from tqdm import tqdm
+
+        plans = only_splits(self.plan(sizes or DEFAULT_SIZES, seed), only)
+        jobs = [u for rows in plans.values() for u in rows]
+        workers = workers or 2
+        with get_context("spawn").Pool(workers) as pool:
+            audio = list(tqdm(pool.imap(speak, jobs, chunksize=4), total=len(jobs), desc=f"{self.name} speech",
+                              unit="utt", disable=not progress))
+        splits, position = {}, 0
+        for split, rows in plans.items():
+            splits[split] = [RawItem(u.id, audio[position + i], u.sentence.text, u.sentence.section,
+                                     speaker=u.voice, language=self.language) for i, u in enumerate(rows)]
+            position += len(rows)
+        manifest = prepare_corpus(self.name, splits, out_dir,
+                                  Filters(max_audio_length=30.0, max_text_characters=448), workers=workers,
+                                  progress=progress)
+        manifest["sources"] = self.sources
+        manifest["voices"] = {split: sorted({u.voice for u in rows}) for split, rows in plans.items()}
+        manifest["sections"] = {split: len({u.sentence.section for u in rows}) for split, rows in plans.items()}
+        manifest["perturbation"] = {"splits": list(PERTURBED_SPLITS), "speed": sorted(set(SPEEDS)),
+                                    "gain_db": list(GAIN_DB),
+                                    "white_noise_snr_db": sorted(s for s in set(NOISE_SNR_DB) if s is not None)}
+        manifest["normalisation"] = self.normalisation
+        manifest["seed"] = seed
+        write_atomic(Path(out_dir) / "manifest.json", json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
+        return manifest
 
 
 # ---- speech ----------------------------------------------------------------------------------------------------
@@ -167,35 +224,3 @@ def speak(utterance: Utterance) -> bytes:
     sf.write(buffer, audio, SAMPLE_RATE, format="WAV", subtype="PCM_16")
     return buffer.getvalue()
 
-
-def build(corpus: SpeechCorpus, pools: Callable[[], dict[str, list[Sentence]]], out_dir: str | Path,
-          sizes: dict[str, int] | None, seed: int, workers: int | None, progress: bool,
-          only: list[str] | None) -> dict:
-    """Speak and prepare every split (or the `only` ones, as a full build would) into out_dir (the common
-    layout); returns the manifest, which also records the text sources and their licences, the voices of each
-    split, the perturbations and the normalisation."""
-    from tqdm import tqdm
-
-    plans = only_splits(plan(corpus, sizes or corpus.default_sizes, seed, pools()), only)
-    jobs = [u for rows in plans.values() for u in rows]
-    workers = workers or 2
-    with get_context("spawn").Pool(workers) as pool:
-        audio = list(tqdm(pool.imap(speak, jobs, chunksize=4), total=len(jobs), desc=f"{corpus.name} speech",
-                          unit="utt", disable=not progress))
-    splits, position = {}, 0
-    for split, rows in plans.items():
-        splits[split] = [RawItem(u.id, audio[position + i], u.sentence.text, u.sentence.section, speaker=u.voice,
-                                 language=corpus.language) for i, u in enumerate(rows)]
-        position += len(rows)
-    manifest = prepare_corpus(corpus.name, splits, out_dir, Filters(max_audio_length=30.0, max_text_characters=448),
-                              workers=workers, progress=progress)
-    manifest["sources"] = corpus.sources
-    manifest["voices"] = {split: sorted({u.voice for u in rows}) for split, rows in plans.items()}
-    manifest["sections"] = {split: len({u.sentence.section for u in rows}) for split, rows in plans.items()}
-    manifest["perturbation"] = {"splits": list(PERTURBED_SPLITS), "speed": sorted(set(SPEEDS)),
-                                "gain_db": list(GAIN_DB),
-                                "white_noise_snr_db": sorted(s for s in set(NOISE_SNR_DB) if s is not None)}
-    manifest["normalisation"] = corpus.normalisation
-    manifest["seed"] = seed
-    write_atomic(Path(out_dir) / "manifest.json", json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
-    return manifest

@@ -15,12 +15,11 @@ and pitches. Planning, speech, perturbation and the build are steermoe.data.spee
 """
 from __future__ import annotations
 
-import hashlib
 import re
 from pathlib import Path
 
 from steermoe.data import speech
-from steermoe.data.speech import Sentence, Utterance
+from steermoe.data.speech import DEFAULT_SIZES, SPLITS, Sentence  # noqa: F401 (the registry and tests read them)
 from steermoe.errors import DataError
 
 WORDNET_DIR = Path("/usr/share/wordnet")
@@ -39,8 +38,6 @@ SOURCES = {
                  "licence": "BSD (The Regents of the University of California) for fortune-mod and its cookie files; "
                             "/usr/share/doc/fortunes/copyright"},
 }
-# share of WordNet synsets (per mille) held out for test and dev
-TEST_PER_MILLE, DEV_PER_MILLE = 100, 50
 MIN_WORDS, MAX_WORDS = 5, 20
 
 # piper:LENGTH_SCALE[:PITCH_CENTS] (pitch shifted by sox) or espeak:VOICE+VARIANT:WORDS_PER_MINUTE:PITCH
@@ -51,13 +48,6 @@ TRAIN_VOICES = ["piper:1.0", "piper:0.85", "piper:1.2", "piper:0.95:-150", "pipe
 # heard only in test-ood: accents, variants and pitch shifts that no training voice has
 TEST_ONLY_VOICES = ["piper:1.05:-350", "piper:0.9:+300", "espeak:en-gb-scotland+m2:155:50",
                     "espeak:en-gb-x-gbcwmd+f1:165:60", "espeak:en-us+m6:145:30"]
-CORPUS = speech.SpeechCorpus(
-    name="speech-en", language="en",
-    split_voices={"train": TRAIN_VOICES, "dev": TRAIN_VOICES, "test": TRAIN_VOICES, "test-ood": TEST_ONLY_VOICES},
-    default_sizes={"train": 2400, "dev": 100, "test": 200, "test-ood": 200}, sources=SOURCES,
-    normalisation=f"numbers and symbols written out; sentences with acronyms or other symbols dropped; {MIN_WORDS} "
-                  f"to {MAX_WORDS} words; unique across splits; target in lower case without punctuation")
-SPLITS, DEFAULT_SIZES = CORPUS.splits, CORPUS.default_sizes
 
 # ---- text ------------------------------------------------------------------------------------------------------
 ONES = ("zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen "
@@ -179,34 +169,10 @@ def fortune_sentences(folder: Path = FORTUNES_DIR, files: list[str] = FORTUNE_FI
     return out
 
 
-def wordnet_split(section: str) -> str:
-    """The split a WordNet synset belongs to: fixed by a hash of it, whatever the seed and sizes."""
-    bucket = int(hashlib.sha256(section.encode()).hexdigest(), 16) % 1000
-    return "test" if bucket < TEST_PER_MILLE else "dev" if bucket < TEST_PER_MILLE + DEV_PER_MILLE else "train"
-
-
-def sentence_pools(wordnet: list[Sentence], fortunes: list[Sentence]) -> dict[str, list[Sentence]]:
-    """Per split, the candidate sentences, unique across all splits (speech.unique_across_splits)."""
-    by_split: dict[str, list[Sentence]] = {split: [] for split in SPLITS}
-    for sentence in fortunes:
-        by_split["test-ood"].append(sentence)
-    for sentence in wordnet:
-        by_split[wordnet_split(sentence.section)].append(sentence)
-    return speech.unique_across_splits(CORPUS, by_split)
-
-
-def plan(sizes: dict[str, int], seed: int,
-         pools: dict[str, list[Sentence]] | None = None) -> dict[str, list[Utterance]]:
-    """Per split, its utterances (speech.plan); pools default to the sources' sentences."""
-    return speech.plan(CORPUS, sizes, seed, pools or sentence_pools(wordnet_sentences(), fortune_sentences()))
-
-
-def targets(sizes: dict[str, int], seed: int) -> dict[str, list[str]]:
-    return speech.targets(plan(sizes, seed))
-
-
-def build_speech_en(out_dir: str | Path, sizes: dict[str, int] | None = None, seed: int = 0,
-                    workers: int | None = None, progress: bool = True, only: list[str] | None = None) -> dict:
-    """Speak and prepare every split (or the `only` ones) into out_dir; returns the manifest (speech.build)."""
-    return speech.build(CORPUS, lambda: sentence_pools(wordnet_sentences(), fortune_sentences()), out_dir, sizes,
-                        seed, workers, progress, only)
+CORPUS = speech.SpeechCorpus(
+    name="speech-en", language="en",
+    pools=lambda: speech.sentence_pools(wordnet_sentences(), fortune_sentences()),
+    train_voices=TRAIN_VOICES, test_only_voices=TEST_ONLY_VOICES, sources=SOURCES,
+    normalisation=f"numbers and symbols written out; sentences with acronyms or other symbols dropped; {MIN_WORDS} "
+                  f"to {MAX_WORDS} words; unique across splits; target in lower case without punctuation")
+plan, targets, build_speech_en = CORPUS.plan, CORPUS.targets, CORPUS.build

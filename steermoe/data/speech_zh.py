@@ -15,12 +15,11 @@ punctuation. Planning, speech, perturbation and the build are steermoe.data.spee
 from __future__ import annotations
 
 import gzip
-import hashlib
 import re
 from pathlib import Path
 
 from steermoe.data import speech
-from steermoe.data.speech import Sentence, Utterance
+from steermoe.data.speech import DEFAULT_SIZES, SPLITS, Sentence  # noqa: F401 (the registry and tests read them)
 from steermoe.errors import DataError
 
 FORTUNES_DIR = Path("/usr/share/games/fortunes")
@@ -36,8 +35,6 @@ SOURCES = {
                     "licence": "GFDL-1.2+ for most pages (some GPL, BSD or public domain, page by page); "
                                "/usr/share/doc/manpages-zh/copyright"},
 }
-# share of fortunes (per mille) held out for test and dev
-TEST_PER_MILLE, DEV_PER_MILLE = 100, 50
 MIN_CHARACTERS, MAX_CHARACTERS = 6, 30
 
 VOICE = "cmn-latn-pinyin"
@@ -47,13 +44,6 @@ TRAIN_VOICES = [f"espeak:{VOICE}+{variant}" for variant in
 # heard only in test-ood: variants, rates and pitches that no training voice has
 TEST_ONLY_VOICES = [f"espeak:{VOICE}+{variant}" for variant in ("m2:140:20", "m6:180:50", "f1:130:85",
                                                                  "m5:150:50")]
-CORPUS = speech.SpeechCorpus(
-    name="speech-zh", language="zh",
-    split_voices={"train": TRAIN_VOICES, "dev": TRAIN_VOICES, "test": TRAIN_VOICES, "test-ood": TEST_ONLY_VOICES},
-    default_sizes={"train": 2400, "dev": 100, "test": 200, "test-ood": 200}, sources=SOURCES,
-    normalisation=f"clauses ending in 。！？ or ；; Han characters and punctuation only; {MIN_CHARACTERS} to "
-                  f"{MAX_CHARACTERS} characters; unique across splits; spoken as pinyin; target without punctuation")
-SPLITS, DEFAULT_SIZES = CORPUS.splits, CORPUS.default_sizes
 
 HAN = re.compile(r"[\u4e00-\u9fff]+")
 PAUSES = {"，": ",", "、": ",", "：": ",", "；": ".", "。": ".", "！": "!", "？": "?"}
@@ -131,33 +121,10 @@ def manpage_sentences(folder: Path = MANPAGES_DIR) -> list[Sentence]:
     return out
 
 
-def fortune_split(section: str) -> str:
-    """The split a fortune belongs to: fixed by a hash of it, whatever the seed and sizes."""
-    bucket = int(hashlib.sha256(section.encode()).hexdigest(), 16) % 1000
-    return "test" if bucket < TEST_PER_MILLE else "dev" if bucket < TEST_PER_MILLE + DEV_PER_MILLE else "train"
-
-
-def sentence_pools(fortunes: list[Sentence], manpages: list[Sentence]) -> dict[str, list[Sentence]]:
-    """Per split, the candidate sentences, unique across all splits (speech.unique_across_splits)."""
-    by_split: dict[str, list[Sentence]] = {split: [] for split in SPLITS}
-    by_split["test-ood"] += manpages
-    for sentence in fortunes:
-        by_split[fortune_split(sentence.section)].append(sentence)
-    return speech.unique_across_splits(CORPUS, by_split)
-
-
-def plan(sizes: dict[str, int], seed: int,
-         pools: dict[str, list[Sentence]] | None = None) -> dict[str, list[Utterance]]:
-    """Per split, its utterances (speech.plan); pools default to the sources' sentences."""
-    return speech.plan(CORPUS, sizes, seed, pools or sentence_pools(fortune_sentences(), manpage_sentences()))
-
-
-def targets(sizes: dict[str, int], seed: int) -> dict[str, list[str]]:
-    return speech.targets(plan(sizes, seed))
-
-
-def build_speech_zh(out_dir: str | Path, sizes: dict[str, int] | None = None, seed: int = 0,
-                    workers: int | None = None, progress: bool = True, only: list[str] | None = None) -> dict:
-    """Speak and prepare every split (or the `only` ones) into out_dir; returns the manifest (speech.build)."""
-    return speech.build(CORPUS, lambda: sentence_pools(fortune_sentences(), manpage_sentences()), out_dir, sizes,
-                        seed, workers, progress, only)
+CORPUS = speech.SpeechCorpus(
+    name="speech-zh", language="zh",
+    pools=lambda: speech.sentence_pools(fortune_sentences(), manpage_sentences()),
+    train_voices=TRAIN_VOICES, test_only_voices=TEST_ONLY_VOICES, sources=SOURCES,
+    normalisation=f"clauses ending in 。！？ or ；; Han characters and punctuation only; {MIN_CHARACTERS} to "
+                  f"{MAX_CHARACTERS} characters; unique across splits; spoken as pinyin; target without punctuation")
+plan, targets, build_speech_zh = CORPUS.plan, CORPUS.targets, CORPUS.build
