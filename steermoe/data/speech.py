@@ -1,9 +1,9 @@
 """Spoken corpora of ordinary sentences (speech-en, speech-zh): what they share once their text is chosen.
 
-A corpus module supplies a SpeechCorpus: its text (per split, the candidate Sentences, unique across splits), its
-voices, sources and licences; the SpeechCorpus plans the utterances of each split, speaks
-them (piper, espeak-ng, sox pitch shifts), perturbs the training audio (speed, volume, additive noise) and prepares
-the splits into the common layout with a manifest.
+A corpus module declares a SpeechCorpus: its text (per split, the candidate Sentences), voices, sources and
+licences. The SpeechCorpus plans the utterances of each split, speaks them (piper, espeak-ng, sox pitch shifts),
+perturbs the training audio (speed, volume, additive noise) and prepares the splits into the common layout with a
+manifest.
 
 Determinism: the sentence choice, voices and perturbations come from random.Random(seed, split); piper runs
 without its noise terms, sox with -R and no dither, and the noise is drawn from a generator seeded per utterance,
@@ -29,9 +29,9 @@ from steermoe.errors import DataError
 from steermoe.fsutil import write_atomic
 
 # training first, evaluation last; test-ood is another genre of text, spoken only by voices no other split uses
-SPLITS = ("train", "dev", "test", "test-ood")
-DEFAULT_SIZES = {"train": 2400, "dev": 100, "test": 200, "test-ood": 200}
 OOD_SPLIT = "test-ood"
+SPLITS = ("train", "dev", "test", OOD_SPLIT)
+DEFAULT_SIZES = {"train": 2400, "dev": 100, "test": 200, OOD_SPLIT: 200}
 # share of the in-domain source's sections (per mille) held out for test and dev
 TEST_PER_MILLE, DEV_PER_MILLE = 100, 50
 # training perturbations, drawn per utterance: speed factor (pitch moves with it), gain, and the SNR of white noise

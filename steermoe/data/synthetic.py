@@ -1,7 +1,8 @@
 """The embedded default's synthetic corpora by name. Each is built by its own module, steermoe.data.NAME (the
 corpus name with '_' for '-'), imported on first use so that checking a name stays cheap. A module has
-DEFAULT_SIZES and build_NAME(out_dir, sizes, seed, workers, progress, only); the speech corpora also have
-targets(sizes, seed) -> {split: [target text]}, which planning reads before anything is built."""
+DEFAULT_SIZES and build_NAME(out_dir, sizes, seed, workers, progress, only); the ASR corpora also have
+targets(sizes, seed) -> {split: [target text]}, which planning reads before anything is built (synth-aqa's plan
+has questions and durations of its own)."""
 from __future__ import annotations
 
 import importlib
