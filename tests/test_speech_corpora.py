@@ -128,3 +128,11 @@ def test_manifest_records_sources_licences_voices_and_sizes(case, builds):
     assert {split: info["rows"] for split, info in manifest["splits"].items()} == SIZES
     assert set(manifest["voices"]["test-ood"]) <= set(case.module.CORPUS.test_only_voices)
     assert manifest["perturbation"]["splits"] == ["train"]
+
+
+@pytest.mark.parametrize("read,package", [
+    (speech_en.wordnet_sentences, "wordnet-base"), (speech_en.fortune_sentences, "fortunes"),
+    (speech_zh.fortune_sentences, "fortunes-zh"), (speech_zh.manpage_sentences, "manpages-zh")])
+def test_a_missing_text_source_names_its_folder_and_the_package_to_install(read, package, tmp_path):
+    with pytest.raises(DataError, match=rf"{tmp_path}.*apt-get install {package}\b"):
+        read(tmp_path)
