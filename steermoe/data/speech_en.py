@@ -16,6 +16,7 @@ and pitches. Planning, speech, perturbation and the build are steermoe.data.spee
 from __future__ import annotations
 
 import re
+from functools import cache
 from pathlib import Path
 
 from steermoe.data import speech
@@ -169,9 +170,10 @@ def fortune_sentences(folder: Path = FORTUNES_DIR, files: list[str] = FORTUNE_FI
     return out
 
 
+# the sources are read once per process: planning asks for the targets of every experiment
 CORPUS = speech.SpeechCorpus(
     name="speech-en", language="en",
-    pools=lambda: speech.sentence_pools(wordnet_sentences(), fortune_sentences()),
+    pools=cache(lambda: speech.sentence_pools(wordnet_sentences(), fortune_sentences())),
     train_voices=TRAIN_VOICES, test_only_voices=TEST_ONLY_VOICES, sources=SOURCES,
     normalisation=f"numbers and symbols written out; sentences with acronyms or other symbols dropped; {MIN_WORDS} "
                   f"to {MAX_WORDS} words; unique across splits; target in lower case without punctuation")

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import gzip
 import re
+from functools import cache
 from pathlib import Path
 
 from steermoe.data import speech
@@ -121,9 +122,10 @@ def manpage_sentences(folder: Path = MANPAGES_DIR) -> list[Sentence]:
     return out
 
 
+# the sources are read once per process: planning asks for the targets of every experiment
 CORPUS = speech.SpeechCorpus(
     name="speech-zh", language="zh",
-    pools=lambda: speech.sentence_pools(fortune_sentences(), manpage_sentences()),
+    pools=cache(lambda: speech.sentence_pools(fortune_sentences(), manpage_sentences())),
     train_voices=TRAIN_VOICES, test_only_voices=TEST_ONLY_VOICES, sources=SOURCES,
     normalisation=f"clauses ending in 。！？ or ；; Han characters and punctuation only; {MIN_CHARACTERS} to "
                   f"{MAX_CHARACTERS} characters; unique across splits; spoken as pinyin; target without punctuation")
