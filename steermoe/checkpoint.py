@@ -1,8 +1,10 @@
 """Checkpoints: what a trained folder and a checkpoint hold, how they are written, marked complete, checked
 and loaded, and where a run resumes.
 
-A trained folder (checkpoint-N/ or final/) holds the trainable parameters only (WEIGHTS, safetensors) and what
-they were trained with (META). The Hugging Face Trainer would torch.save the optimiser, scheduler, gradient scaler
+A trained folder (checkpoint-N/, finished/ or final/) holds the trainable parameters only (WEIGHTS, safetensors)
+and what they were trained with (META). A finished training is final: finished/ (complete, with the config it was
+trained with) is written once and never trained on; final/, what evaluation and the workflow read, holds hard links
+to its files, so that a workflow that deletes final/ before re-running the job gets the same bytes back. The Hugging Face Trainer would torch.save the optimiser, scheduler, gradient scaler
 and RNG states (pickles: optimizer.pt, scheduler.pt, scaler.pt, rng_state.pth); SteerMoETrainer writes and reads
 them with the functions here instead: tensors to safetensors, everything else (hyper-parameters, counters, Python
 and NumPy RNG states) to JSON, so that resuming never unpickles a file. A checkpoint counts only once its COMPLETE
@@ -11,6 +13,7 @@ marker (every file's hash) is written, last.
 from __future__ import annotations
 
 import json
+import os
 import random
 import shutil
 import time
@@ -23,7 +26,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from steermoe.errors import ConfigError, TrainingError
-from steermoe.fsutil import sha256_file, storage_problem, write_json
+from steermoe.fsutil import replace_dir, sha256_file, storage_problem, write_atomic, write_json
 
 if TYPE_CHECKING:
     from steermoe.runconfig import RunConfig
@@ -31,6 +34,11 @@ if TYPE_CHECKING:
 WEIGHTS = "model.safetensors"  # the Trainer's own name, so its resume and best-model loading find the file
 META = "steermoe.json"
 COMPLETE = "complete.json"  # written last into a checkpoint: file hashes; no marker means not complete
+SUMMARY = "train_summary.json"
+FINISHED = "finished"  # the finished training, beside checkpoint-N/; final/ links to its files
+FINAL = "final"
+FINAL_FILES = (WEIGHTS, META, SUMMARY)
+TRAINED_CONFIG = "config.yaml"  # in finished/: the config's text, to name what another config changes
 
 
 # ---- optimiser, scheduler, scaler and RNG state ---------------------------------------------------------
@@ -236,3 +244,123 @@ def resume_point(output_dir: Path, run: RunConfig, log=print) -> str | None:
         folder.rename(aside)
         log(f"checkpoint {folder.name} {problem}: moved to {aside}")
     return None
+
+
+# ---- a finished training ---------------------------------------------------------------------------------------
+def save_finished(state: dict[str, torch.Tensor], summary: dict, output_dir: Path, run: RunConfig) -> Path:
+    """Write finished/ (weights, META, the summary, the config's text; marked complete) and link final/ to it.
+    Each folder appears whole or not at all."""
+    building, finished = output_dir / f".{FINISHED}.partial", output_dir / FINISHED
+    shutil.rmtree(building, ignore_errors=True)
+    with storage_errors(building, "final weights"):
+        save_trainable(state, building, run)
+        write_json(building / SUMMARY, summary)
+        write_atomic(building / TRAINED_CONFIG, run.path.read_bytes())
+        mark_complete(building, summary["steps"], run.sha256)
+        replace_dir(building, finished)
+        link_final(finished, output_dir / FINAL)
+    return output_dir / FINAL
+
+
+def link_final(finished: Path, final: Path) -> None:
+    """final/ as hard links to finished/'s weights, META and summary (copies where links are not possible)."""
+    building = final.parent / f".{final.name}.partial"
+    shutil.rmtree(building, ignore_errors=True)
+    building.mkdir(parents=True)
+    for name in FINAL_FILES:
+        try:
+            os.link(finished / name, building / name)
+        except OSError:
+            shutil.copy2(finished / name, building / name)
+    replace_dir(building, final)
+
+
+def _intact(folder: Path) -> bool:
+    """A folder whose completion marker lists only files that exist with their hashes."""
+    try:
+        marker = json.loads((folder / COMPLETE).read_text())
+        return all(sha256_file(folder / name) == digest for name, digest in marker["files"].items())
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+
+
+def _flat(mapping, prefix: str = "") -> dict:
+    out = {}
+    for key, value in (mapping.items() if isinstance(mapping, dict) else ()):
+        out.update(_flat(value, f"{prefix}{key}.") if isinstance(value, dict) else {f"{prefix}{key}": value})
+    return out
+
+
+def config_difference(trained_text: bytes, run: RunConfig, limit: int = 6) -> str:
+    """The keys in which `run`'s config differs from the config text a training was done with, in words."""
+    from steermoe.checks import load_yaml
+
+    try:
+        before = _flat(load_yaml(trained_text.decode("utf-8"), TRAINED_CONFIG))
+        after = _flat(load_yaml(run.path.read_text(encoding="utf-8"), str(run.path)))
+    except (ConfigError, OSError, UnicodeDecodeError):
+        return "its text differs"
+    changed = [f"{key}: {before.get(key, '(unset)')!r} -> {after.get(key, '(unset)')!r}"
+               for key in sorted(set(before) | set(after)) if before.get(key) != after.get(key)]
+    if not changed:
+        return "only in formatting"
+    return "; ".join(changed[:limit]) + (f"; and {len(changed) - limit} more" if len(changed) > limit else "")
+
+
+def finished_training(output_dir: Path, run: RunConfig, log=print, tidy: bool = True) -> dict | None:
+    """The summary of this config's finished training in `output_dir` (final/ re-linked if it lost files), or None
+    when there is none and training should run. An older version of the same config file's training is moved to
+    superseded/ (the edited config trains afresh); a finished training of another config is refused with the
+    difference named, never overwritten. tidy: this process may write (process 0 of a launch)."""
+    finished, final = output_dir / FINISHED, output_dir / FINAL
+    if tidy and not _intact(finished) and _adoptable(final, run):  # final/ of a version before finished/ existed
+        building = output_dir / f".{FINISHED}.partial"
+        shutil.rmtree(building, ignore_errors=True)
+        shutil.copytree(final, building)
+        write_atomic(building / TRAINED_CONFIG, run.path.read_bytes())
+        mark_complete(building, json.loads((final / SUMMARY).read_text())["steps"], run.sha256)
+        replace_dir(building, finished)
+    if not _intact(finished):
+        return None
+    meta = json.loads((finished / META).read_text())
+    if meta.get("config_sha256") == run.sha256:
+        if tidy and any(not (final / n).is_file() or not (final / n).samefile(finished / n) for n in FINAL_FILES):
+            link_final(finished, final)
+            log(f"{final}: restored from {finished}")
+        summary = json.loads((finished / SUMMARY).read_text())
+        log(f"{run.name}: already trained ({summary['steps']} steps; {finished}); nothing to do. To train again, "
+            f"move {output_dir} away")
+        return summary
+    difference = config_difference((finished / TRAINED_CONFIG).read_bytes(), run)
+    if meta.get("config") != run.name:
+        raise ConfigError(f"{run.path}: training.output_dir {output_dir} holds the finished training of another "
+                          f"config, {meta.get('config')} (differences: {difference}); give this config its own "
+                          f"output_dir, or move {output_dir} away")
+    if tidy:
+        aside = output_dir / "superseded" / f"{FINISHED}-{int(time.time())}"
+        aside.parent.mkdir(exist_ok=True)
+        finished.rename(aside)
+        shutil.rmtree(final, ignore_errors=True)
+        log(f"{finished} was trained with an earlier version of {run.path.name} ({difference}): moved to {aside}; "
+            f"training afresh")
+    return None
+
+
+def _adoptable(final: Path, run: RunConfig) -> bool:
+    try:
+        meta = json.loads((final / META).read_text())
+        return (final / WEIGHTS).is_file() and (final / SUMMARY).is_file() and \
+            meta.get("config_sha256") == run.sha256
+    except (OSError, ValueError):
+        return False
+
+
+def training_is_over(checkpoint: Path, patience: int | None) -> bool:
+    """Whether a checkpoint was saved when training had ended (its last step, or early stopping's patience spent):
+    resuming from it must finish the run without another step. patience: early stopping's, None when it is off."""
+    state = json.loads((Path(checkpoint) / "trainer_state.json").read_text())
+    if 0 < state["max_steps"] <= state["global_step"]:
+        return True
+    stopper = state.get("stateful_callbacks", {}).get("EarlyStoppingCallback", {})
+    counter = stopper.get("attributes", {}).get("early_stopping_patience_counter", 0)
+    return patience is not None and counter >= patience

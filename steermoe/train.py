@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import signal
 import time
 from pathlib import Path
@@ -21,13 +20,14 @@ from transformers import EarlyStoppingCallback, PrinterCallback, Trainer, Traine
 
 from steermoe import precision, tracking
 from steermoe.analysis import GateStats, scalars, steering_parameters
-from steermoe.checkpoint import (SCALER, SCHEDULER, complete_checkpoints, load_optimizer, load_rng, mark_complete,
-                                 remove_old_checkpoints, resume_point, rng_stem, save_optimizer, save_rng,
-                                 save_trainable, storage_errors, whole_trainable_state)
+from steermoe.checkpoint import (SCALER, SCHEDULER, complete_checkpoints, finished_training, load_optimizer,
+                                 load_rng, load_trainable, mark_complete, remove_old_checkpoints, resume_point,
+                                 rng_stem, save_finished, save_optimizer, save_rng, save_trainable, storage_errors,
+                                 training_is_over, whole_trainable_state)
 from steermoe.data.batching import Collator, LengthGroupedBatches
 from steermoe.errors import ConfigError, TrainingError
 from steermoe.features import AudioFeatures
-from steermoe.fsutil import replace_dir, write_json
+from steermoe.fsutil import write_json
 from steermoe.loading import check_inputs, dev_holdout, filter_rows, load_model, load_rows
 from steermoe.runconfig import DEEPSPEED_DIR, RunConfig
 from steermoe.settings import REFERENCE
@@ -385,6 +385,12 @@ def train(run: RunConfig, log=print) -> dict:
     decision, args = preflight(run, log)
     output_dir = run.resolve(t.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
+    with args.main_process_first(desc="finished check"):  # process 0 restores final/, the others then read it
+        finished = finished_training(output_dir, run, log, tidy=args.should_save)
+    if finished is not None:
+        if torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+        return finished
     set_seed(top.seed)
     model = load_model(run, decision.weights)
     train_rows = filter_rows(load_rows(run, top.parquet_dirs, "parquet_dirs"), model, run, "parquet_dirs", log)
@@ -416,7 +422,10 @@ def train(run: RunConfig, log=print) -> dict:
         f"{decision.precision} ({decision.reason}; LLM weights in {decision.weights})"
         + (f", resuming from {resume}" if resume else ""))
     start = time.time()
-    result = trainer.train(resume_from_checkpoint=resume)
+    if resume and training_is_over(Path(resume), top.early_stopping_patience if top.use_early_stopping else None):
+        train_loss = end_without_steps(trainer, Path(resume), log)  # killed after its last checkpoint
+    else:
+        train_loss = trainer.train(resume_from_checkpoint=resume).training_loss
     seconds = time.time() - start
     signal_stop = callbacks[1].received
     if signal_stop:
@@ -424,27 +433,37 @@ def train(run: RunConfig, log=print) -> dict:
                             f"run the same command to resume")
 
     summary = {"steps": trainer.state.global_step, "train_seconds_this_run": round(seconds, 1),
-               "train_loss": result.training_loss, **precision.record(decision, args.device),
+               "train_loss": train_loss, **precision.record(decision, args.device),
                "trainable_parameters": counts,
                "train_utterances": len(train_rows), "processes": args.world_size, "resumed_from": resume,
                **({"peak_gpu_memory_mb": round(torch.cuda.max_memory_allocated(args.device) / 2**20)}
                   if args.device.type == "cuda" else {}),
                "best_checkpoint": trainer.state.best_model_checkpoint,
                "log_history": trainer.state.log_history}
-    final = output_dir / "final"
     state = whole_trainable_state(model)
     if args.should_save:
-        building = output_dir / ".final.partial"
-        shutil.rmtree(building, ignore_errors=True)
-        with storage_errors(building, "final weights"):
-            save_trainable(state, building, run)
-            write_json(building / "train_summary.json", summary)
-        replace_dir(building, final)
+        final = save_finished(state, summary, output_dir, run)
         log(f"{run.name}: {summary['steps']} steps in {seconds:.0f}s, final weights in {final}")
     if torch.distributed.is_initialized():
         trainer.accelerator.wait_for_everyone()  # no process exits (ending the launch) before final/ is written
         torch.distributed.destroy_process_group()
     return summary
+
+
+def end_without_steps(trainer: SteerMoETrainer, checkpoint: Path, log) -> float | None:
+    """End a run whose newest checkpoint was saved when training had ended, as the Trainer ends one, without the
+    step it would take past the end: the checkpoint's state and weights (the best checkpoint's with
+    load_best_model_at_end). Returns the training loss: the mean of the logged losses (the Trainer's running sum is
+    not saved)."""
+    from transformers import TrainerState
+
+    trainer.state = TrainerState.load_from_json(str(checkpoint / "trainer_state.json"))
+    best = trainer.state.best_model_checkpoint if trainer.args.load_best_model_at_end else None
+    load_trainable(trainer.model, Path(best or checkpoint))
+    log(f"{checkpoint} was saved at the end of training (step {trainer.state.global_step}): the final weights are "
+        f"{'those of the best checkpoint, ' + best if best else 'its own'}; no further step")
+    losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
+    return sum(losses) / len(losses) if losses else None
 
 
 def quiet(*_) -> None:
