@@ -18,15 +18,18 @@ TSV would hold, so a declaration expands to exactly the experiments (ids, config
 from __future__ import annotations
 
 import itertools
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
 
-from steermoe.checks import YamlLoader, check_mapping, load_yaml
+from steermoe.checks import YamlLoader, check_mapping, load_yaml, shown
 from steermoe.errors import ConfigError
 
 KEYS = ("fixed", "include", "blocks", "exclude")
+# rows one axes file may declare: a few short lists multiply to millions; the largest sweeps run thousands
+MAX_ROWS = 20_000
 
 
 @dataclass
@@ -61,12 +64,12 @@ def _lines(text: str) -> dict:
 
 def _mapping(where: str, value) -> dict:
     if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
-        raise ConfigError(f"{where}: must be a mapping of matrix columns to values, got {value!r}")
+        raise ConfigError(f"{where}: must be a mapping of matrix columns to values, got {shown(value)}")
     for key, cell in value.items():
         values = cell if isinstance(cell, list) else [cell]
         if not values or any(isinstance(v, (dict, list)) for v in values):
             raise ConfigError(f"{where}, key '{key}': must be a value or a non-empty list of values (an axis), "
-                              f"got {cell!r}")
+                              f"got {shown(cell)}")
     return value
 
 
@@ -99,6 +102,12 @@ def read_axes(path: str | Path, read_tsv, check_column) -> list[Row]:
         axes = [[cell_text(v) for v in value] if isinstance(value, list) and key != "seeds" else
                 [",".join(map(cell_text, value)) if isinstance(value, list) else cell_text(value)]
                 for key, value in block.items()]
+        count = math.prod(len(axis) for axis in axes)
+        if len(rows) + count > MAX_ROWS:
+            sizes = " x ".join(f"{len(axis)} {key}" for key, axis in zip(block, axes) if len(axis) > 1)
+            raise ConfigError(f"{file}: line {line}, block {i + 1}: its axes ({sizes}) expand to {count:,} rows, "
+                              f"{len(rows) + count:,} with the rows before it; a matrix declares at most "
+                              f"{MAX_ROWS:,}: narrow the axes or split the sweep into several matrices")
         rows += [Row(file, line, dict(zip(block, combination))) for combination in itertools.product(*axes)]
     for i, entry in enumerate(data.get("exclude") or []):
         where = f"{file}: line {lines[('exclude', i)]}, exclude entry {i + 1}"

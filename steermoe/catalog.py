@@ -13,7 +13,7 @@ import shlex
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
-from steermoe.checks import check_mapping, check_value, closest, is_safe_name, listed, read_yaml
+from steermoe.checks import check_mapping, check_value, closest, is_safe_name, listed, read_yaml, shown
 from steermoe.data.synthetic import SYNTH_CORPORA
 from steermoe.errors import ConfigError
 from steermoe.settings import METRICS, OWN_DECODER, SETTINGS
@@ -51,14 +51,14 @@ def _check_str(where: str, value, required=True) -> str | None:
     if value is None and not required:
         return None
     if not isinstance(value, str) or not value:
-        raise ConfigError(f"{where}: must be a non-empty string, got {value!r}")
+        raise ConfigError(f"{where}: must be a non-empty string, got {shown(value)}")
     return value
 
 
 def _split_names(where: str, value) -> list[str]:
     names = [value] if isinstance(value, str) else value
     if not isinstance(names, list) or not names or not all(isinstance(n, str) and is_safe_name(n) for n in names):
-        raise ConfigError(f"{where}: must be a split name or a list of split names ([A-Za-z0-9.-]), got {value!r}")
+        raise ConfigError(f"{where}: must be a split name or a list of split names ([A-Za-z0-9.-]), got {shown(value)}")
     return names
 
 
@@ -196,7 +196,8 @@ def load_catalog(path: str | Path) -> Catalog:
                                   f"{listed(PREPARE_CORPORA)}{closest(prep['corpus'], PREPARE_CORPORA)}")
             roots = [prep["root"]] if isinstance(prep["root"], str) else prep["root"]
             if not isinstance(roots, list) or not roots or not all(isinstance(r, str) and r for r in roots):
-                raise ConfigError(f"{where}.prepare.root: must be a folder or a list of folders, got {prep['root']!r}")
+                raise ConfigError(f"{where}.prepare.root: must be a folder or a list of folders, got "
+                                  f"{shown(prep['root'])}")
             out["prepare"] = {**prep, "root": roots}
             if "splits" not in entry:
                 raise ConfigError(f"{where}: 'splits' is required for a real corpus (train, dev, test: the split "
@@ -228,7 +229,7 @@ def _check_sizes(where: str, value) -> dict:
     if not isinstance(value, dict) or not all(isinstance(k, str) and is_safe_name(k) and isinstance(v, int)
                                               and not isinstance(v, bool) and v > 0 for k, v in value.items()):
         raise ConfigError(f"{where}: must map split names to positive row counts, e.g. {{train: 1200, dev: 100}}; "
-                          f"got {value!r}")
+                          f"got {shown(value)}")
     return dict(value)
 
 

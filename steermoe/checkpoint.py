@@ -4,10 +4,12 @@ and loaded, and where a run resumes.
 A trained folder (checkpoint-N/, finished/ or final/) holds the trainable parameters only (WEIGHTS, safetensors)
 and what they were trained with (META). A finished training is final: finished/ (complete, with the config it was
 trained with) is written once and never trained on; final/, what evaluation and the workflow read, holds hard links
-to its files, so that a workflow that deletes final/ before re-running the job gets the same bytes back. The Hugging Face Trainer would torch.save the optimiser, scheduler, gradient scaler
-and RNG states (pickles: optimizer.pt, scheduler.pt, scaler.pt, rng_state.pth); SteerMoETrainer writes and reads
-them with the functions here instead: tensors to safetensors, everything else (hyper-parameters, counters, Python
-and NumPy RNG states) to JSON, so that resuming never unpickles a file. A checkpoint counts only once its COMPLETE
+to its files, so that a workflow that deletes final/ before re-running the job gets the same bytes back.
+
+The Hugging Face Trainer would torch.save the optimiser, scheduler, gradient scaler and RNG states (pickles:
+optimizer.pt, scheduler.pt, scaler.pt, rng_state.pth); SteerMoETrainer writes and reads them with the functions here
+instead: tensors to safetensors, everything else (hyper-parameters, counters, Python and NumPy RNG states) to JSON,
+so that resuming never unpickles a file. A checkpoint counts only once its COMPLETE
 marker (every file's hash) is written, last.
 """
 from __future__ import annotations

@@ -7,7 +7,9 @@ Torch-free and cheap to import (the Snakefile uses it at parse time). Every mess
 from __future__ import annotations
 
 import difflib
+import math
 import re
+import reprlib
 from pathlib import Path, PurePosixPath
 
 import yaml
@@ -19,6 +21,9 @@ NAME_RE = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?$")  # catalog 
 PATH_RE = re.compile(r"^[A-Za-z0-9._+/-]+$")  # paths that reach file names and shell commands
 TRUE, FALSE = ("true", "yes", "1", "y", "on"), ("false", "no", "0", "n", "off")
 TYPE_WORDS = {bool: "true or false", int: "an integer", float: "a number", str: "a string", list: "a list"}
+# values in one YAML document, counted with every alias expanded: a few aliases can stand for billions (an alias
+# bomb), which any message or loop over the data would expand; the largest real matrix or catalog holds thousands
+MAX_YAML_VALUES = 100_000
 
 
 # ---- YAML ------------------------------------------------------------------------------------------------------
@@ -45,11 +50,44 @@ def yaml_problem(err: Exception) -> str:
 
 
 def load_yaml(text: str, file: str):
-    """A YAML text read with YAML 1.2 numbers (1e-2 is a float); errors name `file`."""
+    """A YAML text read with YAML 1.2 numbers (1e-2 is a float); errors name `file`. A document that expands
+    (aliases followed) to more than MAX_YAML_VALUES values, or refers to itself, is refused."""
     try:
-        return yaml.load(text, Loader=YamlLoader)
+        data = yaml.load(text, Loader=YamlLoader)
     except yaml.YAMLError as err:
         raise ConfigError(f"{file}: {yaml_problem(err)}") from err
+    count = expanded_size(data)
+    if count is None:
+        raise ConfigError(f"{file}: a YAML alias refers to a value that contains it (a recursive document); write "
+                          f"the values out")
+    if count > MAX_YAML_VALUES:
+        raise ConfigError(f"{file}: its aliases expand to {count:,} values (at most {MAX_YAML_VALUES:,} are read); "
+                          f"write the values out instead of nesting aliases")
+    return data
+
+
+def expanded_size(data) -> int | None:
+    """How many values `data` holds with every shared (aliased) list or mapping counted each time it appears; None
+    for a recursive structure. Each distinct object is visited once, so an alias bomb is counted, not expanded."""
+    sizes: dict[int, int | None] = {}
+
+    def size(value) -> int | None:
+        if not isinstance(value, (list, dict)):
+            return 1
+        if id(value) in sizes:
+            return sizes[id(value)]  # None while it is being counted: a cycle
+        sizes[id(value)] = None
+        children = [*value.keys(), *value.values()] if isinstance(value, dict) else value
+        total = 1
+        for child in children:
+            counted = size(child)
+            if counted is None:
+                return None
+            total += counted
+        sizes[id(value)] = total
+        return total
+
+    return size(data)
 
 
 def read_yaml(path: str | Path):
@@ -70,6 +108,15 @@ def closest(value, allowed) -> str:
 
 def listed(allowed) -> str:
     return ", ".join(str(a) for a in allowed) or "none"
+
+
+_SHOWN = reprlib.Repr()
+_SHOWN.maxlevel, _SHOWN.maxlist, _SHOWN.maxdict, _SHOWN.maxstring, _SHOWN.maxother = 3, 8, 8, 80, 80
+
+
+def shown(value) -> str:
+    """repr(value) for a message, cut short: a value from a file may be huge (an alias bomb expands to gigabytes)."""
+    return _SHOWN.repr(value)
 
 
 # ---- values ----------------------------------------------------------------------------------------------------
@@ -93,15 +140,21 @@ def check_value(where: str, key, value):
     if wanted is list and isinstance(value, str):
         value = [value]
     if not isinstance(value, wanted) or (wanted in (int, float) and isinstance(value, bool)):
-        raise ConfigError(f"{where}: must be {expected(key)}, got {value!r} ({type(value).__name__})")
+        raise ConfigError(f"{where}: must be {expected(key)}, got {shown(value)} ({type(value).__name__})")
+    if wanted is float and not math.isfinite(value):
+        raise ConfigError(f"{where}: must be a finite number, got {value!r}")
     if key.choices is not None and value not in key.choices:
-        raise ConfigError(f"{where}: {value!r} is not one of {', '.join(map(str, key.choices))}")
+        raise ConfigError(f"{where}: {shown(value)} is not one of {', '.join(map(str, key.choices))}")
     if key.positive and value <= 0:
         raise ConfigError(f"{where}: must be greater than 0, got {value!r}")
     if key.minimum is not None and value < key.minimum:
         raise ConfigError(f"{where}: must be at least {key.minimum}, got {value!r}")
+    if key.maximum is not None and value > key.maximum:
+        raise ConfigError(f"{where}: must be at most {key.maximum}, got {value!r}")
+    if key.forbidden is not None and value == key.forbidden[0]:
+        raise ConfigError(f"{where}: {value!r} {key.forbidden[1]}")
     if wanted is list and not all(isinstance(v, str) and v for v in value):
-        raise ConfigError(f"{where}: must be a list of non-empty strings, got {value!r}")
+        raise ConfigError(f"{where}: must be a list of non-empty strings, got {shown(value)}")
     return value
 
 
@@ -121,10 +174,11 @@ def check_mapping(where: str, value, allowed, required=()) -> dict:
     if value is None:
         value = {}
     if not isinstance(value, dict):
-        raise ConfigError(f"{where}: must be a mapping, got {value!r}")
+        raise ConfigError(f"{where}: must be a mapping, got {shown(value)}")
     for key in value:
         if key not in allowed:
-            raise ConfigError(f"{where}: unknown key '{key}'{closest(key, allowed)}; valid keys: {listed(allowed)}")
+            raise ConfigError(f"{where}: unknown key {shown(key)}{closest(key, allowed)}; valid keys: "
+                              f"{listed(allowed)}")
     for key in required:
         if value.get(key) in (None, ""):
             raise ConfigError(f"{where}: '{key}' is required")

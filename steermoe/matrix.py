@@ -31,7 +31,6 @@ columns, and last, with `quick=True` (the CI-size variant), `defaults.quick.sett
 from __future__ import annotations
 
 import hashlib
-import math
 import re
 from pathlib import Path, PurePosixPath
 
@@ -83,8 +82,6 @@ def _parse_cell(where: str, name: str, text: str):
     except (ValueError, ConfigError):
         allowed = f"; allowed: {listed(key.choices)}" if key.choices else ""
         raise ConfigError(f"{where}: {text!r} is not {expected(key)}{allowed}") from None
-    if isinstance(value, float) and not math.isfinite(value):
-        raise ConfigError(f"{where}: {text!r} is not a finite number")
     if name in PATH_SETTINGS:
         check_safe_path(where, value)
     return check_value(where, key, value)

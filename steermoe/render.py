@@ -27,6 +27,7 @@ import traceback
 from functools import lru_cache
 from pathlib import Path
 
+from steermoe.checks import shown
 from steermoe.errors import ConfigError
 from steermoe.fsutil import write_atomic
 from steermoe.experiments import Experiment
@@ -55,7 +56,7 @@ def yaml_value(value) -> str:
         return json.dumps(value, ensure_ascii=False)  # a JSON string is a YAML double-quoted scalar
     if isinstance(value, (list, tuple)):
         return "[" + ", ".join(yaml_value(v) for v in value) + "]"
-    raise ConfigError(f"cannot write a {type(value).__name__} into a config: {value!r}")
+    raise ConfigError(f"cannot write a {type(value).__name__} into a config: {shown(value)}")
 
 
 def environment(templates: str | Path):

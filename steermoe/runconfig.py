@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
 
-from steermoe.checks import check_value, load_yaml
+from steermoe.checks import check_value, load_yaml, shown
 from steermoe.config import SteerMoEConfig
 from steermoe.errors import ConfigError
 from steermoe.settings import ENCODER_SECTIONS, METHODS, MODEL_OPTIONS, REFERENCE, REQUIRED, TABLE, Key
@@ -70,7 +70,7 @@ def _section(file: str, name: str, spec: dict, values, required: bool = True) ->
     if values is None:
         values = {}
     if not isinstance(values, dict):
-        raise ConfigError(f"{file}: '{name}' must be a mapping of keys, got {values!r}")
+        raise ConfigError(f"{file}: '{name}' must be a mapping of keys, got {shown(values)}")
     out = {}
     for key, value in values.items():
         if key not in spec:

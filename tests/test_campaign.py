@@ -25,6 +25,8 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
+from tests.test_bad_inputs import (bad_config, steermoe, trained, user_error, workflow,  # noqa: F401 (fixtures)
+                                   workflow_error)
 from tests.test_crash import (EXPERIMENT, files, finish, in_log, kill_group, run_snakemake, start, start_snakemake,
                               table_without_timing, tiny_workflow, wait_until)
 from tests.test_train import write_config
@@ -147,3 +149,86 @@ def test_snakemake_killed_after_final_is_written_restores_the_same_weights_and_t
     assert all(torch.equal(got[k], want[k]) for k in want)
     assert table_without_timing(root / "results" / "table.csv") == \
         table_without_timing(reference / "results" / "table.csv")
+
+
+# ---- 3. YAML alias bombs, huge axes products ---------------------------------------------------------------------
+def alias_bomb(levels: int = 9, width: int = 10, indent: str = "  ") -> str:
+    """A YAML list whose aliases expand to width ** levels strings (10 ** 9 here), in `levels` + 1 short lines."""
+    lines = [f"{indent}- &a0 [{', '.join(['x'] * width)}]"]
+    lines += [f"{indent}- &a{n} [{', '.join([f'*a{n - 1}'] * width)}]" for n in range(1, levels)]
+    return "\n".join(lines) + "\n"
+
+
+def test_an_alias_bomb_in_a_config_list_is_refused_before_it_is_expanded(bad_config):
+    config = bad_config.write()
+    text = config.read_text().replace("parquet_dirs:\n", "parquet_dirs:\n" + alias_bomb(indent=""))
+    config.write_text(text)
+    user_error(*steermoe("check", config), f"{config}: its aliases expand to 1,2", "values (at most 100,000 "
+               "are read); write the values out instead of nesting aliases")
+    bad_config.check()
+
+
+def test_a_recursive_alias_is_refused(bad_config):
+    config = bad_config.write()
+    config.write_text(config.read_text() + "textual_prompt: &loop [*loop]\n")
+    user_error(*steermoe("check", config), f"{config}: a YAML alias refers to a value that contains it")
+
+
+def test_an_alias_bomb_in_an_axes_tags_list_is_refused(workflow):
+    axes = workflow / "experiments" / "bomb.yaml"
+    axes.write_text("fixed: {encoder: whisper-tiny.en, decoder: smollm2, dataset: synth-en}\nblocks:\n"
+                    "  - method: layer_wise\n    tags:\n" + alias_bomb(indent="      "))
+    workflow_error(workflow, "experiments/bomb.yaml: its aliases expand to 1,2", args=("--config",
+                                                                                           "matrix=experiments/bomb.yaml"))
+
+
+def test_axes_that_multiply_to_a_million_rows_are_refused_with_the_count(workflow):
+    axes = workflow / "experiments" / "sweep.yaml"
+    values = ", ".join(str(v) for v in range(1, 11))
+    axes.write_text("fixed: {encoder: whisper-tiny.en, decoder: smollm2, dataset: synth-en}\nblocks:\n"
+                    f"  - method: layer_wise\n    num_experts: [{values}]\n    batch_size: [{values}]\n"
+                    f"    max_steps: [{values}]\n    seed: [{values}]\n    pooling_kernel_size: [{values}]\n"
+                    f"    save_steps: [{values}]\n")
+    workflow_error(workflow, "experiments/sweep.yaml: line 3, block 1: its axes (10 num_experts x 10 batch_size x "
+                             "10 max_steps x 10 seed x 10 pooling_kernel_size x 10 save_steps) expand to 1,000,000 "
+                             "rows", "a matrix declares at most 20,000", args=("--config", "matrix=experiments/sweep.yaml"))
+
+
+# ---- 4. every float setting is finite -----------------------------------------------------------------------
+@pytest.mark.parametrize("sections, key", [
+    ({"training": {"learning_rate": float("nan")}}, "training.learning_rate"),
+    ({"training": {"steering_learning_rate": float("inf")}}, "training.steering_learning_rate"),
+    ({"training": {"gradient_clipping": float("nan")}}, "training.gradient_clipping"),
+    ({"training": {"weight_decay": float("nan")}}, "training.weight_decay"),
+    ({"training": {"epochs": float("inf")}}, "training.epochs"),
+    ({"steering": {"steering_scale": float("-inf")}}, "steering.steering_scale"),
+    ({"max_audio_length": float("inf")}, "max_audio_length"),
+], ids=lambda v: v if isinstance(v, str) else "")
+def test_a_non_finite_number_in_a_config_is_refused_by_check_and_by_train(bad_config, sections, key):
+    config = bad_config.write(**sections)
+    for command in ("check", "train --config"):
+        user_error(*steermoe(*command.split(), config), f"{config}: {key}: must be a finite number, got ")
+    bad_config.check()
+
+
+def test_a_non_finite_number_in_the_catalog_names_the_catalog_key(workflow):
+    path = workflow / "experiments" / "catalog.yaml"
+    catalog = yaml.safe_load(path.read_text())
+    catalog["datasets"]["synth-en"].setdefault("settings", {})["learning_rate"] = float("nan")
+    path.write_text(yaml.safe_dump(catalog, allow_unicode=True))
+    output = workflow_error(workflow, "experiments/catalog.yaml: datasets.synth-en.settings.learning_rate: must be a "
+                                      "finite number, got nan")
+    assert "train.yaml.j2" not in output
+
+
+# ---- 7. smaller: max_steps 0, absurd expert counts -----------------------------------------------------------
+def test_max_steps_zero_is_refused_instead_of_training_by_epochs(bad_config):
+    config = bad_config.write(training={"max_steps": 0})
+    user_error(*steermoe("train", "--config", config), f"{config}: training.max_steps: 0 would train no step: give a "
+               "step count > 0, or -1 to train by epochs")
+    bad_config.check()
+
+
+def test_ten_thousand_experts_are_refused(bad_config):
+    config = bad_config.write(steering={"num_experts": 10000})
+    user_error(*steermoe("check", config), f"{config}: steering.num_experts: must be at most 256, got 10000")
