@@ -43,6 +43,7 @@ class WhisperStack(nn.Module):
         self.num_mel_bins = encoder.config.num_mel_bins
         self.max_frames = encoder.config.max_source_positions  # 1500 encoder frames = 30 s
         self.frames_per_second = 50.0  # 100 mel frames/s, conv stride 2
+        self.max_seconds = self.max_frames / self.frames_per_second  # the longest input it takes
         self.layers = encoder.layers
 
     def embed(self, features: torch.Tensor, feature_lengths: torch.Tensor):
@@ -93,6 +94,7 @@ class ParakeetStack(nn.Module):
         self.num_layers = encoder.config.num_hidden_layers
         self.num_mel_bins = encoder.config.num_mel_bins
         self.frames_per_second = 100.0 / encoder.config.subsampling_factor  # 10 ms fbank hop
+        self.max_seconds = None  # relative positions of any length
         self.layers = encoder.layers
 
     def embed(self, features: torch.Tensor, feature_lengths: torch.Tensor):

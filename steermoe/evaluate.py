@@ -25,9 +25,9 @@ import torch
 from steermoe import metrics, precision, tracking
 from steermoe.analysis import GateStats, steering_parameters
 from steermoe.checkpoint import load_trainable
-from steermoe.data.batching import AudioRows, Collator
+from steermoe.data.batching import AudioRows, AudioWindows, Collator
 from steermoe.errors import ConfigError
-from steermoe.features import AudioFeatures
+from steermoe.features import WHISPER_SECONDS, AudioFeatures
 from steermoe.fsutil import replace_dir, write_json
 from steermoe.loading import check_inputs, load_model, load_rows
 from steermoe.plots import plot_steering
@@ -72,6 +72,7 @@ class Decoder:
     collate: Callable[[list[dict]], dict]  # rows -> a batch
     generate: Callable[[dict, GateStats | None], list[str]]  # (batch, gate statistics to add to) -> hypotheses
     record: dict  # checkpoint and its SHA-256, trainable parameters (a reference row: its model and language)
+    longest_seconds: float  # longer utterances are decoded in windows (the encoder's window, the prompt's limit)
     steered: torch.nn.Module | None = None  # the SteerMoE model whose steering is analysed; None: none
 
 
@@ -97,7 +98,7 @@ def steermoe_decoder(run: RunConfig, checkpoint: Path, decision: precision.Decis
         generate,
         {"checkpoint": str(checkpoint), "checkpoint_sha256": weights_sha,
          "trainable_parameters": sum(p.numel() for p in model.trainable_state_dict().values())},
-        model if model.steering is not None else None)
+        model.longest_audio_seconds(), model if model.steering is not None else None)
 
 
 def reference_decoder(run: RunConfig, rows: AudioRows, decision: precision.Decision, device: torch.device) -> Decoder:
@@ -114,16 +115,17 @@ def reference_decoder(run: RunConfig, rows: AudioRows, decision: precision.Decis
 
     return Decoder(whisper.collate, generate,
                    {"checkpoint": None, "checkpoint_sha256": None, "decoder": REFERENCE_DECODER,
-                    "reference_model": str(folder), "language": language, "trainable_parameters": 0})
+                    "reference_model": str(folder), "language": language, "trainable_parameters": 0},
+                   WHISPER_SECONDS)
 
 
-def decode_split(decoder: Decoder, rows: AudioRows, chosen: list[int], passes: int, reseed: bool, batch_size: int,
+def decode_split(decoder: Decoder, windows: AudioWindows, passes: int, reseed: bool, batch_size: int,
                  log) -> tuple[list[dict[int, str]], GateStats | None, float, int] | None:
-    """Decode the rows `chosen`, `passes` times, in batches shared out among the launcher's processes. On process 0:
-    per pass {row: hypothesis}, the gate statistics of the first pass, the decoding seconds and the process count;
+    """Decode every window, `passes` times, in batches shared out among the launcher's processes. On process 0: per
+    pass {window: hypothesis}, the gate statistics of the first pass, the decoding seconds and the process count;
     None on the others. reseed: seed torch per batch (sampling draws that do not depend on the sharing)."""
     # longest first: the slowest batch shows up at once, and similar lengths share a batch
-    order = sorted(chosen, key=lambda i: -rows.durations[i])
+    order = sorted(range(len(windows)), key=lambda i: -windows.durations[i])
     batches = [order[first:first + batch_size] for first in range(0, len(order), batch_size)]
     work = [(sampling_seed, number) for sampling_seed in range(passes) for number in range(len(batches))]
     rank, world = shard_of_this_process()
@@ -133,7 +135,7 @@ def decode_split(decoder: Decoder, rows: AudioRows, chosen: list[int], passes: i
     decoded = []  # (work item, hypotheses, gate statistics) of this process's batches
     for item in mine:
         sampling_seed, number = work[item]
-        batch = decoder.collate([rows[i] for i in batches[number]])
+        batch = decoder.collate([windows[i] for i in batches[number]])
         stats = GateStats() if decoder.steered is not None and sampling_seed == 0 else None
         if reseed:  # each batch's own draws: the same hypotheses however the batches are shared out
             torch.manual_seed(sampling_seed * 1_000_003 + number)
@@ -231,12 +233,15 @@ def evaluate(run: RunConfig, checkpoint: Path | None = None, output_dir: Path | 
     seed_protocol = ev.protocol == "seed"
     chosen = seed_subset(len(rows)) if seed_protocol else list(range(len(rows)))
     passes = ev.sampling_seeds if seed_protocol else 1  # the seed protocol decodes once per sampling seed
-    decoded = decode_split(decoder, rows, chosen, passes, seed_protocol, ev.batch_size, log)
+    windows = AudioWindows(rows, chosen, decoder.longest_seconds)
+    decoded = decode_split(decoder, windows, passes, seed_protocol, ev.batch_size, log)
     if decoded is None:  # another process: process 0 scores and writes
         return {}
     hypotheses, stats, decode_seconds, world = decoded
+    hypotheses = [windows.join(h) for h in hypotheses]
     model_record = {
-        **decoder.record, **precision.record(decision, device), "processes": world,
+        **decoder.record, **({"windowed": windows.record()} if windows.record() else {}),
+        **precision.record(decision, device), "processes": world,
         "threads": torch.get_num_threads(),
         **({"peak_gpu_memory_mb": round(torch.cuda.max_memory_allocated(device) / 2**20)}
            if device.type == "cuda" else {}),

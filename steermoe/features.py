@@ -9,7 +9,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from steermoe.errors import DataError
+
 SAMPLE_RATE = 16000
+WHISPER_SECONDS = 30.0  # Whisper's window: 3000 mel frames, 1500 encoder positions
 
 
 class AudioFeatures:
@@ -28,8 +31,13 @@ class AudioFeatures:
         """Return features (B, n_mels, F) for Whisper or (B, F, n_mels) for Parakeet and FireRedASR, and frame counts
         (B,)."""
         if self.kind == "whisper":
+            longest = max(len(w) for w in waveforms) / SAMPLE_RATE
+            if longest > WHISPER_SECONDS + 0.01:  # the extractor would cut it to 30 s without a word
+                raise DataError(f"Whisper hears at most {WHISPER_SECONDS:.0f} s of audio; an utterance of "
+                                f"{longest:.1f} s reached it: lower max_audio_length (training) or keep "
+                                f"filter_dataset on; evaluation decodes such utterances in windows")
             padding = "max_length" if self.window == "30s" else "longest"
-            per_utt = [self.extractor(w, sampling_rate=SAMPLE_RATE, padding=padding,
+            per_utt = [self.extractor(w, sampling_rate=SAMPLE_RATE, padding=padding, truncation=False,
                                       return_tensors="pt").input_features[0] for w in waveforms]  # (n_mels, F_b)
             time_axis = 1
         elif self.kind == "fireredasr":

@@ -186,6 +186,7 @@ class FireRedStack(nn.Module):
         self.num_layers = encoder.config.n_layers_enc
         self.num_mel_bins = encoder.config.idim
         self.frames_per_second = 100.0 / 4  # 10 ms fbank hop, 4x subsampling
+        self.max_seconds = None  # relative positions of any length
         self.layers = encoder.layer_stack
 
     def embed(self, features: torch.Tensor, feature_lengths: torch.Tensor):

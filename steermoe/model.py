@@ -154,6 +154,13 @@ class SteerMoEModel(nn.Module):
             else math.ceil(seconds * enc.frames_per_second)
         return min(math.ceil(frames / self.config.pooling_kernel_size), self.config.max_prompt_tokens)
 
+    def longest_audio_seconds(self) -> float:
+        """The longest utterance the model hears whole: within the encoder's window (Whisper's 30 s) and with its
+        audio prompt under max_prompt_tokens; evaluation decodes longer ones in windows."""
+        per_second = self.encoder.frames_per_second / self.config.pooling_kernel_size  # audio prompt tokens / s
+        fits_prompt = self.config.max_prompt_tokens / per_second
+        return min(fits_prompt, self.encoder.max_seconds or fits_prompt)
+
     # ---- decoder input packing -----------------------------------------------------------------------------
     def _prompt_ids(self, prompt: str) -> tuple[list[int], list[int]]:
         """Token ids placed before and after the audio prompt."""

@@ -211,12 +211,21 @@ def table_rows(experiments: list, results: dict[str, ExperimentResult], override
                          "reference_units": block.get("reference_units"), "utterances": block.get("utterances"),
                          "eval_seconds": r.metrics.get("decode_seconds"), "rtf": r.metrics.get("rtf"),
                          "note": _reference_label(exp)
-                                 + (SEED_PROTOCOL_NOTES if base["protocol"] == "seed" else NOTES)[name]})
+                                 + (SEED_PROTOCOL_NOTES if base["protocol"] == "seed" else NOTES)[name]
+                                 + _windowed_note(r.metrics.get("windowed"))})
         if r.id in last_of_set:
             name = last_of_set[r.id]
             first = next(row for row in rows if row["experiment"] == str(get_field(sets[name][0], "id")))
             rows.append(_summary_row(name, sets[name], results, first, seed, resamples))
     return rows
+
+
+def _windowed_note(windowed: dict | None) -> str:
+    """What the note says of utterances longer than the encoder's window (decoded in windows, none cut short)."""
+    if not windowed:
+        return ""
+    return (f"; {windowed['utterances']} utterance(s) longer than {windowed['window_seconds']:g} s decoded in "
+            f"consecutive windows (up to {windowed['most_windows']}) and joined")
 
 
 def _digits(column: str) -> int:

@@ -232,3 +232,62 @@ def test_max_steps_zero_is_refused_instead_of_training_by_epochs(bad_config):
 def test_ten_thousand_experts_are_refused(bad_config):
     config = bad_config.write(steering={"num_experts": 10000})
     user_error(*steermoe("check", config), f"{config}: steering.num_experts: must be at most 256, got 10000")
+
+
+# ---- 2. evaluation never truncates ----------------------------------------------------------------------------
+def long_test_split(folder: Path, seconds: float = 45.0) -> tuple[Path, Path]:
+    """A raw parquet with one utterance of `seconds` seconds (tones changing every second) and one of 2 s, and a
+    second parquet holding the long one's two halves as utterances of their own."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from steermoe.data.audio import encode_flac
+
+    t = np.arange(16000) / 16000
+    long = np.concatenate([0.3 * np.sin(2 * np.pi * (300 + 37 * k) * t) for k in range(int(seconds))])
+    short = long[:32000]
+    half = len(long) // 2
+    rows = {"whole.parquet": [("long", long, "one two three"), ("short", short, "one")],
+            "halves.parquet": [("first", long[:half], "one"), ("second", long[half:], "two three")]}
+    for name, items in rows.items():
+        pq.write_table(pa.Table.from_pylist([{"id": i, "audio": encode_flac(a.astype(np.float32)), "text": text,
+                                              "duration": len(a) / 16000} for i, a, text in items]), folder / name)
+    return folder / "whole.parquet", folder / "halves.parquet"
+
+
+def test_an_utterance_longer_than_whispers_window_is_decoded_in_windows_and_the_table_says_so(tiny, tmp_path):
+    """45 s under Whisper's 30 s window: decoded as two 22.5-s windows whose hypotheses are joined (equal to decoding
+    the two halves as utterances of their own), never cut at 30 s; metrics.json and the table's note count it."""
+    from steermoe.evaluate import evaluate
+    from steermoe.runconfig import load_run_config
+    from steermoe.tables import _windowed_note
+
+    whole, halves = long_test_split(tmp_path)
+    trained = write_config(tmp_path, tiny, training={"max_steps": 1})
+    finish(["train", "--config", trained], tmp_path / "train.log")
+    results = {}
+    for name, data in (("whole", whole), ("halves", halves)):
+        test = write_config(tmp_path, tiny, name=f"layer_wise_whisper_qwen_{name}_test", parquet_dirs=[str(data)],
+                            evaluation={"batch_size": 1, "max_new_tokens": 6, "output_dir": str(tmp_path / name)})
+        results[name] = evaluate(load_run_config(test), log=lambda *_: None)
+    hyps = {name: {json.loads(line)["id"]: json.loads(line)["hypothesis"]
+                   for line in (tmp_path / name / "predictions.jsonl").read_text().splitlines()} for name in results}
+    assert hyps["whole"]["long"] == " ".join(h.strip() for h in (hyps["halves"]["first"], hyps["halves"]["second"])
+                                             if h.strip())
+    assert results["whole"]["windowed"] == {"utterances": 1, "window_seconds": 30.0, "most_windows": 2,
+                                            "ids": ["long"]}
+    assert "windowed" not in results["halves"] and results["whole"]["utterances"] == 2
+    assert _windowed_note(results["whole"]["windowed"]) == \
+        "; 1 utterance(s) longer than 30 s decoded in consecutive windows (up to 2) and joined"
+
+
+def test_training_on_audio_longer_than_whispers_window_stops_with_one_line(tiny, tmp_path):
+    whole, _ = long_test_split(tmp_path)
+    config = write_config(tmp_path, tiny, training={"max_steps": 1, "batch_size": 2}, parquet_dirs=[str(whole)],
+                          filter_dataset=False)
+    code, text = run_steermoe(["train", "--config", config], tmp_path / "train.log", tmp_path)
+    assert code == 2 and "Traceback" not in text, text[-3000:]
+    assert text.strip().splitlines()[-1] == (
+        "steermoe: error: Whisper hears at most 30 s of audio; an utterance of 45.0 s reached it: lower "
+        "max_audio_length (training) or keep filter_dataset on; evaluation decodes such utterances in windows")

@@ -1,6 +1,7 @@
 """From a prepared split to model batches: lazy FLAC decoding, on-the-fly features, length-grouped batches."""
 from __future__ import annotations
 
+import math
 import random
 from pathlib import Path
 
@@ -106,6 +107,44 @@ class AudioRows(torch.utils.data.Dataset):
         except AudioError as err:  # prepared data never has such rows: `steermoe data prepare` lists and skips them
             raise DataError(f"{self.source}: utterance {row['id']!r}: {err}; prepare the data with `steermoe data "
                             f"prepare`, which skips such rows and lists them in rejects.jsonl") from None
+
+
+class AudioWindows(torch.utils.data.Dataset):
+    """The rows `chosen` of an AudioRows, each longer than `longest` seconds cut into equal consecutive windows of at
+    most that length (a row that fits is one window). Evaluation decodes the windows and joins their hypotheses, so
+    that no utterance is cut short by the encoder's window."""
+
+    def __init__(self, rows: AudioRows, chosen: list[int], longest: float):
+        self.rows, self.longest = rows, longest
+        self.windows = [(i, k, n) for i in chosen for n in [max(1, math.ceil(rows.durations[i] / longest - 1e-9))]
+                        for k in range(n)]  # (row, window number, windows of that row)
+        self.durations = [rows.durations[i] / n for i, _, n in self.windows]
+
+    def __len__(self) -> int:
+        return len(self.windows)
+
+    def __getitem__(self, index: int) -> dict:
+        i, k, n = self.windows[index]
+        row = self.rows[i]
+        if n == 1:
+            return row
+        size = -(-len(row["audio"]) // n)
+        return {**row, "audio": row["audio"][k * size:(k + 1) * size]}
+
+    def join(self, hypotheses: dict[int, str]) -> dict[int, str]:
+        """{window: hypothesis} -> {row: its windows' hypotheses joined by spaces, in order}."""
+        parts: dict[int, list[str]] = {}
+        for index, (i, _, _) in enumerate(self.windows):
+            parts.setdefault(i, []).append(hypotheses[index].strip())
+        return {i: " ".join(p for p in texts if p) for i, texts in parts.items()}
+
+    def record(self) -> dict | None:
+        """What metrics.json says of the windows: None when every row fitted."""
+        counts = {i: n for i, _, n in self.windows if n > 1}
+        if not counts:
+            return None
+        return {"utterances": len(counts), "window_seconds": round(self.longest, 2),
+                "most_windows": max(counts.values()), "ids": [self.rows.columns["id"][i] for i in sorted(counts)]}
 
 
 class Collator:
