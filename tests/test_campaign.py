@@ -291,3 +291,77 @@ def test_training_on_audio_longer_than_whispers_window_stops_with_one_line(tiny,
     assert text.strip().splitlines()[-1] == (
         "steermoe: error: Whisper hears at most 30 s of audio; an utterance of 45.0 s reached it: lower "
         "max_audio_length (training) or keep filter_dataset on; evaluation decodes such utterances in windows")
+
+
+# ---- 5. duplicate utterance ids ---------------------------------------------------------------------------------
+def audio_table(ids: list | None, texts: list[str]):
+    import pyarrow as pa
+
+    from tests.test_bad_inputs import audio_bytes
+
+    rows = [{"audio": audio_bytes(0.5 + 0.1 * n), "text": text} for n, text in enumerate(texts)]
+    if ids is not None:
+        rows = [{"id": utt, **row} for utt, row in zip(ids, rows)]
+    return pa.Table.from_pylist(rows)
+
+
+def test_the_same_file_name_in_two_folders_of_a_parquet_corpus_gets_unique_ids_and_a_warning(tmp_path):
+    import pyarrow.parquet as pq
+
+    from steermoe.data.layout import read_split
+
+    root = tmp_path / "corpus"
+    for folder in ("a", "b"):
+        (root / folder).mkdir(parents=True)
+        pq.write_table(audio_table(None, [f"{folder} one", f"{folder} two"]), root / folder / "part.parquet")
+    out = tmp_path / "prepared"
+    code, text = steermoe("data", "prepare", "--corpus", "parquet", "--root", root, "--split", "test", "--out", out,
+                          "--workers", 1)
+    assert code == 0, text[-3000:]
+    assert (f"steermoe: warning: parquet/test: utterance id 'part-0' of {root}/b/part.parquet:row 0 is already the id "
+            f"of {root}/a/part.parquet:row 0; renamed part-0-dup2") in text
+    table = read_split(out, "test")
+    assert table.column("id").to_pylist() == ["part-0", "part-1", "part-0-dup2", "part-1-dup2"]
+    assert table.column("text").to_pylist() == ["a one", "a two", "b one", "b two"]
+    renamed = json.loads((out / "manifest.json").read_text())["renamed"]["test"]
+    assert [(r["id"], r["renamed"]) for r in renamed] == [("part-0", "part-0-dup2"), ("part-1", "part-1-dup2")]
+
+
+def test_a_parquet_corpus_keeps_its_own_ids(tmp_path):
+    import pyarrow.parquet as pq
+
+    from steermoe.data.layout import read_split
+
+    pq.write_table(audio_table(["spk1-utt7", "spk2-utt9"], ["one", "two"]), tmp_path / "test.parquet")
+    code, text = steermoe("data", "prepare", "--corpus", "parquet", "--root", tmp_path / "test.parquet", "--out",
+                          tmp_path / "prepared", "--workers", 1)
+    assert code == 0, text[-3000:]
+    assert read_split(tmp_path / "prepared", "test").column("id").to_pylist() == ["spk1-utt7", "spk2-utt9"]
+
+
+def test_duplicate_ids_in_raw_parquet_test_data_are_refused_naming_both_rows(bad_config, tmp_path):
+    import pyarrow.parquet as pq
+
+    pq.write_table(audio_table(["u1", "u2"], ["one", "two"]), tmp_path / "first.parquet")
+    pq.write_table(audio_table(["u3", "u2"], ["three", "two again"]), tmp_path / "second.parquet")
+    config = bad_config.write(name="layer_wise_whisper_qwen_tones_test", parquet_dirs=[
+        str(tmp_path / "first.parquet"), str(tmp_path / "second.parquet")])
+    user_error(*steermoe("evaluate", "--config", config), f"{config}: parquet_dirs: utterance id 'u2' is both "
+               f"{tmp_path}/first.parquet row 1 and {tmp_path}/second.parquet row 1; predictions and comparisons "
+               f"pair utterances by id")
+    bad_config.check()
+
+
+# ---- 7. smaller: a NUL-only transcript --------------------------------------------------------------------------
+def test_a_transcript_of_control_characters_only_is_rejected_as_empty(tmp_path):
+    import pyarrow.parquet as pq
+
+    from steermoe.data.layout import read_split
+
+    pq.write_table(audio_table(None, ["\x00\x00", "one\x00 two\x1b"]), tmp_path / "test.parquet")
+    code, text = steermoe("data", "prepare", "--corpus", "parquet", "--root", tmp_path / "test.parquet", "--out",
+                          tmp_path / "prepared", "--workers", 1)
+    assert code == 0, text[-3000:]
+    assert read_split(tmp_path / "prepared", "test").column("text").to_pylist() == ["one two"]
+    [reject] = [json.loads(line) for line in (tmp_path / "prepared" / "rejects.jsonl").read_text().splitlines()]
+    assert reject["reason"] == "empty transcript" and reject["id"] == "test-0"

@@ -66,8 +66,10 @@ class AudioRows(torch.utils.data.Dataset):
 
         columns = {"id": [], "audio": [], "duration": [], "text": [], "prompt": [], "answers": [], "language": []}
         files = parquet_files(entries, audio_column, text_column, key)
+        origins = []  # (file row) of each utterance, for messages
         for file in files:
             table = pq.read_table(file)
+            origins += [f"{file} row {i}" for i in range(table.num_rows)]
             audio = table.column(audio_column).to_pylist()
             audio = [a["bytes"] if isinstance(a, dict) else a for a in audio]
             n = len(audio)
@@ -92,6 +94,13 @@ class AudioRows(torch.utils.data.Dataset):
         if not columns["id"]:
             raise DataError(f"{key}: {', '.join(map(str, files))} hold(s) no rows (an empty split); prepare the data "
                             f"again or point the key at a split with rows")
+        first: dict[str, int] = {}
+        for n, utt in enumerate(columns["id"]):
+            if utt in first:
+                raise DataError(f"{key}: utterance id {utt!r} is both {origins[first[utt]]} and {origins[n]}; "
+                                f"predictions and comparisons pair utterances by id: make the ids unique, or "
+                                f"prepare the data with `steermoe data prepare`, which renames duplicates")
+            first[utt] = n
         return cls(columns, f"{key} ({', '.join(map(str, files))})")
 
     def subset(self, indices: list[int]) -> "AudioRows":

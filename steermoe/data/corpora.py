@@ -191,7 +191,8 @@ def clotho_aqa(root: str | Path) -> Splits:
 def generic_parquet(paths: list[str | Path], audio_column: str = "audio", text_column: str = "text",
                     split: str | None = None) -> Splits:
     """The seed's generic path: parquet files with `audio_column` (bytes, or a struct with bytes) and
-    `text_column`. Each directory (or file) given is one split, named by `split` or by the folder/file name."""
+    `text_column`, and their `id` column where they have one. Each directory (or file) given is one split, named by
+    `split` or by the folder/file name."""
     splits: Splits = {}
     for path in map(Path, paths):
         files = sorted(path.rglob("*.parquet")) if path.is_dir() else [path]
@@ -199,20 +200,24 @@ def generic_parquet(paths: list[str | Path], audio_column: str = "audio", text_c
             raise DataError(f"parquet_dirs: {path} has no *.parquet files")
         items = splits.setdefault(split or (path.name if path.is_dir() else path.stem), [])
         for file in files:
-            table = _read_columns(file, [audio_column, text_column], hint="audio_column / text_column")
+            table = _read_columns(file, [audio_column, text_column], hint="audio_column / text_column",
+                                  optional=["id"])  # the user's own ids, kept; else {file}-{row}
+            has_ids = "id" in table.column_names
             for row_number, row in enumerate(table.to_pylist()):
                 audio = row[audio_column]
                 if isinstance(audio, dict):
                     audio = audio.get("bytes")
                 source = f"{file}:row {row_number}"
+                utt = str(row["id"]) if has_ids and row["id"] is not None else f"{file.stem}-{row_number}"
                 if not audio:
-                    items.append(Reject(f"{file.stem}-{row_number}", source, "no audio bytes"))
+                    items.append(Reject(utt, source, "no audio bytes"))
                     continue
-                items.append(RawItem(f"{file.stem}-{row_number}", audio, row[text_column] or "", source))
+                items.append(RawItem(utt, audio, row[text_column] or "", source))
     return splits
 
 
-def _read_columns(file: Path, columns: list[str], hint: str = "the published layout"):
+def _read_columns(file: Path, columns: list[str], hint: str = "the published layout", optional=()):
+    """The file's `columns`, and those of `optional` it has."""
     try:
         names = pq.read_schema(file).names
     except Exception as err:
@@ -220,7 +225,7 @@ def _read_columns(file: Path, columns: list[str], hint: str = "the published lay
     missing = [c for c in columns if c not in names]
     if missing:
         raise DataError(f"{file} lacks column(s) {missing}; it has {names} (check {hint})")
-    return pq.read_table(file, columns=columns)
+    return pq.read_table(file, columns=columns + [c for c in optional if c in names and c not in columns])
 
 
 READERS = {"librispeech": librispeech_raw, "librispeech-parquet": librispeech_hf, "aishell1": aishell1,

@@ -11,6 +11,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
+import unicodedata
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from multiprocessing import get_context
@@ -74,10 +76,16 @@ class _Outcome:
     item: dict = field(default_factory=dict)
 
 
+def clean_text(text: str) -> str:
+    """A transcript without control characters (NUL, escapes: what a broken export leaves), stripped."""
+    return "".join(c for c in text if c.isspace() or unicodedata.category(c) != "Cc").strip()
+
+
 def _process(args) -> _Outcome:
     item, filters = args
     meta = {"id": item.id, "source": item.source}
-    if not item.text.strip():
+    text = clean_text(item.text)
+    if not text:
         return _Outcome(drop="rejected", reason="empty transcript", item=meta)
     if isinstance(item.audio, str) and not os.path.isfile(item.audio):
         return _Outcome(drop="rejected", reason="audio file not found", item={**meta, "detail": item.audio})
@@ -90,17 +98,37 @@ def _process(args) -> _Outcome:
         if duration > filters.max_audio_length:
             return _Outcome(drop="filtered", reason=f"audio longer than max_audio_length "
                                                     f"({filters.max_audio_length:g} s)", item=meta)
-        if len(item.text) > filters.max_text_characters:
+        if len(text) > filters.max_text_characters:
             return _Outcome(drop="filtered", reason=f"text longer than max_text_characters "
                                                     f"({filters.max_text_characters})", item=meta)
-    row = {"id": item.id, "audio": encode_flac(audio), "duration": round(duration, 4), "text": item.text.strip(),
+    row = {"id": item.id, "audio": encode_flac(audio), "duration": round(duration, 4), "text": text,
            "prompt": item.prompt, "answers": item.answers, "speaker": item.speaker, "language": item.language}
     return _Outcome(row=row)
 
 
+def unique_ids(corpus: str, split: str, items: list[RawItem]) -> list[dict]:
+    """Give a second (third, ...) item with an id already taken in its split the id `{id}-dup{n}`, in place: ids pair
+    predictions and comparisons. Returns what was renamed, each with both sources, and warns on stderr."""
+    first: dict[str, str] = {}
+    renamed = []
+    for item in items:
+        if item.id in first:
+            n = 2
+            while f"{item.id}-dup{n}" in first:
+                n += 1
+            renamed.append({"id": item.id, "renamed": f"{item.id}-dup{n}", "source": item.source,
+                            "first_source": first[item.id]})
+            print(f"steermoe: warning: {corpus}/{split}: utterance id {item.id!r} of {item.source} is already the id "
+                  f"of {first[item.id]}; renamed {item.id}-dup{n}", file=sys.stderr)
+            item.id = f"{item.id}-dup{n}"
+        first[item.id] = item.source
+    return renamed
+
+
 def prepare_corpus(corpus: str, splits: dict[str, Iterable[RawItem | Reject]], out_dir: str | Path,
                    filters: Filters | None = None, workers: int | None = None, progress: bool = True) -> dict:
-    """Decode, resample, filter and store every split; returns the manifest. Replaces out_dir atomically."""
+    """Decode, resample, filter and store every split; returns the manifest. Replaces out_dir atomically. Duplicate
+    ids within a split are renamed (unique_ids; the manifest lists them)."""
     from tqdm import tqdm
 
     filters = filters or Filters()
@@ -123,6 +151,7 @@ def prepare_corpus(corpus: str, splits: dict[str, Iterable[RawItem | Reject]], o
                     rejects.append({"split": split, **asdict(item)})
                 else:
                     formed.append((item, filters))
+            renamed = unique_ids(corpus, split, [item for item, _ in formed])
             outcomes = pool.imap(_process, formed, chunksize=4) if pool else map(_process, formed)
             for outcome in tqdm(outcomes, total=len(formed), desc=f"{corpus}/{split}", unit="utt",
                                 disable=not progress):
@@ -141,6 +170,8 @@ def prepare_corpus(corpus: str, splits: dict[str, Iterable[RawItem | Reject]], o
                                          "speakers": len({r["speaker"] for r in rows})}
             manifest["filtered"][split] = dict(sorted(filtered.items()))
             manifest["rejected"][split] = dict(sorted(rejected.items()))
+            if renamed:
+                manifest.setdefault("renamed", {})[split] = renamed
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)
         raise
