@@ -19,7 +19,7 @@ import os
 import random
 import shutil
 import time
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -28,7 +28,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from steermoe.errors import ConfigError, TrainingError
-from steermoe.fsutil import replace_dir, sha256_file, storage_problem, write_atomic, write_json
+from steermoe.fsutil import replace_dir, sha256_file, storage_errors, write_atomic, write_json
 
 if TYPE_CHECKING:
     from steermoe.runconfig import RunConfig
@@ -137,19 +137,7 @@ def unsafe_files(names, deepspeed: bool) -> list[str]:
 
 
 # ---- trained weights ---------------------------------------------------------------------------------------
-@contextmanager
-def storage_errors(folder: Path, what: str):
-    """A write that failed because the disk is full or read-only becomes one clear error; the last complete
-    checkpoint (and an earlier final/ folder) stay as they were."""
-    try:
-        yield
-    except Exception as err:
-        problem = storage_problem(folder)
-        if problem is None:
-            raise
-        raise TrainingError(f"cannot write the {what} {folder}: {problem} ({type(err).__name__}: {err}). Free space "
-                            f"or make the folder writable, then run the same command again: training resumes from "
-                            f"the last complete checkpoint") from None
+RESUMES = "training resumes from the last complete checkpoint"  # what a failed write keeps
 
 
 def whole_trainable_state(model) -> dict[str, torch.Tensor]:
@@ -178,12 +166,26 @@ def save_trainable(state: dict[str, torch.Tensor], folder: Path, run: RunConfig)
                                "encoder": str(run.encoder.model_path), "decoder": str(run.decoder.model_name)})
 
 
+def check_weights_file(path: Path) -> None:
+    """A weights file whose safetensors header reads (cheap: the tensors are not loaded)."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), "pt") as weights:
+            weights.keys()
+    except Exception as err:  # SafetensorError, or an OSError for a folder or unreadable file
+        raise ConfigError(f"{path} is not a readable safetensors weights file ({type(err).__name__}: {err}): it was "
+                          f"cut short or overwritten; train again (move {Path(path).parent} away) or point "
+                          f"evaluation.checkpoint at another trained folder") from None
+
+
 def load_trainable(model, folder: Path) -> str:
     """Load a trained folder's weights into the model (safetensors only); returns the weights' sha256."""
     path = Path(folder) / WEIGHTS
     if not path.is_file():
         raise ConfigError(f"{folder} has no {WEIGHTS}: train first (`steermoe train --config ...`), or point "
                           f"evaluation.checkpoint at a trained folder")
+    check_weights_file(path)
     state = load_file(str(path))
     expected = set(model.trainable_state_dict())
     missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
@@ -216,7 +218,9 @@ def complete_checkpoints(output_dir: Path) -> list[Path]:
 
 def resume_point(output_dir: Path, run: RunConfig, log=print) -> str | None:
     """The newest intact checkpoint of this config. Incomplete folders (a kill mid-save) are removed; corrupted
-    ones and those of another config are moved aside, never deleted."""
+    ones and those of another config are moved aside, never deleted, as is the finished training of an earlier
+    version of the config (supersede_finished)."""
+    supersede_finished(output_dir, run, log)
     for folder in output_dir.glob("checkpoint-*"):
         if not (folder / COMPLETE).is_file():
             log(f"removing incomplete checkpoint {folder} (interrupted while saving)")
@@ -254,7 +258,7 @@ def save_finished(state: dict[str, torch.Tensor], summary: dict, output_dir: Pat
     Each folder appears whole or not at all."""
     building, finished = output_dir / f".{FINISHED}.partial", output_dir / FINISHED
     shutil.rmtree(building, ignore_errors=True)
-    with storage_errors(building, "final weights"):
+    with storage_errors(building, "final weights", RESUMES, partial=building):
         save_trainable(state, building, run)
         write_json(building / SUMMARY, summary)
         write_atomic(building / TRAINED_CONFIG, run.path.read_bytes())
@@ -311,9 +315,9 @@ def config_difference(trained_text: bytes, run: RunConfig, limit: int = 6) -> st
 
 def finished_training(output_dir: Path, run: RunConfig, log=print, tidy: bool = True) -> dict | None:
     """The summary of this config's finished training in `output_dir` (final/ re-linked if it lost files), or None
-    when there is none and training should run. An older version of the same config file's training is moved to
-    superseded/ (the edited config trains afresh); a finished training of another config is refused with the
-    difference named, never overwritten. tidy: this process may write (process 0 of a launch)."""
+    when there is none and training should run. A finished training of another config is refused with the
+    difference named, never overwritten; one of an earlier version of this config file is left for resume_point
+    to move aside once training starts. tidy: this process may write (process 0 of a launch)."""
     finished, final = output_dir / FINISHED, output_dir / FINAL
     if tidy and not _intact(finished) and _adoptable(final, run):  # final/ of a version before finished/ existed
         building = output_dir / f".{FINISHED}.partial"
@@ -333,19 +337,27 @@ def finished_training(output_dir: Path, run: RunConfig, log=print, tidy: bool = 
         log(f"{run.name}: already trained ({summary['steps']} steps; {finished}); nothing to do. To train again, "
             f"move {output_dir} away")
         return summary
-    difference = config_difference((finished / TRAINED_CONFIG).read_bytes(), run)
     if meta.get("config") != run.name:
+        difference = config_difference((finished / TRAINED_CONFIG).read_bytes(), run)
         raise ConfigError(f"{run.path}: training.output_dir {output_dir} holds the finished training of another "
                           f"config, {meta.get('config')} (differences: {difference}); give this config its own "
                           f"output_dir, or move {output_dir} away")
-    if tidy:
-        aside = output_dir / "superseded" / f"{FINISHED}-{int(time.time())}"
-        aside.parent.mkdir(exist_ok=True)
-        finished.rename(aside)
-        shutil.rmtree(final, ignore_errors=True)
-        log(f"{finished} was trained with an earlier version of {run.path.name} ({difference}): moved to {aside}; "
-            f"training afresh")
     return None
+
+
+def supersede_finished(output_dir: Path, run: RunConfig, log=print) -> None:
+    """Move the finished training of an earlier version of this config (and final/) to superseded/: the edited
+    config trains afresh, and nothing is lost."""
+    finished = output_dir / FINISHED
+    if not _intact(finished) or json.loads((finished / META).read_text()).get("config_sha256") == run.sha256:
+        return
+    difference = config_difference((finished / TRAINED_CONFIG).read_bytes(), run)
+    aside = output_dir / "superseded" / f"{FINISHED}-{int(time.time())}"
+    aside.parent.mkdir(exist_ok=True)
+    finished.rename(aside)
+    shutil.rmtree(output_dir / FINAL, ignore_errors=True)
+    log(f"{finished} was trained with an earlier version of {run.path.name} ({difference}): moved to {aside}; "
+        f"training afresh")
 
 
 def _adoptable(final: Path, run: RunConfig) -> bool:

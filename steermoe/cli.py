@@ -5,7 +5,6 @@ Heavy imports (torch, transformers) happen inside the subcommands so `steermoe -
 from __future__ import annotations
 
 import argparse
-import errno
 import json
 import os
 import sys
@@ -13,9 +12,9 @@ import threading
 from pathlib import Path
 
 from steermoe.data.synthetic import SYNTH_CORPORA
+from steermoe.fsutil import STORAGE_ERRNOS
 from steermoe.settings import REFERENCE, TRAINED_METHODS, WORKFLOW_CONFIG as WORKFLOW, default
 
-STORAGE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM}
 
 
 def _params(args) -> None:

@@ -22,4 +22,8 @@ class TrainingError(RuntimeError):
     """Training cannot go on (e.g. a NaN loss); the message says what was kept and what to do."""
 
 
-USER_ERRORS = (ConfigError, ModelFolderError, EmbeddedModelError, DataError, TrainingError)
+class StorageError(RuntimeError):
+    """A result cannot be written (a full disk, a read-only folder); the message names the folder and what was kept."""
+
+
+USER_ERRORS = (ConfigError, ModelFolderError, EmbeddedModelError, DataError, TrainingError, StorageError)

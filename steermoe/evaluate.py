@@ -24,11 +24,11 @@ import torch
 
 from steermoe import metrics, precision, tracking
 from steermoe.analysis import GateStats, steering_parameters
-from steermoe.checkpoint import load_trainable
+from steermoe.checkpoint import WEIGHTS, check_weights_file, load_trainable
 from steermoe.data.batching import AudioRows, AudioWindows, Collator
 from steermoe.errors import ConfigError
 from steermoe.features import WHISPER_SECONDS, AudioFeatures
-from steermoe.fsutil import replace_dir, write_json
+from steermoe.fsutil import replace_dir, storage_errors, write_json
 from steermoe.loading import check_inputs, load_model, load_rows
 from steermoe.plots import plot_steering
 from steermoe.protocols import SEED_SAMPLING, SEED_SUBSET, seed_subset
@@ -57,13 +57,17 @@ def gather_to_first(items: list, world: int) -> list:
     return [item for part in gathered for item in part] if gathered else []
 
 
-def preflight(run: RunConfig) -> None:
-    """Everything evaluation checks before any weights load (`steermoe check` runs it too)."""
+def preflight(run: RunConfig, checkpoint: Path | None = None) -> None:
+    """Everything evaluation checks before any weights load (`steermoe check` runs it too): the config, its inputs,
+    and the trained weights' file where it exists already (before training it does not)."""
     if run.mode == "train":
         raise ConfigError(f"{run.path} is a training config (its name ends in _train); evaluate with the "
                           f"_test/_eval config")
     check_inputs(run, ("parquet_dirs",))
     tracking.check_tracker(run)
+    weights = Path(checkpoint or run.checkpoint_dir) / WEIGHTS
+    if run.method != REFERENCE and weights.exists():
+        check_weights_file(weights)
 
 
 @dataclass
@@ -190,22 +194,23 @@ def score_and_write(run: RunConfig, rows: AudioRows, chosen: list[int], hypothes
 
     building = output_dir.parent / f".{output_dir.name}.partial"
     shutil.rmtree(building, ignore_errors=True)
-    building.mkdir(parents=True)
-    with open(building / "predictions.jsonl", "w") as handle:
-        for n, i in enumerate(chosen):
-            line = {"id": ids[i], "reference": refs[i], "hypothesis": hyps[n], **per_utterance[n]}
-            if seed_protocol:
-                line["hypotheses"] = [h[i] for h in hypotheses]  # one per sampling seed
-            if rows.columns["prompt"][i]:
-                line["prompt"] = rows.columns["prompt"][i]
-            if rows.columns["answers"][i]:
-                line["answers"] = rows.columns["answers"][i]
-            handle.write(json.dumps(line, ensure_ascii=False) + "\n")
-    write_json(building / "metrics.json", result)
-    if analysis is not None:
-        write_json(building / "steering.json", analysis)
-        plot_steering(analysis, building / "steering.png", title=run.name)
-    replace_dir(building, output_dir)
+    with storage_errors(output_dir, "evaluation results", "earlier results there are kept", partial=building):
+        building.mkdir(parents=True)
+        with open(building / "predictions.jsonl", "w") as handle:
+            for n, i in enumerate(chosen):
+                line = {"id": ids[i], "reference": refs[i], "hypothesis": hyps[n], **per_utterance[n]}
+                if seed_protocol:
+                    line["hypotheses"] = [h[i] for h in hypotheses]  # one per sampling seed
+                if rows.columns["prompt"][i]:
+                    line["prompt"] = rows.columns["prompt"][i]
+                if rows.columns["answers"][i]:
+                    line["answers"] = rows.columns["answers"][i]
+                handle.write(json.dumps(line, ensure_ascii=False) + "\n")
+        write_json(building / "metrics.json", result)
+        if analysis is not None:
+            write_json(building / "steering.json", analysis)
+            plot_steering(analysis, building / "steering.png", title=run.name)
+        replace_dir(building, output_dir)
     tracking.log_evaluation(run, result)
     headline = f"{result['metric']} {result['value']:.4f} (95% CI {result['ci95'][0]:.4f}-{result['ci95'][1]:.4f})"
     log(f"{run.name}: {headline} on {len(chosen)} utterances ({ev.protocol} protocol), RTF {result['rtf']:.3f}; "
@@ -221,7 +226,7 @@ def evaluate(run: RunConfig, checkpoint: Path | None = None, output_dir: Path | 
     if reference and checkpoint:
         raise ConfigError(f"{run.path}: method {REFERENCE} loads no checkpoint (it decodes the encoder's own model, "
                           f"untrained); evaluate it without one")
-    preflight(run)
+    preflight(run, checkpoint)
     ev, top = run.evaluation, run.top
     output_dir = Path(output_dir) if output_dir else run.eval_dir
     torch.manual_seed(top.seed)

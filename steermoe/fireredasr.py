@@ -239,10 +239,15 @@ def read_checkpoint(path: str | Path) -> dict:
         with torch.serialization.safe_globals([argparse.Namespace]):
             package = torch.load(file, map_location="cpu", weights_only=True, mmap=True)
     except Exception as err:  # torch raises several types for corrupt, foreign or unsafe files
-        refused = re.search(r"Unsupported global: GLOBAL (\S+)", str(err))
-        lines = str(err).strip().splitlines()
+        text = str(err)
+        refused = re.search(r"Unsupported global: GLOBAL (\S+)", text)
+        # torch's own message opens with advice to load with weights_only=False, which would run the file's code
+        unpickler = re.search(r"WeightsUnpickler error:\s*([^\n]+)", text)
+        lines = text.strip().splitlines()
+        reason = unpickler[1].strip() if unpickler else "its pickle holds what the safe loader does not read" \
+            if text.startswith("Weights only load failed") else lines[0] if lines else repr(err)
         problem = (f"refused to unpickle it: it holds {refused[1]}, and only tensors and argparse.Namespace are "
-                   f"allowed" if refused else f"not a readable PyTorch checkpoint ({lines[0] if lines else err!r})")
+                   f"allowed" if refused else f"not a readable PyTorch checkpoint ({reason})")
         raise ModelFolderError(f"{file}: {problem}; expected {FORMAT}") from None
     if not isinstance(package, dict) or "args" not in package or "model_state_dict" not in package:
         keys = sorted(package) if isinstance(package, dict) else type(package).__name__

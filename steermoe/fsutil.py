@@ -1,11 +1,15 @@
 """Atomic writes: a failure leaves the previous complete file or folder in place."""
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
 import shutil
+from contextlib import contextmanager
 from pathlib import Path
+
+from steermoe.errors import StorageError
 
 
 def replace_dir(built: Path, target: Path) -> None:
@@ -33,9 +37,36 @@ def write_json(path: Path, obj) -> None:
     write_atomic(path, json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
 
 
-def storage_problem(path: Path) -> str | None:
+# a write the user can make succeed (free space, a writable folder), not a bug
+STORAGE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM}
+
+
+@contextmanager
+def storage_errors(folder: Path, what: str, kept: str, partial: Path | None = None):
+    """A write under `folder` that failed because the disk is full or read-only (or the folder unwritable) becomes
+    one StorageError naming the folder and what was kept; `partial` (a folder being built) is removed on any
+    failure."""
+    try:
+        yield
+    except BaseException as err:
+        if partial is not None:
+            shutil.rmtree(partial, ignore_errors=True)
+        problem = storage_problem(folder, err) if isinstance(err, Exception) else None
+        if problem is None:
+            raise
+        raise StorageError(f"cannot write the {what} {folder}: {problem} ({type(err).__name__}: {err}). Free space "
+                           f"or make the folder writable, then run the same command again: {kept}") from None
+
+
+def storage_problem(path: Path, err: Exception | None = None) -> str | None:
     """Why files cannot be written under `path` (its disk is full or read-only), or None. Checked after a write
-    failed: libraries report a full disk in their own ways (torch.save: a RuntimeError), the disk itself does not."""
+    failed, first in the error (libraries report a full disk in their own ways: torch.save a RuntimeError,
+    safetensors a SafetensorError whose text holds the OS's), then on the disk itself."""
+    if isinstance(err, OSError) and err.errno in STORAGE_ERRNOS:
+        return err.strerror
+    for number in STORAGE_ERRNOS - {errno.EPERM, errno.EACCES}:  # "Permission denied" is also a reading error
+        if err is not None and os.strerror(number) in str(err):
+            return os.strerror(number)
     path = Path(path)
     while not path.exists() and path != path.parent:
         path = path.parent

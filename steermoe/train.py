@@ -20,14 +20,14 @@ from transformers import EarlyStoppingCallback, PrinterCallback, Trainer, Traine
 
 from steermoe import precision, tracking
 from steermoe.analysis import GateStats, scalars, steering_parameters
-from steermoe.checkpoint import (SCALER, SCHEDULER, complete_checkpoints, finished_training, load_optimizer,
+from steermoe.checkpoint import (RESUMES, SCALER, SCHEDULER, complete_checkpoints, finished_training, load_optimizer,
                                  load_rng, load_trainable, mark_complete, remove_old_checkpoints, resume_point,
-                                 rng_stem, save_finished, save_optimizer, save_rng, save_trainable, storage_errors,
-                                 training_is_over, whole_trainable_state)
+                                 rng_stem, save_finished, save_optimizer, save_rng, save_trainable, training_is_over,
+                                 whole_trainable_state)
 from steermoe.data.batching import Collator, LengthGroupedBatches
 from steermoe.errors import ConfigError, TrainingError
 from steermoe.features import AudioFeatures
-from steermoe.fsutil import write_json
+from steermoe.fsutil import storage_errors, write_json
 from steermoe.loading import check_inputs, dev_holdout, filter_rows, load_model, load_rows
 from steermoe.runconfig import DEEPSPEED_DIR, RunConfig
 from steermoe.settings import REFERENCE
@@ -237,7 +237,7 @@ class SteerMoETrainer(Trainer):
 
     def _save_checkpoint(self, model, trial) -> None:
         folder = Path(self.args.output_dir) / f"checkpoint-{self.state.global_step}"
-        with storage_errors(folder, "checkpoint"):
+        with storage_errors(folder, "checkpoint", RESUMES):
             super()._save_checkpoint(model, trial)  # the Trainer's rotation is off: it could delete the last good one
         self.accelerator.wait_for_everyone()  # every process has written its part (RNG state, DeepSpeed shards)
         if not self.args.should_save:

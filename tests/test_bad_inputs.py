@@ -468,6 +468,7 @@ def test_corrupted_checkpoint_falls_back_to_the_previous_complete_one(tiny, tmp_
     weights.write_bytes(weights.read_bytes()[:100])  # e.g. a disk error
     corrupted, good = weights.read_bytes(), snapshot(out / "checkpoint-2")
     shutil.rmtree(out / "final")
+    shutil.rmtree(out / "finished")  # as if killed before the run finished
     rc, output = steermoe("train", "--config", config)
     assert rc == 0 and TRACEBACK not in output, output[-3000:]
     assert f"checkpoint checkpoint-4 is corrupted (model.safetensors does not match its hash): moved to " \
@@ -525,6 +526,7 @@ def test_disk_full_while_training_and_evaluating(small_disk, tiny):  # noqa: F81
     config, test, out = trained_on(folder, tiny)
     shutil.rmtree(out / "checkpoint-2")  # as if stopped after the first checkpoint: training resumes from it
     shutil.rmtree(out / "final")
+    shutil.rmtree(out / "finished")  # as if killed before the run finished
     before = snapshot(out / "checkpoint-1", out / "eval")
     fill(leave_kib=16)  # room for the TensorBoard events, not for a checkpoint
     rc, output = steermoe("train", "--config", config)
@@ -546,6 +548,7 @@ def test_file_size_limit_while_saving_a_checkpoint(tiny, tmp_path):  # noqa: F81
     config, _, out = trained_on(tmp_path / "run", tiny)
     shutil.rmtree(out / "checkpoint-2")  # as if stopped after the first checkpoint: training resumes from it
     shutil.rmtree(out / "final")
+    shutil.rmtree(out / "finished")  # as if killed before the run finished
     before = snapshot(out)
 
     def limit():

@@ -16,6 +16,7 @@ Here, the cases that did not hold, one section each:
 7. max_steps 0, absurd expert counts, NUL-only transcripts, the FireRedASR loader's message
 """
 import json
+import resource
 import shutil
 import signal
 from pathlib import Path
@@ -25,8 +26,8 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from tests.test_bad_inputs import (bad_config, steermoe, trained, user_error, workflow,  # noqa: F401 (fixtures)
-                                   workflow_error)
+from tests.test_bad_inputs import (bad_config, snapshot, steermoe, trained, user_error,  # noqa: F401 (fixtures)
+                                   workflow, workflow_error)
 from tests.test_crash import (EXPERIMENT, files, finish, in_log, kill_group, run_snakemake, start, start_snakemake,
                               table_without_timing, tiny_workflow, wait_until)
 from tests.test_train import write_config
@@ -365,3 +366,77 @@ def test_a_transcript_of_control_characters_only_is_rejected_as_empty(tmp_path):
     assert read_split(tmp_path / "prepared", "test").column("text").to_pylist() == ["one two"]
     [reject] = [json.loads(line) for line in (tmp_path / "prepared" / "rejects.jsonl").read_text().splitlines()]
     assert reject["reason"] == "empty transcript" and reject["id"] == "test-0"
+
+
+# ---- 6. a full disk, a truncated weights file: one line naming the file ----------------------------------------
+def test_a_full_disk_reported_only_in_a_librarys_own_error_names_the_folder(tmp_path):
+    """safetensors reports ENOSPC as a SafetensorError, not an OSError; the disk may have room again once the failed
+    file is gone: the error itself says what happened."""
+    from safetensors import SafetensorError
+
+    from steermoe.errors import StorageError
+    from steermoe.fsutil import storage_errors
+
+    folder = tmp_path / "checkpoint-5"
+    with pytest.raises(StorageError) as caught:
+        with storage_errors(folder, "checkpoint", "training resumes from the last complete checkpoint"):
+            raise SafetensorError('Error while serializing: IoError(Os { code: 28, kind: StorageFull, message: '
+                                  '"No space left on device" })')
+    assert str(caught.value).startswith(f"cannot write the checkpoint {folder}: No space left on device "
+                                        f"(SafetensorError: ")
+    with pytest.raises(SafetensorError):  # any other error is not the disk's
+        with storage_errors(folder, "checkpoint", "kept"):
+            raise SafetensorError("Error while deserializing header: HeaderTooLarge")
+
+
+@pytest.mark.parametrize("damage", ["truncated", "not safetensors"])
+def test_a_damaged_final_weights_file_is_named_by_check_and_by_evaluate(bad_config, damage):
+    weights = bad_config.out / "final" / "model.safetensors"
+    data = weights.read_bytes()
+    weights.unlink()  # final/ holds links: damage this file only, as a bad copy would
+    weights.write_bytes(data[: len(data) // 2] if damage == "truncated" else b"<html>not found</html>" * 40)
+    test = bad_config.write(name="layer_wise_whisper_qwen_tones_test")
+    expected = f"{weights} is not a readable safetensors weights file ("
+    user_error(*steermoe("check", test), expected, "train again (move")
+    user_error(*steermoe("evaluate", "--config", test), expected, "point evaluation.checkpoint at another trained "
+                                                                  "folder")
+
+
+def test_a_file_size_limit_during_evaluation_names_the_folder_and_leaves_nothing_partial(bad_config):
+    test = bad_config.write(name="layer_wise_whisper_qwen_tones_test")
+    before = snapshot(bad_config.out)
+
+    def limit():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG instead of killing
+        resource.setrlimit(resource.RLIMIT_FSIZE, (1024, 1024))
+
+    rc, output = steermoe("evaluate", "--config", test, preexec_fn=limit)
+    user_error(rc, output, f"cannot write the evaluation results {bad_config.out / 'eval'}: File too large",
+               "run the same command again: earlier results there are kept")
+    assert snapshot(bad_config.out) == before
+    assert not [p.name for p in bad_config.out.iterdir() if p.name.endswith(".partial")]
+
+
+def test_a_fireredasr_checkpoint_the_safe_loader_cannot_read_gets_no_advice_to_unpickle_it(tmp_path):
+    """torch's message opens with advice to re-run with weights_only=False (which would run the file's code); the
+    loader says what is wrong instead."""
+    import zipfile
+
+    from steermoe.encoders import load_encoder
+    from steermoe.errors import ModelFolderError
+    from tests.tiny import save_fireredasr_folder
+
+    folder = Path(save_fireredasr_folder(tmp_path / "FireRedASR-AED-tiny")[0])
+    checkpoint = folder / "model.pth.tar"
+    with zipfile.ZipFile(checkpoint) as archive:
+        members = {name: archive.read(name) for name in archive.namelist()}
+    pickle_name = next(name for name in members if name.endswith("data.pkl"))
+    members[pickle_name] = b"\x80\x02K\x01K\x02\x93."  # STACK_GLOBAL on two integers: no global is named
+    with zipfile.ZipFile(checkpoint, "w") as archive:
+        for name, data in members.items():
+            archive.writestr(name, data)
+    with pytest.raises(ModelFolderError) as caught:
+        load_encoder(folder)
+    message = str(caught.value)
+    assert "not a readable PyTorch checkpoint (Unsupported operand 147)" in message
+    assert "weights_only" not in message

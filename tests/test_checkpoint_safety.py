@@ -69,6 +69,7 @@ def test_training_writes_no_pickle_and_resume_unpickles_nothing_and_is_exact(tin
 
     shutil.rmtree(out / "checkpoint-8")  # as if killed after the first checkpoint
     shutil.rmtree(out / "final")
+    shutil.rmtree(out / "finished")  # as if killed before the run finished
     with monkeypatch.context() as patch:
         _no_pickles(patch)
         summary = train(interrupted, log=lambda *_: None)

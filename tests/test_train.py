@@ -303,9 +303,10 @@ def test_dev_holdout_without_eval_parquet_dirs(tiny, tmp_path):
 
 
 def test_nan_loss_stops_with_a_clear_message(tiny, tmp_path):
+    """A steering scale so large that the first forward pass overflows (a NaN scale is refused by the config)."""
     from steermoe.train import train
 
-    run = load_run_config(write_config(tmp_path, tiny, steering={"num_experts": 4, "steering_scale": float("nan")}))
+    run = load_run_config(write_config(tmp_path, tiny, steering={"num_experts": 4, "steering_scale": 1e38}))
     with pytest.raises(TrainingError, match="loss became nan at step 1.*checkpoint .* is kept"):
         train(run, log=lambda *_: None)
 
@@ -481,6 +482,7 @@ def test_deepspeed_zero_on_cpu_trains_to_the_same_loss_as_plain_training(tiny, t
     whole = load_file(str(out / "final" / "model.safetensors"))
     shutil.rmtree(out / "checkpoint-8")
     shutil.rmtree(out / "final")
+    shutil.rmtree(out / "finished")  # as if killed before the run finished
     resumed = _cli_train(ds)
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     assert "resuming from" in resumed.stdout
