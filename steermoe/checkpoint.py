@@ -140,17 +140,29 @@ def unsafe_files(names, deepspeed: bool) -> list[str]:
 RESUMES = "training resumes from the last complete checkpoint"  # what a failed write keeps
 
 
-def whole_trainable_state(model) -> dict[str, torch.Tensor]:
-    """The trainable parameters, whole, as fp32 CPU copies. Under ZeRO-3 each process holds only a slice of every
-    parameter, so every process must call this: together they gather the trainable ones, never the frozen models."""
-    sliced = [p for p in model.parameters() if p.requires_grad and hasattr(p, "ds_id")]  # ZeRO-3 marks its own
-    if sliced:
-        import deepspeed
+def gathered(params):
+    """A context in which ZeRO-3's slices of `params` are whole on every process (every process must enter it
+    together); a no-op for parameters that are not sliced."""
+    sliced = [p for p in params if hasattr(p, "ds_id")]  # ZeRO-3 marks its own
+    if not sliced:
+        return nullcontext()
+    import deepspeed
 
-        gathered = deepspeed.zero.GatheredParameters(sliced)
-    else:
-        gathered = nullcontext()
-    with gathered:
+    return deepspeed.zero.GatheredParameters(sliced)
+
+
+def whole_trainable_state(model) -> dict[str, torch.Tensor]:
+    """The trainable parameters, whole, as fp32 CPU copies: under DeepSpeed its optimiser's fp32 master weights (the
+    module's own are bf16/fp16 copies of them). Under ZeRO each process holds a slice, so every process must call
+    this: together they assemble the trainable parameters, never the frozen models."""
+    params = {name: p for name, p in model.named_parameters() if p.requires_grad}
+    if any(hasattr(p, "ds_id") or getattr(p, "_hp_mapping", None) is not None for p in params.values()):
+        from deepspeed.utils import safe_get_full_fp32_param
+
+        masters = {name: safe_get_full_fp32_param(p) for name, p in params.items()}  # collective, in name order
+        if all(m is not None for m in masters.values()):
+            return {name: m.to("cpu", torch.float32, copy=True) for name, m in masters.items()}
+    with gathered(params.values()):
         return {k: v.to("cpu", torch.float32, copy=True) for k, v in model.trainable_state_dict().items()}
 
 

@@ -23,6 +23,12 @@ FIREREDASR_TYPES = ("fireredasr_aed",)  # a release folder (model.pth.tar, cmvn.
 ENCODER_TYPES = WHISPER_TYPES + PARAKEET_TYPES + FIREREDASR_TYPES
 
 
+def weights_dtype(module: nn.Module) -> torch.dtype:
+    """The dtype a module computes in: its weights'. DeepSpeed casts weights, not buffers, and the Trainer casts the
+    features to its own dtype, so the model brings the features to this one at the encoder's boundary."""
+    return next(module.parameters()).dtype
+
+
 def length_mask(lengths: torch.Tensor, max_len: int) -> torch.Tensor:
     """(B,) lengths -> (B, max_len) bool, True on valid positions."""
     return torch.arange(max_len, device=lengths.device)[None, :] < lengths[:, None]

@@ -193,7 +193,9 @@ class FireRedStack(nn.Module):
         # features: (B, F, idim) raw log fbank (steermoe/features.py), zero beyond each utterance's F_b frames
         enc = self.encoder
         valid = torch.arange(features.shape[1], device=features.device)[None, :, None] < feature_lengths[:, None, None]
-        x = ((features - enc.cmvn_mean) * enc.cmvn_inv_std) * valid  # CMVN, padding back to zero as the release pads
+        # CMVN in fp32 (its statistics are fp32 buffers, which DeepSpeed leaves), padding back to zero as the release
+        # pads; then the features' own dtype (the weights', bf16 under DeepSpeed)
+        x = (((features.float() - enc.cmvn_mean) * enc.cmvn_inv_std) * valid).to(features.dtype)
         x = F.pad(x, (0, 0, 0, self.context_frames - 1))
         lengths = ((feature_lengths + 1) // 2 + 1) // 2  # the release's mask[:, :-2:2] twice
         return enc.input_preprocessor(x), lengths  # (B, T, D), (B,)

@@ -25,7 +25,7 @@ from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from steermoe.config import SteerMoEConfig
 from steermoe.errors import ConfigError
-from steermoe.encoders import ENCODER_TYPES, ModelFolderError, load_encoder, read_model_config
+from steermoe.encoders import ENCODER_TYPES, ModelFolderError, load_encoder, read_model_config, weights_dtype
 from steermoe.steering import Steering, pool
 
 AUDIO_MARK = "<|steermoe_audio|>"  # where the audio prompt goes inside a chat template; never tokenised
@@ -117,7 +117,7 @@ class SteerMoEModel(nn.Module):
         cfg, enc = self.config, self.encoder
         grad_in_layers = cfg.method in ("layer_wise", "lora") and torch.is_grad_enabled()
         with torch.no_grad():
-            x, lengths = enc.embed(features, feature_lengths)  # (B, T, D)
+            x, lengths = enc.embed(features.to(weights_dtype(enc)), feature_lengths)  # (B, T, D)
         gates = []
         with torch.set_grad_enabled(grad_in_layers):
             ctx = enc.context(x, lengths)

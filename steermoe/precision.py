@@ -154,7 +154,8 @@ def decide(caps: Capabilities, bf16: bool | str | None = AUTO, fp16: bool = Fals
     """The precision of a run from the device's capabilities and the config's explicit choices.
 
     bf16: True / False / 'auto' (None counts as 'auto'); fp16: the seed's switch; dtype: the frozen LLM's weights
-    ('auto' or a torch dtype name); deepspeed: DeepSpeed on a CPU runs fp32 only.
+    ('auto' or a torch dtype name); deepspeed: DeepSpeed on a CPU runs fp32 unless bf16 is asked for explicitly
+    (its CPU accelerator computes bf16, not fp16: the GPU's bf16 regime rehearsed).
     """
     warnings = []
     native = native_bf16(caps, measure)
@@ -175,8 +176,13 @@ def decide(caps: Capabilities, bf16: bool | str | None = AUTO, fp16: bool = Fals
             warnings.append(f"{why}, but this GPU has no bf16: training in fp16")
             wanted = "fp16"
     else:
-        if deepspeed and wanted != "fp32":
-            warnings.append(f"{why}, but DeepSpeed on a CPU supports neither fp16 nor bf16: training in fp32")
+        if deepspeed and wanted == "bf16" and bf16 is not True:
+            warnings.append(f"{why}, but DeepSpeed on a CPU trains in fp32 unless training.bf16 is true (which "
+                            f"rehearses a GPU's bf16 regime): training in fp32")
+            wanted = "fp32"
+        elif deepspeed and wanted == "fp16":
+            warnings.append(f"{why}, but DeepSpeed's CPU accelerator has no fp16: training in fp32 (training.bf16: "
+                            f"true rehearses a GPU's bf16 regime)")
             wanted = "fp32"
         elif wanted == "fp16":
             wanted = "bf16" if native else "fp32"

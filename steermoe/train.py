@@ -12,6 +12,7 @@ import os
 import re
 import signal
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -21,10 +22,11 @@ from transformers import EarlyStoppingCallback, PrinterCallback, Trainer, Traine
 from steermoe import precision, tracking
 from steermoe.analysis import GateStats, scalars, steering_parameters
 from steermoe.checkpoint import (RESUMES, SCALER, SCHEDULER, complete_checkpoints, finished_training, load_optimizer,
-                                 load_rng, load_trainable, mark_complete, remove_old_checkpoints, resume_point,
+                                 gathered, load_rng, load_trainable, mark_complete, remove_old_checkpoints, resume_point,
                                  rng_stem, save_finished, save_optimizer, save_rng, save_trainable, training_is_over,
                                  whole_trainable_state)
 from steermoe.data.batching import Collator, LengthGroupedBatches
+from steermoe.encoders import weights_dtype
 from steermoe.errors import ConfigError, TrainingError
 from steermoe.features import AudioFeatures
 from steermoe.fsutil import storage_errors, write_json
@@ -84,19 +86,30 @@ def check_deepspeed_agrees(run: RunConfig, args: TrainingArguments) -> None:
 
 
 # ---- the Trainer ---------------------------------------------------------------------------------------------
-def clip_group_hook(group_name: str, max_norm: float, norms: list):
+def clip_group_hook(group_name: str, max_norm: float, norms: list, partitioned: bool = False):
     """An optimiser step pre-hook that clips one parameter group's gradient norm to max_norm.
 
-    It runs after the Trainer's global clip and right before the update. Under DeepSpeed ZeRO the group holds the
-    flat fp32 partition whose .grad is the unscaled gradient, so the same hook works there. `norms` receives the
-    pre-clip norm of every step (for logging and tests).
+    It runs after the Trainer's global clip and right before the update. Under DeepSpeed ZeRO the group holds this
+    process's slice of the flat fp32 partition, whose .grad is the unscaled gradient: `partitioned` sums the squared
+    norms of every process's slice (an all-reduce every process joins), so that each clips by the group's norm, as
+    one process would. `norms` receives the pre-clip norm of every step (for logging and tests).
     """
     def hook(optimizer, args, kwargs):
         for group in optimizer.param_groups:
-            if group.get("name") == group_name:
-                params = [p for p in group["params"] if p.grad is not None]
-                if params:
-                    norms.append(float(torch.nn.utils.clip_grad_norm_(params, max_norm)))
+            if group.get("name") != group_name:
+                continue
+            grads = [p.grad for p in group["params"] if p.grad is not None]
+            if not grads and not partitioned:
+                continue
+            squares = sum((g.detach().float().pow(2).sum() for g in grads), torch.zeros(()))
+            if partitioned:
+                torch.distributed.all_reduce(squares)
+            norm = float(squares.sqrt())
+            scale = max_norm / (norm + 1e-6)  # as torch.nn.utils.clip_grad_norm_ computes it
+            if scale < 1:
+                for g in grads:
+                    g.mul_(scale)
+            norms.append(norm)
     return hook
 
 
@@ -117,8 +130,10 @@ class SteerMoETrainer(Trainer):
                 [{"params": params, "lr": lr, "name": name, "weight_decay": t.weight_decay}
                  for name, params, lr in spec if params], lr=t.learning_rate)
             if self.run.clip_steering and spec[0][1]:
-                self.optimizer.register_step_pre_hook(
-                    clip_group_hook("steering", self.run.steering.steering_gradient_clip, self.steering_grad_norms))
+                partitioned = self.is_deepspeed_enabled and self.args.world_size > 1 and \
+                    self.args.hf_deepspeed_config.config.get("zero_optimization", {}).get("stage", 0) >= 1
+                self.optimizer.register_step_pre_hook(clip_group_hook(
+                    "steering", self.run.steering.steering_gradient_clip, self.steering_grad_norms, partitioned))
         return self.optimizer
 
     def get_train_dataloader(self) -> DataLoader:
@@ -152,13 +167,16 @@ class SteerMoETrainer(Trainer):
                                 f"({kept[0] if kept else 'none yet'}) is kept. Lower the learning rates or set "
                                 f"gradient_clipping (an edited config starts afresh; the old checkpoints are moved to "
                                 f"superseded/)")
-        if analyse and self.args.should_save:  # process 0 logs its own batch's gates
-            stats = GateStats()
-            stats.add(out["gates"])
-            analysis = {"step": self.state.global_step, **stats.result(), **steering_parameters(self.model)}
-            with open(Path(self.args.output_dir) / "steering_log.jsonl", "a") as handle:
-                handle.write(json.dumps(analysis) + "\n")
-            self.log(scalars(analysis))
+        if analyse:  # process 0 logs its own batch's gates; under ZeRO-3 every process gathers the steering
+            with gathered(self.model.steering.parameters()):
+                parameters = steering_parameters(self.model)
+            if self.args.should_save:
+                stats = GateStats()
+                stats.add(out["gates"])
+                analysis = {"step": self.state.global_step, **stats.result(), **parameters}
+                with open(Path(self.args.output_dir) / "steering_log.jsonl", "a") as handle:
+                    handle.write(json.dumps(analysis) + "\n")
+                self.log(scalars(analysis))
         return (loss, out) if return_outputs else loss
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
@@ -288,7 +306,7 @@ class Progress(TrainerCallback):
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         shown = {k: v for k, v in (logs or {}).items() if not k.startswith("steering/")}
-        if shown:
+        if set(shown) - {"epoch"}:  # not the steering analysis's own log call
             values = "  ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in shown.items())
             elapsed, done = time.time() - self.start, state.global_step - (self.first_step or 0)
             eta = f"  ETA {elapsed / done * (state.max_steps - state.global_step):.0f}s" if done > 0 else ""
@@ -304,6 +322,24 @@ class TrackConfig(TrainerCallback):
     def on_train_begin(self, args, state, control, **kwargs):
         if state.is_world_process_zero:
             tracking.log_config(self.run)
+
+
+@contextmanager
+def whole_modules(args: TrainingArguments):
+    """Load the model outside ZeRO-3's zero.Init, which from_pretrained would enter for the LLM alone (the
+    DeepSpeed config reached TrainingArguments first): DeepSpeed then casts every module to its dtype and slices
+    every parameter alike, where it would otherwise skip its cast and leave the encoder and the trainable parts
+    in fp32. The cost: each process holds the whole frozen LLM in host memory until DeepSpeed slices it."""
+    from transformers.integrations.deepspeed import set_hf_deepspeed_config, unset_hf_deepspeed_config
+
+    if getattr(args, "hf_deepspeed_config", None) is None:
+        yield
+        return
+    unset_hf_deepspeed_config()
+    try:
+        yield
+    finally:
+        set_hf_deepspeed_config(args.hf_deepspeed_config)
 
 
 def deepspeed_state_on_cpus() -> None:
@@ -333,8 +369,8 @@ def training_arguments(run: RunConfig, mixed: str, has_dev: bool) -> TrainingArg
         lr_scheduler_type=t.lr_scheduler, max_grad_norm=t.gradient_clipping,
         gradient_accumulation_steps=t.gradient_accumulation_steps,
         fp16=mixed == "fp16", bf16=mixed == "bf16",
-        # DeepSpeed brings its own CPU accelerator; the Trainer's CPU mode is for plain training
-        use_cpu=not torch.cuda.is_available() and not t.use_deepspeed,
+        # every CPU run; under DeepSpeed it only lets the Trainer accept bf16 (DeepSpeed brings its own accelerator)
+        use_cpu=not torch.cuda.is_available(),
         accelerator_config={"use_configured_state": cpu_deepspeed},
         dataloader_pin_memory=torch.cuda.is_available(),
         deepspeed=str(run.resolve(t.deepspeed_config)) if t.use_deepspeed else None,
@@ -392,7 +428,8 @@ def train(run: RunConfig, log=print) -> dict:
             torch.distributed.destroy_process_group()
         return finished
     set_seed(top.seed)
-    model = load_model(run, decision.weights)
+    with whole_modules(args):
+        model = load_model(run, decision.weights)
     train_rows = filter_rows(load_rows(run, top.parquet_dirs, "parquet_dirs"), model, run, "parquet_dirs", log)
     dev_rows = None
     if top.eval_steps is not None:
@@ -435,6 +472,7 @@ def train(run: RunConfig, log=print) -> dict:
     summary = {"steps": trainer.state.global_step, "train_seconds_this_run": round(seconds, 1),
                "train_loss": train_loss, **precision.record(decision, args.device),
                "trainable_parameters": counts,
+               "compute_dtypes": compute_dtypes(model),
                "train_utterances": len(train_rows), "processes": args.world_size, "resumed_from": resume,
                **({"peak_gpu_memory_mb": round(torch.cuda.max_memory_allocated(args.device) / 2**20)}
                   if args.device.type == "cuda" else {}),
@@ -448,6 +486,15 @@ def train(run: RunConfig, log=print) -> dict:
         trainer.accelerator.wait_for_everyone()  # no process exits (ending the launch) before final/ is written
         torch.distributed.destroy_process_group()
     return summary
+
+
+def compute_dtypes(model) -> dict[str, str]:
+    """The dtypes the model's parts computed in (DeepSpeed casts every module's weights to its own)."""
+    def name(dtype: torch.dtype) -> str:
+        return str(dtype).removeprefix("torch.")
+    trainable = sorted({name(p.dtype) for p in model.parameters() if p.requires_grad})
+    return {"encoder": name(weights_dtype(model.encoder)), "decoder": name(weights_dtype(model.decoder)),
+            "trainable": "/".join(trainable)}
 
 
 def end_without_steps(trainer: SteerMoETrainer, checkpoint: Path, log) -> float | None:
