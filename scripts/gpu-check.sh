@@ -4,7 +4,7 @@
 #   1. the quick matrix end to end with train and evaluate given one GPU each; fails unless both ran on the GPU
 #   2. a training step and greedy decoding at batch 1, 16 and 64 of the embedded default, GPU against CPU
 #   3. the GPU benchmark: Whisper-large-v3 + Qwen2.5-7B shapes, random weights, bf16, SDPA: samples/s, peak memory, MFU
-# Without a CUDA GPU it says so and exits 0.
+# Without a GPU it says so and exits 0; with a GPU that nvidia-smi lists but torch cannot use it fails.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$PWD/.venv/bin:$PATH"
@@ -13,7 +13,15 @@ results=bench/results
 
 if ! $python -c 'import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)'; then
   version=$($python -c 'import torch; print(torch.__version__)')
-  echo "gpu-check: no CUDA GPU is visible to torch $version: nothing to check"
+  listed=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | grep -c . || true)
+  if [ "${listed:-0}" -gt 0 ]; then  # a CPU build of torch, or a driver it cannot use: not a pass
+    echo "gpu-check: nvidia-smi lists $listed GPU(s) but torch $version sees no CUDA device: install a CUDA build" \
+      "of torch into .venv that matches the driver ($(nvidia-smi --query-gpu=driver_version --format=csv,noheader \
+      2>/dev/null | head -n 1)), then run this again" >&2
+    exit 1
+  fi
+  echo "gpu-check: no CUDA GPU on this machine (nvidia-smi lists none) and none visible to torch $version:" \
+    "nothing to check"
   exit 0
 fi
 mkdir -p "$results"

@@ -82,11 +82,11 @@ def _smoke(args) -> None:
 
 
 def _train(args) -> None:
-    from steermoe.runconfig import load_run_config
+    from steermoe.runconfig import load_run_config, shipped_deepspeed
 
     run = load_run_config(args.config)  # before torch is imported: a mistake in the config shows at once
     if args.deepspeed_config:  # the seed's launch flag
-        run.training.use_deepspeed, run.training.deepspeed_config = True, args.deepspeed_config
+        run.training.use_deepspeed, run.training.deepspeed_config = True, shipped_deepspeed(args.deepspeed_config)
     from steermoe.train import train
 
     train(run)
@@ -120,7 +120,7 @@ def _launch(args) -> None:
     from steermoe.launch import launch, master_port
 
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
-    launch(command, args.gpus, args.port if args.port is not None else master_port(" ".join(command)))
+    launch(command, args.gpus, args.port if args.port is not None else master_port(" ".join(command)), args.threads)
 
 
 def _evaluate(args) -> None:
@@ -305,6 +305,8 @@ def build_parser() -> argparse.ArgumentParser:
                                       "GPUs through the DeepSpeed launcher): steermoe launch --gpus N -- COMMAND")
     p.add_argument("--gpus", type=int, default=0, help="GPUs the job gets (0: none visible to it)")
     p.add_argument("--port", type=int, default=None, help="distributed master port (default: derived from COMMAND)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="the job's CPU threads, shared out among its processes (OMP_NUM_THREADS of each)")
     p.add_argument("command", nargs=argparse.REMAINDER, help="the job's command line, after --")
     p.set_defaults(func=_launch)
 

@@ -3,8 +3,9 @@
 Snakemake counts GPUs as a resource but does not say which ones a job gets, so jobs sharing a multi-GPU machine
 would all see (and crowd onto) the same devices. `steermoe launch --gpus N -- COMMAND` claims N free GPUs with lock
 files held until the command exits, shows the command only those (CUDA_VISIBLE_DEVICES), and starts it through the
-DeepSpeed launcher when N > 1. Under SLURM the scheduler has already isolated the job's GPUs: nothing is claimed.
-Torch-free: it runs before every job.
+DeepSpeed launcher when N > 1, each process with its share of the job's threads. Inside a SLURM allocation the pool
+is the allocation's GPUs (CUDA_VISIBLE_DEVICES), locked per allocation: jobs of a local profile run inside `salloc`
+share them without crowding onto the first. Torch-free: it runs before every job.
 """
 from __future__ import annotations
 
@@ -80,21 +81,37 @@ def launch_command(command: list[str], gpus: int, port: int) -> list[str]:
     return ["deepspeed", "--master_port", str(port), program, *command[1:]]
 
 
-def launch(command: list[str], gpus: int, port: int, lock_dir: Path = DEFAULT_LOCK_DIR):
-    """Replace this process with `command` on `gpus` GPUs of this machine (0: none visible). The command inherits
-    the GPU locks, so they last exactly as long as it runs, and receives the job's signals (SIGTERM, SIGUSR1)."""
+def threads_per_process(threads: int, gpus: int) -> int:
+    """Each process's share of the job's threads: the DeepSpeed launcher starts one process per GPU, and each would
+    otherwise run the job's whole thread count (16 x 4 on a 16-CPU job of 4 GPUs)."""
+    return max(1, threads // max(1, gpus))
+
+
+def lock_dir_of_this_job(lock_dir: Path) -> Path:
+    """Where this job's GPU locks live. Inside a SLURM allocation the visible GPUs are the allocation's own, and the
+    jobs it runs (a local profile inside salloc) share them: their locks are kept per allocation, so that another
+    allocation's GPU 0 on the same node (another device) never counts as taken."""
+    job = os.environ.get("SLURM_JOB_ID")
+    return lock_dir / f"slurm-{job}" if job else lock_dir
+
+
+def launch(command: list[str], gpus: int, port: int, threads: int | None = None, lock_dir: Path = DEFAULT_LOCK_DIR):
+    """Replace this process with `command` on `gpus` GPUs of this machine (0: none visible), each process with its
+    share of `threads` (OMP_NUM_THREADS; None: as it is). The command inherits the GPU locks, so they last exactly as
+    long as it runs, and receives the job's signals (SIGTERM, SIGUSR1)."""
     if not command:
         raise ConfigError("steermoe launch: no command given (usage: steermoe launch --gpus N -- COMMAND ...)")
     env = dict(os.environ, MASTER_PORT=str(port))
-    if "SLURM_JOB_ID" not in os.environ:  # SLURM has already given this job its own GPUs
-        if gpus > 0:
-            claimed, locks = claim_gpus(gpus, lock_dir)
-            for fd in locks:
-                os.set_inheritable(fd, True)
-            env["CUDA_VISIBLE_DEVICES"] = ",".join(claimed)
-            print(f"steermoe launch: GPU(s) {','.join(claimed)}", file=sys.stderr, flush=True)
-        else:
-            env["CUDA_VISIBLE_DEVICES"] = ""  # a CPU job must not take a GPU another job was given
+    if threads is not None:
+        env["OMP_NUM_THREADS"] = str(threads_per_process(threads, gpus))
+    if gpus > 0:
+        claimed, locks = claim_gpus(gpus, lock_dir_of_this_job(lock_dir))
+        for fd in locks:
+            os.set_inheritable(fd, True)
+        env["CUDA_VISIBLE_DEVICES"] = ",".join(claimed)
+        print(f"steermoe launch: GPU(s) {','.join(claimed)}", file=sys.stderr, flush=True)
+    else:
+        env["CUDA_VISIBLE_DEVICES"] = ""  # a CPU job must not take a GPU another job was given
     argv = launch_command(command, gpus, port)
     try:
         os.execvpe(argv[0], argv, env)

@@ -92,8 +92,10 @@ def detect() -> Capabilities:
     if override and native is None:
         raise ConfigError(f"{OVERRIDE_ENV}={override!r}: use 0 (treat the CPU as having no native bf16) or 1")
     if torch.cuda.is_available():
+        # without including_emulation=False, torch counts a V100's or T4's emulated bf16 as support
         return Capabilities("cuda", torch.cuda.get_device_name(), platform.machine(),
-                            cuda_bf16=torch.cuda.is_bf16_supported(), native_bf16_override=native)
+                            cuda_bf16=torch.cuda.is_bf16_supported(including_emulation=False),
+                            native_bf16_override=native)
     model, flags, known = cpu_info()
     return Capabilities("cpu", model, platform.machine(), flags, known, native_bf16_override=native)
 
@@ -219,9 +221,12 @@ def for_run(run, log=print) -> Decision:
 
 
 def job_device() -> torch.device:
-    """Where this process computes: its own GPU (LOCAL_RANK of the visible ones) if it has any, else the CPU."""
+    """Where this process computes: its own GPU (LOCAL_RANK of the visible ones) if it has any, made the current
+    device (else every process of a launch opens a context on GPU 0 too), or else the CPU."""
     if torch.cuda.is_available():
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")) % torch.cuda.device_count())
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")) % torch.cuda.device_count())
+        torch.cuda.set_device(device)
+        return device
     return torch.device("cpu")
 
 

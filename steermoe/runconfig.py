@@ -21,7 +21,10 @@ from steermoe.config import SteerMoEConfig
 from steermoe.errors import ConfigError
 from steermoe.settings import ENCODER_SECTIONS, METHODS, MODEL_OPTIONS, REFERENCE, REQUIRED, TABLE, Key
 
-DEEPSPEED_DIR = Path(__file__).parent / "deepspeed"  # the shipped ZeRO-2 / ZeRO-3 JSONs
+# the shipped DeepSpeed JSONs, which `deepspeed_config` may name without a path: stage2_simple (ZeRO-2, the default:
+# a few million trainable parameters' optimiser stays on the GPU), stage2_offload (ZeRO-2, optimiser in host memory,
+# for a job whose GPU memory is short) and stage3 (ZeRO-3, optimiser and parameters offloaded)
+DEEPSPEED_DIR = Path(__file__).parent / "deepspeed"
 
 # the table as the YAML nests it: top-level keys, and one mapping per section
 NESTED: dict = {}
@@ -126,6 +129,14 @@ class RunConfig:
         return self.resolve(self.evaluation.output_dir or str(Path(self.training.output_dir) / "eval"))
 
 
+def shipped_deepspeed(value: str | None) -> str | None:
+    """A shipped DeepSpeed JSON named without its path ('stage3', 'stage3.json') -> its path; any other value as
+    it is (a path of the user's)."""
+    if value and "/" not in value and (DEEPSPEED_DIR / f"{value.removesuffix('.json')}.json").is_file():
+        return str(DEEPSPEED_DIR / f"{value.removesuffix('.json')}.json")
+    return value
+
+
 def parse_name(stem: str) -> tuple[str | None, str | None]:
     """`{method}_{encoder}_{decoder}_{dataset}_{mode}[_{variant}]` -> (method, mode); None where it does not say."""
     match = NAME_PATTERN.match(stem)
@@ -209,7 +220,8 @@ def parse_run_config(text: bytes, path: str | Path) -> RunConfig:
     if t.fp16 and t.bf16 is True:
         raise ConfigError(f"{file}: 'training.fp16' and 'training.bf16' are both true; choose one")
     if t.use_deepspeed and not t.deepspeed_config:
-        t.deepspeed_config = str(DEEPSPEED_DIR / "stage2_simple.json")  # the seed's recommended configuration
+        t.deepspeed_config = "stage2_simple"  # the seed's recommended configuration
+    t.deepspeed_config = shipped_deepspeed(t.deepspeed_config)
     if not t.logging_dir and t.output_dir:
         t.logging_dir = str(Path(t.output_dir) / "logs")
     if top["use_early_stopping"] and top["eval_steps"] is None:

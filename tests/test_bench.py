@@ -1,6 +1,7 @@
 """The benchmarks keep running: the cheap ones in --quick mode, the original approach's loss on tiny models, and
 the heavy ones (real training steps on the embedded models) as slow tests."""
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -105,11 +106,32 @@ def test_precision_benchmark_reports_both_formats_and_the_policys_choice(embedde
     assert result["verdict"] == "met" or result["verdict"].startswith("missed (policy chose")
 
 
+def fake_nvidia_smi(folder: Path, names: str) -> dict:
+    """An environment whose `nvidia-smi` lists the GPUs in `names` (one a line) and driver 550.54."""
+    folder.mkdir()
+    (folder / "nvidia-smi").write_text(
+        f"#!/bin/sh\ncase \"$*\" in *driver_version*) echo 550.54;; *) printf '{names}';; esac\n")
+    (folder / "nvidia-smi").chmod(0o755)
+    return {**os.environ, "PATH": f"{folder}{os.pathsep}{os.environ['PATH']}"}
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA GPU is present: gpu-check runs for real")
-def test_gpu_check_script_says_there_is_no_gpu_and_exits_cleanly():
-    proc = subprocess.run(["bash", str(REPO / "scripts" / "gpu-check.sh")], capture_output=True, text=True, timeout=120)
+def test_gpu_check_script_says_there_is_no_gpu_and_exits_cleanly(tmp_path):
+    env = fake_nvidia_smi(tmp_path / "bin", "")
+    proc = subprocess.run(["bash", str(REPO / "scripts" / "gpu-check.sh")], capture_output=True, text=True,
+                          timeout=120, env=env)
     assert proc.returncode == 0, proc.stderr
-    assert "gpu-check: no CUDA GPU is visible to torch" in proc.stdout
+    assert "gpu-check: no CUDA GPU on this machine (nvidia-smi lists none) and none visible to torch" in proc.stdout
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA GPU is present: gpu-check runs for real")
+def test_gpu_check_script_fails_when_a_listed_gpu_is_unusable_by_torch(tmp_path):
+    """A CPU build of torch (or a driver it cannot use) on a GPU machine is a failure, not 'nothing to check'."""
+    env = fake_nvidia_smi(tmp_path / "bin", "NVIDIA H100 80GB HBM3\\n")
+    proc = subprocess.run(["bash", str(REPO / "scripts" / "gpu-check.sh")], capture_output=True, text=True,
+                          timeout=120, env=env)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "gpu-check: nvidia-smi lists 1 GPU(s) but torch" in proc.stderr and "driver (550.54)" in proc.stderr
 
 
 @pytest.mark.slow

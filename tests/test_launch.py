@@ -56,14 +56,37 @@ def test_multi_gpu_claims_are_disjoint_and_freed_with_their_locks(tmp_path, monk
     assert claim_gpus(2, tmp_path)[0] == first
 
 
-def test_a_cpu_job_sees_no_gpu_and_a_slurm_job_keeps_what_slurm_gave_it(tmp_path):
+def test_a_cpu_job_sees_no_gpu(tmp_path):
     cpu, release = start(tmp_path, "cpu", 0)
     assert report(cpu)[1] == ""
     release.touch()
-    slurm, release = start(tmp_path, "slurm", 1, pool="5,7", SLURM_JOB_ID="42")
-    assert report(slurm)[1] == "5,7"
-    release.touch()
-    assert cpu.wait(30) == 0 and slurm.wait(30) == 0
+    assert cpu.wait(30) == 0
+
+
+def test_jobs_inside_one_slurm_allocation_share_its_gpus_and_other_allocations_are_apart(tmp_path):
+    """A local profile inside `salloc` runs several one-GPU jobs in one allocation (GPUs 5 and 7): each gets its
+    own. Another allocation on the node numbers its own device 5 too: its locks are its own."""
+    first, release_first = start(tmp_path, "first", 1, pool="5,7", SLURM_JOB_ID="42")
+    second, release_second = start(tmp_path, "second", 1, pool="5,7", SLURM_JOB_ID="42")
+    assert {report(first)[1], report(second)[1]} == {"5", "7"}
+    other, release_other = start(tmp_path, "other", 1, pool="5", SLURM_JOB_ID="43")
+    assert report(other)[1] == "5"
+    for release in (release_first, release_second, release_other):
+        release.touch()
+    assert first.wait(30) == 0 and second.wait(30) == 0 and other.wait(30) == 0
+    assert sorted(p.name for p in (tmp_path / "locks").iterdir()) == ["slurm-42", "slurm-43"]
+
+
+def test_each_process_of_a_job_gets_its_share_of_the_jobs_threads(tmp_path):
+    from steermoe.launch import threads_per_process
+
+    assert [threads_per_process(16, gpus) for gpus in (0, 1, 2, 4, 32)] == [16, 16, 8, 4, 1]
+    job = "import os; print(os.environ['OMP_NUM_THREADS'])"
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "0,1,2,3", "STEERMOE_GPU_LOCKS": str(tmp_path / "locks"),
+           "OMP_NUM_THREADS": "16"}
+    out = subprocess.run([STEERMOE, "launch", "--gpus", "0", "--threads", "6", "--", sys.executable, "-c", job],
+                         capture_output=True, text=True, env=env, timeout=60)
+    assert out.stdout.strip() == "6", out.stderr
 
 
 def test_asking_for_more_gpus_than_the_machine_has_is_a_clear_error(tmp_path):

@@ -72,7 +72,31 @@ def test_what_a_device_cannot_do_falls_back_with_a_warning():
     assert cpu_fp16.precision == "fp32" and "fp16 needs a GPU" in cpu_fp16.warnings[0]
     assert decide(AMX, fp16=True, measure=never).precision == "bf16"
     ds = decide(AMX, deepspeed=True, measure=never)
-    assert ds.precision == "fp32" and "DeepSpeed on a CPU" in ds.warnings[0]
+    assert ds.precision == "fp32" and "DeepSpeed on a CPU trains in fp32 unless training.bf16 is true" in \
+        ds.warnings[0]
+    ds_fp16 = decide(AMX, fp16=True, deepspeed=True, measure=never)
+    assert ds_fp16.precision == "fp32" and "DeepSpeed's CPU accelerator has no fp16" in ds_fp16.warnings[0]
+
+
+def test_an_explicit_bf16_runs_deepspeed_in_bf16_on_a_cpu_to_rehearse_the_gpu_regime():
+    assert decide(AMX, bf16=True, deepspeed=True, measure=never).precision == "bf16"
+    emulated = decide(AVX2, bf16=True, deepspeed=True, measure=lambda: EMULATED)
+    assert (emulated.precision, emulated.weights) == ("bf16", "bfloat16") and "bf16 is slow" in emulated.warnings[0]
+
+
+def test_a_gpu_that_only_emulates_bf16_trains_in_fp16(monkeypatch):
+    """torch.cuda.is_bf16_supported() counts a V100's emulated bf16 unless including_emulation=False."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *_: "Tesla V100-SXM2-32GB")
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: including_emulation)
+    precision.detect.cache_clear()
+    try:
+        caps = precision.detect()
+        assert caps.cuda_bf16 is False
+        assert decide(caps, measure=never).precision == "fp16"
+        assert decide(caps, bf16=True, measure=never).precision == "fp16"
+    finally:
+        precision.detect.cache_clear()
 
 
 def test_the_override_variable_replaces_the_flags():
@@ -158,9 +182,11 @@ def test_bf16_accepts_true_false_or_auto_and_nothing_else(tmp_path):
 def test_each_process_computes_on_its_own_visible_gpu_or_else_on_the_cpu(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)  # CUDA_VISIBLE_DEVICES shows this job two GPUs
+    current = []
+    monkeypatch.setattr(torch.cuda, "set_device", current.append)  # each process makes its GPU the current one
     for local_rank, device in (("0", "cuda:0"), ("1", "cuda:1"), ("3", "cuda:1")):
         monkeypatch.setenv("LOCAL_RANK", local_rank)
-        assert str(precision.job_device()) == device
+        assert str(precision.job_device()) == device and str(current[-1]) == device
     monkeypatch.delenv("LOCAL_RANK")
     assert str(precision.job_device()) == "cuda:0"
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)

@@ -29,6 +29,6 @@ rule evaluate:
     shell:
         """
         cp {params.store}/{params.config_sha256}.yaml {params.config} > {log} 2>&1 &&
-        OMP_NUM_THREADS={threads} steermoe launch --gpus {resources.gpu} -- \
+        steermoe launch --gpus {resources.gpu} --threads {threads} -- \
             steermoe evaluate --config {params.config} >> {log} 2>&1
         """

@@ -35,6 +35,6 @@ rule train:
     shell:
         """
         cp {params.store}/{params.config_sha256}.yaml {params.config} > {log} 2>&1 &&
-        OMP_NUM_THREADS={threads} steermoe launch --gpus {resources.gpu} --port {params.port} -- \
+        steermoe launch --gpus {resources.gpu} --threads {threads} --port {params.port} -- \
             steermoe train --config {params.config} >> {log} 2>&1
         """
