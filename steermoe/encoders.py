@@ -106,9 +106,19 @@ class ParakeetStack(nn.Module):
     def embed(self, features: torch.Tensor, feature_lengths: torch.Tensor):
         # features: (B, F, n_mels) normalised log-mel
         enc = self.encoder
+        self._match_batch_norm_statistics()
         frame_mask = length_mask(feature_lengths, features.shape[1]).long()
         x = enc.subsampling(features, frame_mask) * enc.input_scale  # (B, T, D)
         return x, enc._get_subsampling_output_length(feature_lengths).long()
+
+    def _match_batch_norm_statistics(self) -> None:
+        """The convolution modules' BatchNorm running statistics in their weights' dtype: DeepSpeed casts weights,
+        not buffers, and a bf16/fp16 batch norm refuses fp32 statistics."""
+        for module in self.encoder.modules():
+            if isinstance(module, nn.modules.batchnorm._BatchNorm) and module.running_mean is not None \
+                    and module.running_mean.dtype != module.weight.dtype:
+                module.running_mean.data = module.running_mean.data.to(module.weight.dtype)
+                module.running_var.data = module.running_var.data.to(module.weight.dtype)
 
     def context(self, x: torch.Tensor, lengths: torch.Tensor):
         valid = length_mask(lengths, x.shape[1])
