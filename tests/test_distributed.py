@@ -96,6 +96,22 @@ def test_two_processes_train_to_the_weights_of_one_process_with_the_same_global_
         p.name for p in (out / "checkpoint-3").iterdir()}
 
 
+def test_the_steering_clip_under_zero2_uses_the_groups_norm_across_processes(tiny, tmp_path):
+    """A steering clip far below the gradients' norm clips every step: each ZeRO-2 process holds a slice of the
+    steering group and must scale it by the whole group's norm, as one process does, not by its slice's own."""
+    from steermoe.train import train
+
+    clip = {"steering": {"num_experts": 4, "steering_gradient_clip": 1e-4}, "clip_steering_gradients": True}
+    (tmp_path / "one").mkdir()
+    train(load_run_config(write_config(tmp_path / "one", tiny, training={
+        "batch_size": BATCH, "gradient_accumulation_steps": 2, "max_steps": 3}, **clip)), log=lambda *_: None)
+    config = write_config(tmp_path, tiny, training={"batch_size": BATCH, "max_steps": 3}, **clip)
+    proc = subprocess.run(launch("deepspeed-zero2", config, tmp_path), capture_output=True, text=True, env=ENV,
+                          cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert_same_weights(weights(tmp_path / "out" / "final"), weights(tmp_path / "one" / "out" / "final"), atol=1e-6)
+
+
 def kill_job(proc: subprocess.Popen) -> None:
     """SIGKILL the launcher and every process it started, as a node failure or an out-of-memory kill would."""
     family = [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]
