@@ -166,7 +166,8 @@ def _plan(args) -> None:
     from steermoe.plan import format_plan, plan
 
     experiments = load_matrix(args.matrix, args.catalog, quick=args.quick, data=args.data, models=args.models)
-    rows = plan(experiments, quick=args.quick, peak_tflops=args.peak_tflops, utilization=args.utilization)
+    rows = plan(experiments, quick=args.quick, peak_tflops=args.peak_tflops, utilization=args.utilization,
+                gpu_memory_gib=args.gpu_memory)
     document = {"peak_tflops": args.peak_tflops, "utilization": args.utilization, "experiments": rows}
     if args.json == "-":
         print(json.dumps(document, indent=2))
@@ -230,6 +231,7 @@ def _matrix_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from steermoe.memory import H100_MEMORY_GIB
     from steermoe.plan import DEFAULT_UTILIZATION, H100_BF16_TFLOPS
 
     parser = argparse.ArgumentParser(prog="steermoe", description="SteerMoE speech-LLM experiments")
@@ -343,6 +345,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"accelerator peak TFLOP/s (default: H100 SXM bf16 dense, {H100_BF16_TFLOPS:g})")
     p.add_argument("--utilization", type=float, default=DEFAULT_UTILIZATION,
                    help=f"achieved fraction of peak (default {DEFAULT_UTILIZATION:g})")
+    p.add_argument("--gpu-memory", type=float, default=H100_MEMORY_GIB, metavar="GIB",
+                   help=f"memory of each GPU (default: an H100's {H100_MEMORY_GIB:g} GiB); a job that needs more is "
+                        f"flagged")
     p.add_argument("--json", nargs="?", const="-", default=None, metavar="PATH",
                    help="print JSON instead of the table; with PATH, print the table and write JSON to PATH")
     p.add_argument("--csv", default=None, metavar="PATH", help="also write the plan as CSV (results/plan.csv)")

@@ -54,6 +54,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
+from steermoe.memory import GIB, H100_MEMORY_GIB, gib, training_memory
 from steermoe.results import get_field
 from steermoe.settings import MODEL_OPTIONS, REFERENCE, SETTINGS
 
@@ -113,6 +114,10 @@ class Shape:
     p_head: int  # the LM head (runs on the target positions only)
     decoder_layers: int
     decoder_attention_width: int
+    encoder_parameters: int  # every encoder parameter (LoRA included): what its weights take in memory
+    decoder_parameters: int  # every decoder parameter (embeddings and head included)
+    decoder_hidden: int
+    vocab_size: int
 
 
 def training_flops(*, method: str, frames: int, pooled_frames: int, decoder_tokens: int, layers: int,
@@ -214,7 +219,10 @@ def model_shape(encoder_source: str, decoder_source: str, config_json: str) -> S
                  encoder_width=enc.hidden_size, frames_per_second=float(enc.frames_per_second),
                  max_frames=getattr(enc, "max_frames", None), p_front=enc_frozen - frozen_layers,
                  p_layers=frozen_layers, p_decoder=dec_total, p_head=p_head, decoder_layers=dc.num_hidden_layers,
-                 decoder_attention_width=heads * head_dim)
+                 decoder_attention_width=heads * head_dim,
+                 encoder_parameters=sum(p.numel() for p in enc.parameters()),
+                 decoder_parameters=sum(p.numel() for p in decoder.parameters()), decoder_hidden=dc.hidden_size,
+                 vocab_size=dc.vocab_size)
 
 
 def model_config(exp) -> dict:
@@ -351,8 +359,35 @@ def _mean(values: list[int]) -> float | None:
     return sum(values) / len(values) if values else None
 
 
+def gpu_memory(exp, shape: Shape, method: str, frames: int, decoder_tokens: float, head_tokens: float, batch: int,
+               devices: int) -> dict[str, float]:
+    """The experiment's training memory per GPU by part (steermoe/memory.py), in the regime a GPU job runs: bf16
+    unless the config says otherwise, its DeepSpeed JSON's ZeRO stage and offloads."""
+    from steermoe.runconfig import shipped_deepspeed
+
+    zero = {}
+    if setting(exp, "use_deepspeed"):
+        try:
+            path = Path(shipped_deepspeed(setting(exp, "deepspeed_config") or "stage2_simple"))
+            zero = json.loads(path.read_text()).get("zero_optimization", {})
+        except (OSError, ValueError):
+            zero = {"stage": 2}  # the default's stage where the user's JSON cannot be read here
+    half = bool(setting(exp, "fp16")) or setting(exp, "bf16") in (True, "auto")
+    dtype = setting(exp, "dtype")
+    weights_bytes = {"float32": 4, "bfloat16": 2, "float16": 2}.get(dtype, 2 if half else 4)
+    return training_memory(
+        method=method, encoder_parameters=shape.encoder_parameters, decoder_parameters=shape.decoder_parameters,
+        trainable=shape.trainable["trainable"], encoder_width=shape.encoder_width,
+        encoder_layers=shape.encoder_layers, frames=frames, decoder_hidden=shape.decoder_hidden,
+        decoder_layers=shape.decoder_layers, decoder_tokens=decoder_tokens, head_tokens=head_tokens,
+        vocab_size=shape.vocab_size, batch=batch, devices=devices, half_precision=half, weights_bytes=weights_bytes,
+        zero_stage=int(zero.get("stage", 0)) if setting(exp, "use_deepspeed") else 0,
+        offload_optimizer="offload_optimizer" in zero, offload_parameters="offload_param" in zero,
+        gradient_checkpointing=bool(setting(exp, "gradient_checkpointing")))
+
+
 def plan_experiment(exp, root: Path = Path("."), quick: bool = False, peak_tflops: float = H100_BF16_TFLOPS,
-                    utilization: float = DEFAULT_UTILIZATION) -> dict:
+                    utilization: float = DEFAULT_UTILIZATION, gpu_memory_gib: float = H100_MEMORY_GIB) -> dict:
     method = get_field(exp, "method")
     row = {"experiment": get_field(exp, "id"), "method": method, "encoder": get_field(exp, "encoder"),
            "decoder": get_field(exp, "decoder"), "dataset": get_field(exp, "dataset"), "notes": []}
@@ -405,7 +440,7 @@ def plan_experiment(exp, root: Path = Path("."), quick: bool = False, peak_tflop
     row.update(prompt_tokens=prompt_len, target_tokens=targets)
 
     row.update(encoder_frames=None, audio_tokens=None, decoder_tokens=None, flops_per_utterance=None,
-               flops_per_step=None, flops=None, gpu_hours=None)
+               flops_per_step=None, flops=None, gpu_hours=None, gpu_memory_gib=None)
     if shape is None or stats.mean_seconds is None or targets is None:
         if stats.mean_seconds is None or targets is None:
             row["notes"].append("utterance lengths unknown: prepare the corpus first")
@@ -435,14 +470,23 @@ def plan_experiment(exp, root: Path = Path("."), quick: bool = False, peak_tflop
     if get_field(exp, "trained_by"):  # an evaluation variant: another experiment's training is its model
         row["notes"].append(f"evaluates the model of {get_field(exp, 'trained_by')}: no training of its own")
         row["flops"], row["gpu_hours"] = 0, 0.0
-    elif steps is not None:
+        return row
+    if steps is not None:
         row["flops"] = per_step * steps
         row["gpu_hours"] = row["flops"] / (peak_tflops * 1e12 * utilization) / 3600
+    memory = gpu_memory(exp, shape, method, frames, decoder_tokens, targets + 1, batch, devices)
+    row.update(gpu_memory_gib=gib(memory["total"]), gpu_memory_parts={k: gib(v) for k, v in memory.items()})
+    if memory["total"] > gpu_memory_gib * GIB:
+        shown = ", ".join(f"{k} {gib(v):g}" for k, v in memory.items() if k != "total")
+        row["notes"].append(f"needs about {gib(memory['total']):g} GiB per GPU ({shown}), more than a "
+                            f"{gpu_memory_gib:g} GiB GPU holds: lower batch_size (raise gradient_accumulation_steps "
+                            f"to keep the batch), set gradient_checkpointing, or use ZeRO-3 over more GPUs")
     return row
 
 
 def plan(experiments: list, *, root: Path | str = ".", quick: bool = False,
-         peak_tflops: float = H100_BF16_TFLOPS, utilization: float = DEFAULT_UTILIZATION) -> list[dict]:
+         peak_tflops: float = H100_BF16_TFLOPS, utilization: float = DEFAULT_UTILIZATION,
+         gpu_memory_gib: float = H100_MEMORY_GIB) -> list[dict]:
     """One plan row per experiment (matrix order)."""
     from steermoe.errors import ConfigError
 
@@ -450,7 +494,9 @@ def plan(experiments: list, *, root: Path | str = ".", quick: bool = False,
         raise ConfigError(f"--utilization: must be in (0, 1], got {utilization}")
     if peak_tflops <= 0:
         raise ConfigError(f"--peak-tflops: must be positive, got {peak_tflops}")
-    return [plan_experiment(e, Path(root), quick, peak_tflops, utilization) for e in experiments]
+    if gpu_memory_gib <= 0:
+        raise ConfigError(f"--gpu-memory: must be positive, got {gpu_memory_gib}")
+    return [plan_experiment(e, Path(root), quick, peak_tflops, utilization, gpu_memory_gib) for e in experiments]
 
 
 def _si(value: float | None, unit: str = "") -> str:
@@ -464,7 +510,7 @@ def _si(value: float | None, unit: str = "") -> str:
 
 CSV_COLUMNS = ("experiment", "method", "encoder", "decoder", "dataset", "trainable_parameters", "encoder_frames",
                "audio_tokens", "decoder_tokens", "batch_size", "gradient_accumulation_steps", "devices", "steps",
-               "flops_per_step", "flops", "gpu_hours", "notes")
+               "flops_per_step", "flops", "gpu_hours", "gpu_memory_gib", "notes")
 
 
 def plan_csv(rows: list[dict]) -> str:
@@ -485,7 +531,7 @@ def format_plan(rows: list[dict], peak_tflops: float = H100_BF16_TFLOPS,
                 utilization: float = DEFAULT_UTILIZATION) -> str:
     width = max([len("experiment"), *(len(r["experiment"]) for r in rows)]) + 2
     header = (f"{'experiment':<{width}}{'trainable':>12}{'frames':>8}{'audio':>7}{'dec.tok':>8}{'batch':>9}{'steps':>8}"
-              f"{'FLOP/step':>12}{'FLOP total':>12}{'GPU-h':>9}")
+              f"{'FLOP/step':>12}{'FLOP total':>12}{'GPU-h':>9}{'GiB/GPU':>9}")
     lines = [header]
     for r in rows:
         def num(value, fmt="{:,}"):
@@ -498,12 +544,15 @@ def format_plan(rows: list[dict], peak_tflops: float = H100_BF16_TFLOPS,
         lines.append(f"{r['experiment']:<{width}}{num(r['trainable_parameters']):>12}{num(r['encoder_frames']):>8}"
                      f"{num(r['audio_tokens']):>7}{num(r['decoder_tokens'], '{:.0f}'):>8}{batch:>9}"
                      f"{num(r['steps']):>8}{_si(r['flops_per_step']) if r['flops_per_step'] else '?':>12}"
-                     f"{_si(r['flops']) if r['flops'] else '?':>12}{gpu:>9}")
+                     f"{_si(r['flops']) if r['flops'] else '?':>12}{gpu:>9}"
+                     f"{num(r.get('gpu_memory_gib'), '{:g}'):>9}")
     lines.append("")
     lines.append(f"GPU-hours at {100 * utilization:g} % of {peak_tflops:g} TFLOP/s"
                  + (" (H100 bf16 dense)" if peak_tflops == H100_BF16_TFLOPS else "")
                  + "; training only (no dev evaluation, no test decoding). Per-utterance sizes are means; "
-                 "batch: per device [x gradient accumulation] [x devices].")
+                 "batch: per device [x gradient accumulation] [x devices]. GiB/GPU: training memory per GPU in a "
+                 "GPU job's regime (bf16 unless set otherwise; the DeepSpeed JSON's ZeRO stage and offloads) at the "
+                 "mean utterance.")
     for r in rows:
         notes = [f"encoder {r['encoder_shape']}", f"decoder {r['decoder_shape']}", f"data: {r['data_source']}",
                  f"tokens: {r['token_counts']}", *r["notes"]]
