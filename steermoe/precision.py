@@ -207,8 +207,11 @@ def decide(caps: Capabilities, bf16: bool | str | None = AUTO, fp16: bool = Fals
 
 def _cost(measure) -> str:
     cost = measure()
-    return (f"a bf16 matmul ran {cost['bf16_slowdown']:.3g}x slower than fp32 here ({cost['bf16_gflops']:.1f} "
-            f"against {cost['fp32_gflops']:.1f} GFLOP/s)")
+    speeds = f"({cost['bf16_gflops']:.1f} against {cost['fp32_gflops']:.1f} GFLOP/s)"
+    if cost["bf16_slowdown"] >= 1:
+        return f"a bf16 matmul ran {cost['bf16_slowdown']:.3g}x slower than fp32 here {speeds}"
+    return (f"a bf16 matmul ran {1 / cost['bf16_slowdown']:.3g}x faster than fp32 here {speeds}, but "
+            f"{OVERRIDE_ENV}=0 treats this CPU as having no native bf16")
 
 
 def for_run(run, log=print) -> Decision:

@@ -55,6 +55,13 @@ def test_explicit_bf16_wins_on_an_emulating_cpu_with_one_warning_stating_the_cos
     assert "bf16 is slow" in warning and "43.6x slower" in warning and "0.8 against 34.9 GFLOP/s" in warning
 
 
+def test_a_cpu_forced_to_count_as_emulating_is_not_said_to_be_slower_when_it_measured_faster():
+    forced = Capabilities("cpu", "AMD EPYC", "x86_64", ("avx512_bf16",), native_bf16_override=False)
+    fast = {"fp32_gflops": 40.5, "bf16_gflops": 98.7, "bf16_slowdown": 0.41}
+    warning, = decide(forced, bf16=True, measure=lambda: fast).warnings
+    assert "ran 2.44x faster than fp32 here (98.7 against 40.5 GFLOP/s), but STEERMOE_NATIVE_BF16=0 treats" in warning
+
+
 def test_explicit_choices_win_over_auto():
     assert decide(AMX, bf16=False, measure=never).precision == "fp32"  # bf16: false -> fp32 even where native
     assert decide(AMX, bf16=False, measure=never).weights == "float32"
