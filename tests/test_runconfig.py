@@ -116,3 +116,17 @@ def test_defaults_and_our_keys(tmp_path):
     assert run.model_config().encoder_window == "30s" and run.model_config().lora_r == 4
     assert run.training.logging_dir == "/r/out/logs" and str(run.checkpoint_dir) == "/r/out/final"
     assert str(run.eval_dir) == "/r/out/eval" and not run.clip_steering and not run.training.use_deepspeed
+
+
+@pytest.mark.parametrize("value, shipped", [("stage2_offload", "stage2_offload.json"), ("stage3.json", "stage3.json"),
+                                            ("stage2_simple", "stage2_simple.json")])
+def test_a_shipped_deepspeed_json_is_named_without_its_path(tmp_path, value, shipped):
+    import json
+
+    text = MINIMAL.replace("training: {output_dir: /r/out}",
+                           f"training: {{output_dir: /r/out, use_deepspeed: true, deepspeed_config: {value}}}")
+    path = Path(load_run_config(write(tmp_path, text)).training.deepspeed_config)
+    assert path == Path(__file__).parent.parent / "steermoe" / "deepspeed" / shipped and path.is_file()
+    zero = json.loads(path.read_text())["zero_optimization"]
+    # the default keeps a few million trainable parameters' optimiser on the GPU; the offload variant, in host memory
+    assert ("offload_optimizer" in zero) == (shipped != "stage2_simple.json")
