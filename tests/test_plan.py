@@ -122,17 +122,21 @@ def test_questions_count_as_prompt_tokens(tmp_path):
     assert row["prompt_tokens"] == 5.5 and row["target_tokens"] == 1
 
 
+def full_size_experiment(**settings) -> dict:
+    """whisper-large-v3 + Qwen2.5-7B-Instruct, layer_wise with 8 experts, on LibriSpeech (typical lengths), 4 GPUs."""
+    return {"id": "layer_wise_whisper-large-v3_qwen7b_libri", "method": "layer_wise", "encoder": "whisper-large-v3",
+            "decoder": "qwen7b", "dataset": "libri",
+            "encoder_entry": {"name": "whisper-large-v3", "type": "whisper", "path": "/path/to/whisper-large-v3"},
+            "decoder_entry": {"name": "qwen7b", "path": "/path/to/Qwen2.5-7B-Instruct"},
+            "dataset_entry": {"name": "libri", "prepare": {"corpus": "librispeech"},
+                              "splits": {"train": ["train-clean-100"]}},
+            "data_dir": "/nonexistent/libri", "resources": {"gpus": 4},
+            "settings": {"num_experts": 8, "batch_size": 4, "epochs": 10.0, "pooling_kernel_size": 4, **settings}}
+
+
 def test_known_full_size_trainable_count():
     """whisper-large-v3 + Qwen2.5-7B-Instruct, layer_wise with 8 experts: 5,246,752 trainable parameters."""
-    exp = {"id": "layer_wise_whisper-large-v3_qwen7b_libri", "method": "layer_wise", "encoder": "whisper-large-v3",
-           "decoder": "qwen7b", "dataset": "libri",
-           "encoder_entry": {"name": "whisper-large-v3", "type": "whisper", "path": "/path/to/whisper-large-v3"},
-           "decoder_entry": {"name": "qwen7b", "path": "/path/to/Qwen2.5-7B-Instruct"},
-           "dataset_entry": {"name": "libri", "prepare": {"corpus": "librispeech"},
-                             "splits": {"train": ["train-clean-100"]}},
-           "data_dir": "/nonexistent/libri", "resources": {"gpus": 4},
-           "settings": {"num_experts": 8, "batch_size": 4, "epochs": 10.0, "pooling_kernel_size": 4}}
-    (row,) = plan([exp])
+    (row,) = plan([full_size_experiment()])
     assert row["trainable_parameters"] == 5_246_752
     assert row["encoder_shape"].startswith("shape whisper-large-v3")
     assert row["decoder_shape"].startswith("shape qwen2.5-7b-instruct")
@@ -145,23 +149,10 @@ def test_known_full_size_trainable_count():
     assert 0.5 < row["gpu_hours"] < 5
 
 
-def full_size_experiment(**settings) -> dict:
-    """whisper-large-v3 + Qwen2.5-7B-Instruct on LibriSpeech (typical lengths), 4 GPUs, DeepSpeed."""
-    return {"id": "layer_wise_whisper-large-v3_qwen7b_libri", "method": "layer_wise", "encoder": "whisper-large-v3",
-            "decoder": "qwen7b", "dataset": "libri",
-            "encoder_entry": {"name": "whisper-large-v3", "type": "whisper", "path": "/path/to/whisper-large-v3"},
-            "decoder_entry": {"name": "qwen7b", "path": "/path/to/Qwen2.5-7B-Instruct"},
-            "dataset_entry": {"name": "libri", "prepare": {"corpus": "librispeech"},
-                              "splits": {"train": ["train-clean-100"]}},
-            "data_dir": "/nonexistent/libri", "resources": {"gpus": 4},
-            "settings": {"num_experts": 8, "batch_size": 4, "max_steps": 100, "pooling_kernel_size": 4,
-                         "use_deepspeed": True, **settings}}
-
-
 def test_gpu_memory_per_gpu_by_hand_for_a_7b_zero2_job():
     from steermoe.memory import GIB
 
-    (row,) = plan([full_size_experiment()])
+    (row,) = plan([full_size_experiment(use_deepspeed=True)])
     parts = {k: v * GIB for k, v in row["gpu_memory_parts"].items()}
     # bf16 under ZeRO-2: every weight in 2 bytes (Whisper-large-v3's encoder 0.64e9, Qwen2.5-7B 7.6e9 parameters)
     assert 2 * 8.1e9 < parts["weights"] < 2 * 8.4e9
@@ -171,14 +162,14 @@ def test_gpu_memory_per_gpu_by_hand_for_a_7b_zero2_job():
     assert abs(parts["activations"] - expected) <= 0.1 * GIB
     assert parts["optimiser"] <= 0.1 * GIB  # 16 bytes x 5.2 M trainable, sliced over 4 GPUs (parts: 0.1 GiB steps)
     assert 15 < row["gpu_memory_gib"] < 30 and not any("GiB per GPU" in n for n in row["notes"])
-    checkpointed = plan([full_size_experiment(gradient_checkpointing=True)])[0]
+    checkpointed = plan([full_size_experiment(use_deepspeed=True, gradient_checkpointing=True)])[0]
     assert checkpointed["gpu_memory_parts"]["activations"] < row["gpu_memory_parts"]["activations"] / 5
-    sliced = plan([full_size_experiment(deepspeed_config="stage3")])[0]  # ZeRO-3 with parameter offload
+    sliced = plan([full_size_experiment(use_deepspeed=True, deepspeed_config="stage3")])[0]  # ZeRO-3 with parameter offload
     assert sliced["gpu_memory_parts"]["weights"] == 0
 
 
 def test_a_job_that_cannot_fit_its_gpus_is_flagged_before_it_runs():
-    (row,) = plan([full_size_experiment(batch_size=64)], gpu_memory_gib=80)
+    (row,) = plan([full_size_experiment(use_deepspeed=True, batch_size=64)], gpu_memory_gib=80)
     assert row["gpu_memory_gib"] > 80
     [note] = [n for n in row["notes"] if "GiB per GPU" in n]
     assert note.startswith(f"needs about {row['gpu_memory_gib']:g} GiB per GPU (weights ")
