@@ -101,7 +101,8 @@ def clip_group_hook(group_name: str, max_norm: float, norms: list, partitioned: 
             grads = [p.grad for p in group["params"] if p.grad is not None]
             if not grads and not partitioned:
                 continue
-            squares = sum((g.detach().float().pow(2).sum() for g in grads), torch.zeros(()))
+            device = group["params"][0].device  # an all-reduce over NCCL needs the GPU's tensor on every process
+            squares = sum((g.detach().float().pow(2).sum() for g in grads), torch.zeros((), device=device))
             if partitioned:
                 torch.distributed.all_reduce(squares)
             norm = float(squares.sqrt())
