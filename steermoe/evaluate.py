@@ -65,9 +65,10 @@ def preflight(run: RunConfig, checkpoint: Path | None = None) -> None:
                           f"_test/_eval config")
     check_inputs(run, ("parquet_dirs",))
     tracking.check_tracker(run)
-    weights = Path(checkpoint or run.checkpoint_dir) / WEIGHTS
-    if run.method != REFERENCE and weights.exists():
-        check_weights_file(weights)
+    if run.method != REFERENCE:  # a reference row loads no trained weights
+        weights = Path(checkpoint or run.checkpoint_dir) / WEIGHTS
+        if weights.exists():
+            check_weights_file(weights)
 
 
 @dataclass

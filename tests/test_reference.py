@@ -171,3 +171,31 @@ def test_a_multilingual_reference_model_is_told_each_rows_language():
                                                                 "language)")
     with pytest.raises(DataError, match="test: 1 of 2 rows carry no language"):
         language_plan(True, ["zh", None], "test")
+
+
+def test_a_reference_row_decodes_an_utterance_longer_than_30_s_in_windows(embedded_models, corpus, tmp_path):
+    """Two test sentences 30 s apart in one 36-s utterance: Whisper's own decoder hears it as two 18-s windows
+    (what its pipeline writes for each half, joined), not cut at 30 s, where the second sentence would be lost."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from steermoe.data.audio import decode, encode_flac
+    from steermoe.data.layout import read_split
+    from steermoe.evaluate import evaluate
+
+    folder = embedded_models["whisper-tiny.en"]
+    first, second = read_split(corpus, "test").to_pylist()[:2]
+    audio = [decode(first["audio"]), decode(second["audio"])]
+    long = np.zeros(36 * 16000, dtype=np.float32)
+    long[:len(audio[0])] = audio[0]
+    long[-len(audio[1]):] = audio[1]
+    pq.write_table(pa.Table.from_pylist([{"id": "long", "audio": encode_flac(long), "duration": 36.0,
+                                          "text": f"{first['text']} {second['text']}"}]), tmp_path / "long.parquet")
+    expected = " ".join(own_generate(folder, [long[:18 * 16000], long[18 * 16000:]]))
+
+    config = reference_config(tmp_path, folder, tmp_path / "long.parquet", training={"bf16": False})
+    result = evaluate(load_run_config(config), device=torch.device("cpu"), log=lambda *_: None)
+    [line] = [json.loads(x) for x in (tmp_path / "eval" / "predictions.jsonl").read_text().splitlines()]
+    assert line["hypothesis"] == expected
+    assert result["windowed"] == {"utterances": 1, "window_seconds": 30.0, "most_windows": 2, "ids": ["long"]}
