@@ -533,8 +533,9 @@ def test_disk_full_while_training_and_evaluating(small_disk, tiny):  # noqa: F81
     line = user_error(rc, output, "run the same command again")
     assert "No space left on device" in line or "is full" in line
     rc, output = steermoe("evaluate", "--config", test, "--checkpoint", out / "checkpoint-1")
-    user_error(rc, output, "No space left on device", "free space or make the folder writable, then run the same "
-                                                      "command again")
+    user_error(rc, output, f"cannot write the evaluation results {out / 'eval'}: No space left on device",
+               "Free space or make the folder writable, then run the same command again: earlier results there are "
+               "kept")
     assert snapshot(out / "checkpoint-1", out / "eval") == before  # the last good checkpoint and results are intact
     assert not (out / "final").exists() and not (out / "checkpoint-2" / "complete.json").exists()
     free()
@@ -573,12 +574,15 @@ def test_read_only_results_folder(tiny, tmp_path):  # noqa: F811
         pytest.skip("running as root where nothing can be mounted: no folder is read-only to root")
     try:
         config, test, out = trained_on(folder, tiny)
+        # as if stopped after the first checkpoint: training has to write (a finished one would do nothing)
+        for unfinished in ("checkpoint-2", "final", "finished"):
+            shutil.rmtree(out / unfinished)
         before = snapshot(out)
         if mounted:
             subprocess.run(["mount", "-o", "remount,ro", str(folder)], check=True)
         else:
             subprocess.run(["chmod", "-R", "a-w", str(folder)], check=True)
-        rc, output = steermoe("evaluate", "--config", test)
+        rc, output = steermoe("evaluate", "--config", test, "--checkpoint", out / "checkpoint-1")
         reason = "Read-only file system" if mounted else "Permission denied"
         user_error(rc, output, reason, "make the folder writable, then run the same command again")
         rc, output = steermoe("train", "--config", config)
