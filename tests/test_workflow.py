@@ -170,13 +170,14 @@ def test_seed_matrix_validates_and_plans_the_deepspeed_launch(tmp_path):
     shutil.copy(root / "experiments/matrix-seed.tsv", root / "experiments/matrix.tsv")
     experiments = load_matrix(root / "experiments/matrix.tsv", root / "experiments/catalog.yaml")
     assert len(experiments) >= 9
-    out = snakemake(root, "-n", "-p", "--resources", "gpu=8").stdout
+    out = snakemake(root, "-n", "-p", "--resources", "gpu=8", "--cores", "16").stdout  # a 16-core GPU node
     qwen7b = next(e for e in experiments if e.decoder == "qwen7b" and e.method == "layer_wise")
     assert qwen7b.port == 20000 + zlib.crc32(qwen7b.id.encode()) % 20000
-    assert re.search(rf"steermoe launch --gpus 4 --port {qwen7b.port} -- +steermoe train --config "
+    # the job's 16 threads, shared out by launch among its 4 processes
+    assert re.search(rf"steermoe launch --gpus 4 --threads 16 --port {qwen7b.port} -- +steermoe train --config "
                      rf"{re.escape(qwen7b.train_config)}", out)
     qwen3b = next(e for e in experiments if e.decoder == "qwen3b")
-    assert f"steermoe launch --gpus 1 --port {qwen3b.port} --" in out
+    assert f"steermoe launch --gpus 1 --threads 8 --port {qwen3b.port} --" in out
     for exp in experiments:  # every rendered config is valid, on the placeholder paths
         assert "/path/to/" in render(exp, root / "templates", "train")
 
