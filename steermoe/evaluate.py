@@ -245,8 +245,9 @@ def evaluate(run: RunConfig, checkpoint: Path | None = None, output_dir: Path | 
         return {}
     hypotheses, stats, decode_seconds, world = decoded
     hypotheses = [windows.join(h) for h in hypotheses]
+    windowed = windows.record()
     model_record = {
-        **decoder.record, **({"windowed": windows.record()} if windows.record() else {}),
+        **decoder.record, **({"windowed": windowed} if windowed else {}),
         **precision.record(decision, device), "processes": world,
         "threads": torch.get_num_threads(),
         **({"peak_gpu_memory_mb": round(torch.cuda.max_memory_allocated(device) / 2**20)}

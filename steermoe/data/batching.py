@@ -66,10 +66,10 @@ class AudioRows(torch.utils.data.Dataset):
 
         columns = {"id": [], "audio": [], "duration": [], "text": [], "prompt": [], "answers": [], "language": []}
         files = parquet_files(entries, audio_column, text_column, key)
-        origins = []  # (file row) of each utterance, for messages
+        starts = []  # (first utterance, file): where each file's rows begin, for messages
         for file in files:
             table = pq.read_table(file)
-            origins += [f"{file} row {i}" for i in range(table.num_rows)]
+            starts.append((len(columns["id"]), file))
             audio = table.column(audio_column).to_pylist()
             audio = [a["bytes"] if isinstance(a, dict) else a for a in audio]
             n = len(audio)
@@ -94,10 +94,14 @@ class AudioRows(torch.utils.data.Dataset):
         if not columns["id"]:
             raise DataError(f"{key}: {', '.join(map(str, files))} hold(s) no rows (an empty split); prepare the data "
                             f"again or point the key at a split with rows")
+        def origin(n: int) -> str:
+            start, file = next((start, file) for start, file in reversed(starts) if start <= n)
+            return f"{file} row {n - start}"
+
         first: dict[str, int] = {}
         for n, utt in enumerate(columns["id"]):
             if utt in first:
-                raise DataError(f"{key}: utterance id {utt!r} is both {origins[first[utt]]} and {origins[n]}; "
+                raise DataError(f"{key}: utterance id {utt!r} is both {origin(first[utt])} and {origin(n)}; "
                                 f"predictions and comparisons pair utterances by id: make the ids unique, or "
                                 f"prepare the data with `steermoe data prepare`, which renames duplicates")
             first[utt] = n
