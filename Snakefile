@@ -12,8 +12,8 @@ min_version("9.0")
 
 # Snakemake's message for a broken configfile names neither the file nor the line: read it first (safe YAML)
 from snakemake.exceptions import WorkflowError
+from steermoe.declare.checks import read_yaml
 from steermoe.errors import ConfigError
-from steermoe.checks import read_yaml
 
 try:
     read_yaml("experiments/config.yaml")

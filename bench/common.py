@@ -137,9 +137,9 @@ def synth_en(tmp: Path, quick: bool = False) -> Path:
 def catalog_run(tmp: Path, data: Path, mode: str = "train", **overrides):
     """The embedded default experiment's run config, rendered from experiments/catalog.yaml and templates/ as the
     workflow renders it (matrix-row overrides allowed), with its outputs in tmp."""
-    from steermoe.matrix import load_matrix
-    from steermoe.render import render
-    from steermoe.runconfig import load_run_config
+    from steermoe.declare.matrix import load_matrix
+    from steermoe.declare.render import render
+    from steermoe.declare.runconfig import load_run_config
 
     row = {**DEFAULT_ROW, **overrides}
     matrix = tmp / f"matrix-{len(list(tmp.glob('matrix-*.tsv')))}.tsv"

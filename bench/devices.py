@@ -21,7 +21,7 @@ from bench.training import batches, setup, step
 
 
 def main(argv=None) -> dict:
-    from steermoe import precision
+    from steermoe.run import precision
 
     def extra(parser):
         parser.add_argument("--steps", type=int, help="timed training steps")

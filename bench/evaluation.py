@@ -27,11 +27,11 @@ def main(argv=None) -> dict:
         parser.add_argument("--utterances", type=int, help="test utterances decoded per round")
 
     args = arguments(__doc__, argv, extra)
-    from steermoe.data.batching import Collator
-    from steermoe.features import AudioFeatures
-    from steermoe import precision
-    from steermoe.checkpoint import load_trainable
-    from steermoe.loading import load_model, load_rows
+    from steermoe.model.features import AudioFeatures
+    from steermoe.run import precision
+    from steermoe.run.batching import Collator
+    from steermoe.run.checkpoint import load_trainable
+    from steermoe.run.loading import load_model, load_rows
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)

@@ -2,15 +2,15 @@
 an H100. Runs wherever a CUDA GPU is present; on a CPU-only machine it says so and exits cleanly (exit code 0).
 
 Model: Whisper-large-v3 encoder (32 x 1280, 128 mel bins) + Qwen2.5-7B (28 x 3584) built from the shipped shapes
-(steermoe/shapes/*.json) with random weights: encoder in fp32 and LLM in bf16 as the product loads them, SDPA
+(steermoe/model/shapes/*.json) with random weights: encoder in fp32 and LLM in bf16 as the product loads them, SDPA
 attention in both, bf16 autocast, layer_wise SteerMoE (8 experts), pooling 4, dynamic encoder window. A batch of
 --batch-size utterances of --seconds (default 12.7 s, LibriSpeech train-clean-100's mean) with a 45-token target
 (~180 characters) and the LibriSpeech prompt. A step: forward, backward, global gradient clip, fused AdamW step.
 Shapes carry no tokenizer: a stand-in gives one token per 4 bytes of text (as `steermoe plan` estimates).
 
 MFU = model FLOPs per step / median step seconds / the GPU's dense bf16 peak (H100 SXM and H200: 989 TFLOP/s,
-H100 PCIe 756, A100 312; --peak-tflops for others). Model FLOPs per utterance are `steermoe.plan.training_flops`
-(see steermoe/plan.py): frozen forward 2 P per position; frozen parts' backward computes activation gradients only
+H100 PCIe 756, A100 312; --peak-tflops for others). Model FLOPs per utterance are `steermoe.report.plan.training_flops`
+(see steermoe/report/plan.py): frozen forward 2 P per position; frozen parts' backward computes activation gradients only
 (2 P per position, not 4 P: no weight gradients), and only where gradients must flow (the encoder from layer 1 on,
 for steering inside it; the whole LLM, to reach the audio prompt); trainable parameters 6 P per position; plus
 attention (encoder 4 D F^2 per layer forward, 8 D F^2 backward; decoder causal 2 W T^2 forward, 4 W T^2 backward)
@@ -56,10 +56,10 @@ def build(encoder_shape: str, decoder_shape: str, device: str):
     """The SteerMoE model with random weights from shipped shapes, on `device`."""
     from transformers import AutoModelForCausalLM
 
-    from steermoe.config import SteerMoEConfig
-    from steermoe.encoders import encoder_from_config
-    from steermoe.model import SteerMoEModel
-    from steermoe.params import load_shape
+    from steermoe.declare.model_config import SteerMoEConfig
+    from steermoe.model.encoders import encoder_from_config
+    from steermoe.model.modeling import SteerMoEModel
+    from steermoe.model.params import load_shape
 
     torch.manual_seed(0)
     enc_config, dec_config = load_shape(encoder_shape), load_shape(decoder_shape)
@@ -73,8 +73,8 @@ def build(encoder_shape: str, decoder_shape: str, device: str):
 
 def model_flops(encoder_shape: str, decoder_shape: str, mel_frames: int, prompt_tokens: int,
                 target_tokens: int) -> dict:
-    """steermoe.plan's training FLOPs of one utterance of this length (dynamic window)."""
-    from steermoe.plan import model_shape, training_flops
+    """steermoe.report.plan's training FLOPs of one utterance of this length (dynamic window)."""
+    from steermoe.report.plan import model_shape, training_flops
 
     shape = model_shape(encoder_shape, decoder_shape, json.dumps(STEERMOE, sort_keys=True))
     frames = math.ceil(mel_frames / 2)  # Whisper's conv stem: stride 2

@@ -28,7 +28,7 @@ import tarfile
 import tempfile
 from pathlib import Path
 
-from steermoe.matrix import load_matrix
+from steermoe.declare.matrix import load_matrix
 
 from bench.common import REPO, arguments, interleaved, median, report, timed_command, verdict
 
@@ -97,7 +97,7 @@ def main(argv=None) -> dict:
                                warmup=0)
     cli = timed_command([str(bin_dir / "steermoe"), "--help"], 3 if args.quick else 7)
     # what a train or evaluate job pays before its own work: torch, transformers and the engine
-    engine = timed_command([sys.executable, "-c", "import steermoe.train, steermoe.evaluate"], 1 if args.quick else 3)
+    engine = timed_command([sys.executable, "-c", "import steermoe.run.train, steermoe.run.evaluate"], 1 if args.quick else 3)
     current = dry_runs["working tree"]
     seconds, cli_seconds, engine_seconds = median(current), median(cli), median(engine)
     result = {"experiments": experiments, "jobs": jobs["working tree"], "dry_run_seconds": current,
@@ -118,7 +118,7 @@ def main(argv=None) -> dict:
         table.append([f"snakemake -n, the same, workflow of {ref} ({jobs[ref]} jobs)", median(dry_runs[ref]),
                       median(cpu[ref]), "reported"])
     table += [["steermoe --help (the CLI's start-up)", cli_seconds, "", "reported"],
-              ["import steermoe.train, steermoe.evaluate (a train/evaluate job's start-up)", engine_seconds, "",
+              ["import steermoe.run.train, steermoe.run.evaluate (a train/evaluate job's start-up)", engine_seconds, "",
                "reported"]]
     return report("orchestration", args, result, ["what", "s (median)", "CPU s (median)", "target"], table)
 
@@ -142,7 +142,7 @@ def _workflow(tree: Path, dest: Path, rows: int) -> Path:
     dest.mkdir()
     for name in WORKFLOW:
         (shutil.copytree if (tree / name).is_dir() else shutil.copy2)(tree / name, dest / name)
-    if (tree / "steermoe" / "axes.py").is_file():
+    if any((tree / "steermoe").rglob("axes.py")):  # a tree with matrix axes (either layout)
         (dest / f"{MATRIX}.yaml").write_text(matrix(rows))
     else:
         (dest / f"{MATRIX}.tsv").write_text(explicit_matrix(rows))

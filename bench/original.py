@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import torch
 
-from steermoe.model import IGNORE_INDEX
-from steermoe.train import SteerMoETrainer
+from steermoe.model.modeling import IGNORE_INDEX
+from steermoe.run.train import SteerMoETrainer
 
 MAX_TEXT_TOKENS = 448  # the seed's max_text_length
 

@@ -1,4 +1,4 @@
-"""Precision: bf16 against fp32 on this machine, and what the precision policy chose (steermoe/precision.py).
+"""Precision: bf16 against fp32 on this machine, and what the precision policy chose (steermoe/run/precision.py).
 
 Two measurements, side by side in one run:
   - matmul GFLOP/s of the frozen LLM's largest shape (SmolLM2's MLP: 576 x 1536, 160 tokens) and of the policy's own
@@ -23,14 +23,14 @@ FORCED = {"fp32": {"bf16": "false", "dtype": "float32"}, "bf16": {"bf16": "true"
 
 
 def linear_gflops(dtype: torch.dtype, tokens: int = 160, d_in: int = 576, d_out: int = 1536) -> float:
-    from steermoe.precision import gflops
+    from steermoe.run.precision import gflops
 
     x, w = torch.randn(tokens, d_in).to(dtype), torch.randn(d_out, d_in).to(dtype)
     return gflops(lambda: torch.nn.functional.linear(x, w), 2 * tokens * d_in * d_out)
 
 
 def main(argv=None) -> dict:
-    from steermoe import precision
+    from steermoe.run import precision
 
     def extra(parser):
         parser.add_argument("--repetitions", type=int, help="timed training steps per precision")

@@ -2,7 +2,7 @@
 stored per utterance; target >= 10x smaller), and the final checkpoint's bytes vs 4 bytes x trainable parameters
 (target <= 1.05x). Prints a table and writes bench/results/storage.json.
 
-The checkpoint: the real trainer (`steermoe.train.train`) runs the embedded default experiment as the catalog
+The checkpoint: the real trainer (`steermoe.run.train.train`) runs the embedded default experiment as the catalog
 renders it for a few steps into a temporary folder; its `final/` folder (weights, steermoe.json,
 train_summary.json) is measured whole.
 
@@ -36,7 +36,7 @@ def measure(corpus: Path) -> dict:
 
 
 def checkpoint(tmp: Path, data: Path, steps: int) -> dict:
-    from steermoe.train import train
+    from steermoe.run.train import train
 
     run = catalog_run(tmp, data, max_steps=steps, batch_size=2)
     summary = train(run, log=lambda message: None)

@@ -1,6 +1,6 @@
 """Training steps for the benchmarks, built from the trainer's own parts.
 
-`setup` builds what `steermoe.train.train` builds for a run config (model with its frozen parts in the catalog's
+`setup` builds what `steermoe.run.train.train` builds for a run config (model with its frozen parts in the catalog's
 dtypes, the prepared rows, the Collator with on-the-fly features, SteerMoETrainer with its three optimiser groups
 and the steering-clip hook); `step` does what the Trainer's loop does for one batch: decode the rows' FLAC, collate
 (features), forward and backward under the Trainer's autocast, the global gradient clip, the optimiser step (the
@@ -16,13 +16,13 @@ MIN_SECONDS = 3.0  # the benchmarks' utterances: 3-6 s (synth-en's longest are 4
 
 
 def setup(run, trainer_class=None):
-    from steermoe.data.batching import Collator
-    from steermoe.features import AudioFeatures
+    from steermoe.model.features import AudioFeatures
+    from steermoe.run.batching import Collator
     from transformers import PrinterCallback
 
-    from steermoe import precision
-    from steermoe.loading import load_model, load_rows
-    from steermoe.train import SteerMoETrainer, training_arguments
+    from steermoe.run import precision
+    from steermoe.run.loading import load_model, load_rows
+    from steermoe.run.train import SteerMoETrainer, training_arguments
 
     torch.manual_seed(run.top.seed)
     quiet = lambda message: None

@@ -12,14 +12,14 @@ import threading
 from pathlib import Path
 
 from steermoe.data.synthetic import SYNTH_CORPORA
+from steermoe.declare.settings import REFERENCE, TRAINED_METHODS, WORKFLOW_CONFIG as WORKFLOW, default
 from steermoe.fsutil import STORAGE_ERRNOS
-from steermoe.settings import REFERENCE, TRAINED_METHODS, WORKFLOW_CONFIG as WORKFLOW, default
 
 
 
 def _params(args) -> None:
-    from steermoe.config import SteerMoEConfig
-    from steermoe.params import count_parameters, format_counts, meta_model
+    from steermoe.declare.model_config import SteerMoEConfig
+    from steermoe.model.params import count_parameters, format_counts, meta_model
 
     config = SteerMoEConfig(method=args.method, num_experts=args.num_experts, use_layer_scales=not args.fixed_scales,
                             pooling_kernel_size=args.pooling_kernel_size, pooling_position=args.pooling_position,
@@ -76,25 +76,25 @@ def _print_manifest(manifest: dict) -> None:
 
 
 def _smoke(args) -> None:
-    from steermoe.smoke import run_smoke
+    from steermoe.run.smoke import run_smoke
 
     run_smoke(Path(args.models), steps=args.steps)
 
 
 def _train(args) -> None:
-    from steermoe.runconfig import load_run_config, shipped_deepspeed
+    from steermoe.declare.runconfig import load_run_config, shipped_deepspeed
 
     run = load_run_config(args.config)  # before torch is imported: a mistake in the config shows at once
     if args.deepspeed_config:  # the seed's launch flag
         run.training.use_deepspeed, run.training.deepspeed_config = True, shipped_deepspeed(args.deepspeed_config)
-    from steermoe.train import train
+    from steermoe.run.train import train
 
     train(run)
 
 
 def _check(args) -> int:
+    from steermoe.declare.runconfig import load_run_config
     from steermoe.errors import USER_ERRORS
-    from steermoe.runconfig import load_run_config
 
     failed = 0
     for path in args.configs:
@@ -103,10 +103,10 @@ def _check(args) -> int:
             # a reference row is only ever evaluated: its config is an evaluation config unless named _train
             evaluation = run.mode == "eval" or (run.method == REFERENCE and run.mode is None)
             if evaluation:
-                from steermoe.evaluate import preflight
+                from steermoe.run.evaluate import preflight
                 preflight(run)
             else:
-                from steermoe.train import preflight
+                from steermoe.run.train import preflight
                 preflight(run, log=lambda _: None)
         except USER_ERRORS as err:
             print(f"steermoe: error: {err}", file=sys.stderr)
@@ -117,25 +117,26 @@ def _check(args) -> int:
 
 
 def _launch(args) -> None:
-    from steermoe.launch import launch, master_port
+    from steermoe.declare.experiments import master_port
+    from steermoe.run.launch import launch
 
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
     launch(command, args.gpus, args.port if args.port is not None else master_port(" ".join(command)), args.threads)
 
 
 def _evaluate(args) -> None:
-    from steermoe.runconfig import load_run_config
+    from steermoe.declare.runconfig import load_run_config
 
     run = load_run_config(args.config)  # before torch is imported: a mistake in the config shows at once
-    from steermoe.evaluate import evaluate
+    from steermoe.run.evaluate import evaluate
 
     evaluate(run, checkpoint=args.checkpoint, output_dir=args.out)
 
 
 def _aggregate(args) -> None:
-    from steermoe.aggregate import aggregate
-    from steermoe.matrix import load_matrix, read_matrix
-    from steermoe.settings import SETTINGS
+    from steermoe.declare.matrix import load_matrix, read_matrix
+    from steermoe.declare.settings import SETTINGS
+    from steermoe.report.aggregate import aggregate
 
     experiments = load_matrix(args.matrix, args.catalog, quick=args.quick, results=args.results, data=args.data,
                               models=args.models)
@@ -145,9 +146,9 @@ def _aggregate(args) -> None:
 
 
 def _status(args) -> None:
+    from steermoe.declare.matrix import load_matrix
     from steermoe.errors import ConfigError
-    from steermoe.matrix import load_matrix
-    from steermoe.status import status, watch
+    from steermoe.report.status import status, watch
 
     def read() -> str:  # the matrix is read again each time: rows added while it runs show up
         experiments = load_matrix(args.matrix, args.catalog, quick=args.quick, results=args.results)
@@ -162,8 +163,8 @@ def _status(args) -> None:
 
 
 def _plan(args) -> None:
-    from steermoe.matrix import load_matrix
-    from steermoe.plan import format_plan, plan
+    from steermoe.declare.matrix import load_matrix
+    from steermoe.report.plan import format_plan, plan
 
     experiments = load_matrix(args.matrix, args.catalog, quick=args.quick, data=args.data, models=args.models)
     rows = plan(experiments, quick=args.quick, peak_tflops=args.peak_tflops, utilization=args.utilization,
@@ -179,24 +180,24 @@ def _plan(args) -> None:
         write_json(Path(args.json), document)
     if args.csv:
         from steermoe.fsutil import write_atomic
-        from steermoe.plan import plan_csv
+        from steermoe.report.plan import plan_csv
 
         Path(args.csv).parent.mkdir(parents=True, exist_ok=True)
         write_atomic(Path(args.csv), plan_csv(rows))
 
 
 def _matrix(args) -> None:
-    from steermoe.matrix import explicit_rows, load_matrix
+    from steermoe.declare.matrix import explicit_rows, load_matrix
 
     experiments = load_matrix(args.matrix, args.catalog, quick=args.quick)
     print("\n".join(exp.id for exp in experiments) if args.ids else explicit_rows(experiments), end="\n" * args.ids)
 
 
 def _render(args) -> None:
+    from steermoe.declare.matrix import load_matrix
+    from steermoe.declare.render import environment, render, sha256
     from steermoe.errors import ConfigError
     from steermoe.fsutil import write_atomic
-    from steermoe.matrix import load_matrix
-    from steermoe.render import environment, render, sha256
 
     experiments = load_matrix(args.matrix, args.catalog, quick=args.quick, results=args.results, data=args.data,
                               models=args.models)
@@ -231,8 +232,8 @@ def _matrix_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from steermoe.memory import H100_MEMORY_GIB
-    from steermoe.plan import DEFAULT_UTILIZATION, H100_BF16_TFLOPS
+    from steermoe.report.memory import H100_MEMORY_GIB
+    from steermoe.report.plan import DEFAULT_UTILIZATION, H100_BF16_TFLOPS
 
     parser = argparse.ArgumentParser(prog="steermoe", description="SteerMoE speech-LLM experiments")
     sub = parser.add_subparsers(dest="command", required=True)

@@ -261,7 +261,7 @@ def lenient_match(target: str, hypothesis: str) -> bool:
 
 def score_as_the_seed_code(metric: str, references: list[str], answers: list[list[str]],
                            hypotheses_by_seed: list[list[str]], seed: int = 0, resamples: int = 1000) -> dict:
-    """The seed protocol's score (steermoe/protocols.py): raw WER or CER (no normalisation at all), or QA with one
+    """The seed protocol's score (steermoe/declare/protocols.py): raw WER or CER (no normalisation at all), or QA with one
     row per annotator's answer scored by the lenient substring match. Each utterance's counts are summed over the
     sampling seeds, so `value` is the mean over seeds and `ci95` resamples utterances; `seed_values` has each
     seed's own value."""

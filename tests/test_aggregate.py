@@ -11,10 +11,10 @@ import shutil
 
 import pytest
 
-from steermoe import aggregate as agg
-from steermoe.aggregate import aggregate
-from steermoe.results import collect, log_error
-from steermoe.tables import TIMING_COLUMNS, table_columns
+from steermoe.report import aggregate as agg
+from steermoe.report.aggregate import aggregate
+from steermoe.report.results import collect, log_error
+from steermoe.report.tables import TIMING_COLUMNS, table_columns
 
 N = 60  # test utterances
 UNITS = [8 + (i % 7) for i in range(N)]  # reference words per utterance
@@ -453,7 +453,7 @@ def test_duplicate_ids_are_refused(workdir):
 
 def test_aggregate_cli_with_the_matrix(workdir, monkeypatch, capsys):
     from steermoe.cli import main
-    from steermoe.matrix import load_matrix
+    from steermoe.declare.matrix import load_matrix
 
     (workdir / "catalog.yaml").write_text("""
 encoders:
@@ -518,7 +518,7 @@ def test_retraining_that_failed_hides_the_old_metrics(workdir):
 
 
 def test_replicate_sets_get_a_summary_row_and_are_compared_as_sets_paired_by_seed(workdir):
-    from steermoe.seeds import paired, summarise
+    from steermoe.report.seeds import paired, summarise
 
     sets = {"linear_r": (BASE_ERRORS, True), "layer_wise_r": (BETTER_ERRORS, False)}
     exps, runs = [], {}
@@ -568,7 +568,7 @@ def test_a_replicate_set_with_a_missing_seed_says_so_and_is_not_compared(workdir
 
 
 def test_the_logged_summary_keeps_a_column_gap_after_the_longest_experiment_id():
-    from steermoe.tables import summary_text
+    from steermoe.report.tables import summary_text
 
     ids = ["short", "layer_wise_whisper-tiny.en_smollm2_synth-en_on-test-unseen"]
     table = [{"experiment": i, "headline": True, "metric": "wer", "value": 0.25, "ci_low": 0.2, "ci_high": 0.3,

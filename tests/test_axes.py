@@ -5,9 +5,9 @@ from pathlib import Path
 
 import pytest
 
+from steermoe.declare.matrix import explicit_rows, load_matrix
+from steermoe.declare.render import render_all, sha256
 from steermoe.errors import ConfigError
-from steermoe.matrix import explicit_rows, load_matrix
-from steermoe.render import render_all, sha256
 
 REPO = Path(__file__).resolve().parent.parent
 CATALOG = REPO / "experiments" / "catalog.yaml"

@@ -380,7 +380,7 @@ def test_deepspeed_json_that_does_not_parse(bad_config, tmp_path):
 
 
 def test_deepspeed_json_that_contradicts_the_config(bad_config, tmp_path):
-    ds = json.loads((REPO / "steermoe" / "deepspeed" / "stage2_simple.json").read_text())
+    ds = json.loads((REPO / "steermoe" / "declare" / "deepspeed" / "stage2_simple.json").read_text())
     ds.update(train_micro_batch_size_per_gpu=8, gradient_clipping=5.0)
     (tmp_path / "zero2.json").write_text(json.dumps(ds))
     config = bad_config.write(training={"use_deepspeed": True, "deepspeed_config": str(tmp_path / "zero2.json")})
@@ -403,7 +403,7 @@ def test_steermoe_check_reports_every_bad_config_of_the_catalogue_as_train_does(
     pq.write_table(table.rename_columns(["id", "wav", *table.column_names[2:]]), tmp_path / "other.parquet")
     pq.write_table(table.slice(0, 0), tmp_path / "empty.parquet")
     (tmp_path / "bad.json").write_text('{"zero_optimization": {"stage": 2,}}\n')
-    ds = json.loads((REPO / "steermoe" / "deepspeed" / "stage2_simple.json").read_text())
+    ds = json.loads((REPO / "steermoe" / "declare" / "deepspeed" / "stage2_simple.json").read_text())
     (tmp_path / "contradicts.json").write_text(json.dumps({**ds, "train_micro_batch_size_per_gpu": 8}))
     cases = [  # (sections, the message's parts)
         ({"training": {"learning_rat": 0.1}}, ["unknown key 'training.learning_rat'; did you mean "
@@ -452,8 +452,8 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tiny, tmp_path):  # n
     kept = Path(re.search(r"checkpoint \((\S+)\) is kept", line)[1])
     assert (kept / "complete.json").is_file() and not (tmp_path / "out" / "final").exists()
     before = snapshot(kept)
-    from steermoe.runconfig import load_run_config
-    from steermoe.checkpoint import resume_point
+    from steermoe.declare.runconfig import load_run_config
+    from steermoe.run.checkpoint import resume_point
 
     assert resume_point(tmp_path / "out", load_run_config(config)) == str(kept)  # intact: the hashes match
     assert snapshot(kept) == before

@@ -4,8 +4,8 @@ import sys
 
 import torch
 
-from steermoe.data.batching import Collator, LengthGroupedBatches, AudioRows
-from steermoe.features import AudioFeatures
+from steermoe.model.features import AudioFeatures
+from steermoe.run.batching import Collator, LengthGroupedBatches, AudioRows
 from tests.tiny import tiny_model
 
 

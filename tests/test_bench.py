@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from steermoe.matrix import load_matrix
+from steermoe.declare.matrix import load_matrix
 
 REPO = Path(__file__).resolve().parent.parent
 

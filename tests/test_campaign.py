@@ -260,9 +260,9 @@ def long_test_split(folder: Path, seconds: float = 45.0) -> tuple[Path, Path]:
 def test_an_utterance_longer_than_whispers_window_is_decoded_in_windows_and_the_table_says_so(tiny, tmp_path):
     """45 s under Whisper's 30 s window: decoded as two 22.5-s windows whose hypotheses are joined (equal to decoding
     the two halves as utterances of their own), never cut at 30 s; metrics.json and the table's note count it."""
-    from steermoe.evaluate import evaluate
-    from steermoe.runconfig import load_run_config
-    from steermoe.tables import _windowed_note
+    from steermoe.declare.runconfig import load_run_config
+    from steermoe.report.tables import _windowed_note
+    from steermoe.run.evaluate import evaluate
 
     whole, halves = long_test_split(tmp_path)
     trained = write_config(tmp_path, tiny, training={"max_steps": 1})
@@ -422,8 +422,8 @@ def test_a_fireredasr_checkpoint_the_safe_loader_cannot_read_gets_no_advice_to_u
     loader says what is wrong instead."""
     import zipfile
 
-    from steermoe.encoders import load_encoder
     from steermoe.errors import ModelFolderError
+    from steermoe.model.encoders import load_encoder
     from tests.tiny import save_fireredasr_folder
 
     folder = Path(save_fireredasr_folder(tmp_path / "FireRedASR-AED-tiny")[0])

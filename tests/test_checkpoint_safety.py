@@ -10,8 +10,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from steermoe.declare.runconfig import load_run_config
 from steermoe.errors import TrainingError
-from steermoe.runconfig import load_run_config
 from tests.test_train import make_trainer, write_config
 
 CHECKPOINT_FILES = {"model.safetensors", "steermoe.json", "optimizer.safetensors", "optimizer.json", "scheduler.json",
@@ -48,7 +48,7 @@ def _kind(path) -> str:
 
 
 def test_training_writes_no_pickle_and_resume_unpickles_nothing_and_is_exact(tiny, tmp_path, monkeypatch):
-    from steermoe.train import train
+    from steermoe.run.train import train
 
     settings = dict(training={"max_steps": 8}, save_steps=4, dataloader_num_workers=0)
     (tmp_path / "a").mkdir()
@@ -129,8 +129,8 @@ def test_rng_states_round_trip(tiny, tmp_path):
 
 def test_resume_refuses_unlisted_and_pickled_files(tiny, tmp_path):
     from steermoe.fsutil import sha256_file, write_json
-    from steermoe.checkpoint import resume_point
-    from steermoe.train import train
+    from steermoe.run.checkpoint import resume_point
+    from steermoe.run.train import train
 
     run = load_run_config(write_config(tmp_path, tiny, training={"max_steps": 2}, save_steps=1))
     train(run, log=lambda *_: None)

@@ -4,7 +4,7 @@ import sys
 
 import pytest
 
-from steermoe.smoke import SENTENCES, run_smoke
+from steermoe.run.smoke import SENTENCES, run_smoke
 
 
 def test_help_does_not_import_torch():
@@ -36,7 +36,7 @@ def test_the_catalogs_preparation_limits_reach_steermoe_data_prepare(tmp_path):
     import shlex
 
     from steermoe.cli import build_parser
-    from steermoe.catalog import data_command, load_catalog
+    from steermoe.declare.catalog import data_command, load_catalog
 
     catalog = tmp_path / "catalog.yaml"
     catalog.write_text("""

@@ -246,9 +246,9 @@ def test_sigkill_while_a_checkpoint_is_written_resumes_from_the_previous_one(tin
 def trained(tiny, tmp_path_factory):
     """A trained experiment with two checkpoints, its test config, and the evaluation of its final weights run
     alone (the reference)."""
-    from steermoe.evaluate import evaluate
-    from steermoe.runconfig import load_run_config
-    from steermoe.train import train
+    from steermoe.declare.runconfig import load_run_config
+    from steermoe.run.evaluate import evaluate
+    from steermoe.run.train import train
 
     folder = tmp_path_factory.mktemp("trained")
     train(load_run_config(write_config(folder, tiny, training={"max_steps": 4}, save_steps=2)), log=lambda *_: None)
@@ -264,8 +264,8 @@ def trained(tiny, tmp_path_factory):
 
 
 def test_sigkill_during_evaluation_keeps_the_previous_results_and_the_rerun_completes(trained, tmp_path):
-    from steermoe.evaluate import evaluate
-    from steermoe.runconfig import load_run_config
+    from steermoe.declare.runconfig import load_run_config
+    from steermoe.run.evaluate import evaluate
 
     out = tmp_path / "eval"
     evaluate(load_run_config(trained["test"]), checkpoint=trained["folder"] / "out" / "checkpoint-2", output_dir=out,
@@ -290,7 +290,7 @@ def aggregated(tmp_path_factory):
     """A workflow folder whose table was aggregated before a new result arrived, and the uninterrupted
     aggregation of the new state (reference)."""
     from tests.test_aggregate import BASE_ERRORS, BETTER_ERRORS, CONFIG_PATHS, write_evaluated
-    from steermoe.matrix import load_matrix
+    from steermoe.declare.matrix import load_matrix
 
     root = tmp_path_factory.mktemp("aggregated") / "wf"
     root.mkdir()
@@ -385,7 +385,7 @@ def run_snakemake(root: Path, log: Path) -> str:
 
 
 def table_without_timing(path: Path) -> list[dict]:
-    from steermoe.tables import TIMING_COLUMNS
+    from steermoe.report.tables import TIMING_COLUMNS
 
     return [{k: v for k, v in row.items() if k not in TIMING_COLUMNS}
             for row in csv.DictReader(io.StringIO(path.read_text()))]

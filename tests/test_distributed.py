@@ -15,7 +15,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from steermoe.runconfig import load_run_config
+from steermoe.declare.runconfig import load_run_config
 from tests.test_train import REPO, write_config
 
 BIN = Path(sys.executable).parent
@@ -38,9 +38,9 @@ def launch(launcher: str, config: Path, tmp_path: Path) -> list[str]:
         return [str(BIN / "torchrun"), "--nproc_per_node", "2", "--master_addr", "127.0.0.1", "--master_port", port,
                 STEERMOE, "train", "--config", str(config)]
     if launcher == "deepspeed-zero2":
-        ds_config = REPO / "steermoe" / "deepspeed" / "stage2_simple.json"
+        ds_config = REPO / "steermoe" / "declare" / "deepspeed" / "stage2_simple.json"
     else:  # ZeRO-3, every parameter sliced across the processes (these tiny ones too, as a 7B model's are)
-        shipped = json.loads((REPO / "steermoe" / "deepspeed" / "stage3.json").read_text())
+        shipped = json.loads((REPO / "steermoe" / "declare" / "deepspeed" / "stage3.json").read_text())
         shipped["zero_optimization"]["stage3_param_persistence_threshold"] = 0
         ds_config = tmp_path / "stage3_sliced.json"
         ds_config.write_text(json.dumps(shipped))
@@ -62,7 +62,7 @@ def assert_same_weights(a: dict, b: dict, atol: float) -> None:
 @pytest.fixture(scope="module")
 def one_process(tiny, tmp_path_factory):
     """The reference: one process, the same global batch (2 x 4) as two gradient-accumulated batches of 4."""
-    from steermoe.train import train
+    from steermoe.run.train import train
 
     root, done = tmp_path_factory.mktemp("one-process"), {}
 
@@ -99,7 +99,7 @@ def test_two_processes_train_to_the_weights_of_one_process_with_the_same_global_
 def test_the_steering_clip_under_zero2_uses_the_groups_norm_across_processes(tiny, tmp_path):
     """A steering clip far below the gradients' norm clips every step: each ZeRO-2 process holds a slice of the
     steering group and must scale it by the whole group's norm, as one process does, not by its slice's own."""
-    from steermoe.train import train
+    from steermoe.run.train import train
 
     clip = {"steering": {"num_experts": 4, "steering_gradient_clip": 1e-4}, "clip_steering_gradients": True}
     (tmp_path / "one").mkdir()
@@ -146,7 +146,7 @@ def test_a_killed_two_process_run_resumes_to_the_weights_of_an_uninterrupted_run
 @pytest.mark.parametrize("launcher", ["torchrun", "deepspeed"])  # deepspeed: what `steermoe launch --gpus 2` runs
 def test_two_process_evaluation_equals_one_process_byte_for_byte(tiny, tmp_path, launcher):
     """Two processes each decode every other batch; process 0 merges and writes."""
-    from steermoe.train import train
+    from steermoe.run.train import train
 
     train(load_run_config(write_config(tmp_path, tiny, training={"max_steps": 2})), log=lambda *_: None)
     config = write_config(tmp_path, tiny, name="layer_wise_whisper_qwen_tones_test",

@@ -8,14 +8,14 @@ import jiwer
 import pytest
 import torch
 
-from steermoe.config import SteerMoEConfig
+from steermoe.data.tts import piper_speak, piper_voice
+from steermoe.declare.model_config import SteerMoEConfig
 from steermoe.embedded import MANIFEST, EmbeddedModelError, import_models
 from steermoe.embedded.ct2 import CT2FormatError, read_ct2
 from steermoe.embedded.gguf import chat
-from steermoe.encoders import ModelFolderError, load_encoder
-from steermoe.features import AudioFeatures
-from steermoe.model import build_model, load_decoder
-from steermoe.tts import piper_speak, piper_voice
+from steermoe.model.encoders import ModelFolderError, load_encoder
+from steermoe.model.features import AudioFeatures
+from steermoe.model.modeling import build_model, load_decoder
 
 SENTENCES = [
     "The weather is nice today and we will go for a walk.",

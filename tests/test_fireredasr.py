@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from steermoe.encoders import check_encoder_folder, load_encoder
 from steermoe.errors import ModelFolderError
-from steermoe.features import AudioFeatures
+from steermoe.model.encoders import check_encoder_folder, load_encoder
+from steermoe.model.features import AudioFeatures
 from tests.tiny import kaldi_matrix, save_fireredasr_folder
 
 LENGTHS_S = (0.53, 1.21, 2.0)  # one padded batch of several lengths, each a different frame count mod 4
@@ -206,7 +206,7 @@ def test_a_folder_that_is_neither_kind_says_what_either_needs(tmp_path):
 
 
 def test_a_text_cmvn_reads_like_the_binary_one(release, tmp_path):
-    from steermoe.fireredasr import read_kaldi_cmvn
+    from steermoe.model.fireredasr import read_kaldi_cmvn
 
     folder = copy_release(release, tmp_path)
     stats = np.array([[2.0, 4.0, 2.0], [4.0, 12.0, 0.0]])
@@ -221,8 +221,8 @@ def test_a_text_cmvn_reads_like_the_binary_one(release, tmp_path):
 # ---- the seed's setups: parameter counts and plans from the shipped shape ------------------------------------------
 @pytest.mark.parametrize("decoder,width", [("qwen2.5-3b-instruct", 2048), ("qwen2.5-7b-instruct", 3584)])
 def test_c3b_and_c7b_trainable_parameters(decoder, width):
-    from steermoe.config import SteerMoEConfig
-    from steermoe.params import count_parameters, formula_counts, meta_model
+    from steermoe.declare.model_config import SteerMoEConfig
+    from steermoe.model.params import count_parameters, formula_counts, meta_model
 
     model = meta_model(SteerMoEConfig(num_experts=8), "fireredasr-aed-l", decoder)
     counts = count_parameters(model)
@@ -232,9 +232,9 @@ def test_c3b_and_c7b_trainable_parameters(decoder, width):
 
 
 def test_seed_matrix_conformer_rows_render_and_plan(tmp_path):
-    from steermoe.matrix import load_matrix
-    from steermoe.plan import plan, setting
-    from steermoe.render import render
+    from steermoe.declare.matrix import load_matrix
+    from steermoe.declare.render import render
+    from steermoe.report.plan import plan, setting
     from tests.test_workflow import copy_workflow
 
     root = copy_workflow(tmp_path / "wf")

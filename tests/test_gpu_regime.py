@@ -63,7 +63,7 @@ def config(folders: dict, folder: Path, encoder: str, method: str, mode: str = "
 def deepspeed_json(stage: str, folder: Path) -> Path:
     """The shipped JSON; ZeRO-3 with every parameter sliced across the processes (these tiny ones too, as a 7B
     model's are)."""
-    shipped = json.loads((REPO / "steermoe" / "deepspeed" / f"{'stage2_simple' if stage == 'stage2' else stage}.json")
+    shipped = json.loads((REPO / "steermoe" / "declare" / "deepspeed" / f"{'stage2_simple' if stage == 'stage2' else stage}.json")
                          .read_text())
     if stage == "stage3":
         shipped["zero_optimization"]["stage3_param_persistence_threshold"] = 0
@@ -93,8 +93,8 @@ def deepspeed_fp32_masters(checkpoint: Path) -> dict[str, torch.Tensor]:
 @pytest.mark.parametrize("stage, encoder, method", [
     pytest.param(*cell, marks=() if cell in QUICK else pytest.mark.slow, id="-".join(cell)) for cell in CELLS])
 def test_two_process_deepspeed_bf16_trains_resumes_and_evaluates(folders, tmp_path, stage, encoder, method):
-    from steermoe.evaluate import evaluate
-    from steermoe.runconfig import load_run_config
+    from steermoe.declare.runconfig import load_run_config
+    from steermoe.run.evaluate import evaluate
 
     train_config, ds_json = config(folders, tmp_path, encoder, method), deepspeed_json(stage, tmp_path)
     out = tmp_path / "out"
@@ -131,9 +131,9 @@ def test_two_process_deepspeed_bf16_trains_resumes_and_evaluates(folders, tmp_pa
 @pytest.mark.parametrize("encoder", ENCODERS)
 @pytest.mark.parametrize("method", METHODS)
 def test_plain_bf16_autocast_trains_and_evaluates(folders, tmp_path, encoder, method):
-    from steermoe.evaluate import evaluate
-    from steermoe.runconfig import load_run_config
-    from steermoe.train import train
+    from steermoe.declare.runconfig import load_run_config
+    from steermoe.run.evaluate import evaluate
+    from steermoe.run.train import train
 
     summary = train(load_run_config(config(folders, tmp_path, encoder, method, training={"max_steps": 2})),
                     log=lambda *_: None)

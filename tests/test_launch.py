@@ -7,7 +7,8 @@ import sys
 import time
 from pathlib import Path
 
-from steermoe.launch import claim_gpus, launch_command, master_port
+from steermoe.declare.experiments import master_port
+from steermoe.run.launch import claim_gpus, launch_command
 
 STEERMOE = str(Path(sys.executable).parent / "steermoe")
 # the job: report its pid and visible GPUs, then hold them until its release file appears
@@ -78,7 +79,7 @@ def test_jobs_inside_one_slurm_allocation_share_its_gpus_and_other_allocations_a
 
 
 def test_each_process_of_a_job_gets_its_share_of_the_jobs_threads(tmp_path):
-    from steermoe.launch import threads_per_process
+    from steermoe.run.launch import threads_per_process
 
     assert [threads_per_process(16, gpus) for gpus in (0, 1, 2, 4, 32)] == [16, 16, 8, 4, 1]
     job = "import os; print(os.environ['OMP_NUM_THREADS'])"

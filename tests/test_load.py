@@ -26,8 +26,8 @@ def thousand_rows() -> list[str]:
 
 @pytest.mark.slow
 def test_a_thousand_row_matrix_validates_renders_and_dry_runs(tmp_path):
-    from steermoe.matrix import load_matrix
-    from steermoe.runconfig import load_run_config
+    from steermoe.declare.matrix import load_matrix
+    from steermoe.declare.runconfig import load_run_config
 
     root = copy_workflow(tmp_path / "wf")
     matrix = write_matrix(root, *thousand_rows(),
@@ -72,9 +72,9 @@ EVALUATIONS = [dict(batch_size=b, num_beams=beams, max_new_tokens=tokens, metric
 
 @pytest.mark.slow
 def test_eight_concurrent_evaluations_write_what_each_writes_alone(tmp_path):
-    from steermoe.evaluate import evaluate
-    from steermoe.runconfig import load_run_config
-    from steermoe.train import train
+    from steermoe.declare.runconfig import load_run_config
+    from steermoe.run.evaluate import evaluate
+    from steermoe.run.train import train
 
     encoder, decoder = save_tiny_models(tmp_path / "models")
     tiny = {"encoder": encoder, "decoder": decoder, "corpus": tone_corpus(tmp_path / "tones")}

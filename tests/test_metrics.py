@@ -381,7 +381,7 @@ def test_paired_rejects_mismatched_inputs():
 def test_the_seed_subset_is_exactly_what_the_datasets_library_selects(rows):
     from datasets import Dataset
 
-    from steermoe.protocols import seed_subset
+    from steermoe.declare.protocols import seed_subset
 
     expected = Dataset.from_dict({"row": list(range(rows))}).train_test_split(test_size=0.05, seed=42)["test"]["row"]
     assert seed_subset(rows) == list(expected)

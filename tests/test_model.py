@@ -2,10 +2,10 @@
 import pytest
 import torch
 
-from steermoe.config import SteerMoEConfig
+from steermoe.declare.model_config import SteerMoEConfig
 from steermoe.errors import ConfigError
-from steermoe.model import IGNORE_INDEX
-from steermoe.steering import pool
+from steermoe.model.modeling import IGNORE_INDEX
+from steermoe.model.steering import pool
 from tests.tiny import features, tiny_model
 
 METHODS = ["layer_wise", "linear", "post_encoder", "lora"]

@@ -5,9 +5,9 @@ import sys
 
 import pytest
 
-from steermoe.config import SteerMoEConfig
-from steermoe.encoders import ModelFolderError
-from steermoe.params import count_parameters, formula_counts, meta_model
+from steermoe.declare.model_config import SteerMoEConfig
+from steermoe.model.encoders import ModelFolderError
+from steermoe.model.params import count_parameters, formula_counts, meta_model
 
 
 def write_shapes(tmp_path, layers, width, llm_width):

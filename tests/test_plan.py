@@ -9,7 +9,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from steermoe.data.synthetic import SYNTH_CORPORA
-from steermoe.plan import dataset_stats, format_plan, plan, plan_experiment, training_flops, training_steps
+from steermoe.report.plan import dataset_stats, format_plan, plan, plan_experiment, training_flops, training_steps
 
 TINY = dict(frames=10, pooled_frames=5, decoder_tokens=12, layers=2, layers_before_pool=1, width=4, p_front=100,
             p_layers=1000, p_steering=50, p_lora=0, p_projection=20, p_decoder=2000, p_head=500, head_tokens=3,
@@ -150,7 +150,7 @@ def test_known_full_size_trainable_count():
 
 
 def test_gpu_memory_per_gpu_by_hand_for_a_7b_zero2_job():
-    from steermoe.memory import GIB
+    from steermoe.report.memory import GIB
 
     (row,) = plan([full_size_experiment(use_deepspeed=True)])
     parts = {k: v * GIB for k, v in row["gpu_memory_parts"].items()}

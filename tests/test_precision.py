@@ -6,8 +6,8 @@ import torch
 
 from steermoe.errors import ConfigError
 
-from steermoe import precision
-from steermoe.precision import Capabilities, decide
+from steermoe.run import precision
+from steermoe.run.precision import Capabilities, decide
 
 AVX2 = Capabilities("cpu", "AMD EPYC 7B13", "x86_64", ("avx2",))
 AVX512_BF16 = Capabilities("cpu", "Intel Xeon (Cooper Lake)", "x86_64", ("avx2", "avx512f", "avx512_bf16"))
@@ -166,7 +166,7 @@ parquet_dirs: [/d/train]
     ("", ", fp16: true", ("fp32", "float32")),  # fp16 on a CPU without fast bf16
 ])
 def test_a_configs_explicit_precision_wins_over_the_policy(tmp_path, monkeypatch, decoder, training, chosen):
-    from steermoe.runconfig import parse_run_config
+    from steermoe.declare.runconfig import parse_run_config
 
     monkeypatch.setattr(precision, "detect", lambda: AVX2)
     monkeypatch.setattr(precision, "measured_bf16_cost", lambda: EMULATED)
@@ -178,7 +178,7 @@ def test_a_configs_explicit_precision_wins_over_the_policy(tmp_path, monkeypatch
 
 
 def test_bf16_accepts_true_false_or_auto_and_nothing_else(tmp_path):
-    from steermoe.runconfig import parse_run_config
+    from steermoe.declare.runconfig import parse_run_config
 
     with pytest.raises(ConfigError, match=r"training.bf16: 'yes' is not one of True, False, auto"):
         parse_run_config((MINIMAL % ("", ", bf16: 'yes'")).encode(), tmp_path / "layer_wise_w_q_d_train.yaml")

@@ -11,8 +11,8 @@ import pytest
 import torch
 import yaml
 
+from steermoe.declare.runconfig import load_run_config
 from steermoe.errors import ConfigError, DataError
-from steermoe.runconfig import load_run_config
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -61,7 +61,7 @@ def test_a_reference_rows_metrics_are_those_of_the_frozen_models_own_generate_on
     from steermoe import metrics
     from steermoe.data.audio import decode
     from steermoe.data.layout import read_split
-    from steermoe.evaluate import evaluate
+    from steermoe.run.evaluate import evaluate
 
     folder = embedded_models[model]
     rows = read_split(corpus, "test").to_pylist()
@@ -91,7 +91,7 @@ def test_a_reference_rows_metrics_are_those_of_the_frozen_models_own_generate_on
 
 def test_train_and_check_refuse_a_reference_training_config_and_check_loads_no_weights(embedded_models, corpus,
                                                                                       tiny, tmp_path, monkeypatch):
-    from steermoe import train as training
+    from steermoe.run import train as training
 
     broken = tmp_path / "whisper-broken"  # whisper-tiny.en's files, its weights unreadable: nothing may load them
     shutil.copytree(embedded_models["whisper-tiny.en"], broken)
@@ -152,8 +152,8 @@ def test_a_reference_row_with_a_conformer_encoder_is_refused_naming_the_file(tmp
 
 
 def test_a_reference_row_builds_no_steermoe_model_and_loads_no_checkpoint(tmp_path, tiny):
-    from steermoe.config import SteerMoEConfig
-    from steermoe.evaluate import evaluate
+    from steermoe.declare.model_config import SteerMoEConfig
+    from steermoe.run.evaluate import evaluate
 
     with pytest.raises(ConfigError, match="method: reference builds no SteerMoE model"):
         SteerMoEConfig(method="reference")
@@ -163,7 +163,7 @@ def test_a_reference_row_builds_no_steermoe_model_and_loads_no_checkpoint(tmp_pa
 
 
 def test_a_multilingual_reference_model_is_told_each_rows_language():
-    from steermoe.reference import language_plan
+    from steermoe.model.reference import language_plan
 
     assert language_plan(False, ["zh", None], "test") == (False, "en (an English-only model: no language token)")
     assert language_plan(True, ["zh", "en", "zh"], "test") == (True, "en, zh")
@@ -182,7 +182,7 @@ def test_a_reference_row_decodes_an_utterance_longer_than_30_s_in_windows(embedd
 
     from steermoe.data.audio import decode, encode_flac
     from steermoe.data.layout import read_split
-    from steermoe.evaluate import evaluate
+    from steermoe.run.evaluate import evaluate
 
     folder = embedded_models["whisper-tiny.en"]
     first, second = read_split(corpus, "test").to_pylist()[:2]

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from steermoe.tables import TIMING_COLUMNS
+from steermoe.report.tables import TIMING_COLUMNS
 from tests.test_workflow import LAYER_WISE, LINEAR, OOD, UNSEEN, copy_workflow, snakemake, write_matrix
 
 SYNTH_EN_GROUP = ("layer_wise\twhisper-tiny.en\tsmollm2\tsynth-en\t\t\t\tsynth-en\tfalse",

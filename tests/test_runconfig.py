@@ -3,8 +3,8 @@ from pathlib import Path
 
 import pytest
 
+from steermoe.declare.runconfig import load_run_config, parse_name
 from steermoe.errors import ConfigError
-from steermoe.runconfig import load_run_config, parse_name
 
 SEED_EXAMPLE = Path(__file__).parent / "data" / "layer_wise_whisper_qwen7b_libri_train.yaml"
 MINIMAL = """\
@@ -126,7 +126,7 @@ def test_a_shipped_deepspeed_json_is_named_without_its_path(tmp_path, value, shi
     text = MINIMAL.replace("training: {output_dir: /r/out}",
                            f"training: {{output_dir: /r/out, use_deepspeed: true, deepspeed_config: {value}}}")
     path = Path(load_run_config(write(tmp_path, text)).training.deepspeed_config)
-    assert path == Path(__file__).parent.parent / "steermoe" / "deepspeed" / shipped and path.is_file()
+    assert path == Path(__file__).parent.parent / "steermoe" / "declare" / "deepspeed" / shipped and path.is_file()
     zero = json.loads(path.read_text())["zero_optimization"]
     # the default keeps a few million trainable parameters' optimiser on the GPU; the offload variant, in host memory
     assert ("offload_optimizer" in zero) == (shipped != "stage2_simple.json")

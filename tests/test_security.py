@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from steermoe.declare.matrix import load_matrix
 from steermoe.errors import ConfigError
-from steermoe.matrix import load_matrix
 from tests.test_bad_inputs import TRACEBACK, user_error
 from tests.test_workflow import calls, copy_workflow, snakemake, write_matrix
 
@@ -100,8 +100,8 @@ def test_yaml_object_tags_in_the_catalog_or_workflow_config_are_refused(tmp_path
 
 
 def test_no_unsafe_yaml_loader_in_the_code():
-    """Every YAML read goes through steermoe.checks.YamlLoader (a safe loader) or yaml.safe_load."""
-    from steermoe.checks import YamlLoader
+    """Every YAML read goes through steermoe.declare.checks.YamlLoader (a safe loader) or yaml.safe_load."""
+    from steermoe.declare.checks import YamlLoader
 
     assert issubclass(YamlLoader, (yaml.SafeLoader, yaml.CSafeLoader))
     sources = [*REPO.glob("steermoe/**/*.py"), *REPO.glob("workflow/**/*.smk"), REPO / "Snakefile",
@@ -143,7 +143,7 @@ def test_path_cells_must_be_relative_and_plain(tmp_path, value):
     write_matrix(root, f"{ROW}\tsteermoe/deepspeed/stage3.json", header="method\tencoder\tdecoder\tdataset\t"
                                                                        "deepspeed_config\n")
     assert load_matrix(root / "experiments/matrix.tsv", root / "experiments/catalog.yaml")[0].settings[
-        "deepspeed_config"] == "steermoe/deepspeed/stage3.json"
+        "deepspeed_config"] == "steermoe/declare/deepspeed/stage3.json"
 
 
 def test_unsafe_cell_stops_snakemake_naming_row_and_column(tmp_path):
@@ -185,7 +185,7 @@ def test_free_text_cells_and_catalog_paths_never_reach_a_shell_unquoted(tmp_path
     argv = json.loads((root / "data" / "synth-en" / "manifest.json").read_text())["argv"]  # what the stub got
     assert argv[argv.index("--root") + 1] == f"/data/x; touch {marker}"
     assert not marker.exists()
-    from steermoe.runconfig import load_run_config
+    from steermoe.declare.runconfig import load_run_config
 
     assert load_run_config(root / exp.train_config).top.textual_prompt == prompt
 

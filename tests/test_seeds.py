@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from steermoe.seeds import bootstrap_values, paired, summarise
+from steermoe.report.seeds import bootstrap_values, paired, summarise
 
 
 def records(errors: list[int], units=(2, 2)) -> list[dict]:

@@ -9,7 +9,7 @@ import torch
 from steermoe.data.audio import decode
 from steermoe.data.layout import read_split
 from steermoe.data.speech_en import CORPUS, DEFAULT_SIZES, build_speech_en, normalise, plan
-from steermoe.features import AudioFeatures
+from steermoe.model.features import AudioFeatures
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from steermoe.status import experiment_line, read_progress, status
+from steermoe.report.status import experiment_line, read_progress, status
 from tests.test_aggregate import BASE, BASE_ERRORS, BETTER, FAILED, NOT_RUN, experiment, write_evaluated, write_log
 
 REPO = Path(__file__).resolve().parent.parent

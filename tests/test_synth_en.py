@@ -11,7 +11,7 @@ from steermoe.data.audio import decode
 from steermoe.data.layout import DataError, read_split
 from steermoe.data.synth_en import (DEFAULT_SIZES, TEST_ONLY_VOICE, TEST_ONLY_VOICES, TRAIN_VOICES, build_synth_en,
                                     plan, sentence, vocabulary)
-from steermoe.features import AudioFeatures
+from steermoe.model.features import AudioFeatures
 
 SIZES = {"train": 30, "dev": 6, "test": 28, "test-unseen": 6}
 

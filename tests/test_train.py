@@ -13,8 +13,8 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
+from steermoe.declare.runconfig import load_run_config
 from steermoe.errors import ConfigError, DataError, TrainingError
-from steermoe.runconfig import load_run_config
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -42,10 +42,10 @@ def write_config(folder: Path, tiny: dict, name="layer_wise_whisper_qwen_tones_t
 
 def make_trainer(run):
     """The Trainer exactly as `train` builds it, without training."""
-    from steermoe.data.batching import Collator
-    from steermoe.features import AudioFeatures
-    from steermoe.loading import filter_rows, load_model, load_rows
-    from steermoe.train import SteerMoETrainer, training_arguments
+    from steermoe.model.features import AudioFeatures
+    from steermoe.run.batching import Collator
+    from steermoe.run.loading import filter_rows, load_model, load_rows
+    from steermoe.run.train import SteerMoETrainer, training_arguments
 
     model = load_model(run, "float32")
     rows = filter_rows(load_rows(run, run.top.parquet_dirs, "parquet_dirs"), model, run, "train")
@@ -78,7 +78,7 @@ def test_three_learning_rates_reach_the_optimiser_and_the_scheduler_scales_each(
 
 
 def test_steering_clipping_changes_the_step_exactly_when_the_norm_exceeds_the_limit():
-    from steermoe.train import clip_group_hook
+    from steermoe.run.train import clip_group_hook
 
     def step(limit, grad_scale):
         vec = torch.nn.Parameter(torch.zeros(3))
@@ -102,13 +102,13 @@ def test_steering_clipping_changes_the_step_exactly_when_the_norm_exceeds_the_li
 @pytest.mark.parametrize("switch", [{"clip_steering_gradients": True},
                                     {"steering": {"num_experts": 4, "use_gradient_clipping": True}}])
 def test_steering_clip_runs_in_training_before_the_step(tiny, tmp_path, switch):
-    from steermoe.train import train
+    from steermoe.run.train import train
 
     run = load_run_config(write_config(tmp_path, tiny, training={"max_steps": 2, "gradient_clipping": 0.0},
                                        steering={"num_experts": 4, "steering_gradient_clip": 1e-6, **switch.get(
                                            "steering", {})}, **{k: v for k, v in switch.items() if k != "steering"}))
     before = None
-    from steermoe.train import SteerMoETrainer
+    from steermoe.run.train import SteerMoETrainer
 
     seen = []
     original = SteerMoETrainer.create_optimizer
@@ -134,8 +134,8 @@ def test_steering_clip_runs_in_training_before_the_step(tiny, tmp_path, switch):
 
 # ---- checkpoints -----------------------------------------------------------------------------------------------
 def test_checkpoints_hold_only_trainable_parameters_and_rotate(tiny, tmp_path):
-    from steermoe.checkpoint import COMPLETE
-    from steermoe.train import train
+    from steermoe.run.checkpoint import COMPLETE
+    from steermoe.run.train import train
 
     run = load_run_config(write_config(tmp_path, tiny, save_total_limit=1, save_steps=2))
     summary = train(run, log=lambda *_: None)
@@ -189,8 +189,8 @@ def test_resume_after_sigkill_gives_the_weights_of_an_uninterrupted_run(tiny, tm
 
 
 def test_incomplete_corrupt_and_foreign_checkpoints_are_never_resumed(tiny, tmp_path):
-    from steermoe.checkpoint import resume_point
-    from steermoe.train import train
+    from steermoe.run.checkpoint import resume_point
+    from steermoe.run.train import train
 
     run = load_run_config(write_config(tmp_path, tiny, training={"max_steps": 4}, save_steps=2))
     train(run, log=lambda *_: None)
@@ -210,7 +210,7 @@ def test_incomplete_corrupt_and_foreign_checkpoints_are_never_resumed(tiny, tmp_
 
 # ---- keys that take effect -------------------------------------------------------------------------------------
 def test_model_keys_reach_the_model(tiny, tmp_path):
-    from steermoe.loading import load_model
+    from steermoe.run.loading import load_model
 
     run = load_run_config(write_config(
         tmp_path, tiny, steering={"num_experts": 3, "steering_scale": 0.25, "use_layer_scales": False},
@@ -228,7 +228,7 @@ def test_model_keys_reach_the_model(tiny, tmp_path):
 
 
 def test_encoder_dims_are_checked(tiny, tmp_path):
-    from steermoe.loading import load_model
+    from steermoe.run.loading import load_model
 
     run = load_run_config(write_config(tmp_path, tiny, whisper_encoder={"model_path": tiny["encoder"],
                                                                          "feature_dim": 1280, "num_layers": 2}))
@@ -237,7 +237,7 @@ def test_encoder_dims_are_checked(tiny, tmp_path):
 
 
 def test_length_filters_and_columns(tiny, tmp_path):
-    from steermoe.loading import filter_rows, load_model, load_rows
+    from steermoe.run.loading import filter_rows, load_model, load_rows
 
     run = load_run_config(write_config(tmp_path, tiny, max_text_length=9, max_audio_length=0.5))
     model = load_model(run, "float32")
@@ -270,7 +270,7 @@ def test_length_filters_and_columns(tiny, tmp_path):
 
 
 def test_logging_eval_steps_steering_analysis_and_early_stopping(tiny, tmp_path):
-    from steermoe.train import train
+    from steermoe.run.train import train
 
     run = load_run_config(write_config(
         tmp_path, tiny, training={"max_steps": 40, "learning_rate": 0.0, "steering_learning_rate": 0.0,
@@ -292,7 +292,7 @@ def test_logging_eval_steps_steering_analysis_and_early_stopping(tiny, tmp_path)
 
 
 def test_dev_holdout_without_eval_parquet_dirs(tiny, tmp_path):
-    from steermoe.loading import dev_holdout, load_rows
+    from steermoe.run.loading import dev_holdout, load_rows
 
     run = load_run_config(write_config(tmp_path, tiny))
     rows = load_rows(run, run.top.parquet_dirs, "parquet_dirs")
@@ -304,7 +304,7 @@ def test_dev_holdout_without_eval_parquet_dirs(tiny, tmp_path):
 
 def test_nan_loss_stops_with_a_clear_message(tiny, tmp_path):
     """A steering scale so large that the first forward pass overflows (a NaN scale is refused by the config)."""
-    from steermoe.train import train
+    from steermoe.run.train import train
 
     run = load_run_config(write_config(tmp_path, tiny, steering={"num_experts": 4, "steering_scale": 1e38}))
     with pytest.raises(TrainingError, match="loss became nan at step 1.*checkpoint .* is kept"):
@@ -312,7 +312,7 @@ def test_nan_loss_stops_with_a_clear_message(tiny, tmp_path):
 
 
 def test_train_refuses_an_evaluation_config(tiny, tmp_path):
-    from steermoe.train import train
+    from steermoe.run.train import train
 
     with pytest.raises(ConfigError, match="is an evaluation config"):
         train(load_run_config(write_config(tmp_path, tiny, name="layer_wise_whisper_qwen_tones_test")))
@@ -320,8 +320,8 @@ def test_train_refuses_an_evaluation_config(tiny, tmp_path):
 
 # ---- evaluation ------------------------------------------------------------------------------------------------
 def test_evaluate_decodes_the_whole_split_deterministically(tiny, tmp_path):
-    from steermoe.evaluate import evaluate
-    from steermoe.train import train
+    from steermoe.run.evaluate import evaluate
+    from steermoe.run.train import train
 
     train(load_run_config(write_config(tmp_path, tiny, training={"max_steps": 2})), log=lambda *_: None)
     test = load_run_config(write_config(tmp_path, tiny, name="layer_wise_whisper_qwen_tones_test",
@@ -352,10 +352,10 @@ def test_evaluate_decodes_the_whole_split_deterministically(tiny, tmp_path):
 
 
 def test_the_seed_protocol_samples_the_datasets_subset_once_per_seed(tiny, tmp_path):
-    from steermoe.evaluate import evaluate
-    from steermoe.protocols import SEED_SAMPLING, seed_subset
-    from steermoe.loading import load_rows
-    from steermoe.train import train
+    from steermoe.declare.protocols import SEED_SAMPLING, seed_subset
+    from steermoe.run.evaluate import evaluate
+    from steermoe.run.loading import load_rows
+    from steermoe.run.train import train
 
     train(load_run_config(write_config(tmp_path, tiny, training={"max_steps": 1})), log=lambda *_: None)
     config = write_config(tmp_path, tiny, name="layer_wise_whisper_qwen_tones_test",
@@ -378,9 +378,9 @@ def test_the_seed_protocol_samples_the_datasets_subset_once_per_seed(tiny, tmp_p
 
 def test_evaluation_puts_the_model_and_every_batch_on_the_chosen_device(tiny, tmp_path, monkeypatch):
     """The meta device stands in for a GPU: what is not moved there stays on the CPU and is seen."""
-    from steermoe.evaluate import evaluate
-    from steermoe.model import SteerMoEModel
-    from steermoe.train import train
+    from steermoe.model.modeling import SteerMoEModel
+    from steermoe.run.evaluate import evaluate
+    from steermoe.run.train import train
 
     # linear: the steering report would read the (dataless) meta weights
     train(load_run_config(write_config(tmp_path, tiny, name="linear_whisper_qwen_tones_train",
@@ -401,16 +401,16 @@ def test_evaluation_puts_the_model_and_every_batch_on_the_chosen_device(tiny, tm
 
 
 def test_evaluation_loads_the_run_without_importing_the_trainer():
-    """An evaluation job starts without the Trainer stack: evaluate shares steermoe.loading with train, not train."""
-    code = ("import sys, steermoe.evaluate; "
-            "print(sorted(m for m in ('steermoe.train', 'transformers.trainer') if m in sys.modules))")
+    """An evaluation job starts without the Trainer stack: evaluate shares steermoe.run.loading with train, not train."""
+    code = ("import sys, steermoe.run.evaluate; "
+            "print(sorted(m for m in ('steermoe.run.train', 'transformers.trainer') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
 
 
 def test_evaluate_refuses_a_checkpoint_of_another_method(tiny, tmp_path):
-    from steermoe.evaluate import evaluate
-    from steermoe.train import train
+    from steermoe.run.evaluate import evaluate
+    from steermoe.run.train import train
 
     train(load_run_config(write_config(tmp_path, tiny, training={"max_steps": 1})), log=lambda *_: None)
     linear = load_run_config(write_config(tmp_path, tiny, name="linear_whisper_qwen_tones_test"))
@@ -421,7 +421,7 @@ def test_evaluate_refuses_a_checkpoint_of_another_method(tiny, tmp_path):
 
 
 def test_batch_size_epochs_prompt_clipping_cache_and_workers_take_effect(tiny, tmp_path):
-    from steermoe.train import train
+    from steermoe.run.train import train
 
     run = load_run_config(write_config(
         tmp_path, tiny, training={"max_steps": -1, "epochs": 2, "batch_size": 8, "gradient_clipping": 0.5},
@@ -470,7 +470,7 @@ def test_deepspeed_zero_on_cpu_trains_to_the_same_loss_as_plain_training(tiny, t
     states = list((tmp_path / "ds" / "out" / "checkpoint-8").rglob("*model_states.pt"))
     assert states and all(p.stat().st_size < 200_000 for p in states)
     # pickles only in DeepSpeed's own files (global_step*/); our scheduler and RNG state in JSON and safetensors
-    from steermoe.checkpoint import unsafe_files
+    from steermoe.run.checkpoint import unsafe_files
 
     out = tmp_path / "ds" / "out"
     names = [str(p.relative_to(out / "checkpoint-4")) for p in (out / "checkpoint-4").rglob("*") if p.is_file()]

@@ -17,12 +17,12 @@ from pathlib import Path
 import pytest
 import yaml
 
+from steermoe.declare.catalog import load_catalog
+from steermoe.declare.matrix import auto_variant, load_matrix
+from steermoe.declare.render import environment, render, render_all
+from steermoe.declare.runconfig import load_run_config, parse_run_config
+from steermoe.declare.settings import SETTINGS
 from steermoe.errors import ConfigError
-from steermoe.catalog import load_catalog
-from steermoe.matrix import auto_variant, load_matrix
-from steermoe.render import environment, render, render_all
-from steermoe.runconfig import load_run_config, parse_run_config
-from steermoe.settings import SETTINGS
 
 REPO = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(sys.executable).parent
@@ -188,7 +188,7 @@ def test_snakefile_never_imports_torch(tmp_path):
                           capture_output=True, text=True, env={**os.environ, "PATH": f"{VENV_BIN}:{os.environ['PATH']}"})
     assert proc.returncode == 0, proc.stderr[-2000:]
     imported = {line.split("|")[-1].strip() for line in proc.stderr.splitlines() if line.startswith("import time:")}
-    assert "steermoe.matrix" in imported and "steermoe.render" in imported
+    assert "steermoe.declare.matrix" in imported and "steermoe.declare.render" in imported
     assert not {m for m in imported if m.split(".")[0] in ("torch", "transformers", "deepspeed")}
 
 
@@ -316,7 +316,7 @@ def _other_value(key):
 
 
 def test_every_setting_of_the_table_reaches_the_rendered_configs_with_its_value():
-    """The table in steermoe.settings is the only declaration of a setting: set to a value other than its default,
+    """The table in steermoe.declare.settings is the only declaration of a setting: set to a value other than its default,
     each one arrives in the config the engine reads (the evaluation-only ones in the test config only)."""
     base = load_matrix(REPO / "experiments/matrix.tsv", REPO / "experiments/catalog.yaml")[0]
     for name, key in SETTINGS.items():
@@ -827,11 +827,11 @@ def test_tiny_matrix_end_to_end(tmp_path):
 def test_a_repeated_parse_validates_only_the_configs_that_changed(tmp_path, monkeypatch):
     """The workflow remembers which rendered configs passed the validator (by text, file name and the validator's
     source): the next run parses only new or changed texts, and the memo holds today's configs only."""
-    import steermoe.runconfig
+    import steermoe.declare.runconfig
 
     parsed = []
-    real = steermoe.runconfig.parse_run_config
-    monkeypatch.setattr(steermoe.runconfig, "parse_run_config",
+    real = steermoe.declare.runconfig.parse_run_config
+    monkeypatch.setattr(steermoe.declare.runconfig, "parse_run_config",
                         lambda text, path: parsed.append(path) or real(text, path))
     experiments = load_matrix(REPO / "experiments/matrix.tsv", REPO / "experiments/catalog.yaml")
     memo = tmp_path / ".snakemake" / "steermoe-validated-configs"

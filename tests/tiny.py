@@ -8,9 +8,9 @@ from tokenizers import Tokenizer, models, pre_tokenizers, decoders
 from transformers import (LlamaConfig, LlamaForCausalLM, ParakeetEncoderConfig, PreTrainedTokenizerFast,
                           Qwen2Config, Qwen2ForCausalLM, WhisperConfig)
 
-from steermoe.config import SteerMoEConfig
-from steermoe.encoders import encoder_from_config
-from steermoe.model import SteerMoEModel
+from steermoe.declare.model_config import SteerMoEConfig
+from steermoe.model.encoders import encoder_from_config
+from steermoe.model.modeling import SteerMoEModel
 
 CHAT_TEMPLATE = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
                  "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
@@ -41,7 +41,7 @@ def parakeet_config(layers=2, d=32) -> ParakeetEncoderConfig:
 
 
 def fireredasr_config(layers=2, d=32):
-    from steermoe.fireredasr import FireRedConfig
+    from steermoe.model.fireredasr import FireRedConfig
 
     return FireRedConfig(idim=80, n_layers_enc=layers, n_head=4, d_model=d, kernel_size=5)
 

@@ -28,7 +28,7 @@ def main(argv):
         from steermoe.cli import main as real
 
         return real(argv)
-    from steermoe.runconfig import load_run_config
+    from steermoe.declare.runconfig import load_run_config
 
     command = " ".join(argv[:2]) if argv[0] in ("data", "models") else argv[0]
     if command == "train":

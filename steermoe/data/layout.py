@@ -23,8 +23,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from steermoe.data.audio import SAMPLE_RATE, AudioError, decode, encode_flac
-from steermoe.fsutil import replace_dir
 from steermoe.errors import DataError
+from steermoe.fsutil import replace_dir
 
 FORMAT_VERSION = 1
 SCHEMA = pa.schema([

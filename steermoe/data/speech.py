@@ -187,7 +187,7 @@ def voice_audio(voice: str, text: str) -> np.ndarray:
     """float32 mono at SAMPLE_RATE of `voice` reading `text`."""
     kind, *params = voice.split(":")
     if kind == "piper":
-        from steermoe.tts import piper_speak
+        from steermoe.data.tts import piper_speak
 
         audio = piper_speak(text, length_scale=float(params[0]))
         return _sox_pitch(audio, int(params[1])) if len(params) > 1 else audio

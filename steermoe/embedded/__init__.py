@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from steermoe.fsutil import replace_dir, sha256_file as sha256
 from steermoe.errors import EmbeddedModelError
+from steermoe.fsutil import replace_dir, sha256_file as sha256
 
 MANIFEST = "steermoe_import.json"
 FORMAT_VERSION = 2  # 2: English-only Whisper folders say so (generation_config.is_multilingual false)

@@ -1,5 +1,5 @@
 """Load and validate the experiments (config, catalog, matrix) and render every experiment's configs, once, at
-parse time. Nothing here imports torch or transformers: steermoe.matrix and steermoe.render are torch-free, so a
+parse time. Nothing here imports torch or transformers: steermoe.declare.matrix and steermoe.declare.render are torch-free, so a
 dry run stays fast. Every error names the file, the row and the column, and stops the workflow before any job."""
 import inspect
 import re
@@ -9,11 +9,11 @@ from pathlib import Path, PurePosixPath
 from snakemake.common import overwrite_function_params
 from snakemake.exceptions import WorkflowError
 
-from steermoe.catalog import data_command, data_folder, separate_test_sets
+from steermoe.declare.catalog import data_command, data_folder, separate_test_sets
+from steermoe.declare.experiments import check_workflow_config, embedded_models_used
+from steermoe.declare.matrix import load_matrix
+from steermoe.declare.render import render_all, sha256, store_configs
 from steermoe.errors import ConfigError
-from steermoe.experiments import check_workflow_config, embedded_models_used
-from steermoe.matrix import load_matrix
-from steermoe.render import render_all, sha256, store_configs
 
 
 try:

@@ -1,0 +1,66 @@
+"""The model's configuration: one small object, the single place where model options live.
+
+YAML loading (the seed schema) maps onto this object; the model reads nothing else.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields
+
+from steermoe.declare.checks import check_value
+from steermoe.declare.settings import MODEL_OPTIONS, REFERENCE, TRAINED_METHODS
+from steermoe.errors import ConfigError
+
+
+def _default(option: str):
+    return MODEL_OPTIONS[option].default
+
+
+@dataclass
+class SteerMoEConfig:
+    """The model's options; their types, defaults and bounds are those of steermoe.declare.settings' table."""
+    method: str = "layer_wise"
+    # steering (layer_wise / post_encoder)
+    num_experts: int = _default("num_experts")
+    steering_scale: float = _default("steering_scale")
+    use_layer_scales: bool = _default("use_layer_scales")
+    # pooling: kernel 1 disables it; position = number of encoder layers run before pooling (None: after the last)
+    pooling_type: str = _default("pooling_type")
+    pooling_kernel_size: int = _default("pooling_kernel_size")
+    pooling_position: int | None = _default("pooling_position")
+    # projection into the LLM
+    use_adapter: bool = _default("use_adapter")
+    max_prompt_tokens: int = _default("max_prompt_tokens")
+    # encoder input: pad to Whisper's 30 s window (original behaviour) or run on the batch's real length
+    encoder_window: str = _default("encoder_window")
+    # decoder prompt
+    prompt_format: str = _default("prompt_format")
+    textual_prompt: str = _default("textual_prompt")
+    # lora ablation
+    lora_r: int = _default("lora_r")
+    lora_alpha: int = _default("lora_alpha")
+    lora_dropout: float = _default("lora_dropout")
+    lora_target_modules: list[str] = field(default_factory=list)  # empty: the encoder's attention + FFN projections
+
+    def __post_init__(self):
+        if self.method is None:
+            raise ConfigError(f"method: required; one of {', '.join(TRAINED_METHODS)}")
+        if self.method == REFERENCE:  # the settings table allows it: a config may name it, a model may not
+            raise ConfigError(f"method: {REFERENCE} builds no SteerMoE model (it decodes the encoder's own model, "
+                              f"untrained); one of {', '.join(TRAINED_METHODS)}")
+        for option, key in MODEL_OPTIONS.items():
+            setattr(self, option, check_value(option, key, getattr(self, option)))
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def to_json_string(self) -> str:  # what transformers' logging integrations expect of a model config
+        return json.dumps(self.to_dict(), indent=2)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "SteerMoEConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ConfigError(f"unknown model option(s): {', '.join(unknown)}; valid: {', '.join(sorted(known))}")
+        return cls(**values)

@@ -1,0 +1,62 @@
+"""GPU memory per GPU of a training job, estimated before anything runs (`steermoe plan`), beside the GPU's size.
+
+Torch-free arithmetic on the plan's shapes and sizes (steermoe/report/plan.py: the means of a batch's utterances; the
+longest batch of a run needs more). Bytes per GPU:
+
+    weights      frozen and trainable parameters in their dtype: under DeepSpeed every module's in the engine's
+                 (2 bytes in bf16/fp16); else the encoder in fp32 (4) and the LLM in the precision policy's dtype;
+                 ZeRO-3 slices them over the job's GPUs (with parameter offload they wait in host memory)
+    optimiser    fp32 master, gradient and AdamW's two moments of the trainable parameters (16 bytes each), sliced
+                 over the GPUs under ZeRO; none on the GPU with optimiser offload
+    activations  what the backward pass keeps, per layer and position (Korthikanti et al., 2022, without the
+                 attention scores, which SDPA does not keep): 34 H bytes in 16 bits (68 H in fp32) per decoder
+                 layer and token, since gradients flow back through the whole frozen LLM to the audio prompt; the
+                 same per encoder layer and frame where they flow into the encoder (layer_wise, lora); with gradient
+                 checkpointing each layer keeps only its input (2 H bytes) and one layer is recomputed at a time
+    logits       the LM head's output on the scored positions and its gradient, in fp32
+    overhead     1.5 GiB: the CUDA context and the allocator's reserve
+"""
+from __future__ import annotations
+
+import math
+
+GIB = 2 ** 30
+OVERHEAD_BYTES = 1.5 * GIB
+ACTIVATION_BYTES_PER_WIDTH = 34  # per layer, position and hidden unit, 16-bit activations
+H100_MEMORY_GIB = 80.0
+
+
+def training_memory(*, method: str, encoder_parameters: int, decoder_parameters: int, trainable: int,
+                    encoder_width: int, encoder_layers: int, frames: int, decoder_hidden: int, decoder_layers: int,
+                    decoder_tokens: float, head_tokens: float, vocab_size: int, batch: int, devices: int,
+                    half_precision: bool, weights_bytes: int, zero_stage: int, offload_optimizer: bool,
+                    offload_parameters: bool, gradient_checkpointing: bool) -> dict[str, float]:
+    """Bytes per GPU by part, and their total. weights_bytes: the frozen LLM's bytes per parameter without
+    DeepSpeed; zero_stage: 0 without DeepSpeed."""
+    deepspeed = zero_stage > 0
+    if deepspeed:
+        weights = 2 * (encoder_parameters + decoder_parameters) if half_precision else \
+            4 * (encoder_parameters + decoder_parameters)
+        if zero_stage >= 3:
+            weights = 0 if offload_parameters else weights / devices
+    else:
+        weights = 4 * encoder_parameters + weights_bytes * decoder_parameters
+    optimiser = 0 if offload_optimizer else 16 * trainable / (devices if deepspeed else 1)
+    per_unit = ACTIVATION_BYTES_PER_WIDTH * (1 if half_precision else 2)
+
+    def kept(layers: int, positions: float, width: int) -> float:
+        if gradient_checkpointing:  # layer inputs, and one layer recomputed with its activations
+            return (layers * 2 + per_unit) * positions * width * batch
+        return layers * per_unit * positions * width * batch
+
+    backward_layers = {"layer_wise": encoder_layers - 1, "lora": encoder_layers}.get(method, 0)
+    activations = kept(decoder_layers, decoder_tokens, decoder_hidden) + \
+        (kept(backward_layers, frames, encoder_width) if backward_layers else 0)
+    logits = 2 * 4 * batch * head_tokens * vocab_size
+    parts = {"weights": weights, "optimiser": optimiser, "activations": activations, "logits": logits,
+             "overhead": OVERHEAD_BYTES}
+    return {**parts, "total": sum(parts.values())}
+
+
+def gib(value: float) -> float:
+    return math.ceil(value / GIB * 10) / 10

@@ -1,0 +1,518 @@
+"""Training: the Hugging Face Trainer driving a SteerMoE model from a run config.
+
+What the original code got wrong and this file gets right: three optimiser groups whose learning rates reach the
+optimiser; steering-only gradient clipping applied right before the step (after the global clip); checkpoints of
+the trainable parameters only, marked complete only once fully written, resumed automatically (steermoe/run/checkpoint.py);
+NaN losses stop the run with the last good checkpoint kept. The model and rows come from steermoe/run/loading.py.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader
+from transformers import EarlyStoppingCallback, PrinterCallback, Trainer, TrainerCallback, TrainingArguments
+
+from steermoe.model.analysis import GateStats, scalars, steering_parameters
+from steermoe.run import precision, tracking
+from steermoe.run.checkpoint import (RESUMES, SCALER, SCHEDULER, complete_checkpoints, finished_training, load_optimizer,
+                                 gathered, load_rng, load_trainable, mark_complete, remove_old_checkpoints, resume_point,
+                                 rng_stem, save_finished, save_optimizer, save_rng, save_trainable, training_is_over,
+                                 whole_trainable_state)
+from steermoe.declare.runconfig import DEEPSPEED_DIR, RunConfig
+from steermoe.declare.settings import REFERENCE
+from steermoe.errors import ConfigError, TrainingError
+from steermoe.fsutil import storage_errors, write_json
+from steermoe.model.encoders import weights_dtype
+from steermoe.model.features import AudioFeatures
+from steermoe.run.batching import Collator, LengthGroupedBatches
+from steermoe.run.loading import check_inputs, dev_holdout, filter_rows, load_model, load_rows
+
+
+# ---- launch ----------------------------------------------------------------------------------------------
+def distributed_env(run: RunConfig) -> None:
+    """DeepSpeed wants a process group even for one process; the port is derived from the experiment so that
+    concurrent runs on one machine never collide. Must run before deepspeed is imported."""
+    from steermoe.declare.experiments import master_port
+
+    defaults = {"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0", "LOCAL_WORLD_SIZE": "1",
+                "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(master_port(run.name))}
+    for key, value in defaults.items():
+        os.environ.setdefault(key, value)
+    if not torch.cuda.is_available():
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
+        import deepspeed.ops
+
+        # its shared-memory all-reduce is for several CPU processes and would be compiled first (~30 s): use gloo
+        deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
+
+
+def read_deepspeed_config(run: RunConfig) -> dict:
+    """The DeepSpeed JSON of a run; a missing or unparsable file is a ConfigError naming the line."""
+    path = run.resolve(run.training.deepspeed_config)
+    where = f"{run.path}: training.deepspeed_config {path}"
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except OSError as err:
+        raise ConfigError(f"{where}: cannot read it ({err.strerror}); the shipped ones are in {DEEPSPEED_DIR}") from None
+    except json.JSONDecodeError as err:
+        raise ConfigError(f"{where} is not valid JSON: {err.msg} at line {err.lineno}, column {err.colno}") from None
+
+
+# what the Trainer calls a value the DeepSpeed JSON may contradict -> the config key that sets it
+DEEPSPEED_KEYS = {"per_device_train_batch_size": "training.batch_size", "learning_rate": "training.learning_rate",
+                  "gradient_accumulation_steps": "training.gradient_accumulation_steps",
+                  "max_grad_norm": "training.gradient_clipping", "weight_decay": "training.weight_decay",
+                  "train_batch_size": "training.batch_size x gradient_accumulation_steps x processes",
+                  "fp16|fp16_full_eval": "training.fp16 (on this device)",
+                  "bf16|bf16_full_eval": "training.bf16 (on this device)"}
+
+
+def check_deepspeed_agrees(run: RunConfig, args: TrainingArguments) -> None:
+    """A value the DeepSpeed JSON sets explicitly (not "auto") must equal the config's; the Trainer would only say
+    so after loading everything, with a traceback."""
+    found = [re.match(r"- ds (\S+)=(.*) vs hf (\S+)=(.*)$", m) for m in args.hf_deepspeed_config.mismatches]
+    if found:
+        what = "; ".join(f"{m[1]} is {m[2]} but {DEEPSPEED_KEYS.get(m[3], m[3])} is {m[4]}" for m in found if m)
+        raise ConfigError(f"{run.path}: the DeepSpeed config {run.training.deepspeed_config} contradicts this config: "
+                          f"{what}; set those DeepSpeed values to \"auto\" (filled in from this config) or make them "
+                          f"equal")
+
+
+# ---- the Trainer ---------------------------------------------------------------------------------------------
+def clip_group_hook(group_name: str, max_norm: float, norms: list, partitioned: bool = False):
+    """An optimiser step pre-hook that clips one parameter group's gradient norm to max_norm.
+
+    It runs after the Trainer's global clip and right before the update. Under DeepSpeed ZeRO the group holds this
+    process's slice of the flat fp32 partition, whose .grad is the unscaled gradient: `partitioned` sums the squared
+    norms of every process's slice (an all-reduce every process joins), so that each clips by the group's norm, as
+    one process would. `norms` receives the pre-clip norm of every step (for logging and tests).
+    """
+    def hook(optimizer, args, kwargs):
+        for group in optimizer.param_groups:
+            if group.get("name") != group_name:
+                continue
+            grads = [p.grad for p in group["params"] if p.grad is not None]
+            if not grads and not partitioned:
+                continue
+            device = group["params"][0].device  # an all-reduce over NCCL needs the GPU's tensor on every process
+            squares = sum((g.detach().float().pow(2).sum() for g in grads), torch.zeros((), device=device))
+            if partitioned:
+                torch.distributed.all_reduce(squares)
+            norm = float(squares.sqrt())
+            scale = max_norm / (norm + 1e-6)  # as torch.nn.utils.clip_grad_norm_ computes it
+            if scale < 1:
+                for g in grads:
+                    g.mul_(scale)
+            norms.append(norm)
+    return hook
+
+
+class SteerMoETrainer(Trainer):
+    def __init__(self, *args, run: RunConfig, log=print, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.run, self.print = run, log
+        self.steering_grad_norms: list[float] = []
+
+    # three groups, each with its learning rate; the scheduler scales each group's own rate
+    def create_optimizer(self, model=None):
+        if self.optimizer is None:
+            t, groups = self.run.training, self.model.parameter_groups()
+            spec = [("steering", groups["steering_vectors"] + groups["layer_scales"], t.steering_learning_rate),
+                    ("router", groups["router"], t.router_learning_rate),
+                    ("projection", groups["projection"] + groups["lora"], t.learning_rate)]
+            self.optimizer = torch.optim.AdamW(
+                [{"params": params, "lr": lr, "name": name, "weight_decay": t.weight_decay}
+                 for name, params, lr in spec if params], lr=t.learning_rate)
+            if self.run.clip_steering and spec[0][1]:
+                partitioned = self.is_deepspeed_enabled and self.args.world_size > 1 and \
+                    self.args.hf_deepspeed_config.config.get("zero_optimization", {}).get("stage", 0) >= 1
+                self.optimizer.register_step_pre_hook(clip_group_hook(
+                    "steering", self.run.steering.steering_gradient_clip, self.steering_grad_norms, partitioned))
+        return self.optimizer
+
+    def get_train_dataloader(self) -> DataLoader:
+        sampler = LengthGroupedBatches(self.train_dataset.durations, self.args.per_device_train_batch_size,
+                                       seed=self.args.seed)
+        return self.accelerator.prepare(DataLoader(self.train_dataset, batch_sampler=sampler,
+                                                   collate_fn=self.data_collator,
+                                                   num_workers=self.args.dataloader_num_workers,
+                                                   worker_init_fn=ignore_stop_signals))
+
+    def get_eval_dataloader(self, eval_dataset=None) -> DataLoader:
+        dataset = eval_dataset if eval_dataset is not None else self.eval_dataset
+        order = sorted(range(len(dataset)), key=dataset.durations.__getitem__)
+        size = self.args.per_device_eval_batch_size
+        batches = [order[i:i + size] for i in range(0, len(order), size)]
+        return self.accelerator.prepare(DataLoader(dataset, batch_sampler=batches, collate_fn=self.data_collator,
+                                                   num_workers=self.args.dataloader_num_workers,
+                                                   worker_init_fn=ignore_stop_signals))
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        top = self.run.top
+        analyse = (model.training and top.log_steering_analysis and self.model.steering is not None
+                   and self.state.global_step % top.steering_log_interval == 0)
+        out = model(inputs["features"], inputs["feature_lengths"], inputs["targets"], inputs["prompts"],
+                    return_gates=analyse, use_cache=self.run.decoder.use_cache)
+        loss = out["loss"]
+        if not torch.isfinite(loss):
+            kept = complete_checkpoints(Path(self.args.output_dir))
+            raise TrainingError(f"{self.run.path}: the training loss became {float(loss.detach())} at step "
+                                f"{self.state.global_step + 1}; stopped. The last complete checkpoint "
+                                f"({kept[0] if kept else 'none yet'}) is kept. Lower the learning rates or set "
+                                f"gradient_clipping (an edited config starts afresh; the old checkpoints are moved to "
+                                f"superseded/)")
+        if analyse:  # process 0 logs its own batch's gates; under ZeRO-3 every process gathers the steering
+            with gathered(self.model.steering.parameters()):
+                parameters = steering_parameters(self.model)
+            if self.args.should_save:
+                stats = GateStats()
+                stats.add(out["gates"])
+                analysis = {"step": self.state.global_step, **stats.result(), **parameters}
+                with open(Path(self.args.output_dir) / "steering_log.jsonl", "a") as handle:
+                    handle.write(json.dumps(analysis) + "\n")
+                self.log(scalars(analysis))
+        return (loss, out) if return_outputs else loss
+
+    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+        with torch.no_grad(), self.compute_loss_context_manager():
+            loss = self.compute_loss(model, inputs)
+        return loss.detach(), None, None
+
+    def train(self, *args, **kwargs):
+        if not self.is_deepspeed_enabled:
+            return super().train(*args, **kwargs)
+        import transformers.trainer as hf_trainer
+
+        # our DeepSpeed checkpoints hold the trainable parameters only, so they load non-strictly
+        original = hf_trainer.deepspeed_load_checkpoint
+        hf_trainer.deepspeed_load_checkpoint = lambda engine, path, load_module_strict=True: original(
+            engine, path, load_module_strict=False)
+        try:
+            return super().train(*args, **kwargs)
+        finally:
+            hf_trainer.deepspeed_load_checkpoint = original
+
+    # training state as safetensors + JSON (steermoe/run/checkpoint.py), where the Trainer would write pickles
+    def _save_optimizer_and_scheduler(self, output_dir: str) -> None:
+        from accelerate.utils import DeepSpeedSchedulerWrapper
+
+        if self.is_deepspeed_enabled:
+            # DeepSpeed's own checkpoint (pickled, see README); without every frozen weight, which it would include
+            self.model_wrapped.save_checkpoint(output_dir, exclude_frozen_parameters=True)
+        elif self.args.should_save:
+            save_optimizer(self.optimizer, self.model, Path(output_dir))
+        if self.args.should_save and not isinstance(self.lr_scheduler, DeepSpeedSchedulerWrapper):
+            write_json(Path(output_dir) / SCHEDULER, self.lr_scheduler.state_dict())
+
+    def _load_optimizer_and_scheduler(self, checkpoint: str | None) -> None:
+        from accelerate.utils import DeepSpeedSchedulerWrapper
+
+        if checkpoint is None:
+            return
+        if not self.is_deepspeed_enabled:  # DeepSpeed has restored its optimiser together with the model
+            load_optimizer(self.optimizer, self.model, Path(checkpoint))
+        if not isinstance(self.lr_scheduler, DeepSpeedSchedulerWrapper):
+            self.lr_scheduler.load_state_dict(json.loads((Path(checkpoint) / SCHEDULER).read_text()))
+
+    def _save_scaler(self, output_dir: str) -> None:
+        scaler = getattr(self.accelerator, "scaler", None)  # fp16 on a GPU without DeepSpeed only
+        if scaler is not None and self.args.should_save:
+            write_json(Path(output_dir) / SCALER, scaler.state_dict())
+
+    def _load_scaler(self, checkpoint: str | None) -> None:
+        scaler = getattr(self.accelerator, "scaler", None)
+        if scaler is not None and checkpoint is not None and (Path(checkpoint) / SCALER).is_file():
+            scaler.load_state_dict(json.loads((Path(checkpoint) / SCALER).read_text()))
+
+    def _save_rng_state(self, output_dir: str) -> None:
+        save_rng(Path(output_dir), rng_stem(self.args.process_index, self.args.world_size))
+
+    def _load_rng_state(self, checkpoint: str | None) -> None:
+        if checkpoint is not None and not load_rng(Path(checkpoint),
+                                                   rng_stem(self.args.process_index, self.args.world_size)):
+            self.print(f"{checkpoint} has no RNG state for process {self.args.process_index} (saved with another "
+                       f"number of processes?): random draws will differ from an uninterrupted run")
+
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        """Checkpoints hold the trainable parameters only, in safetensors; under ZeRO-3 the Trainer would gather
+        every frozen weight instead. Every process calls this; process 0 writes."""
+        state = whole_trainable_state(self.model)
+        if self.args.should_save:
+            save_trainable(state, Path(output_dir or self.args.output_dir), self.run)
+
+    def _issue_warnings_after_load(self, load_result) -> None:
+        trainable = set(self.model.trainable_state_dict())
+        missing = sorted(set(load_result.missing_keys) & trainable)
+        if missing or load_result.unexpected_keys:
+            raise TrainingError(f"checkpoint does not match the model: missing {missing[:3]}, unexpected "
+                                f"{load_result.unexpected_keys[:3]}")
+
+    def _save_checkpoint(self, model, trial) -> None:
+        folder = Path(self.args.output_dir) / f"checkpoint-{self.state.global_step}"
+        with storage_errors(folder, "checkpoint", RESUMES):
+            super()._save_checkpoint(model, trial)  # the Trainer's rotation is off: it could delete the last good one
+        self.accelerator.wait_for_everyone()  # every process has written its part (RNG state, DeepSpeed shards)
+        if not self.args.should_save:
+            return
+        mark_complete(folder, self.state.global_step, self.run.sha256)
+        if self.run.top.save_total_limit:
+            best = self.state.best_model_checkpoint
+            remove_old_checkpoints(Path(self.args.output_dir), self.run.top.save_total_limit,
+                                   keep=best and Path(best).name)
+
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+
+
+def ignore_stop_signals(worker_id: int) -> None:
+    """DataLoader workers leave SIGTERM / SIGUSR1 to the main process: a scheduler signals the whole process group,
+    and a worker dying of it would crash the run before StopOnSignal could save a checkpoint."""
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
+
+
+class StopOnSignal(TrainerCallback):
+    """SIGTERM / SIGUSR1 (what SLURM sends before a time limit): save a checkpoint at the end of the step, stop."""
+
+    def __init__(self):
+        self.received = None
+        for sig in STOP_SIGNALS:
+            signal.signal(sig, self._handle)
+
+    def _handle(self, signum, frame):
+        self.received = signal.Signals(signum).name
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.received:
+            control.should_save = True
+            control.should_training_stop = True
+
+
+class Progress(TrainerCallback):
+    """One plain line per logging step, with the time since this run started and the ETA: readable in Snakemake
+    and SLURM logs, unlike a progress bar (steermoe status reads these lines)."""
+
+    def __init__(self, log):
+        self.log, self.start, self.first_step = log, time.time(), None
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.start, self.first_step = time.time(), state.global_step  # a resumed run counts from its checkpoint
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        shown = {k: v for k, v in (logs or {}).items() if not k.startswith("steering/")}
+        if set(shown) - {"epoch"}:  # not the steering analysis's own log call
+            values = "  ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in shown.items())
+            elapsed, done = time.time() - self.start, state.global_step - (self.first_step or 0)
+            eta = f"  ETA {elapsed / done * (state.max_steps - state.global_step):.0f}s" if done > 0 else ""
+            self.log(f"step {state.global_step}/{state.max_steps}  {values}  {elapsed:.0f}s{eta}")
+
+
+class TrackConfig(TrainerCallback):
+    """The rendered config joins the tracker's run (MLflow, W&B), which the Trainer's integration has just begun."""
+
+    def __init__(self, run: RunConfig):
+        self.run = run
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if state.is_world_process_zero:
+            tracking.log_config(self.run)
+
+
+@contextmanager
+def whole_modules(args: TrainingArguments):
+    """Load the model outside ZeRO-3's zero.Init, which from_pretrained would enter for the LLM alone (the
+    DeepSpeed config reached TrainingArguments first): DeepSpeed then casts every module to its dtype and slices
+    every parameter alike, where it would otherwise skip its cast and leave the encoder and the trainable parts
+    in fp32. The cost: each process holds the whole frozen LLM in host memory until DeepSpeed slices it."""
+    from transformers.integrations.deepspeed import set_hf_deepspeed_config, unset_hf_deepspeed_config
+
+    if getattr(args, "hf_deepspeed_config", None) is None:
+        yield
+        return
+    unset_hf_deepspeed_config()
+    try:
+        yield
+    finally:
+        set_hf_deepspeed_config(args.hf_deepspeed_config)
+
+
+def deepspeed_state_on_cpus() -> None:
+    """Accelerate's process state for DeepSpeed on CPUs, over gloo. Left to the Trainer, Accelerate names no
+    backend there and then counts every process as process 0 of 1: each would write the checkpoints, and DeepSpeed's
+    batch-size check fails."""
+    from accelerate import PartialState
+
+    os.environ["ACCELERATE_USE_DEEPSPEED"] = "true"  # how Accelerate is told; the Trainer sets it the same way
+    try:
+        PartialState(backend="gloo")
+    finally:
+        del os.environ["ACCELERATE_USE_DEEPSPEED"]
+
+
+def training_arguments(run: RunConfig, mixed: str, has_dev: bool) -> TrainingArguments:
+    """The Trainer's arguments; mixed: the autocast precision ('bf16', 'fp16' or 'fp32')."""
+    t, top = run.training, run.top
+    evaluate = has_dev and top.eval_steps is not None
+    cpu_deepspeed = t.use_deepspeed and not torch.cuda.is_available()
+    if cpu_deepspeed:
+        deepspeed_state_on_cpus()
+    return TrainingArguments(
+        output_dir=str(run.resolve(t.output_dir)), per_device_train_batch_size=t.batch_size,
+        per_device_eval_batch_size=run.evaluation.batch_size, num_train_epochs=t.epochs, max_steps=t.max_steps,
+        learning_rate=t.learning_rate, weight_decay=t.weight_decay, warmup_steps=t.warmup_steps,
+        lr_scheduler_type=t.lr_scheduler, max_grad_norm=t.gradient_clipping,
+        gradient_accumulation_steps=t.gradient_accumulation_steps,
+        fp16=mixed == "fp16", bf16=mixed == "bf16",
+        # every CPU run; under DeepSpeed it only lets the Trainer accept bf16 (DeepSpeed brings its own accelerator)
+        use_cpu=not torch.cuda.is_available(),
+        accelerator_config={"use_configured_state": cpu_deepspeed},
+        dataloader_pin_memory=torch.cuda.is_available(),
+        deepspeed=str(run.resolve(t.deepspeed_config)) if t.use_deepspeed else None,
+        logging_steps=top.logging_steps, save_strategy="steps", save_steps=top.save_steps, save_total_limit=None,
+        eval_strategy="steps" if evaluate else "no", eval_steps=top.eval_steps if evaluate else None,
+        load_best_model_at_end=bool(top.use_early_stopping), metric_for_best_model="loss", greater_is_better=False,
+        seed=top.seed, data_seed=top.seed, dataloader_num_workers=top.dataloader_num_workers,
+        remove_unused_columns=False, report_to=tracking.trainer_report_to(run), run_name=tracking.run_name(run),
+        disable_tqdm=True)
+
+
+def preflight(run: RunConfig, log=print) -> tuple[precision.Decision, TrainingArguments]:
+    """Everything training checks before any weights load (`steermoe check` runs it too): the config's mode and
+    consistency, the model folders and data files, and the DeepSpeed JSON against the config. Returns the precision
+    decision and the Trainer's arguments."""
+    t, top = run.training, run.top
+    if run.method == REFERENCE:
+        raise ConfigError(f"{run.path}: method {REFERENCE} trains nothing (it decodes the encoder's own model); "
+                          f"evaluate it with `steermoe evaluate` and its _test config")
+    if run.mode == "eval":
+        raise ConfigError(f"{run.path} is an evaluation config (its name ends in _test/_eval); train with the "
+                          f"_train config")
+    if top.use_early_stopping and top.save_steps % top.eval_steps:
+        raise ConfigError(f"{run.path}: use_early_stopping keeps the best checkpoint, so save_steps ({top.save_steps})"
+                          f" must be a multiple of eval_steps ({top.eval_steps})")
+    check_inputs(run, ("parquet_dirs", "eval_parquet_dirs"))
+    tracking.check_tracker(run)
+    if t.use_deepspeed:
+        read_deepspeed_config(run)
+        distributed_env(run)
+    decision = precision.for_run(run, log)
+    # dev data exists exactly when eval_steps is set (eval_parquet_dirs, or rows held out of training)
+    args = training_arguments(run, decision.precision, has_dev=top.eval_steps is not None)
+    if t.use_deepspeed:
+        check_deepspeed_agrees(run, args)
+    return decision, args
+
+
+def train(run: RunConfig, log=print) -> dict:
+    """Train one run to `training.output_dir/final`; resumes from the newest intact checkpoint."""
+    from torch.utils.tensorboard import SummaryWriter
+    from transformers import set_seed
+    from transformers.integrations import TensorBoardCallback
+
+    t, top = run.training, run.top
+    if int(os.environ.get("RANK", "0")) != 0:
+        log = quiet  # under a launcher, process 0 speaks for every process
+    decision, args = preflight(run, log)
+    output_dir = run.resolve(t.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    with args.main_process_first(desc="finished check"):  # process 0 restores final/, the others then read it
+        finished = finished_training(output_dir, run, log, tidy=args.should_save)
+    if finished is not None:
+        if torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+        return finished
+    set_seed(top.seed)
+    with whole_modules(args):
+        model = load_model(run, decision.weights)
+    train_rows = filter_rows(load_rows(run, top.parquet_dirs, "parquet_dirs"), model, run, "parquet_dirs", log)
+    dev_rows = None
+    if top.eval_steps is not None:
+        if top.eval_parquet_dirs:
+            dev_rows = load_rows(run, top.eval_parquet_dirs, "eval_parquet_dirs")
+        else:
+            train_rows, dev_rows = dev_holdout(train_rows)
+            log(f"eval_parquet_dirs not set: {len(dev_rows)} training rows held out as dev data")
+    features = AudioFeatures(model.encoder.kind, model.encoder.num_mel_bins, run.top.encoder_window)
+    collator = Collator(features, top.textual_prompt)
+
+
+    # TensorBoard writes on process 0 only; the callback ignores the other processes
+    writer = SummaryWriter(log_dir=str(run.resolve(t.logging_dir))) if args.should_save else None
+    tracking.prepare_trainer_run(run)
+    callbacks = [Progress(log), StopOnSignal(), TensorBoardCallback(writer), TrackConfig(run)]
+    if top.use_early_stopping:
+        callbacks.append(EarlyStoppingCallback(early_stopping_patience=top.early_stopping_patience))
+    trainer = SteerMoETrainer(model=model, args=args,
+                              train_dataset=train_rows, eval_dataset=dev_rows, data_collator=collator,
+                              callbacks=callbacks, run=run, log=log)
+    trainer.remove_callback(PrinterCallback)  # Progress prints one line per log instead
+    with args.main_process_first(desc="checkpoint check"):  # process 0 tidies the folder, the others then read it
+        resume = resume_point(output_dir, run, log)
+    counts = {k: sum(p.numel() for p in v) for k, v in model.parameter_groups().items()}
+    log(f"{run.name}: {len(train_rows)} training utterances, {sum(counts.values()):,} trainable parameters, "
+        f"{decision.precision} ({decision.reason}; LLM weights in {decision.weights})"
+        + (f", resuming from {resume}" if resume else ""))
+    start = time.time()
+    if resume and training_is_over(Path(resume), top.early_stopping_patience if top.use_early_stopping else None):
+        train_loss = end_without_steps(trainer, Path(resume), log)  # killed after its last checkpoint
+    else:
+        train_loss = trainer.train(resume_from_checkpoint=resume).training_loss
+    seconds = time.time() - start
+    signal_stop = callbacks[1].received
+    if signal_stop:
+        raise TrainingError(f"stopped by {signal_stop} at step {trainer.state.global_step}; a checkpoint was saved, "
+                            f"run the same command to resume")
+
+    summary = {"steps": trainer.state.global_step, "train_seconds_this_run": round(seconds, 1),
+               "train_loss": train_loss, **precision.record(decision, args.device),
+               "trainable_parameters": counts,
+               "compute_dtypes": compute_dtypes(model),
+               "train_utterances": len(train_rows), "processes": args.world_size, "resumed_from": resume,
+               **({"peak_gpu_memory_mb": round(torch.cuda.max_memory_allocated(args.device) / 2**20)}
+                  if args.device.type == "cuda" else {}),
+               "best_checkpoint": trainer.state.best_model_checkpoint,
+               "log_history": trainer.state.log_history}
+    state = whole_trainable_state(model)
+    if args.should_save:
+        final = save_finished(state, summary, output_dir, run)
+        log(f"{run.name}: {summary['steps']} steps in {seconds:.0f}s, final weights in {final}")
+    if torch.distributed.is_initialized():
+        trainer.accelerator.wait_for_everyone()  # no process exits (ending the launch) before final/ is written
+        torch.distributed.destroy_process_group()
+    return summary
+
+
+def compute_dtypes(model) -> dict[str, str]:
+    """The dtypes the model's parts computed in (DeepSpeed casts every module's weights to its own)."""
+    def name(dtype: torch.dtype) -> str:
+        return str(dtype).removeprefix("torch.")
+    trainable = sorted({name(p.dtype) for p in model.parameters() if p.requires_grad})
+    return {"encoder": name(weights_dtype(model.encoder)), "decoder": name(weights_dtype(model.decoder)),
+            "trainable": "/".join(trainable)}
+
+
+def end_without_steps(trainer: SteerMoETrainer, checkpoint: Path, log) -> float | None:
+    """End a run whose newest checkpoint was saved when training had ended, as the Trainer ends one, without the
+    step it would take past the end: the checkpoint's state and weights (the best checkpoint's with
+    load_best_model_at_end). Returns the training loss: the mean of the logged losses (the Trainer's running sum is
+    not saved)."""
+    from transformers import TrainerState
+
+    trainer.state = TrainerState.load_from_json(str(checkpoint / "trainer_state.json"))
+    best = trainer.state.best_model_checkpoint if trainer.args.load_best_model_at_end else None
+    load_trainable(trainer.model, Path(best or checkpoint))
+    log(f"{checkpoint} was saved at the end of training (step {trainer.state.global_step}): the final weights are "
+        f"{'those of the best checkpoint, ' + best if best else 'its own'}; no further step")
+    losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
+    return sum(losses) / len(losses) if losses else None
+
+
+def quiet(*_) -> None:
+    """The log of processes other than process 0."""
