@@ -8,9 +8,11 @@ import hashlib
 import io
 import json
 import shutil
+from dataclasses import replace
 
 import pytest
 
+from steermoe.declare.experiments import Experiment
 from steermoe.report import aggregate as agg
 from steermoe.report.aggregate import aggregate
 from steermoe.report.results import collect, log_error
@@ -38,11 +40,11 @@ def write_configs(exp_id, dataset="synth-en"):
     return train, test
 
 
-def experiment(exp_id, method, group="", baseline=False, metric="wer", dataset="synth-en", **overrides):
-    return {"id": exp_id, "method": method, "encoder": "whisper-tiny.en", "decoder": "smollm2", "dataset": dataset,
-            "overrides": overrides, "group": group, "baseline": baseline, "metric": metric,
-            "train_config": f"results/{exp_id}/{exp_id}_train.yaml",
-            "test_config": f"results/{exp_id}/{exp_id}_test.yaml"}
+def experiment(exp_id, method, group="", baseline=False, metric="wer", dataset="synth-en", **overrides) -> Experiment:
+    return Experiment(id=exp_id, method=method, encoder="whisper-tiny.en", decoder="smollm2", dataset=dataset,
+                      overrides=overrides, group=group, baseline=baseline, metric=metric,
+                      train_config=f"results/{exp_id}/{exp_id}_train.yaml",
+                      test_config=f"results/{exp_id}/{exp_id}_test.yaml")
 
 
 def write_trained(exp_id, seconds=100.0, steps=40):
@@ -216,7 +218,7 @@ def test_comparison_needs_the_same_references(workdir):
 def test_comparison_needs_the_same_test_set(workdir):
     """Grouping pairs test sets by name; the files decoded must agree too."""
     exps = [experiment(BASE, "linear", group="g", baseline=True),
-            {**experiment(BETTER, "layer_wise", group="g"), "parquet": {"test": ["data/synth-en/unseen-voice.parquet"]}}]
+            replace(experiment(BETTER, "layer_wise", group="g"), parquet={"test": ["data/synth-en/unseen-voice.parquet"]})]
     write_evaluated(BASE, BASE_ERRORS)
     write_evaluated(BETTER, BETTER_ERRORS)
     run(exps)
@@ -228,7 +230,7 @@ def test_comparison_needs_the_same_test_set(workdir):
 
 def test_a_group_is_compared_on_each_of_its_test_sets_with_the_baseline_scored_on_the_same_one(workdir):
     def on(exp, test_set):
-        return {**exp, "test_set": test_set, "parquet": {"test": [f"data/synth-en/{test_set}.parquet"]}}
+        return replace(exp, test_set=test_set, parquet={"test": [f"data/synth-en/{test_set}.parquet"]})
 
     unseen_base, unseen_better = f"{BASE}_on-test-unseen", f"{BETTER}_on-test-unseen"
     exps = [on(experiment(BASE, "linear", group="g", baseline=True), "test"),
@@ -279,8 +281,8 @@ def test_a_matrix_column_the_table_already_has_appears_once_with_the_results_val
 
 def test_an_evaluation_variant_reports_the_training_it_shares(workdir):
     sharer = f"{BASE}_protocolseed"
-    exps = [experiment(BASE, "linear"), {**experiment(sharer, "linear"), "trained_by": BASE,
-                                         "train_config": experiment(BASE, "linear")["train_config"]}]
+    exps = [experiment(BASE, "linear"), replace(experiment(sharer, "linear"), trained_by=BASE,
+                                                train_config=experiment(BASE, "linear").train_config)]
     write_evaluated(BASE, BASE_ERRORS)
     write_evaluated(sharer, BASE_ERRORS)
     shutil.rmtree(workdir / "results" / sharer / "train")  # it has no training of its own
@@ -488,12 +490,12 @@ datasets:
 
 
 def test_upstream_failures_explain_why_training_never_ran(workdir):
-    data_failed = {**experiment(BETTER, "layer_wise"), "data_dir": "data/synth-en"}
+    data_failed = replace(experiment(BETTER, "layer_wise"), data_dir="data/synth-en")
     render_failed = experiment(SAME, "layer_wise")  # the train job writes its config first, into the train log
     write_log("data", "synth-en", "building...\nsteermoe: error: espeak-ng is not installed\n")
     write_log(SAME, "train", "steermoe: error: results/x_train.yaml: rendered 0a1b..., but the workflow planned "
                              "2c3d...\n")
-    not_run = {**experiment(NOT_RUN, "layer_wise", dataset="synth-zh"), "data_dir": "data/synth-zh"}
+    not_run = replace(experiment(NOT_RUN, "layer_wise", dataset="synth-zh"), data_dir="data/synth-zh")
     run([data_failed, render_failed, not_run])
     rows = {r["experiment"]: r for r in read_table(workdir / "results/table.csv")}
     assert (rows[BETTER]["status"], rows[BETTER]["error"]) == ("failed at data preparation",
@@ -529,8 +531,8 @@ def test_replicate_sets_get_a_summary_row_and_are_compared_as_sets_paired_by_see
             seeded = [e + (i + seed) % 2 for i, e in enumerate(errors)]  # each seed errs a little differently
             write_evaluated(exp_id, seeded)
             runs[name].append([{"errors": e, "reference_units": u} for e, u in zip(seeded, UNITS)])
-            exps.append({**experiment(exp_id, name.split("_r")[0], group="g", baseline=baseline, seed=seed),
-                         "replicate_of": name})
+            exps.append(replace(experiment(exp_id, name.split("_r")[0], group="g", baseline=baseline, seed=seed),
+                                replicate_of=name))
     run(exps)
     rows = [r for r in read_table(workdir / "results/table.csv") if r["headline"] == "true"]
     assert [r["experiment"] for r in rows] == [f"linear_r_seed{s}" for s in range(3)] + ["linear_r"] + \
@@ -558,8 +560,8 @@ def test_a_replicate_set_with_a_missing_seed_says_so_and_is_not_compared(workdir
             exp_id = f"{name}_seed{seed}"
             if (name, seed) != ("layer_wise_r", 1):
                 write_evaluated(exp_id, BASE_ERRORS)
-            exps.append({**experiment(exp_id, name.split("_r")[0], group="g", baseline=baseline, seed=seed),
-                         "replicate_of": name})
+            exps.append(replace(experiment(exp_id, name.split("_r")[0], group="g", baseline=baseline, seed=seed),
+                                replicate_of=name))
     run(exps)
     summary = next(r for r in read_table(workdir / "results/table.csv") if r["experiment"] == "layer_wise_r")
     assert summary["status"] == "incomplete" and "1 of 2 seeds not ok: layer_wise_r_seed1" in summary["error"]

@@ -3,12 +3,14 @@ import json
 import math
 import subprocess
 import sys
+from dataclasses import replace
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
 from steermoe.data.synthetic import SYNTH_CORPORA
+from steermoe.declare.experiments import Experiment
 from steermoe.report.plan import dataset_stats, format_plan, plan, plan_experiment, training_flops, training_steps
 
 TINY = dict(frames=10, pooled_frames=5, decoder_tokens=12, layers=2, layers_before_pool=1, width=4, p_front=100,
@@ -69,14 +71,14 @@ def write_corpus(folder, durations, texts, prompts=None):
         "rows": len(texts), "hours": sum(durations) / 3600, "speakers": 1}}}))
 
 
-def tiny_experiment(method="layer_wise", **settings):
-    return {"id": f"{method}_enc_dec_tiny", "method": method, "encoder": "enc", "decoder": "dec", "dataset": "tiny",
-            "encoder_entry": {"name": "enc", "type": "whisper", "path": "enc"},
-            "decoder_entry": {"name": "dec", "path": "dec"},
-            "dataset_entry": {"name": "tiny", "prepare": {"corpus": "parquet"}}, "data_dir": "data/tiny",
-            "parquet": {"train": ["data/tiny/train.parquet"]}, "resources": {"gpus": 0},
-            "settings": {"num_experts": 4, "pooling_kernel_size": 2, "batch_size": 2, "epochs": 3.0, "max_steps": -1,
-                         "textual_prompt": "1234567", **settings}}
+def tiny_experiment(method="layer_wise", **settings) -> Experiment:
+    return Experiment(id=f"{method}_enc_dec_tiny", method=method, encoder="enc", decoder="dec", dataset="tiny",
+                      encoder_entry={"name": "enc", "type": "whisper", "path": "enc"},
+                      decoder_entry={"name": "dec", "path": "dec"},
+                      dataset_entry={"name": "tiny", "prepare": {"corpus": "parquet"}}, data_dir="data/tiny",
+                      parquet={"train": ["data/tiny/train.parquet"]}, resources={"gpus": 0},
+                      settings={"num_experts": 4, "pooling_kernel_size": 2, "batch_size": 2, "epochs": 3.0,
+                                "max_steps": -1, "textual_prompt": "1234567", **settings})
 
 
 def test_plan_of_a_tiny_configuration_by_hand(tmp_path):
@@ -122,16 +124,17 @@ def test_questions_count_as_prompt_tokens(tmp_path):
     assert row["prompt_tokens"] == 5.5 and row["target_tokens"] == 1
 
 
-def full_size_experiment(**settings) -> dict:
+def full_size_experiment(**settings) -> Experiment:
     """whisper-large-v3 + Qwen2.5-7B-Instruct, layer_wise with 8 experts, on LibriSpeech (typical lengths), 4 GPUs."""
-    return {"id": "layer_wise_whisper-large-v3_qwen7b_libri", "method": "layer_wise", "encoder": "whisper-large-v3",
-            "decoder": "qwen7b", "dataset": "libri",
-            "encoder_entry": {"name": "whisper-large-v3", "type": "whisper", "path": "/path/to/whisper-large-v3"},
-            "decoder_entry": {"name": "qwen7b", "path": "/path/to/Qwen2.5-7B-Instruct"},
-            "dataset_entry": {"name": "libri", "prepare": {"corpus": "librispeech"},
-                              "splits": {"train": ["train-clean-100"]}},
-            "data_dir": "/nonexistent/libri", "resources": {"gpus": 4},
-            "settings": {"num_experts": 8, "batch_size": 4, "epochs": 10.0, "pooling_kernel_size": 4, **settings}}
+    return Experiment(id="layer_wise_whisper-large-v3_qwen7b_libri", method="layer_wise", encoder="whisper-large-v3",
+                      decoder="qwen7b", dataset="libri",
+                      encoder_entry={"name": "whisper-large-v3", "type": "whisper", "path": "/path/to/whisper-large-v3"},
+                      decoder_entry={"name": "qwen7b", "path": "/path/to/Qwen2.5-7B-Instruct"},
+                      dataset_entry={"name": "libri", "prepare": {"corpus": "librispeech"},
+                                     "splits": {"train": ["train-clean-100"]}},
+                      data_dir="/nonexistent/libri", resources={"gpus": 4},
+                      settings={"num_experts": 8, "batch_size": 4, "epochs": 10.0, "pooling_kernel_size": 4,
+                                **settings})
 
 
 def test_known_full_size_trainable_count():
@@ -179,7 +182,7 @@ def test_a_job_that_cannot_fit_its_gpus_is_flagged_before_it_runs():
 
 def test_unknown_model_does_not_crash(tmp_path):
     exp = tiny_experiment()
-    exp["encoder_entry"] = {"name": "mystery", "type": "whisper", "path": "/nowhere/mystery"}
+    exp.encoder_entry = {"name": "mystery", "type": "whisper", "path": "/nowhere/mystery"}
     (row,) = plan([exp], root=tmp_path)
     assert row["trainable_parameters"] is None and row["flops"] is None
     assert row["encoder_shape"].startswith("unknown")
@@ -221,6 +224,6 @@ datasets:
 @pytest.mark.parametrize("corpus", SYNTH_CORPORA)
 def test_every_synthetic_corpus_is_planned_before_it_is_built(corpus, tmp_path):
     entry = {"synth": corpus, "sizes": {"train": 30}}
-    stats = dataset_stats({"dataset_entry": entry, "data_dir": "data/not-built"}, tmp_path)
+    stats = dataset_stats(replace(tiny_experiment(), dataset_entry=entry, data_dir="data/not-built"), tmp_path)
     assert stats.n_train == 30 and stats.source.startswith(f"{corpus} generator (not built yet)")
     assert len(stats.targets) == 30 and all(stats.targets)

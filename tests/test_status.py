@@ -3,6 +3,7 @@ import os
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -68,7 +69,7 @@ def test_each_experiment_gets_its_state_eta_losses_metric_and_log(workdir):
 
 
 def test_data_still_being_prepared_is_preparing_and_a_failed_preparation_is_failed(workdir):
-    waiting, broken = (experiment(e, "layer_wise", dataset=d) | {"data_dir": f"data/{d}"}
+    waiting, broken = (replace(experiment(e, "layer_wise", dataset=d), data_dir=f"data/{d}")
                        for e, d in ((BASE, "synth-en"), (BETTER, "synth-zh")))
     write_log("data", "synth-en", "synth-en speech:  13%|#         | 345/2700 [00:37<03:56,  9.95utt/s]\n")
     write_log("data", "synth-zh", "steermoe: error: espeak-ng has no voice cmn-latn-pinyin\n")
@@ -79,16 +80,16 @@ def test_data_still_being_prepared_is_preparing_and_a_failed_preparation_is_fail
 
 def test_a_reference_row_being_decoded_is_evaluating_not_preparing_or_failed(workdir):
     reference = experiment("reference_whisper-tiny.en_own_synth-en", "reference")
-    write_log(reference["id"], "evaluate", "decoded 160/200 utterances  123s\n")
+    write_log(reference.id, "evaluate", "decoded 160/200 utterances  123s\n")
     line = experiment_line(reference, Path("results"), Path("logs"))
-    assert (line["state"], line["log"]) == ("evaluating", f"logs/{reference['id']}/evaluate.log")
-    write_log(reference["id"], "evaluate", "steermoe: error: models/whisper-tiny.en is not there\n")
+    assert (line["state"], line["log"]) == ("evaluating", f"logs/{reference.id}/evaluate.log")
+    write_log(reference.id, "evaluate", "steermoe: error: models/whisper-tiny.en is not there\n")
     assert experiment_line(reference, Path("results"), Path("logs"))["state"] == "failed"
 
 
 def test_an_evaluation_variant_shows_the_training_it_shares(workdir):
     write_log(TRAINING, "train", LOG)
-    line = experiment_line({**experiment(f"{TRAINING}_protocolseed", "layer_wise"), "trained_by": TRAINING},
+    line = experiment_line(replace(experiment(f"{TRAINING}_protocolseed", "layer_wise"), trained_by=TRAINING),
                            Path("results"), Path("logs"))
     assert (line["state"], line["step"]) == ("training", 320)
 

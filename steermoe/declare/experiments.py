@@ -45,14 +45,14 @@ class Experiment:
     encoder: str  # catalog names
     decoder: str
     dataset: str
-    overrides: dict  # the row's override columns (typed), e.g. {"num_experts": 4}
-    group: str | None  # ablation group; None when the row has none
-    baseline: bool  # the group's baseline row
-    metric: str  # wer | cer | qa_accuracy
-    train_config: str  # results/{id}/{method}_{encoder}_{decoder}_{dataset}_train[_{variant}].yaml
-    test_config: str  # ... _test[_{variant}].yaml
-    row: int  # 1 = the first experiment row of the matrix (the header and comment lines do not count)
-    line: int  # the row's line in the file (the header is line 1 when nothing precedes it)
+    overrides: dict = field(default_factory=dict)  # the row's override columns (typed), e.g. {"num_experts": 4}
+    group: str | None = None  # ablation group; None when the row has none
+    baseline: bool = False  # the group's baseline row
+    metric: str = "wer"  # wer | cer | qa_accuracy
+    train_config: str = ""  # results/{id}/{method}_{encoder}_{decoder}_{dataset}_train[_{variant}].yaml
+    test_config: str = ""  # ... _test[_{variant}].yaml
+    row: int = 0  # 1 = the first experiment row of the matrix (the header and comment lines do not count)
+    line: int = 0  # the row's line in the file (the header is line 1 when nothing precedes it)
     variant: str | None = None
     recipe: str | None = None  # a named block of settings from the catalog's `recipes:`
     trained_by: str | None = None  # the experiment whose model this one evaluates (same training, other evaluation)

@@ -12,10 +12,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+from steermoe.declare.experiments import Experiment
 from steermoe.errors import DataError
 from steermoe.fsutil import write_atomic
 from steermoe.report.plots import plot_metrics, plot_steering_gates, plot_training_curves
-from steermoe.report.results import INVALID, collect, get_field
+from steermoe.report.results import INVALID, collect
 from steermoe.report.tables import (COMPARISON_COLUMNS, comparison_rows, override_columns, summary_text, table_columns,
                              table_rows, to_csv)
 
@@ -30,12 +31,12 @@ def git_commit(root: Path | None = None) -> str:
     return out.stdout.strip() if out.returncode == 0 else ""
 
 
-def aggregate(experiments: list, results_dir: Path, out_dir: Path, logs_dir: Path = Path("logs"),
+def aggregate(experiments: list[Experiment], results_dir: Path, out_dir: Path, logs_dir: Path = Path("logs"),
               root: Path | None = None, commit: str | None = None, seed: int = 0, resamples: int = 1000,
               plots: bool = True, columns: list[str] | None = None, log=print) -> dict:
     """Build table.csv, comparisons.csv and plots/*.png in out_dir. Everything is computed before anything is
     written, and every file is replaced atomically, table.csv last: a failure leaves the previous outputs."""
-    ids = [str(get_field(e, "id")) for e in experiments]
+    ids = [str(e.id) for e in experiments]
     duplicates = sorted({i for i in ids if ids.count(i) > 1})
     if duplicates:
         raise DataError(f"experiment ids must be unique; repeated: {', '.join(duplicates)}")

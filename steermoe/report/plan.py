@@ -54,9 +54,9 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
+from steermoe.declare.experiments import Experiment
 from steermoe.declare.settings import MODEL_OPTIONS, REFERENCE, SETTINGS
 from steermoe.report.memory import GIB, H100_MEMORY_GIB, gib, training_memory
-from steermoe.report.results import get_field
 
 H100_BF16_TFLOPS = 989.0
 DEFAULT_UTILIZATION = 0.4
@@ -87,13 +87,13 @@ TYPICAL_SPLITS = {
     ("librispeech-parquet", "train.other.500"): (148688, 496.7), ("aishell1", "train"): (120098, 150.0),
 }
 
-def setting(exp, name: str):
+def setting(exp: Experiment, name: str):
     """The experiment's merged setting, else its default (steermoe.declare.settings)."""
-    settings = get_field(exp, "settings") or {}
+    settings = exp.settings or {}
     if settings.get(name) is not None:
         return settings[name]
-    if name in (get_field(exp, "overrides") or {}):
-        return get_field(exp, "overrides")[name]
+    if name in (exp.overrides or {}):
+        return exp.overrides[name]
     return SETTINGS[name].default
 
 
@@ -225,10 +225,10 @@ def model_shape(encoder_source: str, decoder_source: str, config_json: str) -> S
                  vocab_size=dc.vocab_size)
 
 
-def model_config(exp) -> dict:
+def model_config(exp: Experiment) -> dict:
     """The experiment's SteerMoEConfig options (those that change shapes, parameter counts or compute among them)."""
     options = {option: setting(exp, key.setting) for option, key in MODEL_OPTIONS.items() if key.setting}
-    return {"method": get_field(exp, "method"), **options}
+    return {"method": exp.method, **options}
 
 
 # ---------------------------------------------------------------- datasets: lengths and sizes
@@ -280,15 +280,15 @@ def _sample(values: list, n: int = TEXT_SAMPLE) -> list:
     return [values[int(i * step)] for i in range(n)]
 
 
-def _prepared_stats(exp, root: Path) -> DataStats | None:
-    data_dir = get_field(exp, "data_dir")
+def _prepared_stats(exp: Experiment, root: Path) -> DataStats | None:
+    data_dir = exp.data_dir
     if not data_dir or not (root / data_dir / "manifest.json").is_file():
         return None
     import pyarrow.parquet as pq
 
     manifest_path = root / data_dir / "manifest.json"
     manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-    files = (get_field(exp, "parquet") or {}).get("train") or [f"{data_dir}/train.parquet"]
+    files = (exp.parquet or {}).get("train") or [f"{data_dir}/train.parquet"]
     splits = [Path(f).stem for f in files]
     missing = [s for s in splits if s not in manifest.get("splits", {})]
     if missing:
@@ -333,11 +333,11 @@ def _synth_stats(entry: dict, quick: bool) -> DataStats:
                      source=source)
 
 
-def dataset_stats(exp, root: Path, quick: bool = False) -> DataStats:
+def dataset_stats(exp: Experiment, root: Path, quick: bool = False) -> DataStats:
     prepared = _prepared_stats(exp, root)
     if prepared is not None:
         return prepared
-    entry = get_field(exp, "dataset_entry") or {}
+    entry = exp.dataset_entry or {}
     if entry.get("synth"):
         return _synth_stats(entry, quick)
     corpus = (entry.get("prepare") or {}).get("corpus")
@@ -359,7 +359,7 @@ def _mean(values: list[int]) -> float | None:
     return sum(values) / len(values) if values else None
 
 
-def gpu_memory(exp, shape: Shape, method: str, frames: int, decoder_tokens: float, head_tokens: float, batch: int,
+def gpu_memory(exp: Experiment, shape: Shape, method: str, frames: int, decoder_tokens: float, head_tokens: float, batch: int,
                devices: int) -> dict[str, float]:
     """The experiment's training memory per GPU by part (steermoe/report/memory.py), in the regime a GPU job runs: bf16
     unless the config says otherwise, its DeepSpeed JSON's ZeRO stage and offloads."""
@@ -386,18 +386,18 @@ def gpu_memory(exp, shape: Shape, method: str, frames: int, decoder_tokens: floa
         gradient_checkpointing=bool(setting(exp, "gradient_checkpointing")))
 
 
-def plan_experiment(exp, root: Path = Path("."), quick: bool = False, peak_tflops: float = H100_BF16_TFLOPS,
+def plan_experiment(exp: Experiment, root: Path = Path("."), quick: bool = False, peak_tflops: float = H100_BF16_TFLOPS,
                     utilization: float = DEFAULT_UTILIZATION, gpu_memory_gib: float = H100_MEMORY_GIB) -> dict:
-    method = get_field(exp, "method")
-    row = {"experiment": get_field(exp, "id"), "method": method, "encoder": get_field(exp, "encoder"),
-           "decoder": get_field(exp, "decoder"), "dataset": get_field(exp, "dataset"), "notes": []}
+    method = exp.method
+    row = {"experiment": exp.id, "method": method, "encoder": exp.encoder,
+           "decoder": exp.decoder, "dataset": exp.dataset, "notes": []}
     if method == REFERENCE:  # nothing trained: no training compute
         return {**row, **dict.fromkeys(CSV_COLUMNS[5:-1]), "trainable_parameters": 0, "gradient_accumulation_steps": 1,
-                "devices": 1, "steps": 0, "flops": 0, "gpu_hours": 0.0, "encoder_shape": get_field(exp, "encoder"),
+                "devices": 1, "steps": 0, "flops": 0, "gpu_hours": 0.0, "encoder_shape": exp.encoder,
                 "decoder_shape": "the encoder model's own", "data_source": "-", "token_counts": "-",
                 "notes": ["reference: decodes with the encoder model's own decoder, untrained"]}
-    enc_source, enc_label = _shape_source(get_field(exp, "encoder_entry") or {"name": get_field(exp, "encoder")}, root)
-    dec_source, dec_label = _shape_source(get_field(exp, "decoder_entry") or {"name": get_field(exp, "decoder")}, root)
+    enc_source, enc_label = _shape_source(exp.encoder_entry or {"name": exp.encoder}, root)
+    dec_source, dec_label = _shape_source(exp.decoder_entry or {"name": exp.decoder}, root)
     row.update(encoder_shape=enc_label, decoder_shape=dec_label)
     config = model_config(exp)
     shape = None
@@ -416,7 +416,7 @@ def plan_experiment(exp, root: Path = Path("."), quick: bool = False, peak_tflop
     stats = dataset_stats(exp, root, quick)
     row["data_source"] = stats.source
     batch, accumulation = setting(exp, "batch_size"), setting(exp, "gradient_accumulation_steps")
-    devices = max(1, int((get_field(exp, "resources") or {}).get("gpus") or 1))
+    devices = max(1, int((exp.resources or {}).get("gpus") or 1))
     steps = training_steps(stats.n_train, batch, accumulation, setting(exp, "epochs"), setting(exp, "max_steps"),
                            devices)
     row.update(train_utterances=stats.n_train, mean_seconds=stats.mean_seconds, batch_size=batch,
@@ -467,8 +467,8 @@ def plan_experiment(exp, root: Path = Path("."), quick: bool = False, peak_tflop
     per_step = parts["total"] * batch * accumulation * devices
     row.update(encoder_frames=frames, audio_tokens=audio, decoder_tokens=decoder_tokens,
                flops_per_utterance=parts, flops_per_step=per_step)
-    if get_field(exp, "trained_by"):  # an evaluation variant: another experiment's training is its model
-        row["notes"].append(f"evaluates the model of {get_field(exp, 'trained_by')}: no training of its own")
+    if exp.trained_by:  # an evaluation variant: another experiment's training is its model
+        row["notes"].append(f"evaluates the model of {exp.trained_by}: no training of its own")
         row["flops"], row["gpu_hours"] = 0, 0.0
         return row
     if steps is not None:
@@ -484,7 +484,7 @@ def plan_experiment(exp, root: Path = Path("."), quick: bool = False, peak_tflop
     return row
 
 
-def plan(experiments: list, *, root: Path | str = ".", quick: bool = False,
+def plan(experiments: list[Experiment], *, root: Path | str = ".", quick: bool = False,
          peak_tflops: float = H100_BF16_TFLOPS, utilization: float = DEFAULT_UTILIZATION,
          gpu_memory_gib: float = H100_MEMORY_GIB) -> list[dict]:
     """One plan row per experiment (matrix order)."""

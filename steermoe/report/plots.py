@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import math
 
+from steermoe.declare.experiments import Experiment
 from steermoe.figures import figure_bytes, pyplot
-from steermoe.report.results import OK, STALE, ExperimentResult, get_field
+from steermoe.report.results import OK, STALE, ExperimentResult
 from steermoe.report.tables import ci_bounds
 
 
@@ -20,7 +21,7 @@ def _empty(plt, message: str) -> bytes:
     return figure_bytes(fig)
 
 
-def plot_metrics(experiments: list, results: dict[str, ExperimentResult], summaries: dict | None = None) -> bytes:
+def plot_metrics(experiments: list[Experiment], results: dict[str, ExperimentResult], summaries: dict | None = None) -> bytes:
     """Headline metric per experiment with its 95 % CI, one panel per test set, colour by method. A replicate set is
     one line: each seed's value (small circles), the mean with its crossed-bootstrap CI (diamond), and the mean +- one
     standard deviation across seeds (thick bar); `summaries` are the table's summary rows by set name."""
@@ -28,10 +29,10 @@ def plot_metrics(experiments: list, results: dict[str, ExperimentResult], summar
     summaries = summaries or {}
     datasets: dict[str, dict[str, list]] = {}  # test set -> line label -> its experiments (a set's seeds, or one)
     for exp in experiments:
-        label = get_field(exp, "replicate_of") or str(get_field(exp, "id"))
-        panel = "/".join(str(part) for part in (get_field(exp, "dataset"), get_field(exp, "test_set")) if part)
+        label = exp.replicate_of or str(exp.id)
+        panel = "/".join(str(part) for part in (exp.dataset, exp.test_set) if part)
         datasets.setdefault(panel, {}).setdefault(label, []).append(exp)
-    methods = list(dict.fromkeys(str(get_field(e, "method")) for e in experiments))
+    methods = list(dict.fromkeys(str(e.method) for e in experiments))
     colours = {m: f"C{i % 10}" for i, m in enumerate(methods)}
     if not experiments:
         return _empty(plt, "no experiments in the matrix")
@@ -41,8 +42,8 @@ def plot_metrics(experiments: list, results: dict[str, ExperimentResult], summar
     for ax, (dataset, lines) in zip(axes[:, 0], datasets.items()):
         labels, metric_names = [], set()
         for y, (label, members) in enumerate(lines.items()):
-            colour = colours[str(get_field(members[0], "method"))]
-            done = [results[str(get_field(e, "id"))] for e in members]
+            colour = colours[str(members[0].method)]
+            done = [results[str(e.id)] for e in members]
             done = [r for r in done if r.status in (OK, STALE) and r.metrics.get("value") is not None]
             summary = summaries.get(label)
             labels.append(label + (f" ({len(members)} seeds)" if summary else ""))
@@ -59,7 +60,7 @@ def plot_metrics(experiments: list, results: dict[str, ExperimentResult], summar
                 xerr = [[value - low], [high - value]] if low is not None else None
                 ax.errorbar(value, y, xerr=xerr, fmt="o", color=colour, capsize=4)
             else:
-                status = summary["status"] if summary else results[str(get_field(members[0], "id"))].status
+                status = summary["status"] if summary else results[str(members[0].id)].status
                 ax.annotate(status, (0, y), xycoords=("axes fraction", "data"), xytext=(4, 0),
                             textcoords="offset points", va="center", fontsize=8, color="red")
                 continue
@@ -79,10 +80,10 @@ def plot_metrics(experiments: list, results: dict[str, ExperimentResult], summar
     return figure_bytes(fig)
 
 
-def plot_steering_gates(experiments: list, results: dict[str, ExperimentResult]) -> bytes:
+def plot_steering_gates(experiments: list[Experiment], results: dict[str, ExperimentResult]) -> bytes:
     """Per experiment with steering: mean gate per site and expert, and normalised entropy / layer scales."""
     plt = pyplot()
-    found = [(r.id, r.steering) for r in (results[str(get_field(e, "id"))] for e in experiments)
+    found = [(r.id, r.steering) for r in (results[str(e.id)] for e in experiments)
              if r.steering and r.steering.get("mean_gate")]
     if not found:
         return _empty(plt, "no experiment with steering has been evaluated")
@@ -110,12 +111,12 @@ def plot_steering_gates(experiments: list, results: dict[str, ExperimentResult])
     return figure_bytes(fig)
 
 
-def plot_training_curves(experiments: list, results: dict[str, ExperimentResult]) -> bytes:
+def plot_training_curves(experiments: list[Experiment], results: dict[str, ExperimentResult]) -> bytes:
     """Training loss and dev loss against the step, one line per trained experiment."""
     plt = pyplot()
     curves = []
     for exp in experiments:
-        r = results[str(get_field(exp, "id"))]
+        r = results[str(exp.id)]
         history = (r.summary or {}).get("log_history") or []
         train = [(h["step"], h["loss"]) for h in history if "loss" in h and "step" in h]
         dev = [(h["step"], h["eval_loss"]) for h in history if "eval_loss" in h and "step" in h]

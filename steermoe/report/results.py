@@ -25,7 +25,8 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from steermoe.declare.settings import METRICS, REFERENCE
+from steermoe.declare.experiments import Experiment
+from steermoe.declare.settings import METRICS
 from steermoe.errors import DataError
 from steermoe.fsutil import sha256_file
 
@@ -36,13 +37,6 @@ ERROR_PREFIX = "steermoe: error:"
 OK, STALE = "ok", "stale"
 FAILED_TRAIN, FAILED_EVAL, NOT_RUN, INVALID = "failed at train", "failed at evaluate", "not run", "invalid results"
 FAILED_IMPORT, FAILED_DATA = "failed at model import", "failed at data preparation"
-
-
-def get_field(exp, key: str, default=None):
-    """Experiments are matrix.Experiment objects or plain dicts (tests build them directly)."""
-    if isinstance(exp, dict):
-        return exp.get(key, default)
-    return getattr(exp, key, default)
 
 
 class MalformedFile(DataError):
@@ -123,12 +117,12 @@ def _file_sha(path) -> str:
     return sha256_file(Path(path)) if path and Path(path).is_file() else ""
 
 
-def _test_set(exp, test_config: Path | None) -> str:
+def _test_set(exp: Experiment, test_config: Path | None) -> str:
     """`{dataset}/{split}`: the prepared split(s) the experiment is scored on (`+` joins several), from the
     experiment, else from the rendered test config's parquet_dirs."""
-    files = (get_field(exp, "parquet") or {}).get("test")
+    files = (exp.parquet or {}).get("test")
     if files:  # matrix.Experiment: its test set's parquet files
-        return f"{get_field(exp, 'dataset')}/{'+'.join(Path(f).stem for f in files)}"
+        return f"{exp.dataset}/{'+'.join(Path(f).stem for f in files)}"
     if test_config is not None and test_config.is_file():
         try:
             import yaml
@@ -137,29 +131,23 @@ def _test_set(exp, test_config: Path | None) -> str:
             dirs = [dirs] if isinstance(dirs, str) else dirs
             names = [Path(str(d).rstrip("/")).stem for d in dirs]
             if names:
-                return f"{get_field(exp, 'dataset')}/{'+'.join(names)}"
+                return f"{exp.dataset}/{'+'.join(names)}"
         except Exception:  # a test config we cannot read is no reason to lose the row
             pass
-    return f"{get_field(exp, 'dataset')}/test"
+    return f"{exp.dataset}/test"
 
 
-def trains(exp) -> bool:
-    """False for a reference row: it evaluates the encoder's own model, untrained (Experiment.trains, for the
-    dict experiments of older tables too)."""
-    return get_field(exp, "method") != REFERENCE
-
-
-def collect(exp, results: Path, logs: Path, root: Path | None = None) -> ExperimentResult:
+def collect(exp: Experiment, results: Path, logs: Path, root: Path | None = None) -> ExperimentResult:
     """Everything known about one experiment; never raises for a missing or broken experiment."""
     root = Path(root) if root is not None else Path(".")
-    exp_id = str(get_field(exp, "id"))
+    exp_id = str(exp.id)
     folder = Path(results) / exp_id
-    trainer = str(get_field(exp, "trained_by") or exp_id)  # the experiment whose training this one evaluates
-    has_training = trains(exp)
+    trainer = str(exp.trained_by or exp_id)  # the experiment whose training this one evaluates
+    has_training = exp.trains
     train_log, eval_log = Path(logs) / trainer / "train.log", Path(logs) / exp_id / "evaluate.log"
 
     def rendered(key: str, suffix: str) -> Path | None:
-        value = get_field(exp, key)
+        value = getattr(exp, key)
         if value:
             return root / value
         found = sorted(folder.glob(f"*_{suffix}*.yaml")) if folder.is_dir() else []
@@ -207,7 +195,7 @@ def collect(exp, results: Path, logs: Path, root: Path | None = None) -> Experim
         trained_with = (meta or {}).get("config_sha256")
         if out.train_config_sha256 and trained_with and trained_with != out.train_config_sha256:
             stale.append(f"{train_config} changed since training")
-        wanted, got = get_field(exp, "metric"), out.metrics["metric"]
+        wanted, got = exp.metric, out.metrics["metric"]
         if wanted and got != wanted:
             stale.append(f"the matrix asks for {wanted} but {metrics_path} holds {got}")
         if stale:
@@ -234,19 +222,19 @@ def collect(exp, results: Path, logs: Path, root: Path | None = None) -> Experim
     return out
 
 
-def _upstream_failure(exp, logs: Path, root: Path) -> tuple[str, str, str] | None:
+def _upstream_failure(exp: Experiment, logs: Path, root: Path) -> tuple[str, str, str] | None:
     """Why training never started: a failed model import or data preparation (their logs exist and their outputs
     do not). None when nothing upstream failed (the experiment simply has not run yet)."""
     checks = []
-    for entry in (get_field(exp, "encoder_entry") or {}, get_field(exp, "decoder_entry") or {}):
+    for entry in (exp.encoder_entry or {}, exp.decoder_entry or {}):
         if entry.get("embedded") and entry.get("path"):
             checks.append((FAILED_IMPORT, root / entry["path"] / "config.json",
                            logs / "models" / f"{entry['embedded']}.log"))
-    if get_field(exp, "data_dir"):
-        checks.append((FAILED_DATA, root / get_field(exp, "data_dir") / "manifest.json",
-                       logs / "data" / f"{get_field(exp, 'dataset')}.log"))
-    test_data = get_field(exp, "test_data")
-    if test_data and Path(test_data).parent != Path(get_field(exp, "data_dir") or ""):  # a test set of its own
+    if exp.data_dir:
+        checks.append((FAILED_DATA, root / exp.data_dir / "manifest.json",
+                       logs / "data" / f"{exp.dataset}.log"))
+    test_data = exp.test_data
+    if test_data and Path(test_data).parent != Path(exp.data_dir or ""):  # a test set of its own
         checks.append((FAILED_DATA, root / test_data, logs / "data" / f"{Path(test_data).parent.name}.log"))
     for status, output, log in checks:
         if not output.exists():

@@ -13,7 +13,8 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from steermoe.report.results import ERROR_PREFIX, NOT_RUN, OK, STALE, collect, get_field, log_error, trains
+from steermoe.declare.experiments import Experiment
+from steermoe.report.results import ERROR_PREFIX, NOT_RUN, OK, STALE, collect, log_error
 
 STEP_LINE = re.compile(r"^step (\d+)/(\d+)  (.*)  (\d+)s(?:  ETA (\d+)s)?$")
 QUIET_SECONDS = 600  # a job log untouched this long, with no result and no error, is reported as stalled
@@ -71,11 +72,11 @@ def _job_state(log: Path, running: str, now: float) -> str:
     return running if quiet < QUIET_SECONDS else f"stalled {_duration(quiet)}"
 
 
-def experiment_line(exp, results: Path, logs: Path, now: float | None = None) -> dict:
+def experiment_line(exp: Experiment, results: Path, logs: Path, now: float | None = None) -> dict:
     """What one experiment is doing: state, step/total, elapsed and ETA of training, losses, metric, log."""
     now = time.time() if now is None else now
     result = collect(exp, results, logs)
-    trainer = str(get_field(exp, "trained_by") or result.id)
+    trainer = str(exp.trained_by or result.id)
     train_log, eval_log = logs / trainer / "train.log", logs / result.id / "evaluate.log"
     progress = read_progress(train_log)
     line = {"experiment": result.id, "state": "pending", "step": progress.step, "total": progress.total,
@@ -85,7 +86,7 @@ def experiment_line(exp, results: Path, logs: Path, now: float | None = None) ->
         metrics = result.metrics
         line.update(state="done" if result.status == OK else "stale", log=str(eval_log),
                     metric=f"{metrics['metric']} {metrics['value']:.4f}")
-    elif (result.summary is not None or not trains(exp)) and eval_log.is_file():
+    elif (result.summary is not None or not exp.trains) and eval_log.is_file():
         line.update(state=_job_state(eval_log, "evaluating", now), log=str(eval_log))  # a reference row trains nothing
     elif result.summary is not None:
         line.update(state="trained", log=str(eval_log))
@@ -117,7 +118,7 @@ def format_lines(lines: list[dict]) -> str:
     return "\n".join(rows)
 
 
-def status(experiments: list, results: Path, logs: Path) -> str:
+def status(experiments: list[Experiment], results: Path, logs: Path) -> str:
     return format_lines([experiment_line(exp, results, logs) for exp in experiments])
 
 

@@ -24,9 +24,10 @@ import io
 import math
 from pathlib import Path
 
+from steermoe.declare.experiments import Experiment
 from steermoe.declare.settings import REFERENCE
 from steermoe.errors import DataError
-from steermoe.report.results import OK, ExperimentResult, MalformedFile, get_field, read_predictions
+from steermoe.report.results import OK, ExperimentResult, MalformedFile, read_predictions
 
 NOTES = {
     "wer": "word error rate after Whisper English normalisation",
@@ -66,12 +67,12 @@ def table_columns(override_columns: list[str]) -> list[str]:
             "error", "log", "note"]
 
 
-def override_columns(experiments: list, declared: list[str] | None = None) -> list[str]:
+def override_columns(experiments: list[Experiment], declared: list[str] | None = None) -> list[str]:
     """The matrix's override columns (`declared`, e.g. its header's), then any other override key used, in order
     of first appearance; not those the table has already (test_set, protocol: there with the result's value)."""
     columns: dict[str, None] = dict.fromkeys(declared or [])
     for exp in experiments:
-        columns.update(dict.fromkeys(get_field(exp, "overrides") or {}))
+        columns.update(dict.fromkeys(exp.overrides or {}))
     own = set(table_columns([]))
     return [c for c in columns if c not in own]
 
@@ -115,13 +116,13 @@ def _metric_blocks(metrics: dict) -> list[tuple[str, dict]]:
     return out
 
 
-def _protocol(exp, result: ExperimentResult) -> str:
+def _protocol(exp: Experiment, result: ExperimentResult) -> str:
     """The evaluation protocol: as evaluated, else as configured."""
-    return (result.metrics or {}).get("protocol") or (get_field(exp, "settings") or {}).get("protocol") or "honest"
+    return (result.metrics or {}).get("protocol") or (exp.settings or {}).get("protocol") or "honest"
 
 
-def _reference_label(exp) -> str:
-    return "reference (the encoder model's own decoder, untrained): " if get_field(exp, "method") == REFERENCE else ""
+def _reference_label(exp: Experiment) -> str:
+    return "reference (the encoder model's own decoder, untrained): " if exp.method == REFERENCE else ""
 
 
 def _trainable(result: ExperimentResult):
@@ -133,12 +134,12 @@ def _trainable(result: ExperimentResult):
     return counts
 
 
-def replicate_sets(experiments: list) -> dict[str, list]:
+def replicate_sets(experiments: list[Experiment]) -> dict[str, list]:
     """{set name: its experiments in matrix order} for every replicate set (steermoe.declare.experiments.name_replicates)."""
     sets: dict[str, list] = {}
     for exp in experiments:
-        if get_field(exp, "replicate_of"):
-            sets.setdefault(str(get_field(exp, "replicate_of")), []).append(exp)
+        if exp.replicate_of:
+            sets.setdefault(str(exp.replicate_of), []).append(exp)
     return sets
 
 
@@ -148,8 +149,8 @@ def _aligned(paths: list[Path]) -> list[list[dict]]:
     return runs + [_paired(paths[0], path)[1] for path in paths[1:]]
 
 
-def _seed_of(exp):
-    return (get_field(exp, "overrides") or {}).get("seed", (get_field(exp, "settings") or {}).get("seed", 0))
+def _seed_of(exp: Experiment):
+    return (exp.overrides or {}).get("seed", (exp.settings or {}).get("seed", 0))
 
 
 def _summary_row(name: str, members: list, results: dict[str, ExperimentResult], first_row: dict, seed: int,
@@ -163,7 +164,7 @@ def _summary_row(name: str, members: list, results: dict[str, ExperimentResult],
            "experiment": name, "seeds": seeds, "metric": first_row["metric"], "headline": True,
            "note": f"mean of {len(members)} seeds; std across seeds; 95 % CI: crossed bootstrap over seeds and "
                    f"utterances"}
-    done = [results[str(get_field(e, "id"))] for e in members]
+    done = [results[str(e.id)] for e in members]
     missing = [r.id for r in done if r.status != OK]
     if missing:
         return {**row, "status": "incomplete", "error": f"{len(missing)} of {len(done)} seeds not ok: "
@@ -179,20 +180,20 @@ def _summary_row(name: str, members: list, results: dict[str, ExperimentResult],
             "utterances": first_row.get("utterances"), "status": OK, "error": ""}
 
 
-def table_rows(experiments: list, results: dict[str, ExperimentResult], override_columns: list[str],
+def table_rows(experiments: list[Experiment], results: dict[str, ExperimentResult], override_columns: list[str],
                git_commit: str, seed: int = 0, resamples: int = 1000) -> list[dict]:
     sets = replicate_sets(experiments)
-    last_of_set = {str(get_field(members[-1], "id")): name for name, members in sets.items()}
+    last_of_set = {members[-1].id: name for name, members in sets.items()}
     rows = []
     for exp in experiments:
-        r = results[str(get_field(exp, "id"))]
-        overrides = get_field(exp, "overrides") or {}
-        base = {"experiment": r.id, "method": get_field(exp, "method"), "encoder": get_field(exp, "encoder"),
-                "decoder": get_field(exp, "decoder"), "dataset": get_field(exp, "dataset"),
-                "recipe": get_field(exp, "recipe") or "", "group": get_field(exp, "group") or "",
-                "baseline": bool(get_field(exp, "baseline")), "tags": ",".join(get_field(exp, "tags") or []),
+        r = results[str(exp.id)]
+        overrides = exp.overrides or {}
+        base = {"experiment": r.id, "method": exp.method, "encoder": exp.encoder,
+                "decoder": exp.decoder, "dataset": exp.dataset,
+                "recipe": exp.recipe or "", "group": exp.group or "",
+                "baseline": bool(exp.baseline), "tags": ",".join(exp.tags or []),
                 **{c: overrides.get(c, "") for c in override_columns},
-                "replicate_of": get_field(exp, "replicate_of") or "",
+                "replicate_of": exp.replicate_of or "",
                 "test_set": r.test_set, "protocol": _protocol(exp, r), "trainable_parameters": _trainable(r),
                 "train_steps": (r.summary or {}).get("steps"),
                 "train_seconds": (r.summary or {}).get("train_seconds_this_run"),
@@ -200,7 +201,7 @@ def table_rows(experiments: list, results: dict[str, ExperimentResult], override
                 "config_sha256": r.config_sha256, "train_config_sha256": r.train_config_sha256,
                 "git_commit": git_commit, "status": r.status, "error": r.error, "log": r.log}
         if r.metrics is None:
-            headline = str(get_field(exp, "metric") or "")
+            headline = str(exp.metric or "")
             rows.append({**base, "metric": headline, "headline": True, "note": NOTES.get(headline, "")})
         for name, block in _metric_blocks(r.metrics) if r.metrics else []:
             low, high = ci_bounds(block)
@@ -215,7 +216,7 @@ def table_rows(experiments: list, results: dict[str, ExperimentResult], override
                                  + _windowed_note(r.metrics.get("windowed"))})
         if r.id in last_of_set:
             name = last_of_set[r.id]
-            first = next(row for row in rows if row["experiment"] == str(get_field(sets[name][0], "id")))
+            first = next(row for row in rows if row["experiment"] == str(sets[name][0].id))
             rows.append(_summary_row(name, sets[name], results, first, seed, resamples))
     return rows
 
@@ -273,7 +274,7 @@ def _paired(baseline_path: Path, other_path: Path) -> tuple[list[dict], list[dic
     return [{k: a[i][k] for k in units} for i in order], [{k: b[i][k] for k in units} for i in order]
 
 
-def comparison_rows(experiments: list, results: dict[str, ExperimentResult], seed: int = 0,
+def comparison_rows(experiments: list[Experiment], results: dict[str, ExperimentResult], seed: int = 0,
                     resamples: int = 1000) -> list[dict]:
     """Every non-baseline experiment of a group against the group's baseline, paired on the same utterances.
 
@@ -285,32 +286,32 @@ def comparison_rows(experiments: list, results: dict[str, ExperimentResult], see
     sets = replicate_sets(experiments)
     groups: dict[tuple, list] = {}  # a group compares on each of its test sets separately
     for exp in experiments:
-        if get_field(exp, "group"):
-            groups.setdefault((str(get_field(exp, "group")), get_field(exp, "test_set")), []).append(exp)
+        if exp.group:
+            groups.setdefault((str(exp.group), exp.test_set), []).append(exp)
     rows = []
     for (group, _), members in groups.items():  # dicts keep matrix order
-        baselines = [e for e in members if get_field(e, "baseline")]
+        baselines = [e for e in members if e.baseline]
         if not baselines:
             continue
         base_exp = baselines[0]
-        base = results[str(get_field(base_exp, "id"))]
-        base_set = get_field(base_exp, "replicate_of")
+        base = results[str(base_exp.id)]
+        base_set = base_exp.replicate_of
         compared = set()
         for exp in members:
-            name = get_field(exp, "replicate_of")
+            name = exp.replicate_of
             if exp is base_exp or (name and name == base_set) or (name and name in compared):
                 continue  # a replicate set is compared once, as a set
-            r = results[str(get_field(exp, "id"))]
-            metric = str(get_field(exp, "metric") or "")
+            r = results[str(exp.id)]
+            metric = str(exp.metric or "")
             row = {"group": group, "baseline": base_set or base.id, "experiment": name or r.id,
                    "test_set": r.test_set, "metric": metric,
                    "direction": "lower is better" if LOWER_IS_BETTER.get(metric, True) else "higher is better",
                    "resamples": resamples}
             if name:
                 compared.add(name)
-            if len({get_field(e, "replicate_of") or get_field(e, "id") for e in baselines}) > 1:
+            if len({e.replicate_of or e.id for e in baselines}) > 1:
                 row.update(status="error", error=f"group {group!r} has {len(baselines)} baselines "
-                                                 f"({', '.join(str(get_field(e, 'id')) for e in baselines)}); mark one")
+                                                 f"({', '.join(str(e.id) for e in baselines)}); mark one")
             elif name or base_set:
                 row.update(_compare_sets(sets.get(base_set, [base_exp]), sets.get(name, [exp]), results, seed,
                                          resamples))
@@ -363,7 +364,7 @@ def _compare(base_exp, base: ExperimentResult, exp, r: ExperimentResult, seed: i
         result = paired_bootstrap(a, b, seed=seed, resamples=resamples)
     except (DataError, ValueError) as err:
         return {"status": "error", "error": str(err)}
-    return _verdict(result, r.metrics["metric"], str(get_field(exp, "metric") or ""), len(a))
+    return _verdict(result, r.metrics["metric"], str(exp.metric or ""), len(a))
 
 
 def _compare_sets(baseline: list, members: list, results: dict[str, ExperimentResult], seed: int,
@@ -377,7 +378,7 @@ def _compare_sets(baseline: list, members: list, results: dict[str, ExperimentRe
                                             f"replicates are paired by seed, so both need the same seeds"}
     by_seed = dict(zip(base_seeds, baseline))
     pairs = [(by_seed[s], e) for s, e in zip(seeds, members)]
-    runs = [(results[str(get_field(b, "id"))], results[str(get_field(e, "id"))]) for b, e in pairs]
+    runs = [(results[str(b.id)], results[str(e.id)]) for b, e in pairs]
     for (b_exp, e_exp), (b, r) in zip(pairs, runs):
         if b.status != OK:
             return {"status": "baseline not available", "error": f"baseline {b.id}: {b.status}"}
@@ -391,7 +392,7 @@ def _compare_sets(baseline: list, members: list, results: dict[str, ExperimentRe
         result = paired(aligned[:len(runs)], aligned[len(runs):], seed=seed, resamples=resamples)
     except (DataError, ValueError) as err:
         return {"status": "error", "error": str(err)}
-    out = _verdict(result, runs[0][1].metrics["metric"], str(get_field(members[0], "metric") or ""),
+    out = _verdict(result, runs[0][1].metrics["metric"], str(members[0].metric or ""),
                    len(aligned[0]))
     return {**out, "seeds": len(runs)}
 
