@@ -60,8 +60,8 @@ onerror:
     snakelock.unregister()
     # with --keep-going a failed experiment must not block the table: it gets a row with its status and reason
     shell(
-        f"mkdir -p {LOGS} && {AGGREGATE_COMMAND} > {LOGS}/aggregate.log 2>&1"
-        f" || echo 'steermoe aggregate failed: see {LOGS}/aggregate.log'"
+        f"mkdir -p {LOGS} && {AGGREGATE_COMMAND} > {log_file(LOGS, 'aggregate')} 2>&1"
+        f" || echo 'steermoe aggregate failed: see {log_file(LOGS, 'aggregate')}'"
     )
     # ... but that table must not look finished: Snakemake never re-creates the missing inputs of an up-to-date
     # output, so the same command would retry nothing. Dated 2 Jan 1970 (Snakemake ignores a time of 0), it is

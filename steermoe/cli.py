@@ -316,7 +316,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("aggregate", help="collect every experiment into results/table.csv, comparisons and plots")
     _matrix_arguments(p)
     p.add_argument("--results", default=WORKFLOW["results"], help="folder holding results/{experiment}/")
-    p.add_argument("--logs", default="logs", help="folder holding logs/{experiment}/{train,evaluate}.log")
+    p.add_argument("--logs", default=WORKFLOW["logs"], help="folder holding logs/{experiment}/{train,evaluate}.log")
     p.add_argument("--out", default="results", help="where table.csv, comparisons.csv and plots/ go")
     p.add_argument("--data", default=WORKFLOW["data"],
                    help="prepared corpora (to tell why an experiment never trained)")
@@ -327,7 +327,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("status", help="one line per experiment: state, step, elapsed, ETA, losses, metric, log")
     _matrix_arguments(p)
     p.add_argument("--results", default=WORKFLOW["results"], help="folder holding results/{experiment}/")
-    p.add_argument("--logs", default="logs", help="folder holding logs/{experiment}/")
+    p.add_argument("--logs", default=WORKFLOW["logs"], help="folder holding logs/{experiment}/")
     p.add_argument("--watch", type=float, nargs="?", const=10.0, default=None, metavar="SECONDS",
                    help="redraw every SECONDS (default 10) until Ctrl-C")
     p.set_defaults(func=_status)

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from steermoe import metrics
-from steermoe.metrics import (Counts, bootstrap_ci, char_counts, normalize_answer, normalize_chinese,
-                              normalize_english, paired_bootstrap, score_asr, score_qa, word_counts)
+from steermoe.metrics import (Counts, bootstrap_ci, char_counts, normalize_answer, normalize_chinese, normalize_english,
+                              paired_bootstrap, score_asr, score_qa, word_counts)
 
 # ---------------------------------------------------------------- English normalisation
 

@@ -105,15 +105,6 @@ class Experiment:
         return master_port(self.id)
 
 
-
-def experiment_files(results: str, name: str, variant: str | None) -> dict:
-    """Every file and folder of experiment `{name}[_{variant}]` under `results`: the one place they are named."""
-    suffix = f"_{variant}" if variant else ""
-    folder = f"{results}/{name}{suffix}"
-    return {"train_config": f"{folder}/{name}_train{suffix}.yaml", "test_config": f"{folder}/{name}_test{suffix}.yaml",
-            "train_dir": f"{folder}/train", "final_dir": f"{folder}/train/final", "eval_dir": f"{folder}/eval"}
-
-
 # ---- experiments together ------------------------------------------------------------------------------------
 def share_training(experiments: list[Experiment]) -> None:
     """Experiments that differ only in evaluation settings (protocol, beams, ...) train once: each later one is

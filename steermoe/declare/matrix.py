@@ -37,7 +37,8 @@ from pathlib import Path, PurePosixPath
 from steermoe.declare.axes import Row, cell_text, read_axes
 from steermoe.declare.catalog import data_folder, load_catalog, model_path, separate_test_sets
 from steermoe.declare.checks import check_safe_path, check_value, closest, expected, is_safe_name, listed, parse_bool
-from steermoe.declare.experiments import Experiment, check_groups, experiment_files, name_replicates, share_training
+from steermoe.declare.experiments import Experiment, check_groups, name_replicates, share_training
+from steermoe.declare.outputs import experiment_files
 from steermoe.declare.settings import METHODS, OWN_DECODER, PATH_SETTINGS, REFERENCE, SETTINGS, abbreviation
 from steermoe.errors import ConfigError
 

@@ -18,6 +18,7 @@ from types import SimpleNamespace
 
 from steermoe.declare.checks import check_value, load_yaml, shown
 from steermoe.declare.model_config import SteerMoEConfig
+from steermoe.declare.outputs import EVAL_DIR, FINAL
 from steermoe.declare.settings import ENCODER_SECTIONS, METHODS, MODEL_OPTIONS, REFERENCE, REQUIRED, TABLE, Key
 from steermoe.errors import ConfigError
 
@@ -122,11 +123,11 @@ class RunConfig:
 
     @property
     def checkpoint_dir(self) -> Path:
-        return self.resolve(self.evaluation.checkpoint or str(Path(self.training.output_dir) / "final"))
+        return self.resolve(self.evaluation.checkpoint or str(Path(self.training.output_dir) / FINAL))
 
     @property
     def eval_dir(self) -> Path:
-        return self.resolve(self.evaluation.output_dir or str(Path(self.training.output_dir) / "eval"))
+        return self.resolve(self.evaluation.output_dir or str(Path(self.training.output_dir) / EVAL_DIR))
 
 
 def shipped_deepspeed(value: str | None) -> str | None:

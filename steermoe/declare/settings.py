@@ -158,7 +158,7 @@ PATH_SETTINGS = ("deepspeed_config",)  # settings whose value is a path
 
 # the workflow config (experiments/config.yaml, --config): its keys and their defaults
 WORKFLOW_CONFIG = {"matrix": "experiments/matrix.tsv", "catalog": "experiments/catalog.yaml", "results": "results",
-                   "models": "models", "data": "data", "templates": "templates", "quick": False}
+                   "logs": "logs", "models": "models", "data": "data", "templates": "templates", "quick": False}
 
 
 def default(path: str):

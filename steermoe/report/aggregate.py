@@ -13,12 +13,13 @@ import sys
 from pathlib import Path
 
 from steermoe.declare.experiments import Experiment
+from steermoe.declare.settings import WORKFLOW_CONFIG
 from steermoe.errors import DataError
 from steermoe.fsutil import write_atomic
 from steermoe.report.plots import plot_metrics, plot_steering_gates, plot_training_curves
 from steermoe.report.results import INVALID, collect
 from steermoe.report.tables import (COMPARISON_COLUMNS, comparison_rows, override_columns, summary_text, table_columns,
-                             table_rows, to_csv)
+                                    table_rows, to_csv)
 
 
 def git_commit(root: Path | None = None) -> str:
@@ -31,7 +32,7 @@ def git_commit(root: Path | None = None) -> str:
     return out.stdout.strip() if out.returncode == 0 else ""
 
 
-def aggregate(experiments: list[Experiment], results_dir: Path, out_dir: Path, logs_dir: Path = Path("logs"),
+def aggregate(experiments: list[Experiment], results_dir: Path, out_dir: Path, logs_dir: Path = Path(WORKFLOW_CONFIG["logs"]),
               root: Path | None = None, commit: str | None = None, seed: int = 0, resamples: int = 1000,
               plots: bool = True, columns: list[str] | None = None, log=print) -> dict:
     """Build table.csv, comparisons.csv and plots/*.png in out_dir. Everything is computed before anything is

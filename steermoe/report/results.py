@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from steermoe.declare.experiments import Experiment
+from steermoe.declare.outputs import META, METRICS_FILE, PREDICTIONS_FILE, STEERING_FILE, SUMMARY, folders, log_file
 from steermoe.declare.settings import METRICS
 from steermoe.errors import DataError
 from steermoe.fsutil import sha256_file
@@ -144,7 +145,7 @@ def collect(exp: Experiment, results: Path, logs: Path, root: Path | None = None
     folder = Path(results) / exp_id
     trainer = str(exp.trained_by or exp_id)  # the experiment whose training this one evaluates
     has_training = exp.trains
-    train_log, eval_log = Path(logs) / trainer / "train.log", Path(logs) / exp_id / "evaluate.log"
+    train_log, eval_log = Path(log_file(logs, "train", trainer)), Path(log_file(logs, "evaluate", exp_id))
 
     def rendered(key: str, suffix: str) -> Path | None:
         value = getattr(exp, key)
@@ -156,11 +157,10 @@ def collect(exp: Experiment, results: Path, logs: Path, root: Path | None = None
     train_config, test_config = rendered("train_config", "train"), rendered("test_config", "test")
     out = ExperimentResult(id=exp_id, status=NOT_RUN, test_set=_test_set(exp, test_config),
                            train_config_sha256=_file_sha(train_config))
-    metrics_path = folder / "eval" / "metrics.json"
-    predictions_path = folder / "eval" / "predictions.jsonl"
-    summary_path = Path(results) / trainer / "train" / "final" / "train_summary.json"
-    meta_path = Path(results) / trainer / "train" / "final" / "steermoe.json"
-    steering_path = folder / "eval" / "steering.json"
+    evaluated, final = Path(folders(results, exp_id)["eval_dir"]), Path(folders(results, trainer)["final_dir"])
+    metrics_path, predictions_path = evaluated / METRICS_FILE, evaluated / PREDICTIONS_FILE
+    steering_path = evaluated / STEERING_FILE
+    summary_path, meta_path = final / SUMMARY, final / META
     try:
         if summary_path.is_file():
             out.summary = read_json(summary_path)
@@ -229,13 +229,13 @@ def _upstream_failure(exp: Experiment, logs: Path, root: Path) -> tuple[str, str
     for entry in (exp.encoder_entry or {}, exp.decoder_entry or {}):
         if entry.get("embedded") and entry.get("path"):
             checks.append((FAILED_IMPORT, root / entry["path"] / "config.json",
-                           logs / "models" / f"{entry['embedded']}.log"))
+                           Path(log_file(logs, "models", entry["embedded"]))))
     if exp.data_dir:
         checks.append((FAILED_DATA, root / exp.data_dir / "manifest.json",
-                       logs / "data" / f"{exp.dataset}.log"))
+                       Path(log_file(logs, "data", exp.dataset))))
     test_data = exp.test_data
     if test_data and Path(test_data).parent != Path(exp.data_dir or ""):  # a test set of its own
-        checks.append((FAILED_DATA, root / test_data, logs / "data" / f"{Path(test_data).parent.name}.log"))
+        checks.append((FAILED_DATA, root / test_data, Path(log_file(logs, "data", Path(test_data).parent.name))))
     for status, output, log in checks:
         if not output.exists():
             message = log_error(log)

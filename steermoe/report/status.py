@@ -7,16 +7,15 @@ training, its evaluation), stalled (such a log has not moved for 10 minutes), pe
 """
 from __future__ import annotations
 
-import re
 import time
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
 from steermoe.declare.experiments import Experiment
+from steermoe.declare.outputs import log_file, parse_progress_line
 from steermoe.report.results import ERROR_PREFIX, NOT_RUN, OK, STALE, collect, log_error
 
-STEP_LINE = re.compile(r"^step (\d+)/(\d+)  (.*)  (\d+)s(?:  ETA (\d+)s)?$")
 QUIET_SECONDS = 600  # a job log untouched this long, with no result and no error, is reported as stalled
 
 
@@ -31,22 +30,21 @@ class Progress:
 
 
 def read_progress(log: Path) -> Progress:
-    """The training progress in a train log's `step N/M ... Ts` lines (steermoe.run.train.Progress writes them)."""
+    """The training progress in a train log's `step N/M ... Ts` lines (steermoe.declare.outputs.progress_line)."""
     progress = Progress()
     if not log.is_file():
         return progress
     for line in log.read_text(encoding="utf-8", errors="replace").splitlines():
-        match = STEP_LINE.match(line.strip())
-        if not match:
+        parsed = parse_progress_line(line)
+        if parsed is None:
             continue
-        step, total, values, seconds, eta = int(match[1]), int(match[2]), match[3], int(match[4]), match[5]
-        fields = dict(re.findall(r"(\S+) (\S+)", values))
+        step, total, fields, seconds, eta = parsed
         if "loss" in fields:
             progress.loss = float(fields["loss"])
         if "eval_loss" in fields:
             progress.dev_loss = float(fields["eval_loss"])
         if eta is not None and total > step:
-            progress.seconds_per_step = int(eta) / (total - step)
+            progress.seconds_per_step = eta / (total - step)
         progress.step, progress.total, progress.seconds = step, total, seconds
     return progress
 
@@ -77,7 +75,7 @@ def experiment_line(exp: Experiment, results: Path, logs: Path, now: float | Non
     now = time.time() if now is None else now
     result = collect(exp, results, logs)
     trainer = str(exp.trained_by or result.id)
-    train_log, eval_log = logs / trainer / "train.log", logs / result.id / "evaluate.log"
+    train_log, eval_log = Path(log_file(logs, "train", trainer)), Path(log_file(logs, "evaluate", result.id))
     progress = read_progress(train_log)
     line = {"experiment": result.id, "state": "pending", "step": progress.step, "total": progress.total,
             "elapsed": progress.seconds, "eta": None, "loss": progress.loss, "dev_loss": progress.dev_loss,

@@ -27,18 +27,15 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from steermoe.declare.outputs import FINAL, META, SUMMARY, WEIGHTS
 from steermoe.errors import ConfigError, TrainingError
 from steermoe.fsutil import replace_dir, sha256_file, storage_errors, write_atomic, write_json
 
 if TYPE_CHECKING:
     from steermoe.declare.runconfig import RunConfig
 
-WEIGHTS = "model.safetensors"  # the Trainer's own name, so its resume and best-model loading find the file
-META = "steermoe.json"
 COMPLETE = "complete.json"  # written last into a checkpoint: file hashes; no marker means not complete
-SUMMARY = "train_summary.json"
 FINISHED = "finished"  # the finished training, beside checkpoint-N/; final/ links to its files
-FINAL = "final"
 FINAL_FILES = (WEIGHTS, META, SUMMARY)
 TRAINED_CONFIG = "config.yaml"  # in finished/: the config's text, to name what another config changes
 

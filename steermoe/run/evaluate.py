@@ -23,6 +23,7 @@ from typing import Callable
 import torch
 
 from steermoe import metrics
+from steermoe.declare.outputs import METRICS_FILE, PREDICTIONS_FILE, STEERING_FILE, STEERING_PLOT, WEIGHTS
 from steermoe.declare.protocols import SEED_SAMPLING, SEED_SUBSET, seed_subset
 from steermoe.declare.runconfig import RunConfig
 from steermoe.declare.settings import REFERENCE
@@ -33,7 +34,7 @@ from steermoe.model.features import WHISPER_SECONDS, AudioFeatures
 from steermoe.model.reference import DECODER as REFERENCE_DECODER, WhisperReference, language_plan
 from steermoe.run import precision, tracking
 from steermoe.run.batching import AudioRows, AudioWindows, Collator
-from steermoe.run.checkpoint import WEIGHTS, check_weights_file, load_trainable
+from steermoe.run.checkpoint import check_weights_file, load_trainable
 from steermoe.run.loading import check_inputs, load_model, load_rows
 
 
@@ -197,7 +198,7 @@ def score_and_write(run: RunConfig, rows: AudioRows, chosen: list[int], hypothes
     shutil.rmtree(building, ignore_errors=True)
     with storage_errors(output_dir, "evaluation results", "earlier results there are kept", partial=building):
         building.mkdir(parents=True)
-        with open(building / "predictions.jsonl", "w") as handle:
+        with open(building / PREDICTIONS_FILE, "w") as handle:
             for n, i in enumerate(chosen):
                 line = {"id": ids[i], "reference": refs[i], "hypothesis": hyps[n], **per_utterance[n]}
                 if seed_protocol:
@@ -207,10 +208,10 @@ def score_and_write(run: RunConfig, rows: AudioRows, chosen: list[int], hypothes
                 if rows.columns["answers"][i]:
                     line["answers"] = rows.columns["answers"][i]
                 handle.write(json.dumps(line, ensure_ascii=False) + "\n")
-        write_json(building / "metrics.json", result)
+        write_json(building / METRICS_FILE, result)
         if analysis is not None:
-            write_json(building / "steering.json", analysis)
-            plot_steering(analysis, building / "steering.png", title=run.name)
+            write_json(building / STEERING_FILE, analysis)
+            plot_steering(analysis, building / STEERING_PLOT, title=run.name)
         replace_dir(building, output_dir)
     tracking.log_evaluation(run, result)
     headline = f"{result['metric']} {result['value']:.4f} (95% CI {result['ci95'][0]:.4f}-{result['ci95'][1]:.4f})"

@@ -19,19 +19,20 @@ import torch
 from torch.utils.data import DataLoader
 from transformers import EarlyStoppingCallback, PrinterCallback, Trainer, TrainerCallback, TrainingArguments
 
-from steermoe.model.analysis import GateStats, scalars, steering_parameters
-from steermoe.run import precision, tracking
-from steermoe.run.checkpoint import (RESUMES, SCALER, SCHEDULER, complete_checkpoints, finished_training, load_optimizer,
-                                 gathered, load_rng, load_trainable, mark_complete, remove_old_checkpoints, resume_point,
-                                 rng_stem, save_finished, save_optimizer, save_rng, save_trainable, training_is_over,
-                                 whole_trainable_state)
+from steermoe.declare.outputs import progress_line
 from steermoe.declare.runconfig import DEEPSPEED_DIR, RunConfig
 from steermoe.declare.settings import REFERENCE
 from steermoe.errors import ConfigError, TrainingError
 from steermoe.fsutil import storage_errors, write_json
+from steermoe.model.analysis import GateStats, scalars, steering_parameters
 from steermoe.model.encoders import weights_dtype
 from steermoe.model.features import AudioFeatures
+from steermoe.run import precision, tracking
 from steermoe.run.batching import Collator, LengthGroupedBatches
+from steermoe.run.checkpoint import (RESUMES, SCALER, SCHEDULER, complete_checkpoints, finished_training,
+                                     load_optimizer, gathered, load_rng, load_trainable, mark_complete,
+                                     remove_old_checkpoints, resume_point, rng_stem, save_finished, save_optimizer,
+                                     save_rng, save_trainable, training_is_over, whole_trainable_state)
 from steermoe.run.loading import check_inputs, dev_holdout, filter_rows, load_model, load_rows
 
 
@@ -308,10 +309,9 @@ class Progress(TrainerCallback):
     def on_log(self, args, state, control, logs=None, **kwargs):
         shown = {k: v for k, v in (logs or {}).items() if not k.startswith("steering/")}
         if set(shown) - {"epoch"}:  # not the steering analysis's own log call
-            values = "  ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in shown.items())
             elapsed, done = time.time() - self.start, state.global_step - (self.first_step or 0)
-            eta = f"  ETA {elapsed / done * (state.max_steps - state.global_step):.0f}s" if done > 0 else ""
-            self.log(f"step {state.global_step}/{state.max_steps}  {values}  {elapsed:.0f}s{eta}")
+            eta = elapsed / done * (state.max_steps - state.global_step) if done > 0 else None
+            self.log(progress_line(state.global_step, state.max_steps, shown, elapsed, eta))
 
 
 class TrackConfig(TrainerCallback):

@@ -30,7 +30,7 @@ rule aggregate:
             category="Plots",
         ),
     log:
-        f"{LOGS}/aggregate.log",
+        log_file(LOGS, "aggregate"),
     params:
         command=AGGREGATE_COMMAND,
     localrule: True

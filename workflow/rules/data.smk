@@ -7,7 +7,7 @@ rule prepare_data:
     output:
         f"{DATA}/{{dataset}}/manifest.json",
     log:
-        f"{LOGS}/data/{{dataset}}.log",
+        log_file(LOGS, "data", "{dataset}"),
     params:
         command=prepare_command,
     # worker processes for synthesis / resampling; locally Snakemake caps it at --cores, on SLURM it is the job's
@@ -28,7 +28,7 @@ rule prepare_test_set:
     output:
         f"{DATA}/{{dataset}}@{{test_set}}/manifest.json",
     log:
-        f"{LOGS}/data/{{dataset}}@{{test_set}}.log",
+        log_file(LOGS, "data", "{dataset}@{test_set}"),
     params:
         command=prepare_test_set_command,
     threads: 8

@@ -11,10 +11,10 @@ rule evaluate:
     input:
         unpack(evaluation_inputs),
     output:
-        metrics=f"{RESULTS}/{{exp}}/eval/metrics.json",
-        predictions=f"{RESULTS}/{{exp}}/eval/predictions.jsonl",
+        metrics=f"{EXPERIMENT['eval_dir']}/{METRICS_FILE}",
+        predictions=f"{EXPERIMENT['eval_dir']}/{PREDICTIONS_FILE}",
     log:
-        f"{LOGS}/{{exp}}/evaluate.log",
+        log_file(LOGS, "evaluate", "{exp}"),
     params:
         config=test_config,
         config_sha256=config_sha256("test"),

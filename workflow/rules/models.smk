@@ -5,7 +5,7 @@ rule import_model:
     output:
         f"{MODELS}/{{name}}/steermoe_import.json",
     log:
-        f"{LOGS}/models/{{name}}.log",
+        log_file(LOGS, "models", "{name}"),
     params:
         dest=lambda wildcards, output: Path(output[0]).parent.parent,
     resources:

@@ -11,7 +11,7 @@ rule plan:
     output:
         report(f"{RESULTS}/plan.csv", caption="../report/plan.rst", category="Plan"),
     log:
-        f"{LOGS}/plan.log",
+        log_file(LOGS, "plan"),
     message:
         f"The cost of each experiment (trainable parameters, FLOPs, GPU-hours) -> {RESULTS}/plan.csv, before any "
         "training; `steermoe plan` prints it now"

@@ -15,11 +15,11 @@ rule train:
     input:
         unpack(train_inputs),
     output:
-        model=f"{RESULTS}/{{exp}}/train/final/model.safetensors",
-        meta=f"{RESULTS}/{{exp}}/train/final/steermoe.json",
-        summary=f"{RESULTS}/{{exp}}/train/final/train_summary.json",
+        model=f"{EXPERIMENT['final_dir']}/{WEIGHTS}",
+        meta=f"{EXPERIMENT['final_dir']}/{META}",
+        summary=f"{EXPERIMENT['final_dir']}/{SUMMARY}",
     log:
-        f"{LOGS}/{{exp}}/train.log",
+        log_file(LOGS, "train", "{exp}"),
     params:
         config=train_config,
         config_sha256=config_sha256("train"),
