@@ -9,8 +9,8 @@ attention in both, bf16 autocast, layer_wise SteerMoE (8 experts), pooling 4, dy
 Shapes carry no tokenizer: a stand-in gives one token per 4 bytes of text (as `steermoe plan` estimates).
 
 MFU = model FLOPs per step / median step seconds / the GPU's dense bf16 peak (H100 SXM and H200: 989 TFLOP/s,
-H100 PCIe 756, A100 312; --peak-tflops for others). Model FLOPs per utterance are `steermoe.report.plan.training_flops`
-(see steermoe/report/plan.py): frozen forward 2 P per position; frozen parts' backward computes activation gradients only
+H100 PCIe 756, A100 312; --peak-tflops for others). Model FLOPs per utterance are `steermoe.report.cost.utterance_flops`
+(see steermoe/report/cost.py): frozen forward 2 P per position; frozen parts' backward computes activation gradients only
 (2 P per position, not 4 P: no weight gradients), and only where gradients must flow (the encoder from layer 1 on,
 for steering inside it; the whole LLM, to reach the audio prompt); trainable parameters 6 P per position; plus
 attention (encoder 4 D F^2 per layer forward, 8 D F^2 backward; decoder causal 2 W T^2 forward, 4 W T^2 backward)
@@ -73,21 +73,13 @@ def build(encoder_shape: str, decoder_shape: str, device: str):
 
 def model_flops(encoder_shape: str, decoder_shape: str, mel_frames: int, prompt_tokens: int,
                 target_tokens: int) -> dict:
-    """steermoe.report.plan's training FLOPs of one utterance of this length (dynamic window)."""
-    from steermoe.report.plan import model_shape, training_flops
+    """steermoe plan's training FLOPs of one utterance of this length (dynamic window)."""
+    from steermoe.declare.model_config import SteerMoEConfig
+    from steermoe.report.cost import model_shape, utterance_flops
 
     shape = model_shape(encoder_shape, decoder_shape, json.dumps(STEERMOE, sort_keys=True))
     frames = math.ceil(mel_frames / 2)  # Whisper's conv stem: stride 2
-    pooled = math.ceil(frames / STEERMOE["pooling_kernel_size"])
-    t = shape.trainable
-    return training_flops(
-        method=STEERMOE["method"], frames=frames, pooled_frames=pooled,
-        decoder_tokens=pooled + prompt_tokens + target_tokens + 1, layers=shape.encoder_layers,
-        layers_before_pool=shape.encoder_layers, width=shape.encoder_width, p_front=shape.p_front,
-        p_layers=shape.p_layers, p_steering=t["steering_vectors"] + t["router"] + t["layer_scales"],
-        p_lora=t["lora"], p_projection=t["projection"], p_decoder=shape.p_decoder, p_head=shape.p_head,
-        head_tokens=target_tokens + 1, decoder_layers=shape.decoder_layers,
-        decoder_attention_width=shape.decoder_attention_width)
+    return utterance_flops(shape, SteerMoEConfig(**STEERMOE).to_dict(), frames, prompt_tokens, target_tokens)[1]
 
 
 def measure(encoder_shape: str, decoder_shape: str, device: str, batch_size: int, seconds: float, steps: int,

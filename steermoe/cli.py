@@ -11,7 +11,7 @@ import sys
 import threading
 from pathlib import Path
 
-from steermoe.data.synthetic import SYNTH_CORPORA
+from steermoe.data.registry import PREPARE_CORPORA, SYNTH_CORPORA
 from steermoe.declare.settings import REFERENCE, TRAINED_METHODS, WORKFLOW_CONFIG as WORKFLOW, default
 from steermoe.fsutil import STORAGE_ERRNOS
 
@@ -42,20 +42,21 @@ def _models_list(args) -> None:
 
 
 def _data_prepare(args) -> None:
-    from steermoe.data import corpora
+    from steermoe.data.corpora import generic_parquet
     from steermoe.data.layout import Filters, prepare_corpus
+    from steermoe.data.registry import GENERIC, reader
 
-    if args.corpus == "parquet":
-        splits = corpora.generic_parquet(args.root, args.audio_column, args.text_column, args.split)
+    if args.corpus == GENERIC:
+        splits = generic_parquet(args.root, args.audio_column, args.text_column, args.split)
     else:
-        splits = corpora.READERS[args.corpus](args.root[0])
+        splits = reader(args.corpus)(args.root[0])
     filters = Filters(filter_dataset=not args.no_filter, max_audio_length=args.max_audio_length,
                       max_text_characters=args.max_text_characters)
     _print_manifest(prepare_corpus(args.corpus, splits, Path(args.out), filters, workers=args.workers))
 
 
 def _data_synth(args) -> None:
-    from steermoe.data.synthetic import builder
+    from steermoe.data.registry import builder
 
     build = builder(args.name)
     sizes = None
@@ -264,8 +265,7 @@ def build_parser() -> argparse.ArgumentParser:
     data = sub.add_parser("data", help="prepare corpora into the common layout").add_subparsers(dest="action",
                                                                                               required=True)
     p = data.add_parser("prepare", help="prepare a real corpus from its published layout")
-    p.add_argument("--corpus", required=True, choices=["librispeech", "librispeech-parquet", "aishell1", "aishell2",
-                                                       "clotho-aqa", "parquet"])
+    p.add_argument("--corpus", required=True, choices=PREPARE_CORPORA)
     p.add_argument("--root", required=True, nargs="+", help="corpus folder (parquet: one or more folders/files)")
     p.add_argument("--out", required=True, help="prepared corpus folder")
     p.add_argument("--audio-column", default=default("audio_column"), help="parquet: the audio column (audio_column)")

@@ -3,15 +3,16 @@ import json
 import math
 import subprocess
 import sys
-from dataclasses import replace
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from steermoe.data.synthetic import SYNTH_CORPORA
+from steermoe.data.registry import SYNTH_CORPORA
 from steermoe.declare.experiments import Experiment
-from steermoe.report.plan import dataset_stats, format_plan, plan, plan_experiment, training_flops, training_steps
+from steermoe.data.statistics import dataset_stats
+from steermoe.report.cost import training_flops, training_steps
+from steermoe.report.plan import format_plan, plan, plan_experiment
 
 TINY = dict(frames=10, pooled_frames=5, decoder_tokens=12, layers=2, layers_before_pool=1, width=4, p_front=100,
             p_layers=1000, p_steering=50, p_lora=0, p_projection=20, p_decoder=2000, p_head=500, head_tokens=3,
@@ -224,6 +225,6 @@ datasets:
 @pytest.mark.parametrize("corpus", SYNTH_CORPORA)
 def test_every_synthetic_corpus_is_planned_before_it_is_built(corpus, tmp_path):
     entry = {"synth": corpus, "sizes": {"train": 30}}
-    stats = dataset_stats(replace(tiny_experiment(), dataset_entry=entry, data_dir="data/not-built"), tmp_path)
+    stats = dataset_stats(entry, "data/not-built", [], tmp_path)
     assert stats.n_train == 30 and stats.source.startswith(f"{corpus} generator (not built yet)")
     assert len(stats.targets) == 30 and all(stats.targets)

@@ -1,4 +1,4 @@
-"""Readers for the real corpora, each in its own published layout. A reader only lists utterances (RawItem) and
+"""Readers for the real corpora, each in its own published layout (steermoe.data.registry names them). A reader only lists utterances (RawItem) and
 what it cannot form (Reject); decoding, resampling, filtering and storage are the shared pipeline's (layout.py).
 """
 from __future__ import annotations
@@ -227,6 +227,3 @@ def _read_columns(file: Path, columns: list[str], hint: str = "the published lay
         raise DataError(f"{file} lacks column(s) {missing}; it has {names} (check {hint})")
     return pq.read_table(file, columns=columns + [c for c in optional if c in names and c not in columns])
 
-
-READERS = {"librispeech": librispeech_raw, "librispeech-parquet": librispeech_hf, "aishell1": aishell1,
-           "aishell2": aishell2, "clotho-aqa": clotho_aqa}

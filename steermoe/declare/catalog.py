@@ -13,13 +13,12 @@ import shlex
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
-from steermoe.data.synthetic import SYNTH_CORPORA
+from steermoe.data.registry import PREPARE_CORPORA, SYNTH_CORPORA
 from steermoe.declare.checks import check_mapping, check_value, closest, is_safe_name, listed, read_yaml, shown
 from steermoe.declare.settings import METRICS, OWN_DECODER, SETTINGS
 from steermoe.errors import ConfigError
 
 ENCODER_TYPES = ("whisper", "conformer")
-PREPARE_CORPORA = ("librispeech", "librispeech-parquet", "aishell1", "aishell2", "clotho-aqa", "parquet")
 RESOURCE_KEYS = ("gpus", "mem_mb", "runtime", "threads", "eval_runtime", "eval_mem_mb")
 
 

@@ -12,6 +12,14 @@ from steermoe.declare.settings import MODEL_OPTIONS, REFERENCE, TRAINED_METHODS
 from steermoe.errors import ConfigError
 
 
+# the trainable parameters by group, in the optimiser's groups with the setting that gives each its learning rate
+OPTIMIZER_GROUPS = {"steering": (("steering_vectors", "layer_scales"), "steering_learning_rate"),
+                    "router": (("router",), "router_learning_rate"),
+                    "projection": (("projection", "lora"), "learning_rate")}
+PARAMETER_GROUPS = tuple(group for groups, _ in OPTIMIZER_GROUPS.values() for group in groups)
+STEERING_GROUPS = ("steering_vectors", "router", "layer_scales")  # the steering module's own parameters
+
+
 def _default(option: str):
     return MODEL_OPTIONS[option].default
 

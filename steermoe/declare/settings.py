@@ -14,10 +14,30 @@ from dataclasses import dataclass
 
 from steermoe.declare.protocols import PROTOCOLS
 
-TRAINED_METHODS = ("layer_wise", "linear", "post_encoder", "lora")  # a SteerMoE model (SteerMoEConfig.method)
+
+
+@dataclass(frozen=True)
+class Method:
+    """What a trained method adds to the frozen encoder: the model builds it, the plan costs it."""
+    steering: str | None = None  # where steering sits: EVERY_LAYER (after each encoder layer), OUTPUT, or nowhere
+    lora: bool = False  # LoRA adapters inside the encoder's layers
+
+    def encoder_backward_layers(self, layers: int) -> int:
+        """Encoder layers gradients flow back through (activation gradients only: the weights stay frozen):
+        steering from layer 0's output on needs layers 1.., LoRA every layer, the others none."""
+        return layers - 1 if self.steering == EVERY_LAYER else layers if self.lora else 0
+
+
+EVERY_LAYER, OUTPUT = "every layer", "output"
+TRAINED_METHODS = {  # a SteerMoE model (SteerMoEConfig.method)
+    "layer_wise": Method(steering=EVERY_LAYER),
+    "linear": Method(),  # the projection only
+    "post_encoder": Method(steering=OUTPUT),
+    "lora": Method(lora=True),
+}
 # the frozen encoder's own model decoded with no training, e.g. Whisper's decoder (the seed's "Whisper (frozen)" row)
 REFERENCE = "reference"
-METHODS = TRAINED_METHODS + (REFERENCE,)
+METHODS = (*TRAINED_METHODS, REFERENCE)
 OWN_DECODER = "own"  # a reference row's decoder: the encoder model's own
 POOLING_TYPES = ("avg", "max")
 ENCODER_WINDOWS = ("30s", "dynamic")  # pad to Whisper's 30 s window (the original code), or the batch's real length

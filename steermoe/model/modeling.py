@@ -23,7 +23,8 @@ from transformers import GenerationConfig
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
-from steermoe.declare.model_config import SteerMoEConfig
+from steermoe.declare.model_config import PARAMETER_GROUPS, SteerMoEConfig
+from steermoe.declare.settings import EVERY_LAYER, OUTPUT, TRAINED_METHODS
 from steermoe.errors import ConfigError
 from steermoe.model.encoders import ENCODER_TYPES, ModelFolderError, load_encoder, read_model_config, weights_dtype
 from steermoe.model.steering import Steering, pool
@@ -48,11 +49,12 @@ class SteerMoEModel(nn.Module):
         if self.pool_at > n_layers:
             raise ConfigError(f"pooling_position: {self.pool_at} is past the encoder's {n_layers} layers")
 
+        self.method = TRAINED_METHODS[config.method]
         self.steering = None
-        if config.method in ("layer_wise", "post_encoder"):
-            sites = n_layers if config.method == "layer_wise" else 1
+        if self.method.steering is not None:
+            sites = n_layers if self.method.steering == EVERY_LAYER else 1
             self.steering = Steering(sites, d, config.num_experts, config.steering_scale, config.use_layer_scales)
-        if config.method == "lora":
+        if self.method.lora:
             self._add_lora()
         if config.use_adapter:
             self.prompt_proj = nn.Linear(d, h)
@@ -98,7 +100,7 @@ class SteerMoEModel(nn.Module):
     # ---- trainable parameters -------------------------------------------------------------------------------
     def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
         """Trainable parameters by group; the optimiser gives each group its own learning rate."""
-        groups = {"steering_vectors": [], "layer_scales": [], "router": [], "projection": [], "lora": []}
+        groups = {group: [] for group in PARAMETER_GROUPS}
         if self.steering is not None:
             groups["steering_vectors"].append(self.steering.steering_vectors)
             groups["router"] += list(self.steering.router.parameters())
@@ -115,7 +117,7 @@ class SteerMoEModel(nn.Module):
     def encode(self, features: torch.Tensor, feature_lengths: torch.Tensor, return_gates: bool = False):
         """features (B, ...) in the encoder's layout -> audio prompt (B, T', H) and its lengths (B,)."""
         cfg, enc = self.config, self.encoder
-        grad_in_layers = cfg.method in ("layer_wise", "lora") and torch.is_grad_enabled()
+        grad_in_layers = self.method.encoder_backward_layers(enc.num_layers) > 0 and torch.is_grad_enabled()
         with torch.no_grad():
             x, lengths = enc.embed(features.to(weights_dtype(enc)), feature_lengths)  # (B, T, D)
         gates = []
@@ -133,7 +135,7 @@ class SteerMoEModel(nn.Module):
             if self.pool_at == enc.num_layers:
                 x, lengths = pool(x, lengths, cfg.pooling_kernel_size, cfg.pooling_type)
             x = enc.final_norm(x)
-        if cfg.method == "post_encoder":
+        if self.method.steering == OUTPUT:
             x, g = self.steering(0, x)
             gates = [(g, lengths)]
         audio = self.prompt_proj(x)[:, : cfg.max_prompt_tokens]  # (B, T', H)
@@ -143,7 +145,7 @@ class SteerMoEModel(nn.Module):
 
     def _layer(self, i: int, x: torch.Tensor, ctx):
         x = self.encoder.run_layer(i, x, ctx)
-        if self.config.method == "layer_wise":
+        if self.method.steering == EVERY_LAYER:
             return self.steering(i, x)
         return x, None
 

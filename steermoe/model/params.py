@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from steermoe.declare.model_config import SteerMoEConfig
+from steermoe.declare.model_config import PARAMETER_GROUPS, SteerMoEConfig
 from steermoe.model import fireredasr
 from steermoe.model.encoders import FIREREDASR_TYPES, ModelFolderError, encoder_from_config
 from steermoe.model.modeling import SteerMoEModel
@@ -73,9 +73,7 @@ def formula_counts(layers: int, experts: int, width: int, llm_width: int) -> dic
 
 
 def format_counts(counts: dict[str, int]) -> str:
-    rows = [(group, counts[group]) for group in
-            ("steering_vectors", "router", "layer_scales", "projection", "lora", "trainable", "frozen_encoder",
-             "frozen_decoder")]
+    rows = [(group, counts[group]) for group in (*PARAMETER_GROUPS, "trainable", "frozen_encoder", "frozen_decoder")]
     total = counts["trainable"] + counts["frozen_encoder"] + counts["frozen_decoder"]
     lines = [f"{'group':<18}{'parameters':>16}"]
     lines += [f"{group:<18}{value:>16,}" for group, value in rows]

@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import math
 
+from steermoe.declare.settings import TRAINED_METHODS
+
 GIB = 2 ** 30
 OVERHEAD_BYTES = 1.5 * GIB
 ACTIVATION_BYTES_PER_WIDTH = 34  # per layer, position and hidden unit, 16-bit activations
@@ -49,7 +51,7 @@ def training_memory(*, method: str, encoder_parameters: int, decoder_parameters:
             return (layers * 2 + per_unit) * positions * width * batch
         return layers * per_unit * positions * width * batch
 
-    backward_layers = {"layer_wise": encoder_layers - 1, "lora": encoder_layers}.get(method, 0)
+    backward_layers = TRAINED_METHODS[method].encoder_backward_layers(encoder_layers)
     activations = kept(decoder_layers, decoder_tokens, decoder_hidden) + \
         (kept(backward_layers, frames, encoder_width) if backward_layers else 0)
     logits = 2 * 4 * batch * head_tokens * vocab_size

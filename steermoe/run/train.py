@@ -19,6 +19,7 @@ import torch
 from torch.utils.data import DataLoader
 from transformers import EarlyStoppingCallback, PrinterCallback, Trainer, TrainerCallback, TrainingArguments
 
+from steermoe.declare.model_config import OPTIMIZER_GROUPS
 from steermoe.declare.outputs import progress_line
 from steermoe.declare.runconfig import DEEPSPEED_DIR, RunConfig
 from steermoe.declare.settings import REFERENCE
@@ -125,9 +126,8 @@ class SteerMoETrainer(Trainer):
     def create_optimizer(self, model=None):
         if self.optimizer is None:
             t, groups = self.run.training, self.model.parameter_groups()
-            spec = [("steering", groups["steering_vectors"] + groups["layer_scales"], t.steering_learning_rate),
-                    ("router", groups["router"], t.router_learning_rate),
-                    ("projection", groups["projection"] + groups["lora"], t.learning_rate)]
+            spec = [(name, [p for group in members for p in groups[group]], getattr(t, rate))
+                    for name, (members, rate) in OPTIMIZER_GROUPS.items()]
             self.optimizer = torch.optim.AdamW(
                 [{"params": params, "lr": lr, "name": name, "weight_decay": t.weight_decay}
                  for name, params, lr in spec if params], lr=t.learning_rate)
