@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 
 from steermoe.model.modeling import IGNORE_INDEX
-from steermoe.run.train import SteerMoETrainer
+from steermoe.run.trainer import SteerMoETrainer
 
 MAX_TEXT_TOKENS = 448  # the seed's max_text_length
 

@@ -22,7 +22,8 @@ def setup(run, trainer_class=None):
 
     from steermoe.run import precision
     from steermoe.run.loading import load_model, load_rows
-    from steermoe.run.train import SteerMoETrainer, training_arguments
+    from steermoe.run.train import training_arguments
+    from steermoe.run.trainer import SteerMoETrainer
 
     torch.manual_seed(run.top.seed)
     quiet = lambda message: None

@@ -62,3 +62,25 @@ def test_the_torch_free_side_imports_no_torch_transformers_or_deepspeed():
             f"print(sorted({{m.split('.')[0] for m in sys.modules}} & {set(HEAVY)!r}))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_the_trainer_is_used_with_the_transformers_range_its_private_overrides_were_written_for():
+    import inspect
+    import tomllib
+
+    import transformers
+    from packaging.specifiers import SpecifierSet
+    from transformers import Trainer
+
+    from steermoe.run.trainer import TRANSFORMERS_RANGE, SteerMoETrainer
+
+    tested = SpecifierSet(",".join(TRANSFORMERS_RANGE))
+    assert transformers.__version__ in tested, f"transformers {transformers.__version__} is outside {tested}"
+    declared = tomllib.loads((PACKAGE.parent / "pyproject.toml").read_text())["project"]["dependencies"]
+    (pinned,) = [d for d in declared if d.startswith("transformers")]
+    assert SpecifierSet(pinned.removeprefix("transformers")) == tested
+    overridden = [name for name in vars(SteerMoETrainer) if name.startswith("_") and not name.startswith("__")]
+    assert len(overridden) == 8
+    for name in overridden:  # each still exists in the Trainer, taking the same arguments
+        ours, theirs = inspect.signature(getattr(SteerMoETrainer, name)), inspect.signature(getattr(Trainer, name))
+        assert list(ours.parameters) == list(theirs.parameters), name

@@ -45,7 +45,8 @@ def make_trainer(run):
     from steermoe.model.features import AudioFeatures
     from steermoe.run.batching import Collator
     from steermoe.run.loading import filter_rows, load_model, load_rows
-    from steermoe.run.train import SteerMoETrainer, training_arguments
+    from steermoe.run.train import training_arguments
+    from steermoe.run.trainer import SteerMoETrainer
 
     model = load_model(run, "float32")
     rows = filter_rows(load_rows(run, run.top.parquet_dirs, "parquet_dirs"), model, run, "train")
@@ -78,7 +79,7 @@ def test_three_learning_rates_reach_the_optimiser_and_the_scheduler_scales_each(
 
 
 def test_steering_clipping_changes_the_step_exactly_when_the_norm_exceeds_the_limit():
-    from steermoe.run.train import clip_group_hook
+    from steermoe.run.trainer import clip_group_hook
 
     def step(limit, grad_scale):
         vec = torch.nn.Parameter(torch.zeros(3))
@@ -108,7 +109,7 @@ def test_steering_clip_runs_in_training_before_the_step(tiny, tmp_path, switch):
                                        steering={"num_experts": 4, "steering_gradient_clip": 1e-6, **switch.get(
                                            "steering", {})}, **{k: v for k, v in switch.items() if k != "steering"}))
     before = None
-    from steermoe.run.train import SteerMoETrainer
+    from steermoe.run.trainer import SteerMoETrainer
 
     seen = []
     original = SteerMoETrainer.create_optimizer

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-SAMPLE_RATE = 16000
+from steermoe.data.audio import SAMPLE_RATE
 
 
 @lru_cache(maxsize=1)

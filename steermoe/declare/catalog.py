@@ -19,7 +19,10 @@ from steermoe.declare.settings import METRICS, OWN_DECODER, SETTINGS
 from steermoe.errors import ConfigError
 
 ENCODER_TYPES = ("whisper", "conformer")
-RESOURCE_KEYS = ("gpus", "mem_mb", "runtime", "threads", "eval_runtime", "eval_mem_mb")
+# a job's resources where neither the decoder's `resources` nor the catalog's `defaults.resources` give them (the one
+# layer of defaults); an evaluation job takes eval_runtime and eval_mem_mb where given, else the training's values
+RESOURCE_DEFAULTS = {"gpus": 0, "mem_mb": 8000, "runtime": 240, "threads": 1}  # runtime in minutes
+RESOURCE_KEYS = (*RESOURCE_DEFAULTS, "eval_runtime", "eval_mem_mb")
 
 
 @dataclass

@@ -35,7 +35,7 @@ import re
 from pathlib import Path, PurePosixPath
 
 from steermoe.declare.axes import Row, cell_text, read_axes
-from steermoe.declare.catalog import data_folder, load_catalog, model_path, separate_test_sets
+from steermoe.declare.catalog import RESOURCE_DEFAULTS, data_folder, load_catalog, model_path, separate_test_sets
 from steermoe.declare.checks import check_safe_path, check_value, closest, expected, is_safe_name, listed, parse_bool
 from steermoe.declare.experiments import Experiment, check_groups, name_replicates, share_training
 from steermoe.declare.outputs import experiment_files
@@ -254,8 +254,7 @@ def load_matrix(matrix_path: str | Path, catalog_path: str | Path, quick: bool =
             raise ConfigError(f"{where('encoder')}: a '{REFERENCE}' row decodes with the encoder's own model; that "
                               f"is wired for Whisper encoders only, and {enc!r} is a {encoder['type']}")
         chosen = catalog.recipes[recipe] if recipe else {"settings": {}, "encoders": {}}
-        resources = {"gpus": 0, "mem_mb": 8000, "runtime": 240, "threads": 1,
-                     **catalog.defaults["resources"], **decoder["resources"]}
+        resources = {**RESOURCE_DEFAULTS, **catalog.defaults["resources"], **decoder["resources"]}
 
         test_sets = list(dataset["test_sets"])
         if "test_set" in overrides and overrides["test_set"] not in test_sets:

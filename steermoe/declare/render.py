@@ -27,6 +27,7 @@ import traceback
 from functools import lru_cache
 from pathlib import Path
 
+from steermoe.data.audio import SAMPLE_RATE
 from steermoe.declare.checks import shown
 from steermoe.declare.experiments import Experiment
 from steermoe.declare.settings import SETTINGS
@@ -94,6 +95,7 @@ def context(exp: Experiment, mode: str) -> dict:
                     "language": ds["language"], "task": ds["task"]},
         "s": settings,
         "settings": blocks,
+        "sample_rate": SAMPLE_RATE,
     }
 
 

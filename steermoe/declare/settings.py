@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from steermoe.data.audio import SAMPLE_RATE
 from steermoe.declare.protocols import PROTOCOLS
 
 
@@ -166,7 +167,7 @@ TABLE: tuple[Key, ...] = (
     K("eval_parquet_dirs", list, None, new=True),  # dev data; without it a sample of training rows is held out
     K("audio_column", str, "audio"),
     K("text_column", str, "text"),
-    K("sample_rate", int, 16000, choices=(16000,)),  # the encoders' feature extractors are 16 kHz
+    K("sample_rate", int, SAMPLE_RATE, choices=(SAMPLE_RATE,)),  # every corpus is prepared at the encoders' rate
 )
 del S, K
 

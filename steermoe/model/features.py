@@ -9,9 +9,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from steermoe.data.audio import SAMPLE_RATE
 from steermoe.errors import DataError
 
-SAMPLE_RATE = 16000
 WHISPER_SECONDS = 30.0  # Whisper's window: 3000 mel frames, 1500 encoder positions
 
 

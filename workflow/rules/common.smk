@@ -112,22 +112,22 @@ def test_config(wildcards):
     return EXP[wildcards.exp].test_config
 
 
-def _job_resource(res, key, default, evaluate):
+def _job_resource(res, key, evaluate):
     if evaluate:
         if key == "gpu":
-            return min(1, res.get("gpus", 0))  # evaluation decodes on one device
-        if key in ("runtime", "mem_mb") and f"eval_{key}" in res:
-            return res[f"eval_{key}"]
-    return res.get("gpus" if key == "gpu" else key, default)
+            return min(1, res["gpus"])  # evaluation decodes on one device
+        if key in ("runtime", "mem_mb"):
+            return res.get(f"eval_{key}", res[key])
+    return res["gpus" if key == "gpu" else key]
 
 
-def resource(key, default=None, evaluate=False):
-    """A job resource from the catalog (the decoder's `resources`, else `defaults.resources`): a constant when every
-    experiment has the same value (Snakemake then calls nothing per job), else a function of the experiment."""
-    values = {_job_resource(exp.resources, key, default, evaluate) for exp in EXPERIMENTS}
+def resource(key, evaluate=False):
+    """A job resource of the experiment (the catalog's, with steermoe.declare.catalog.RESOURCE_DEFAULTS below it): a
+    constant when every experiment has the same value (Snakemake then calls nothing per job), else a function."""
+    values = {_job_resource(exp.resources, key, evaluate) for exp in EXPERIMENTS}
     if len(values) == 1:
         return values.pop()
-    return job_function(lambda wildcards: _job_resource(EXP[wildcards.exp].resources, key, default, evaluate))
+    return job_function(lambda wildcards: _job_resource(EXP[wildcards.exp].resources, key, evaluate))
 
 
 @job_function

@@ -19,11 +19,11 @@ rule evaluate:
         config=test_config,
         config_sha256=config_sha256("test"),
         store=CONFIG_STORE,
-    threads: resource("threads", 1)
+    threads: resource("threads")
     resources:
-        gpu=resource("gpu", 0, evaluate=True),
-        mem_mb=resource("mem_mb", 8000, evaluate=True),
-        runtime=resource("runtime", 60, evaluate=True),
+        gpu=resource("gpu", evaluate=True),
+        mem_mb=resource("mem_mb", evaluate=True),
+        runtime=resource("runtime", evaluate=True),
     conda:
         "../envs/steermoe.yaml"
     shell:

@@ -25,11 +25,11 @@ rule train:
         config_sha256=config_sha256("train"),
         store=CONFIG_STORE,
         port=master_port,
-    threads: resource("threads", 1)
+    threads: resource("threads")
     resources:
-        gpu=resource("gpu", 0),
-        mem_mb=resource("mem_mb", 8000),
-        runtime=resource("runtime", 240),
+        gpu=resource("gpu"),
+        mem_mb=resource("mem_mb"),
+        runtime=resource("runtime"),
     conda:
         "../envs/steermoe.yaml"
     shell:
