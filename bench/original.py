@@ -1,4 +1,4 @@
-"""The original approach of the seed's training scripts, re-created minimally for comparison (never product code).
+"""The original approach of the original code's training scripts, re-created minimally for comparison (never product code).
 
 What it did per training batch, and what this re-creates:
   - every input padded to Whisper's 30 s window: 3000 log-mel frames, 1500 encoder frames, the whole window attended
@@ -17,7 +17,7 @@ import torch
 from steermoe.model.modeling import IGNORE_INDEX
 from steermoe.run.trainer import SteerMoETrainer
 
-MAX_TEXT_TOKENS = 448  # the seed's max_text_length
+MAX_TEXT_TOKENS = 448  # the original code's max_text_length
 
 
 def original_loss(model, features: torch.Tensor, feature_lengths: torch.Tensor, targets: list[str],

@@ -86,7 +86,7 @@ def _train(args) -> None:
     from steermoe.declare.runconfig import load_run_config, shipped_deepspeed
 
     run = load_run_config(args.config)  # before torch is imported: a mistake in the config shows at once
-    if args.deepspeed_config:  # the seed's launch flag
+    if args.deepspeed_config:  # the original code's launch flag
         run.training.use_deepspeed, run.training.deepspeed_config = True, shipped_deepspeed(args.deepspeed_config)
     from steermoe.run.train import train
 
@@ -290,7 +290,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train one experiment from its YAML config (resumes automatically)")
     p.add_argument("--config", required=True, help="{method}_{encoder}_{decoder}_{dataset}_train.yaml")
     p.add_argument("--deepspeed_config", "--deepspeed-config", default=None,
-                   help="DeepSpeed JSON (sets training.use_deepspeed, as the seed's launcher flag did)")
+                   help="DeepSpeed JSON (sets training.use_deepspeed, as the original code's launcher flag did)")
     p.set_defaults(func=_train)
     p = sub.add_parser("evaluate", help="decode a test split with a trained checkpoint (a reference config: with "
                                         "the encoder's own model) and score it")

@@ -259,9 +259,9 @@ def lenient_match(target: str, hypothesis: str) -> bool:
     return bool(target) and bool(hypothesis) and (target in hypothesis or hypothesis in target)
 
 
-def score_as_the_seed_code(metric: str, references: list[str], answers: list[list[str]],
+def score_as_the_original_code(metric: str, references: list[str], answers: list[list[str]],
                            hypotheses_by_seed: list[list[str]], seed: int = 0, resamples: int = 1000) -> dict:
-    """The seed protocol's score (steermoe/declare/protocols.py): raw WER or CER (no normalisation at all), or QA with one
+    """The original protocol's score (steermoe/declare/protocols.py): raw WER or CER (no normalisation at all), or QA with one
     row per annotator's answer scored by the lenient substring match. Each utterance's counts are summed over the
     sampling seeds, so `value` is the mean over seeds and `ci95` resamples utterances; `seed_values` has each
     seed's own value."""

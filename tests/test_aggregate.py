@@ -252,21 +252,21 @@ def test_a_group_is_compared_on_each_of_its_test_sets_with_the_baseline_scored_o
                                                                 (unseen_better, "synth-en/test-unseen")}
 
 
-def test_seed_protocol_rows_are_labelled_and_never_paired_with_honest_ones(workdir):
+def test_original_protocol_rows_are_labelled_and_never_paired_with_honest_ones(workdir):
     exps = [experiment(BASE, "linear", group="g", baseline=True), experiment(BETTER, "layer_wise", group="g")]
     write_evaluated(BASE, BASE_ERRORS)
     write_evaluated(BETTER, BETTER_ERRORS)
     path = workdir / "results" / BETTER / "eval" / "metrics.json"
     metrics = {k: v for k, v in json.loads(path.read_text()).items() if k != "raw"}
-    path.write_text(json.dumps({**metrics, "protocol": "seed", "seed_values": [0.1, 0.2], "reference_units": 100}))
+    path.write_text(json.dumps({**metrics, "protocol": "original", "seed_values": [0.1, 0.2], "reference_units": 100}))
     run(exps)
     rows = read_table(workdir / "results/table.csv")
     assert [(r["experiment"], r["protocol"], r["metric"]) for r in rows] == [
-        (BASE, "honest", "wer"), (BASE, "honest", "wer_raw"), (BETTER, "seed", "wer")]
-    assert rows[2]["note"].startswith("seed protocol: raw word error rate") and rows[2]["reference_units"] == "100"
+        (BASE, "honest", "wer"), (BASE, "honest", "wer_raw"), (BETTER, "original", "wer")]
+    assert rows[2]["note"].startswith("original protocol: raw word error rate") and rows[2]["reference_units"] == "100"
     (row,) = read_table(workdir / "results/comparisons.csv")
     assert row["status"] == "error"
-    assert row["error"] == f"{BETTER} is evaluated under the seed protocol, the baseline {BASE} under honest"
+    assert row["error"] == f"{BETTER} is evaluated under the original protocol, the baseline {BASE} under honest"
 
 
 def test_a_matrix_column_the_table_already_has_appears_once_with_the_results_value(workdir):
@@ -280,7 +280,7 @@ def test_a_matrix_column_the_table_already_has_appears_once_with_the_results_val
 
 
 def test_an_evaluation_variant_reports_the_training_it_shares(workdir):
-    sharer = f"{BASE}_protocolseed"
+    sharer = f"{BASE}_protocoloriginal"
     exps = [experiment(BASE, "linear"), replace(experiment(sharer, "linear"), trained_by=BASE,
                                                 train_config=experiment(BASE, "linear").train_config)]
     write_evaluated(BASE, BASE_ERRORS)

@@ -229,7 +229,7 @@ def test_template_referencing_an_undefined_variable(workflow):
 
 def test_unknown_workflow_config_key(workflow):
     workflow_error(workflow, "config (experiments/config.yaml and --config): unknown key 'result' (did you mean "
-                             "'results'?); valid keys: matrix, catalog, results, models, data, templates, quick",
+                             "'results'?); valid keys: matrix, catalog, results, logs, models, data, templates, quick",
                    args=("--config", "result=elsewhere"))
 
 

@@ -31,7 +31,7 @@ def free_port() -> int:
 
 
 def launch(launcher: str, config: Path, tmp_path: Path) -> list[str]:
-    """The command that trains `config` in two processes. The DeepSpeed form is the seed document's own,
+    """The command that trains `config` in two processes. The DeepSpeed form is the original code's own,
     `deepspeed --num_gpus=N <entry point> --config X.yaml --deepspeed_config <json>`, with two CPU processes."""
     port = str(free_port())
     if launcher == "torchrun":

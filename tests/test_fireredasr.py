@@ -1,5 +1,5 @@
-"""FireRedASR-AED's Conformer (the seed's `conformer`): parity with the reference `fireredasr` package (features and
-encoder), the release's files read safely, and the seed's C3B / C7B setups counted and planned."""
+"""FireRedASR-AED's Conformer (the original code's `conformer`): parity with the reference `fireredasr` package (features and
+encoder), the release's files read safely, and the original code's C3B / C7B setups counted and planned."""
 import argparse
 import json
 import shutil
@@ -218,7 +218,7 @@ def test_a_text_cmvn_reads_like_the_binary_one(release, tmp_path):
     assert inv_std.tolist() == text_inv_std.tolist() == pytest.approx([1.0, 1 / np.sqrt(2.0)])  # var 2-1, 6-4
 
 
-# ---- the seed's setups: parameter counts and plans from the shipped shape ------------------------------------------
+# ---- the original code's setups: parameter counts and plans from the shipped shape ------------------------------------------
 @pytest.mark.parametrize("decoder,width", [("qwen2.5-3b-instruct", 2048), ("qwen2.5-7b-instruct", 3584)])
 def test_c3b_and_c7b_trainable_parameters(decoder, width):
     from steermoe.declare.model_config import SteerMoEConfig
@@ -231,14 +231,14 @@ def test_c3b_and_c7b_trainable_parameters(decoder, width):
     assert 0.68e9 < counts["frozen_encoder"] < 0.74e9
 
 
-def test_seed_matrix_conformer_rows_render_and_plan(tmp_path):
+def test_original_matrix_conformer_rows_render_and_plan(tmp_path):
     from steermoe.declare.matrix import load_matrix
     from steermoe.declare.render import render
     from steermoe.report.plan import plan, setting
     from tests.test_workflow import copy_workflow
 
     root = copy_workflow(tmp_path / "wf")
-    experiments = [e for e in load_matrix(root / "experiments/matrix-seed.tsv", root / "experiments/catalog.yaml")
+    experiments = [e for e in load_matrix(root / "experiments/matrix-original.tsv", root / "experiments/catalog.yaml")
                    if e.encoder == "conformer"]
     assert {e.decoder for e in experiments} == {"qwen3b", "qwen7b"}
     for exp in experiments:

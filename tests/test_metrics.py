@@ -375,34 +375,34 @@ def test_paired_rejects_mismatched_inputs():
         paired_bootstrap(per_utterance([1, 2], [5, 5]), per_utterance([1, 2], [5, 6]))
 
 
-# ---------------------------------------------------------------- the seed protocol (the original code's scoring)
+# ---------------------------------------------------------------- the original protocol (the original code's scoring)
 
 @pytest.mark.parametrize("rows", [20, 101, 1234])
-def test_the_seed_subset_is_exactly_what_the_datasets_library_selects(rows):
+def test_the_original_subset_is_exactly_what_the_datasets_library_selects(rows):
     from datasets import Dataset
 
-    from steermoe.declare.protocols import seed_subset
+    from steermoe.declare.protocols import original_subset
 
     expected = Dataset.from_dict({"row": list(range(rows))}).train_test_split(test_size=0.05, seed=42)["test"]["row"]
-    assert seed_subset(rows) == list(expected)
+    assert original_subset(rows) == list(expected)
 
 
-def test_seed_protocol_asr_is_raw_and_averaged_over_sampling_seeds():
+def test_original_protocol_asr_is_raw_and_averaged_over_sampling_seeds():
     refs = ["HELLO WORLD", "A B C"]
     by_seed = [["hello world", "A B C"],  # case counts: 2 substitutions of 5 words -> 0.4
                ["HELLO WORLD", "A X C"]]  # 1 substitution -> 0.2
-    result = metrics.score_as_the_seed_code("wer", refs, [[r] for r in refs], by_seed, resamples=200)
+    result = metrics.score_as_the_original_code("wer", refs, [[r] for r in refs], by_seed, resamples=200)
     assert result["metric"] == "wer" and result["value"] == pytest.approx(0.3)
     assert result["seed_values"] == pytest.approx([0.4, 0.2]) and result["seed_std"] == pytest.approx(0.1)
     assert result["per_utterance"] == [{"errors": 2, "reference_units": 4}, {"errors": 1, "reference_units": 6}]
     assert result["reference_units"] == 5 and result["utterances"] == 2
 
 
-def test_seed_protocol_qa_scores_one_row_per_annotator_leniently():
+def test_original_protocol_qa_scores_one_row_per_annotator_leniently():
     answers = [["yes", "yes", "no"], ["dog", "a dog"]]
     by_seed = [["Yes", "the dog barks"],  # rows: yes yes no -> 2 of 3; dog in "dog barks" twice -> 2 of 2: 4/5
                ["no", "cat"]]  # 1 of 3 and 0 of 2: 1/5
-    result = metrics.score_as_the_seed_code("qa_accuracy", ["yes", "dog"], answers, by_seed, resamples=200)
+    result = metrics.score_as_the_original_code("qa_accuracy", ["yes", "dog"], answers, by_seed, resamples=200)
     assert result["metric"] == "qa_accuracy" and result["value"] == pytest.approx(0.5)
     assert result["seed_values"] == pytest.approx([0.8, 0.2])
     assert result["per_utterance"] == [{"errors": 3, "reference_units": 6}, {"errors": 2, "reference_units": 4}]

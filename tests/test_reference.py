@@ -133,9 +133,9 @@ def test_a_reference_config_needs_no_llm_decoder_and_ignores_steering_and_traini
         load_run_config(reference_config(tmp_path, "/m/whisper", "/d/test", llm_decoder={"model": "/m/qwen"}))
     with pytest.raises(ConfigError, match="'evaluation.output_dir' is required: method reference trains nothing"):
         load_run_config(reference_config(tmp_path, "/m/whisper", "/d/test", evaluation={}))
-    with pytest.raises(ConfigError, match="protocol: seed.* evaluate it with protocol honest"):
+    with pytest.raises(ConfigError, match="protocol: original.* evaluate it with protocol honest"):
         load_run_config(reference_config(tmp_path, "/m/whisper", "/d/test",
-                                         evaluation={"output_dir": "/r/eval", "protocol": "seed"}))
+                                         evaluation={"output_dir": "/r/eval", "protocol": "original"}))
     # the other methods still need their decoder
     with pytest.raises(ConfigError, match="the 'llm_decoder' section is missing"):
         load_run_config(reference_config(tmp_path, "/m/whisper", "/d/test", name="linear_whisper_qwen_x_test",

@@ -1,4 +1,4 @@
-"""Strict loading of experiment YAML: the seed document's format loads; mistakes name the file, key and fix."""
+"""Strict loading of experiment YAML: the original code's format loads; mistakes name the file, key and fix."""
 from pathlib import Path
 
 import pytest
@@ -21,7 +21,7 @@ def write(tmp_path, text, name="layer_wise_whisper_qwen7b_libri_train.yaml"):
     return path
 
 
-def test_the_seed_documents_example_loads_with_every_value():
+def test_the_original_codes_example_loads_with_every_value():
     run = load_run_config(SEED_EXAMPLE)
     assert (run.method, run.mode, run.encoder_kind) == ("layer_wise", "train", "whisper")
     assert (run.encoder.model_path, run.encoder.feature_dim, run.encoder.num_layers) == \
@@ -99,7 +99,7 @@ def test_broken_files(tmp_path):
         load_run_config(write(tmp_path, MINIMAL + "seed: !!python/object/apply:os.system ['true']\n"))
 
 
-def test_names_follow_the_seed_convention():
+def test_names_follow_the_original_codes_convention():
     assert parse_name("layer_wise_whisper_qwen7b_libri_train") == ("layer_wise", "train")
     assert parse_name("layer_wise_conformer_qwen7b_libri_train_aed") == ("layer_wise", "train")
     assert parse_name("linear_whisper_qwen7b_libri_test") == ("linear", "eval")

@@ -50,7 +50,7 @@ def slurm_conf(tmp_path_factory):
 def test_slurm_profile_keeps_the_catalogs_gpus(tmp_path):
     """The workflow profile replaces profiles/default, whose gpu=1 (a local limit) would cap the 4-GPU jobs."""
     root = copy_workflow(tmp_path / "wf")
-    shutil.copy(root / "experiments/matrix-seed.tsv", root / "experiments/matrix.tsv")
+    shutil.copy(root / "experiments/matrix-original.tsv", root / "experiments/matrix.tsv")
     proc = subprocess.run([str(VENV_BIN / "snakemake"), "--workflow-profile", "profiles/slurm", "-n"], cwd=root,
                           env=snakemake_env(), capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]

@@ -89,7 +89,7 @@ def test_a_reference_row_being_decoded_is_evaluating_not_preparing_or_failed(wor
 
 def test_an_evaluation_variant_shows_the_training_it_shares(workdir):
     write_log(TRAINING, "train", LOG)
-    line = experiment_line(replace(experiment(f"{TRAINING}_protocolseed", "layer_wise"), trained_by=TRAINING),
+    line = experiment_line(replace(experiment(f"{TRAINING}_protocoloriginal", "layer_wise"), trained_by=TRAINING),
                            Path("results"), Path("logs"))
     assert (line["state"], line["step"]) == ("training", 320)
 

@@ -352,8 +352,8 @@ def test_evaluate_decodes_the_whole_split_deterministically(tiny, tmp_path):
     assert again["value"] == first["value"]
 
 
-def test_the_seed_protocol_samples_the_datasets_subset_once_per_seed(tiny, tmp_path):
-    from steermoe.declare.protocols import SEED_SAMPLING, seed_subset
+def test_the_original_protocol_samples_the_datasets_subset_once_per_seed(tiny, tmp_path):
+    from steermoe.declare.protocols import ORIGINAL_SAMPLING, original_subset
     from steermoe.run.evaluate import evaluate
     from steermoe.run.loading import load_rows
     from steermoe.run.train import train
@@ -361,15 +361,15 @@ def test_the_seed_protocol_samples_the_datasets_subset_once_per_seed(tiny, tmp_p
     train(load_run_config(write_config(tmp_path, tiny, training={"max_steps": 1})), log=lambda *_: None)
     config = write_config(tmp_path, tiny, name="layer_wise_whisper_qwen_tones_test",
                           parquet_dirs=[f"{tiny['corpus']}/train.parquet"],  # 32 rows: a subset of 2
-                          evaluation={"protocol": "seed", "sampling_seeds": 2, "max_new_tokens": 6, "batch_size": 1})
+                          evaluation={"protocol": "original", "sampling_seeds": 2, "max_new_tokens": 6, "batch_size": 1})
     run = load_run_config(config)
     result = evaluate(run, output_dir=tmp_path / "seed", log=lambda *_: None)
-    assert result["protocol"] == "seed" and result["utterances"] == 2 and len(result["seed_values"]) == 2
-    assert result["decoding"]["strategy"] == "sampling" and result["decoding"]["top_k"] == SEED_SAMPLING["top_k"]
+    assert result["protocol"] == "original" and result["utterances"] == 2 and len(result["seed_values"]) == 2
+    assert result["decoding"]["strategy"] == "sampling" and result["decoding"]["top_k"] == ORIGINAL_SAMPLING["top_k"]
     assert "2 of 32 rows" in result["decoding"]["subset"]
     lines = [json.loads(x) for x in (tmp_path / "seed" / "predictions.jsonl").read_text().splitlines()]
     ids = load_rows(run, run.top.parquet_dirs, "parquet_dirs").columns["id"]
-    assert [x["id"] for x in lines] == [ids[i] for i in seed_subset(32)]
+    assert [x["id"] for x in lines] == [ids[i] for i in original_subset(32)]
     assert all(len(x["hypotheses"]) == 2 and x["hypotheses"][0] == x["hypothesis"] for x in lines)
     again = evaluate(run, output_dir=tmp_path / "again", log=lambda *_: None)  # seeded: the same draws
     assert (tmp_path / "again" / "predictions.jsonl").read_bytes() == \
@@ -442,7 +442,7 @@ def test_batch_size_epochs_prompt_clipping_cache_and_workers_take_effect(tiny, t
     assert all(h["grad_norm"] >= 0 for h in summary["log_history"] if "grad_norm" in h)
 
 
-# ---- DeepSpeed (CPU, gloo) and the seed's own example ------------------------------------------------------------
+# ---- DeepSpeed (CPU, gloo) and the original code's own example ------------------------------------------------------------
 def _cli_train(config: Path) -> subprocess.CompletedProcess:
     """DeepSpeed runs in its own process: it sets up a process group that would leak into later tests."""
     return subprocess.run([sys.executable, "-m", "steermoe.cli", "train", "--config", str(config)], cwd=REPO,
@@ -492,8 +492,8 @@ def test_deepspeed_zero_on_cpu_trains_to_the_same_loss_as_plain_training(tiny, t
         assert torch.equal(whole[key], again[key]), key
 
 
-def test_the_seed_example_with_paths_changed_trains(tiny, tmp_path):
-    """The seed document's example config, only its paths changed: DeepSpeed and fp16 requested on a CPU."""
+def test_the_original_example_with_paths_changed_trains(tiny, tmp_path):
+    """The original code's example config, only its paths changed: DeepSpeed and fp16 requested on a CPU."""
     text = (Path(__file__).parent / "data" / "layer_wise_whisper_qwen7b_libri_train.yaml").read_text()
     for old, new in (("/mnt/models/whisper-large-v3/", tiny["encoder"]),
                      ("/mnt/models/Qwen2.5-7B-Instruct/", tiny["decoder"]),
@@ -503,7 +503,7 @@ def test_the_seed_example_with_paths_changed_trains(tiny, tmp_path):
         assert old in text
         text = text.replace(old, new)
     text = text.replace("feature_dim: 1280", "feature_dim: 32").replace("num_layers: 32", "num_layers: 2")
-    text = text.replace("pooling_position: 32", "pooling_position: 2")  # the last layer, as in the seed
+    text = text.replace("pooling_position: 32", "pooling_position: 2")  # the last layer, as in the original code
     config = tmp_path / "layer_wise_whisper_qwen7b_libri_train.yaml"
     config.write_text(text)
     proc = _cli_train(config)

@@ -164,10 +164,10 @@ def test_data_preparation_uses_the_cores_it_is_given(tmp_path):
         assert sorted(workers) == [("synth-en", cores)] * 3, out[-3000:]
 
 
-def test_seed_matrix_validates_and_plans_the_deepspeed_launch(tmp_path):
-    """The seed document's table: only paths to set. 7B decoders train on 4 GPUs via the DeepSpeed launcher."""
+def test_original_matrix_validates_and_plans_the_deepspeed_launch(tmp_path):
+    """The original code's table: only paths to set. 7B decoders train on 4 GPUs via the DeepSpeed launcher."""
     root = copy_workflow(tmp_path / "wf")
-    shutil.copy(root / "experiments/matrix-seed.tsv", root / "experiments/matrix.tsv")
+    shutil.copy(root / "experiments/matrix-original.tsv", root / "experiments/matrix.tsv")
     experiments = load_matrix(root / "experiments/matrix.tsv", root / "experiments/catalog.yaml")
     assert len(experiments) >= 9
     out = snakemake(root, "-n", "-p", "--resources", "gpu=8", "--cores", "16").stdout  # a 16-core GPU node
@@ -382,15 +382,15 @@ def test_overrides_reach_the_rendered_config_and_quick_wins(tmp_path):
     assert plain.settings["max_steps"] == 1120
 
 
-def test_the_seed_code_recipe_renders_exactly_what_the_original_code_ran(tmp_path):
+def test_the_original_code_recipe_renders_exactly_what_the_original_code_ran(tmp_path):
     root = copy_workflow(tmp_path / "wf")
-    matrix = write_matrix(root, "layer_wise\twhisper-large-v3\tqwen7b\tlibri\tseed-code",
-                          "layer_wise\tconformer\tqwen7b\tlibri\tseed-code",
+    matrix = write_matrix(root, "layer_wise\twhisper-large-v3\tqwen7b\tlibri\toriginal-code",
+                          "layer_wise\tconformer\tqwen7b\tlibri\toriginal-code",
                           "layer_wise\twhisper-large-v3\tqwen7b\tlibri\tpaper",
                           "layer_wise\twhisper-large-v3\tqwen7b\tlibri\t",
                           header="method\tencoder\tdecoder\tdataset\trecipe\n")
     whisper, conformer, paper, plain = on_first_test_set(load_matrix(matrix, root / "experiments/catalog.yaml"))
-    assert (whisper.id, whisper.recipe) == ("layer_wise_whisper-large-v3_qwen7b_libri_seed-code", "seed-code")
+    assert (whisper.id, whisper.recipe) == ("layer_wise_whisper-large-v3_qwen7b_libri_original-code", "original-code")
 
     def rendered(exp):
         path = tmp_path / Path(exp.train_config).name
@@ -418,13 +418,13 @@ def test_the_seed_code_recipe_renders_exactly_what_the_original_code_ran(tmp_pat
 
 def test_an_unknown_recipe_is_a_clear_error(tmp_path):
     root = copy_workflow(tmp_path / "wf")
-    matrix = write_matrix(root, "layer_wise\twhisper-tiny.en\tsmollm2\tsynth-en\tseed-cod",
+    matrix = write_matrix(root, "layer_wise\twhisper-tiny.en\tsmollm2\tsynth-en\toriginal-cod",
                           header="method\tencoder\tdecoder\tdataset\trecipe\n")
     with pytest.raises(ConfigError) as err:
         load_matrix(matrix, root / "experiments/catalog.yaml")
-    assert str(err.value) == (f"{matrix}: row 1 (line 2), column 'recipe': unknown recipe 'seed-cod' (not in "
-                              f"{root / 'experiments/catalog.yaml'}) (did you mean 'seed-code'?); allowed: paper, "
-                              f"seed-code")
+    assert str(err.value) == (f"{matrix}: row 1 (line 2), column 'recipe': unknown recipe 'original-cod' (not in "
+                              f"{root / 'experiments/catalog.yaml'}) (did you mean 'original-code'?); allowed: paper, "
+                              f"original-code")
 
 
 def test_rows_that_differ_only_in_evaluation_share_one_training(tmp_path):
@@ -432,16 +432,16 @@ def test_rows_that_differ_only_in_evaluation_share_one_training(tmp_path):
     root = copy_workflow(tmp_path / "wf")
     header = "method\tencoder\tdecoder\tdataset\tprotocol\tnum_beams\tmax_steps\n"
     matrix = write_matrix(root, "layer_wise\twhisper-tiny.en\tsmollm2\tsynth-en\t\t\t",
-                          "layer_wise\twhisper-tiny.en\tsmollm2\tsynth-en\tseed\t\t",
+                          "layer_wise\twhisper-tiny.en\tsmollm2\tsynth-en\toriginal\t\t",
                           "layer_wise\twhisper-tiny.en\tsmollm2\tsynth-en\t\t4\t",
-                          "layer_wise\twhisper-tiny.en\tsmollm2\tsynth-en\tseed\t\t50", header=header)
+                          "layer_wise\twhisper-tiny.en\tsmollm2\tsynth-en\toriginal\t\t50", header=header)
     everything = load_matrix(matrix, root / "experiments/catalog.yaml")
-    honest, seed, beams, other = on_first_test_set(everything)
-    assert (seed.id, seed.trained_by) == (f"{honest.id}_protocolseed", honest.id)
+    honest, original, beams, other = on_first_test_set(everything)
+    assert (original.id, original.trained_by) == (f"{honest.id}_protocoloriginal", honest.id)
     assert beams.trained_by == honest.id and other.trained_by is None  # max_steps changes training
-    assert seed.final_dir == honest.final_dir and seed.train_config == honest.train_config
-    test = yaml.safe_load(render(seed, root / "templates", "test"))
-    assert test["evaluation"]["checkpoint"] == honest.final_dir and test["evaluation"]["protocol"] == "seed"
+    assert original.final_dir == honest.final_dir and original.train_config == honest.train_config
+    test = yaml.safe_load(render(original, root / "templates", "test"))
+    assert test["evaluation"]["checkpoint"] == honest.final_dir and test["evaluation"]["protocol"] == "original"
     jobs = planned(root)
     assert {what for rule, what in jobs if rule == "train"} == {honest.id, other.id}
     assert {what for rule, what in jobs if rule == "evaluate"} == {e.id for e in everything}  # each on 2 test sets
@@ -540,7 +540,7 @@ def test_adding_a_test_set_prepares_only_it_and_runs_only_the_new_evaluations(tm
 def test_rendered_configs_load_and_are_deterministic(tmp_path):
     root = copy_workflow(tmp_path / "wf")
     catalog = root / "experiments/catalog.yaml"
-    for matrix in ("matrix.tsv", "matrix-seed.tsv"):
+    for matrix in ("matrix.tsv", "matrix-original.tsv"):
         experiments = load_matrix(root / "experiments" / matrix, catalog)
         first, second = render_all(experiments, root / "templates"), render_all(experiments, root / "templates")
         assert first == second

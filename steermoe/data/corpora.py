@@ -190,7 +190,7 @@ def clotho_aqa(root: str | Path) -> Splits:
 
 def generic_parquet(paths: list[str | Path], audio_column: str = "audio", text_column: str = "text",
                     split: str | None = None) -> Splits:
-    """The seed's generic path: parquet files with `audio_column` (bytes, or a struct with bytes) and
+    """The original code's generic path: parquet files with `audio_column` (bytes, or a struct with bytes) and
     `text_column`, and their `id` column where they have one. Each directory (or file) given is one split, named by
     `split` or by the folder/file name."""
     splits: Splits = {}

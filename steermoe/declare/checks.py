@@ -143,6 +143,8 @@ def check_value(where: str, key, value):
         raise ConfigError(f"{where}: must be {expected(key)}, got {shown(value)} ({type(value).__name__})")
     if wanted is float and not math.isfinite(value):
         raise ConfigError(f"{where}: must be a finite number, got {value!r}")
+    if key.forbidden is not None and value == key.forbidden[0]:
+        raise ConfigError(f"{where}: {value!r} {key.forbidden[1]}")
     if key.choices is not None and value not in key.choices:
         raise ConfigError(f"{where}: {shown(value)} is not one of {', '.join(map(str, key.choices))}")
     if key.positive and value <= 0:
@@ -151,8 +153,6 @@ def check_value(where: str, key, value):
         raise ConfigError(f"{where}: must be at least {key.minimum}, got {value!r}")
     if key.maximum is not None and value > key.maximum:
         raise ConfigError(f"{where}: must be at most {key.maximum}, got {value!r}")
-    if key.forbidden is not None and value == key.forbidden[0]:
-        raise ConfigError(f"{where}: {value!r} {key.forbidden[1]}")
     if wanted is list and not all(isinstance(v, str) and v for v in value):
         raise ConfigError(f"{where}: must be a list of non-empty strings, got {shown(value)}")
     return value

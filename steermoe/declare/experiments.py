@@ -77,7 +77,7 @@ class Experiment:
 
     @property
     def name(self) -> str:
-        """The seed convention's stem without mode: {method}_{encoder}_{decoder}_{dataset}."""
+        """The original code's stem without mode: {method}_{encoder}_{decoder}_{dataset}."""
         return f"{self.method}_{self.encoder}_{self.decoder}_{self.dataset}"
 
     @property

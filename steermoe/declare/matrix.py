@@ -10,7 +10,7 @@ Torch-free (the Snakefile imports it at parse time, and `steermoe aggregate` / `
 The matrix is a tab-separated file. Columns:
     method, encoder, decoder, dataset   required; a method of steermoe.declare.settings.METHODS and names of the catalog
                                         (a `reference` row's decoder is `own`: the encoder model's own decoder)
-    recipe                              optional name of a catalog recipe (a block of settings: seed-code, paper)
+    recipe                              optional name of a catalog recipe (a block of settings: original-code, paper)
     variant                             optional explicit suffix of the experiment id (default: the recipe, then
                                         the overrides)
     group, baseline                     optional ablation group; `baseline: true` on the one row of the group that

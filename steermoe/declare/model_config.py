@@ -1,6 +1,6 @@
 """The model's configuration: one small object, the single place where model options live.
 
-YAML loading (the seed schema) maps onto this object; the model reads nothing else.
+YAML loading (the original code's schema) maps onto this object; the model reads nothing else.
 """
 from __future__ import annotations
 

@@ -1,8 +1,8 @@
-"""One experiment's YAML config (the seed document's schema plus this project's keys), loaded strictly.
+"""One experiment's YAML config (the original code's schema plus this project's keys), loaded strictly.
 
-Every key the seed document names means something here; a key that is unknown, misplaced or of the wrong type
+Every key the original code's configuration reference names means something here; a key that is unknown, misplaced or of the wrong type
 is an error naming the file, the key and the closest valid key. YAML is read with a safe loader that follows
-YAML 1.2 for numbers, so the seed's `learning_rate: 1e-4` is a float (PyYAML would make it a string).
+YAML 1.2 for numbers, so the original code's `learning_rate: 1e-4` is a float (PyYAML would make it a string).
 
 A `reference` config (the Whisper encoder's own model decoded untrained) needs the whisper_encoder section, the test
 data and where to write; it may leave out llm_decoder and training, and builds no SteerMoE model.
@@ -118,7 +118,7 @@ class RunConfig:
         return SteerMoEConfig(**{**options, "lora_target_modules": list(options["lora_target_modules"] or [])})
 
     def resolve(self, path: str) -> Path:
-        """Relative paths in a config are relative to the working directory (as in the seed's scripts)."""
+        """Relative paths in a config are relative to the working directory (as in the original code's scripts)."""
         return Path(path).expanduser()
 
     @property
@@ -221,7 +221,7 @@ def parse_run_config(text: bytes, path: str | Path) -> RunConfig:
     if t.fp16 and t.bf16 is True:
         raise ConfigError(f"{file}: 'training.fp16' and 'training.bf16' are both true; choose one")
     if t.use_deepspeed and not t.deepspeed_config:
-        t.deepspeed_config = "stage2_simple"  # the seed's recommended configuration
+        t.deepspeed_config = "stage2_simple"  # the original code's recommended configuration
     t.deepspeed_config = shipped_deepspeed(t.deepspeed_config)
     if not t.logging_dir and t.output_dir:
         t.logging_dir = str(Path(t.output_dir) / "logs")
@@ -230,8 +230,8 @@ def parse_run_config(text: bytes, path: str | Path) -> RunConfig:
     if reference and not (ev.output_dir or t.output_dir):
         raise ConfigError(f"{file}: 'evaluation.output_dir' is required: method {REFERENCE} trains nothing, so there "
                           f"is no training.output_dir to evaluate into")
-    if reference and ev.protocol == "seed":
-        raise ConfigError(f"{file}: 'evaluation.protocol: seed' repeats the original code's sampling from its LLM, "
+    if reference and ev.protocol == "original":
+        raise ConfigError(f"{file}: 'evaluation.protocol: original' repeats the original code's sampling from its LLM, "
                           f"which method {REFERENCE} does not have; evaluate it with protocol honest")
 
     config = RunConfig(

@@ -36,7 +36,7 @@ TRAINED_METHODS = {  # a SteerMoE model (SteerMoEConfig.method)
     "post_encoder": Method(steering=OUTPUT),
     "lora": Method(lora=True),
 }
-# the frozen encoder's own model decoded with no training, e.g. Whisper's decoder (the seed's "Whisper (frozen)" row)
+# the frozen encoder's own model decoded with no training, e.g. Whisper's decoder (the original code's "Whisper (frozen)" row)
 REFERENCE = "reference"
 METHODS = (*TRAINED_METHODS, REFERENCE)
 OWN_DECODER = "own"  # a reference row's decoder: the encoder model's own
@@ -66,7 +66,7 @@ class Key:
     short: str | None = None  # its part of automatic variants (default: the setting name without '_')
     evaluation_only: bool = False  # changes only how a trained model is evaluated: never retrains
     model: str | None = None  # the SteerMoEConfig option it sets
-    new: bool = False  # added by this project (not in the seed document's reference)
+    new: bool = False  # added by this project (not in the original code's reference)
 
     @property
     def section(self) -> str:
@@ -113,7 +113,7 @@ TABLE: tuple[Key, ...] = (
     S("training.use_deepspeed", bool, False),
     S("training.deepspeed_config", str, None),  # the DeepSpeed JSON; default the shipped ZeRO-2 one
     S("training.report_to", str, "tensorboard", choices=TRACKERS),  # where the curves and metrics also go
-    # at most 256: the seed's experiments use 4 to 16; 10,000 would train 31 M parameters on Whisper-large
+    # at most 256: the original code's experiments use 4 to 16; 10,000 would train 31 M parameters on Whisper-large
     S("steering.num_experts", int, 8, positive=True, maximum=256, short="experts", model="num_experts"),
     S("steering.steering_scale", float, 0.1, short="scale", model="steering_scale"),
     S("steering.use_layer_scales", bool, True, short="layerscales", model="use_layer_scales"),
@@ -133,8 +133,9 @@ TABLE: tuple[Key, ...] = (
     S("evaluation.max_new_tokens", int, 128, positive=True, evaluation_only=True, new=True),
     # 1.0: none. Explicit because generate() would otherwise take the decoder's own (Qwen2.5's: 1.05)
     S("evaluation.repetition_penalty", float, 1.0, positive=True, short="reppen", evaluation_only=True, new=True),
-    S("evaluation.protocol", str, "honest", choices=PROTOCOLS, evaluation_only=True, new=True),
-    S("evaluation.sampling_seeds", int, 3, positive=True, evaluation_only=True, new=True),  # protocol seed: 0..n-1
+    S("evaluation.protocol", str, "honest", choices=PROTOCOLS, evaluation_only=True, new=True,
+      forbidden=("seed", "is called 'original' now (the original code's evaluation): write protocol: original")),
+    S("evaluation.sampling_seeds", int, 3, positive=True, evaluation_only=True, new=True),  # protocol original: 0..n-1
     S("evaluation.bootstrap_resamples", int, 1000, positive=True, evaluation_only=True, new=True),
     # which of the dataset's test sets (catalog `test_sets`) is decoded; the workflow sets it, default the first
     S("evaluation.test_set", str, None, short="on-", evaluation_only=True, new=True),

@@ -1,4 +1,4 @@
-"""Reference rows (method `reference`): the frozen encoder's own model decoded with no training, as the seed paper's
+"""Reference rows (method `reference`): the frozen encoder's own model decoded with no training, as the SteerMoE paper's
 "Whisper-large-v3 (frozen)" row: Whisper's own decoder on the test split. Whisper only: FireRedASR's own decoder is
 not wired.
 

@@ -247,8 +247,11 @@ def _upstream_failure(exp: Experiment, logs: Path, root: Path) -> tuple[str, str
 def _check_metrics(metrics: dict, path: Path) -> None:
     metric = metrics.get("metric")
     old = sorted({key for key in OLD_NAMES if key in metrics or metric == key})
+    if metrics.get("protocol") == "seed":
+        old.append("protocol")
     if old:
-        renamed = ", ".join(f"{key} is now {OLD_NAMES[key]}" for key in old)
+        renamed = ", ".join(f"{key} is now {OLD_NAMES[key]}" if key in OLD_NAMES else "protocol seed is now original"
+                            for key in old)
         raise MalformedFile(f"{path}: written by an older steermoe ({renamed}); evaluate again (remove {path.parent} "
                             f"and re-run the workflow)")
     if metric not in METRICS:

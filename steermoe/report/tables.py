@@ -38,10 +38,10 @@ NOTES = {
     "qa_any_annotator": "normalised exact match against any annotator's answer (not an accuracy)",
     "qa_lenient_substring": "the original code's lenient substring score (not an accuracy)",
 }
-SEED_PROTOCOL_NOTES = {  # the same metric names, computed as the original code did (steermoe/declare/protocols.py)
-    "wer": "seed protocol: raw word error rate, no normalisation, 5 % subset, mean over sampling seeds",
-    "cer": "seed protocol: raw character error rate, no normalisation, 5 % subset, mean over sampling seeds",
-    "qa_accuracy": "seed protocol: lenient substring match, one row per annotator, 5 % subset, mean over sampling "
+ORIGINAL_PROTOCOL_NOTES = {  # the same metric names, computed as the original code did (steermoe/declare/protocols.py)
+    "wer": "original protocol: raw word error rate, no normalisation, 5 % subset, mean over sampling seeds",
+    "cer": "original protocol: raw character error rate, no normalisation, 5 % subset, mean over sampling seeds",
+    "qa_accuracy": "original protocol: lenient substring match, one row per annotator, 5 % subset, mean over sampling "
                    "seeds (not an accuracy)",
 }
 LOWER_IS_BETTER = {"wer": True, "wer_raw": True, "cer": True, "qa_accuracy": False, "qa_yes_no": False,
@@ -102,7 +102,7 @@ def _metric_blocks(metrics: dict) -> list[tuple[str, dict]]:
     """(table metric name, counts) for every metric row of an evaluated experiment; each block carries its own
     reference_units (steermoe/metrics.py)."""
     name = metrics["metric"]
-    if metrics.get("protocol") == "seed":  # one number, as the original code computed it
+    if metrics.get("protocol") == "original":  # one number, as the original code computed it
         return [(name, metrics)]
     if name == "wer":
         return [(name, metrics), ("wer_raw", {**metrics["raw"], "utterances": metrics.get("utterances")})]
@@ -212,7 +212,7 @@ def table_rows(experiments: list[Experiment], results: dict[str, ExperimentResul
                          "reference_units": block.get("reference_units"), "utterances": block.get("utterances"),
                          "eval_seconds": r.metrics.get("decode_seconds"), "rtf": r.metrics.get("rtf"),
                          "note": _reference_label(exp)
-                                 + (SEED_PROTOCOL_NOTES if base["protocol"] == "seed" else NOTES)[name]
+                                 + (ORIGINAL_PROTOCOL_NOTES if base["protocol"] == "original" else NOTES)[name]
                                  + _windowed_note(r.metrics.get("windowed"))})
         if r.id in last_of_set:
             name = last_of_set[r.id]

@@ -24,7 +24,7 @@ import torch
 
 from steermoe import metrics
 from steermoe.declare.outputs import METRICS_FILE, PREDICTIONS_FILE, STEERING_FILE, STEERING_PLOT, WEIGHTS
-from steermoe.declare.protocols import SEED_SAMPLING, SEED_SUBSET, seed_subset
+from steermoe.declare.protocols import ORIGINAL_SAMPLING, ORIGINAL_SUBSET, original_subset
 from steermoe.declare.runconfig import RunConfig
 from steermoe.declare.settings import REFERENCE
 from steermoe.errors import ConfigError
@@ -83,15 +83,15 @@ class Decoder:
 
 
 def steermoe_decoder(run: RunConfig, checkpoint: Path, decision: precision.Decision, device: torch.device) -> Decoder:
-    """The SteerMoE model: frozen parts from their folders, trained weights from `checkpoint`. The seed protocol
+    """The SteerMoE model: frozen parts from their folders, trained weights from `checkpoint`. The original protocol
     samples with the original code's settings."""
     ev, top = run.evaluation, run.top
     model = load_model(run, decision.weights)
     weights_sha = load_trainable(model, checkpoint)
     model.to(device).eval()
-    seed_protocol = ev.protocol == "seed"
-    sampling = {k: v for k, v in SEED_SAMPLING.items() if k != "repetition_penalty"} if seed_protocol else None
-    repetition_penalty = SEED_SAMPLING["repetition_penalty"] if seed_protocol else ev.repetition_penalty
+    original_protocol = ev.protocol == "original"
+    sampling = {k: v for k, v in ORIGINAL_SAMPLING.items() if k != "repetition_penalty"} if original_protocol else None
+    repetition_penalty = ORIGINAL_SAMPLING["repetition_penalty"] if original_protocol else ev.repetition_penalty
 
     def generate(batch: dict, stats: GateStats | None) -> list[str]:
         with precision.autocast(decision):
@@ -167,12 +167,12 @@ def score_and_write(run: RunConfig, rows: AudioRows, chosen: list[int], hypothes
     """Score the hypotheses under the run's protocol and write the evaluation folder (atomically); returns
     metrics.json's content. model_record: what metrics.json says of the model, the precision and the device."""
     ev, top = run.evaluation, run.top
-    seed_protocol, passes = ev.protocol == "seed", len(hypotheses)
+    original_protocol, passes = ev.protocol == "original", len(hypotheses)
     ids, refs = rows.columns["id"], rows.columns["text"]
     answers = [a if a else [r] for a, r in zip(rows.columns["answers"], refs)]
     hyps = [hypotheses[0][i] for i in chosen]
-    if seed_protocol:
-        score = metrics.score_as_the_seed_code(ev.metric, [refs[i] for i in chosen], [answers[i] for i in chosen],
+    if original_protocol:
+        score = metrics.score_as_the_original_code(ev.metric, [refs[i] for i in chosen], [answers[i] for i in chosen],
                                                [[h[i] for i in chosen] for h in hypotheses], seed=top.seed,
                                                resamples=ev.bootstrap_resamples)
     elif ev.metric == "qa_accuracy":
@@ -181,9 +181,9 @@ def score_and_write(run: RunConfig, rows: AudioRows, chosen: list[int], hypothes
         score = metrics.score_asr(refs, hyps, ev.metric, seed=top.seed, resamples=ev.bootstrap_resamples)
     per_utterance = score.pop("per_utterance")
     audio_seconds = passes * sum(rows.durations[i] for i in chosen)
-    decoding = {"strategy": "sampling", **SEED_SAMPLING, "sampling_seeds": passes,
-                "subset": f"datasets' train_test_split(test_size={SEED_SUBSET['test_size']}, "
-                          f"seed={SEED_SUBSET['seed']}): {len(chosen)} of {len(rows)} rows"} if seed_protocol else \
+    decoding = {"strategy": "sampling", **ORIGINAL_SAMPLING, "sampling_seeds": passes,
+                "subset": f"datasets' train_test_split(test_size={ORIGINAL_SUBSET['test_size']}, "
+                          f"seed={ORIGINAL_SUBSET['seed']}): {len(chosen)} of {len(rows)} rows"} if original_protocol else \
         {"strategy": "greedy" if ev.num_beams == 1 else "beam", "num_beams": ev.num_beams,
          "repetition_penalty": ev.repetition_penalty, "sampling": False}
     result = {
@@ -201,7 +201,7 @@ def score_and_write(run: RunConfig, rows: AudioRows, chosen: list[int], hypothes
         with open(building / PREDICTIONS_FILE, "w") as handle:
             for n, i in enumerate(chosen):
                 line = {"id": ids[i], "reference": refs[i], "hypothesis": hyps[n], **per_utterance[n]}
-                if seed_protocol:
+                if original_protocol:
                     line["hypotheses"] = [h[i] for h in hypotheses]  # one per sampling seed
                 if rows.columns["prompt"][i]:
                     line["prompt"] = rows.columns["prompt"][i]
@@ -237,11 +237,11 @@ def evaluate(run: RunConfig, checkpoint: Path | None = None, output_dir: Path | 
     rows = load_rows(run, top.parquet_dirs, "parquet_dirs")  # the whole split: no filtering at test time
     decoder = reference_decoder(run, rows, decision, device) if reference else \
         steermoe_decoder(run, Path(checkpoint) if checkpoint else run.checkpoint_dir, decision, device)
-    seed_protocol = ev.protocol == "seed"
-    chosen = seed_subset(len(rows)) if seed_protocol else list(range(len(rows)))
-    passes = ev.sampling_seeds if seed_protocol else 1  # the seed protocol decodes once per sampling seed
+    original_protocol = ev.protocol == "original"
+    chosen = original_subset(len(rows)) if original_protocol else list(range(len(rows)))
+    passes = ev.sampling_seeds if original_protocol else 1  # the original protocol decodes once per sampling seed
     windows = AudioWindows(rows, chosen, decoder.longest_seconds)
-    decoded = decode_split(decoder, windows, passes, seed_protocol, ev.batch_size, log)
+    decoded = decode_split(decoder, windows, passes, original_protocol, ev.batch_size, log)
     if decoded is None:  # another process: process 0 scores and writes
         return {}
     hypotheses, stats, decode_seconds, world = decoded
