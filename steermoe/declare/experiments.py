@@ -1,5 +1,5 @@
-"""Experiments: one matrix row expanded, the files each one reads and writes, and how experiments relate (shared
-trainings, comparison groups). Every path of an experiment is derived here from its id, in one place.
+"""Experiments: one matrix row expanded, the files each one reads and writes (named by steermoe.declare.outputs), and
+how experiments relate (shared trainings, comparison groups).
 
 Torch-free (the Snakefile, `steermoe aggregate`, `plan` and `status` use it).
 """

@@ -41,7 +41,9 @@ REFERENCE = "reference"
 METHODS = (*TRAINED_METHODS, REFERENCE)
 OWN_DECODER = "own"  # a reference row's decoder: the encoder model's own
 POOLING_TYPES = ("avg", "max")
-ENCODER_WINDOWS = ("30s", "dynamic")  # pad to Whisper's 30 s window (the original code), or the batch's real length
+# the encoder's input: padded to Whisper's 30 s window (the original code), or the batch's real length
+WHISPER_WINDOW, DYNAMIC_WINDOW = "30s", "dynamic"
+ENCODER_WINDOWS = (WHISPER_WINDOW, DYNAMIC_WINDOW)
 PROMPT_FORMATS = ("raw", "chat")
 DTYPES = ("auto", "float32", "bfloat16", "float16")  # auto: the precision policy (steermoe/run/precision.py)
 METRICS = ("wer", "cer", "qa_accuracy")
@@ -140,7 +142,7 @@ TABLE: tuple[Key, ...] = (
     # which of the dataset's test sets (catalog `test_sets`) is decoded; the workflow sets it, default the first
     S("evaluation.test_set", str, None, short="on-", evaluation_only=True, new=True),
     S("seed", int, 0, minimum=0, new=True),
-    S("encoder_window", str, "dynamic", choices=ENCODER_WINDOWS, short="window", model="encoder_window", new=True),
+    S("encoder_window", str, DYNAMIC_WINDOW, choices=ENCODER_WINDOWS, short="window", model="encoder_window", new=True),
     S("prompt_format", str, "raw", choices=PROMPT_FORMATS, short="prompt", model="prompt_format", new=True),
     S("textual_prompt", str, "please transcribe the audio content into text: ", short="textprompt",
       model="textual_prompt"),

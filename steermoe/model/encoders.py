@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 from torch import nn
 from torch.nn import functional as F
+from steermoe.declare.settings import DYNAMIC_WINDOW, WHISPER_WINDOW
 from steermoe.errors import ModelFolderError
 from steermoe.model import fireredasr
 
@@ -57,7 +58,7 @@ class WhisperStack(nn.Module):
         if features.shape[-1] > 2 * self.max_frames:
             raise ValueError(f"Whisper takes at most 30 s of audio ({2 * self.max_frames} mel frames), "
                              f"got {features.shape[-1]}; lower max_audio_length")
-        if self.window == "30s":
+        if self.window == WHISPER_WINDOW:
             # original behaviour: every input padded to 30 s, the whole window attended to
             features = F.pad(features, (0, 2 * self.max_frames - features.shape[-1]))
             feature_lengths = torch.full_like(feature_lengths, 2 * self.max_frames)
@@ -92,7 +93,7 @@ class ParakeetStack(nn.Module):
 
     def __init__(self, encoder: nn.Module, window: str):
         super().__init__()
-        if window != "dynamic":
+        if window != DYNAMIC_WINDOW:
             raise ValueError("encoder_window: '30s' is Whisper's fixed window; Conformer encoders take 'dynamic'")
         self.encoder = encoder  # transformers ParakeetEncoder
         self.window = window
@@ -177,7 +178,7 @@ def check_encoder_folder(path: str | Path) -> None:
                                f"(supported: {', '.join(ENCODER_TYPES)})")
 
 
-def load_encoder(path: str | Path, window: str = "dynamic") -> nn.Module:
+def load_encoder(path: str | Path, window: str = DYNAMIC_WINDOW) -> nn.Module:
     """Load a frozen encoder stack (fp32) from a local Hugging Face folder or a FireRedASR-AED release folder; only
     the encoder's weights are read."""
     from safetensors import safe_open

@@ -10,13 +10,14 @@ import numpy as np
 import torch
 
 from steermoe.data.audio import SAMPLE_RATE
+from steermoe.declare.settings import DYNAMIC_WINDOW, WHISPER_WINDOW
 from steermoe.errors import DataError
 
 WHISPER_SECONDS = 30.0  # Whisper's window: 3000 mel frames, 1500 encoder positions
 
 
 class AudioFeatures:
-    def __init__(self, kind: str, num_mel_bins: int, window: str = "dynamic"):
+    def __init__(self, kind: str, num_mel_bins: int, window: str = DYNAMIC_WINDOW):
         from transformers import ParakeetFeatureExtractor, WhisperFeatureExtractor
 
         self.kind, self.window = kind, window
@@ -36,7 +37,7 @@ class AudioFeatures:
                 raise DataError(f"Whisper hears at most {WHISPER_SECONDS:.0f} s of audio; an utterance of "
                                 f"{longest:.1f} s reached it: lower max_audio_length (training) or keep "
                                 f"filter_dataset on; evaluation decodes such utterances in windows")
-            padding = "max_length" if self.window == "30s" else "longest"
+            padding = "max_length" if self.window == WHISPER_WINDOW else "longest"
             per_utt = [self.extractor(w, sampling_rate=SAMPLE_RATE, padding=padding, truncation=False,
                                       return_tensors="pt").input_features[0] for w in waveforms]  # (n_mels, F_b)
             time_axis = 1

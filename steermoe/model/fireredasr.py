@@ -27,6 +27,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from steermoe.declare.settings import DYNAMIC_WINDOW
 from steermoe.errors import ModelFolderError
 
 CHECKPOINT = "model.pth.tar"
@@ -179,7 +180,7 @@ class FireRedStack(nn.Module):
 
     def __init__(self, encoder: ConformerEncoder, window: str):
         super().__init__()
-        if window != "dynamic":
+        if window != DYNAMIC_WINDOW:
             raise ValueError("encoder_window: '30s' is Whisper's fixed window; Conformer encoders take 'dynamic'")
         self.encoder, self.window = encoder, window
         self.hidden_size = encoder.config.d_model

@@ -24,7 +24,7 @@ from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from steermoe.declare.model_config import PARAMETER_GROUPS, SteerMoEConfig
-from steermoe.declare.settings import EVERY_LAYER, OUTPUT, TRAINED_METHODS
+from steermoe.declare.settings import EVERY_LAYER, OUTPUT, TRAINED_METHODS, WHISPER_WINDOW
 from steermoe.errors import ConfigError
 from steermoe.model.encoders import ENCODER_TYPES, ModelFolderError, load_encoder, read_model_config, weights_dtype
 from steermoe.model.steering import Steering, pool
@@ -152,7 +152,7 @@ class SteerMoEModel(nn.Module):
     def audio_prompt_length(self, seconds: float) -> int:
         """Audio prompt tokens for an utterance of this duration (for length filtering before training)."""
         enc = self.encoder
-        frames = enc.max_frames if getattr(enc, "window", None) == "30s" and enc.kind == "whisper" \
+        frames = enc.max_frames if getattr(enc, "window", None) == WHISPER_WINDOW and enc.kind == "whisper" \
             else math.ceil(seconds * enc.frames_per_second)
         return min(math.ceil(frames / self.config.pooling_kernel_size), self.config.max_prompt_tokens)
 

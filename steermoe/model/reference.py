@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from steermoe.declare.settings import WHISPER_WINDOW
 from steermoe.errors import DataError, ModelFolderError
 from steermoe.model.encoders import read_model_config
 from steermoe.model.features import AudioFeatures
@@ -63,7 +64,7 @@ class WhisperReference:
         self.model = WhisperForConditionalGeneration.from_pretrained(folder, dtype=dtype, local_files_only=True)
         self.model.to(device).eval().requires_grad_(False)
         self.tokenizer = WhisperTokenizer.from_pretrained(folder, local_files_only=True)
-        self.features = AudioFeatures("whisper", self.model.config.num_mel_bins, "30s")
+        self.features = AudioFeatures("whisper", self.model.config.num_mel_bins, WHISPER_WINDOW)
         self.multilingual = bool(getattr(self.model.generation_config, "is_multilingual", False))
         self.device = device
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from steermoe.data.statistics import dataset_stats
 from steermoe.declare.experiments import Experiment
-from steermoe.declare.settings import MODEL_OPTIONS, REFERENCE, SETTINGS
+from steermoe.declare.settings import MODEL_OPTIONS, REFERENCE, SETTINGS, WHISPER_WINDOW
 from steermoe.report.cost import Shape, model_shape, shape_source, training_steps, utterance_flops
 from steermoe.report.memory import GIB, H100_MEMORY_GIB, gib, training_memory
 
@@ -167,7 +167,7 @@ def plan_experiment(exp: Experiment, root: Path = Path("."), quick: bool = False
         if stats.mean_seconds is None or targets is None:
             row["notes"].append("utterance lengths unknown: prepare the corpus first")
         return row
-    if config["encoder_window"] == "30s" and shape.encoder_kind == "whisper":
+    if config["encoder_window"] == WHISPER_WINDOW and shape.encoder_kind == "whisper":
         frames = shape.max_frames
     else:
         frames = math.ceil(stats.mean_seconds * shape.frames_per_second)
