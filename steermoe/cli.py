@@ -11,7 +11,7 @@ import sys
 import threading
 from pathlib import Path
 
-from steermoe.data.registry import PREPARE_CORPORA, SYNTH_CORPORA
+from steermoe.declare.corpora import PREPARE_CORPORA, SYNTH_CORPORA
 from steermoe.declare.settings import REFERENCE, TRAINED_METHODS, WORKFLOW_CONFIG as WORKFLOW, default
 from steermoe.fsutil import STORAGE_ERRNOS
 
@@ -35,7 +35,7 @@ def _models_import(args) -> None:
 
 
 def _models_list(args) -> None:
-    from steermoe.embedded import EMBEDDED_MODELS
+    from steermoe.declare.embedded_models import EMBEDDED_MODELS
 
     for model in EMBEDDED_MODELS.values():
         print(f"{model.name:<24}{model.license:<12}{', '.join(model.packages)}")
@@ -44,7 +44,8 @@ def _models_list(args) -> None:
 def _data_prepare(args) -> None:
     from steermoe.data.corpora import generic_parquet
     from steermoe.data.layout import Filters, prepare_corpus
-    from steermoe.data.registry import GENERIC, reader
+    from steermoe.data.registry import reader
+    from steermoe.declare.corpora import GENERIC
 
     if args.corpus == GENERIC:
         splits = generic_parquet(args.root, args.audio_column, args.text_column, args.split)

@@ -4,7 +4,8 @@ import subprocess
 
 import pytest
 
-from steermoe.data.audio import SAMPLE_RATE, decode
+from steermoe.data.audio import decode
+from steermoe.declare.settings import SAMPLE_RATE
 
 
 @pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng is not installed (scripts/setup.sh)")

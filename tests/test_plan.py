@@ -8,9 +8,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from steermoe.data.registry import SYNTH_CORPORA
-from steermoe.declare.experiments import Experiment
 from steermoe.data.statistics import dataset_stats
+from steermoe.declare.corpora import SYNTH_CORPORA
+from steermoe.declare.experiments import Experiment
 from steermoe.report.cost import training_flops, training_steps
 from steermoe.report.plan import format_plan, plan, plan_experiment
 

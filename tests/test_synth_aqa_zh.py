@@ -7,12 +7,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from steermoe.data.audio import SAMPLE_RATE, decode
+from steermoe.data.audio import decode
 from steermoe.data.layout import read_split
 from steermoe.data.synth_aqa import (BEEP_HZ, HIGH_TONE_HZ, LOW_TONE_HZ, NUMBER_WORDS, Scene, Segment, build_synth_aqa,
                                      make_scene, plan_split, questions_for, render_scene)
 from steermoe.data.synth_zh import DEFAULT_SIZES as ZH_DEFAULT_SIZES
 from steermoe.data.synth_zh import build_synth_zh, plan_splits, vocabulary
+from steermoe.declare.settings import SAMPLE_RATE
 
 SIZES = {"train": 12, "dev": 3, "test": 6}
 

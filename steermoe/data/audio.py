@@ -5,7 +5,7 @@ import io
 
 import numpy as np
 
-SAMPLE_RATE = 16000
+from steermoe.declare.settings import SAMPLE_RATE
 
 
 class AudioError(ValueError):

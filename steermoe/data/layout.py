@@ -22,7 +22,8 @@ from typing import Iterable
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from steermoe.data.audio import SAMPLE_RATE, AudioError, decode, encode_flac
+from steermoe.data.audio import AudioError, decode, encode_flac
+from steermoe.declare.settings import SAMPLE_RATE
 from steermoe.errors import DataError
 from steermoe.fsutil import replace_dir
 

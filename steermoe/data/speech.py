@@ -23,8 +23,8 @@ from typing import Callable
 
 import numpy as np
 
-from steermoe.data.audio import SAMPLE_RATE
 from steermoe.data.layout import Filters, RawItem, only_splits, prepare_corpus
+from steermoe.declare.settings import SAMPLE_RATE
 from steermoe.errors import DataError
 from steermoe.fsutil import write_atomic
 

@@ -7,7 +7,8 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from steermoe.data.registry import SYNTH_CORPORA, corpus_module, typical
+from steermoe.data.registry import corpus_module
+from steermoe.declare.corpora import SYNTH_CORPORA, typical
 
 TEXT_SAMPLE = 2000  # training rows sampled for prompt / target lengths
 

@@ -23,8 +23,8 @@ from typing import NamedTuple
 
 import numpy as np
 
-from steermoe.data.audio import SAMPLE_RATE
 from steermoe.data.layout import RawItem, only_splits, prepare_corpus
+from steermoe.declare.settings import SAMPLE_RATE
 
 CORPUS = "synth-aqa"
 DEFAULT_SIZES = {"train": 600, "dev": 60, "test": 120}

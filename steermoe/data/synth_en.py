@@ -119,8 +119,8 @@ def speak(job: tuple[str, str]) -> bytes:
 
     voice, text = job
     if voice.startswith("piper:"):
-        from steermoe.data.audio import SAMPLE_RATE
         from steermoe.data.tts import piper_speak
+        from steermoe.declare.settings import SAMPLE_RATE
 
         buffer = io.BytesIO()
         sf.write(buffer, piper_speak(text, length_scale=float(voice.split(":")[1])), SAMPLE_RATE, format="WAV",

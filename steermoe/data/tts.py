@@ -7,7 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
-from steermoe.data.audio import SAMPLE_RATE
+from steermoe.declare.settings import SAMPLE_RATE
+
 
 
 @lru_cache(maxsize=1)

@@ -13,8 +13,9 @@ import shlex
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
-from steermoe.data.registry import PREPARE_CORPORA, SYNTH_CORPORA
 from steermoe.declare.checks import check_mapping, check_value, closest, is_safe_name, listed, read_yaml, shown
+from steermoe.declare.corpora import PREPARE_CORPORA, SYNTH_CORPORA
+from steermoe.declare.embedded_models import EMBEDDED_MODELS
 from steermoe.declare.settings import METRICS, OWN_DECODER, SETTINGS
 from steermoe.errors import ConfigError
 
@@ -143,7 +144,6 @@ def load_catalog(path: str | Path) -> Catalog:
                 raise ConfigError(f"{file}: {kind}.{name}: give 'path' (a local model folder) or 'embedded' "
                                   f"(an embedded model name: see `steermoe models list`)")
             if entry["embedded"]:
-                from steermoe.embedded import EMBEDDED_MODELS  # torch-free: the registry only
 
                 if entry["embedded"] not in EMBEDDED_MODELS:
                     raise ConfigError(f"{file}: {kind}.{name}.embedded: {entry['embedded']!r} is not an embedded model"

@@ -27,10 +27,9 @@ import traceback
 from functools import lru_cache
 from pathlib import Path
 
-from steermoe.data.audio import SAMPLE_RATE
 from steermoe.declare.checks import shown
 from steermoe.declare.experiments import Experiment
-from steermoe.declare.settings import SETTINGS
+from steermoe.declare.settings import SAMPLE_RATE, SETTINGS
 from steermoe.errors import ConfigError
 from steermoe.fsutil import write_atomic
 

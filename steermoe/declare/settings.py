@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from steermoe.data.audio import SAMPLE_RATE
 from steermoe.declare.protocols import PROTOCOLS
 
 
@@ -41,6 +40,7 @@ REFERENCE = "reference"
 METHODS = (*TRAINED_METHODS, REFERENCE)
 OWN_DECODER = "own"  # a reference row's decoder: the encoder model's own
 POOLING_TYPES = ("avg", "max")
+SAMPLE_RATE = 16000  # the encoders' rate: every corpus is prepared at it (the sample_rate key)
 # the encoder's input: padded to Whisper's 30 s window (the original code), or the batch's real length
 WHISPER_WINDOW, DYNAMIC_WINDOW = "30s", "dynamic"
 ENCODER_WINDOWS = (WHISPER_WINDOW, DYNAMIC_WINDOW)

@@ -9,8 +9,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from steermoe.data.audio import SAMPLE_RATE
-from steermoe.declare.settings import DYNAMIC_WINDOW, WHISPER_WINDOW
+from steermoe.declare.settings import DYNAMIC_WINDOW, SAMPLE_RATE, WHISPER_WINDOW
 from steermoe.errors import DataError
 
 WHISPER_SECONDS = 30.0  # Whisper's window: 3000 mel frames, 1500 encoder positions

@@ -33,9 +33,9 @@ from steermoe.fsutil import storage_errors, write_json
 from steermoe.model.analysis import GateStats, scalars, steering_parameters
 from steermoe.run import tracking
 from steermoe.run.batching import LengthGroupedBatches
-from steermoe.run.checkpoint import (RESUMES, SCALER, SCHEDULER, complete_checkpoints, load_optimizer,
-                                     gathered, load_rng, mark_complete, remove_old_checkpoints, rng_stem,
-                                     save_optimizer, save_rng, save_trainable, whole_trainable_state)
+from steermoe.run.checkpoint import (RESUMES, SCALER, SCHEDULER, complete_checkpoints, load_optimizer, gathered,
+                                     load_rng, mark_complete, remove_old_checkpoints, rng_stem, save_optimizer,
+                                     save_rng, save_trainable, whole_trainable_state)
 
 TRANSFORMERS_RANGE = (">=5.24", "<5.25")
 

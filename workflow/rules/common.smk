@@ -12,8 +12,7 @@ from snakemake.exceptions import WorkflowError
 from steermoe.declare.catalog import data_command, data_folder, separate_test_sets
 from steermoe.declare.experiments import check_workflow_config, embedded_models_used
 from steermoe.declare.matrix import load_matrix
-from steermoe.declare.outputs import (META, METRICS_FILE, PREDICTIONS_FILE, SUMMARY, WEIGHTS, experiment_files,
-                                      log_file)
+from steermoe.declare.outputs import META, METRICS_FILE, PREDICTIONS_FILE, SUMMARY, WEIGHTS, experiment_files, log_file
 from steermoe.declare.render import render_all, sha256, store_configs
 from steermoe.errors import ConfigError
 
