@@ -84,3 +84,16 @@ def test_the_trainer_is_used_with_the_transformers_range_its_private_overrides_w
     for name in overridden:  # each still exists in the Trainer, taking the same arguments
         ours, theirs = inspect.signature(getattr(SteerMoETrainer, name)), inspect.signature(getattr(Trainer, name))
         assert list(ours.parameters) == list(theirs.parameters), name
+
+
+def test_every_model_option_is_one_setting_of_the_table_and_one_field_of_the_model_config():
+    from dataclasses import fields
+
+    from steermoe.declare.model_config import SteerMoEConfig
+    from steermoe.declare.settings import MODEL_OPTIONS
+
+    assert {f.name for f in fields(SteerMoEConfig)} == set(MODEL_OPTIONS)
+    defaults = SteerMoEConfig()
+    for option, key in MODEL_OPTIONS.items():  # the field's default is the table's; these two have their own rule
+        if option not in ("method", "lora_target_modules"):  # the file name's prefix; empty: attention + FFN
+            assert getattr(defaults, option) == key.default, option
