@@ -8,13 +8,13 @@ attention in both, bf16 autocast, layer_wise SteerMoE (8 experts), pooling 4, dy
 (~180 characters) and the LibriSpeech prompt. A step: forward, backward, global gradient clip, fused AdamW step.
 Shapes carry no tokenizer: a stand-in gives one token per 4 bytes of text (as `steermoe plan` estimates).
 
-MFU = model FLOPs per step / median step seconds / the GPU's dense bf16 peak (H100 SXM and H200: 989 TFLOP/s,
-H100 PCIe 756, A100 312; --peak-tflops for others). Model FLOPs per utterance are `steermoe.report.cost.utterance_flops`
-(see steermoe/report/cost.py): frozen forward 2 P per position; frozen parts' backward computes activation gradients only
-(2 P per position, not 4 P: no weight gradients), and only where gradients must flow (the encoder from layer 1 on,
-for steering inside it; the whole LLM, to reach the audio prompt); trainable parameters 6 P per position; plus
-attention (encoder 4 D F^2 per layer forward, 8 D F^2 backward; decoder causal 2 W T^2 forward, 4 W T^2 backward)
-and the LM head on the scored target positions only.
+MFU = model FLOPs per step / median step seconds / the GPU's dense bf16 peak (H100 SXM and H200: 989 TFLOP/s, H100 PCIe
+756, A100 312; --peak-tflops for others). Model FLOPs per utterance are `steermoe.report.cost.utterance_flops` (see
+steermoe/report/cost.py): frozen forward 2 P per position; frozen parts' backward computes activation gradients only (2
+P per position, not 4 P: no weight gradients), and only where gradients must flow (the encoder from layer 1 on, for
+steering inside it; the whole LLM, to reach the audio prompt); trainable parameters 6 P per position; plus attention
+(encoder 4 D F^2 per layer forward, 8 D F^2 backward; decoder causal 2 W T^2 forward, 4 W T^2 backward) and the LM head
+on the scored target positions only.
 
     python -m bench gpu [--quick] [--batch-size N] [--seconds S] [--steps N]
 """

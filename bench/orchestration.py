@@ -97,7 +97,8 @@ def main(argv=None) -> dict:
                                warmup=0)
     cli = timed_command([str(bin_dir / "steermoe"), "--help"], 3 if args.quick else 7)
     # what a train or evaluate job pays before its own work: torch, transformers and the engine
-    engine = timed_command([sys.executable, "-c", "import steermoe.run.train, steermoe.run.evaluate"], 1 if args.quick else 3)
+    engine = timed_command([sys.executable, "-c", "import steermoe.run.train, steermoe.run.evaluate"],
+                           1 if args.quick else 3)
     current = dry_runs["working tree"]
     seconds, cli_seconds, engine_seconds = median(current), median(cli), median(engine)
     result = {"experiments": experiments, "jobs": jobs["working tree"], "dry_run_seconds": current,

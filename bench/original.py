@@ -1,4 +1,4 @@
-"""The original approach of the original code's training scripts, re-created minimally for comparison (never product code).
+"""The original code's training approach, re-created minimally for comparison (never product code).
 
 What it did per training batch, and what this re-creates:
   - every input padded to Whisper's 30 s window: 3000 log-mel frames, 1500 encoder frames, the whole window attended

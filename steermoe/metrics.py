@@ -261,10 +261,10 @@ def lenient_match(target: str, hypothesis: str) -> bool:
 
 def score_as_the_original_code(metric: str, references: list[str], answers: list[list[str]],
                            hypotheses_by_seed: list[list[str]], seed: int = 0, resamples: int = 1000) -> dict:
-    """The original protocol's score (steermoe/declare/protocols.py): raw WER or CER (no normalisation at all), or QA with one
-    row per annotator's answer scored by the lenient substring match. Each utterance's counts are summed over the
-    sampling seeds, so `value` is the mean over seeds and `ci95` resamples utterances; `seed_values` has each
-    seed's own value."""
+    """The original protocol's score (steermoe/declare/protocols.py): raw WER or CER (no normalisation at all), or QA
+    with one row per annotator's answer scored by the lenient substring match. Each utterance's counts are summed over
+    the sampling seeds, so `value` is the mean over seeds and `ci95` resamples utterances; `seed_values` has each seed's
+    own value."""
     count = {"wer": word_counts, "cer": char_counts}.get(metric)
     errors, units, per_seed = np.zeros(len(references)), np.zeros(len(references)), []
     for hypotheses in hypotheses_by_seed:

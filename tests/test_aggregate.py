@@ -218,7 +218,8 @@ def test_comparison_needs_the_same_references(workdir):
 def test_comparison_needs_the_same_test_set(workdir):
     """Grouping pairs test sets by name; the files decoded must agree too."""
     exps = [experiment(BASE, "linear", group="g", baseline=True),
-            replace(experiment(BETTER, "layer_wise", group="g"), parquet={"test": ["data/synth-en/unseen-voice.parquet"]})]
+            replace(experiment(BETTER, "layer_wise", group="g"),
+                    parquet={"test": ["data/synth-en/unseen-voice.parquet"]})]
     write_evaluated(BASE, BASE_ERRORS)
     write_evaluated(BETTER, BETTER_ERRORS)
     run(exps)

@@ -191,11 +191,13 @@ def test_the_shipped_expert_count_ablation_trains_15_models_each_scored_on_every
 def test_the_shipped_recipe_matrix_trains_each_recipe_once_on_the_same_utterances_and_scores_it_under_both_protocols():
     experiments = {exp.id.split("_synth-en_")[1]: exp
                    for exp in load_matrix(REPO / "experiments" / "recipes-compared.yaml", CATALOG)}
-    paper, original_code = "paper-steps1680-protocolhonest", "original-code-steps420-protocolhonest-evalsteps210-savesteps210"
+    paper = "paper-steps1680-protocolhonest"
+    original_code = "original-code-steps420-protocolhonest-evalsteps210-savesteps210"
     assert [v for v, exp in experiments.items() if "train" in exp.configs] == [paper, original_code]
     for trained in (paper, original_code):
         scored_under_original = experiments[trained.replace("protocolhonest", "protocoloriginal")]
-        assert scored_under_original.trained_by.endswith(trained) and scored_under_original.settings["protocol"] == "original"
+        assert scored_under_original.trained_by.endswith(trained)
+        assert scored_under_original.settings["protocol"] == "original"
     samples = {v: exp.settings["batch_size"] * exp.settings["max_steps"] for v, exp in experiments.items()}
     assert samples[paper] == samples[original_code] == 3360
     settings = experiments[original_code].settings

@@ -1,5 +1,6 @@
-"""FireRedASR-AED's Conformer (the original code's `conformer`): parity with the reference `fireredasr` package (features and
-encoder), the release's files read safely, and the original code's C3B / C7B setups counted and planned."""
+"""FireRedASR-AED's Conformer (the original code's `conformer`): parity with the reference `fireredasr` package
+(features and encoder), the release's files read safely, and the original code's C3B / C7B setups counted and
+planned."""
 import argparse
 import json
 import shutil
@@ -218,7 +219,7 @@ def test_a_text_cmvn_reads_like_the_binary_one(release, tmp_path):
     assert inv_std.tolist() == text_inv_std.tolist() == pytest.approx([1.0, 1 / np.sqrt(2.0)])  # var 2-1, 6-4
 
 
-# ---- the original code's setups: parameter counts and plans from the shipped shape ------------------------------------------
+# ---- the original code's setups: parameter counts and plans from the shipped shape ----------------------------
 @pytest.mark.parametrize("decoder,width", [("qwen2.5-3b-instruct", 2048), ("qwen2.5-7b-instruct", 3584)])
 def test_c3b_and_c7b_trainable_parameters(decoder, width):
     from steermoe.declare.model_config import SteerMoEConfig

@@ -63,8 +63,8 @@ def config(folders: dict, folder: Path, encoder: str, method: str, mode: str = "
 def deepspeed_json(stage: str, folder: Path) -> Path:
     """The shipped JSON; ZeRO-3 with every parameter sliced across the processes (these tiny ones too, as a 7B
     model's are)."""
-    shipped = json.loads((REPO / "steermoe" / "declare" / "deepspeed" / f"{'stage2_simple' if stage == 'stage2' else stage}.json")
-                         .read_text())
+    name = "stage2_simple" if stage == "stage2" else stage
+    shipped = json.loads((REPO / "steermoe" / "declare" / "deepspeed" / f"{name}.json").read_text())
     if stage == "stage3":
         shipped["zero_optimization"]["stage3_param_persistence_threshold"] = 0
     path = folder / f"{stage}.json"

@@ -129,7 +129,8 @@ def full_size_experiment(**settings) -> Experiment:
     """whisper-large-v3 + Qwen2.5-7B-Instruct, layer_wise with 8 experts, on LibriSpeech (typical lengths), 4 GPUs."""
     return Experiment(id="layer_wise_whisper-large-v3_qwen7b_libri", method="layer_wise", encoder="whisper-large-v3",
                       decoder="qwen7b", dataset="libri",
-                      encoder_entry={"name": "whisper-large-v3", "type": "whisper", "path": "/path/to/whisper-large-v3"},
+                      encoder_entry={"name": "whisper-large-v3", "type": "whisper",
+                                     "path": "/path/to/whisper-large-v3"},
                       decoder_entry={"name": "qwen7b", "path": "/path/to/Qwen2.5-7B-Instruct"},
                       dataset_entry={"name": "libri", "prepare": {"corpus": "librispeech"},
                                      "splits": {"train": ["train-clean-100"]}},

@@ -361,7 +361,8 @@ def test_the_original_protocol_samples_the_datasets_subset_once_per_seed(tiny, t
     train(load_run_config(write_config(tmp_path, tiny, training={"max_steps": 1})), log=lambda *_: None)
     config = write_config(tmp_path, tiny, name="layer_wise_whisper_qwen_tones_test",
                           parquet_dirs=[f"{tiny['corpus']}/train.parquet"],  # 32 rows: a subset of 2
-                          evaluation={"protocol": "original", "sampling_seeds": 2, "max_new_tokens": 6, "batch_size": 1})
+                          evaluation={"protocol": "original", "sampling_seeds": 2, "max_new_tokens": 6,
+                                      "batch_size": 1})
     run = load_run_config(config)
     result = evaluate(run, output_dir=tmp_path / "seed", log=lambda *_: None)
     assert result["protocol"] == "original" and result["utterances"] == 2 and len(result["seed_values"]) == 2
@@ -402,7 +403,7 @@ def test_evaluation_puts_the_model_and_every_batch_on_the_chosen_device(tiny, tm
 
 
 def test_evaluation_loads_the_run_without_importing_the_trainer():
-    """An evaluation job starts without the Trainer stack: evaluate shares steermoe.run.loading with train, not train."""
+    """An evaluation job starts without the Trainer stack: evaluate shares run/loading.py with train, not train."""
     code = ("import sys, steermoe.run.evaluate; "
             "print(sorted(m for m in ('steermoe.run.train', 'transformers.trainer') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
@@ -442,7 +443,7 @@ def test_batch_size_epochs_prompt_clipping_cache_and_workers_take_effect(tiny, t
     assert all(h["grad_norm"] >= 0 for h in summary["log_history"] if "grad_norm" in h)
 
 
-# ---- DeepSpeed (CPU, gloo) and the original code's own example ------------------------------------------------------------
+# ---- DeepSpeed (CPU, gloo) and the original code's own example ---------------------------------------------
 def _cli_train(config: Path) -> subprocess.CompletedProcess:
     """DeepSpeed runs in its own process: it sets up a process group that would leak into later tests."""
     return subprocess.run([sys.executable, "-m", "steermoe.cli", "train", "--config", str(config)], cwd=REPO,

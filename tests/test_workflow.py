@@ -316,8 +316,8 @@ def _other_value(key):
 
 
 def test_every_setting_of_the_table_reaches_the_rendered_configs_with_its_value():
-    """The table in steermoe.declare.settings is the only declaration of a setting: set to a value other than its default,
-    each one arrives in the config the engine reads (the evaluation-only ones in the test config only)."""
+    """The table in steermoe.declare.settings is the only declaration of a setting: set to a value other than its
+    default, each one arrives in the config the engine reads (the evaluation-only ones in the test config only)."""
     base = load_matrix(REPO / "experiments/matrix.tsv", REPO / "experiments/catalog.yaml")[0]
     for name, key in SETTINGS.items():
         exp = copy.deepcopy(base)

@@ -1,5 +1,6 @@
-"""Readers for the real corpora, each in its own published layout (steermoe.data.registry names them). A reader only lists utterances (RawItem) and
-what it cannot form (Reject); decoding, resampling, filtering and storage are the shared pipeline's (layout.py).
+"""Readers for the real corpora, each in its own published layout (steermoe.data.registry names them). A reader only
+lists utterances (RawItem) and what it cannot form (Reject); decoding, resampling, filtering and storage are the shared
+pipeline's (layout.py).
 """
 from __future__ import annotations
 

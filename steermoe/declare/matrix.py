@@ -16,17 +16,16 @@ The matrix is a tab-separated file. Columns:
     group, baseline                     optional ablation group; `baseline: true` on the one row of the group that
                                         the others are compared with (all rows of a group share the dataset)
     tags                                optional free text (comma-separated), carried into the table
-    any setting name                    optional per-row override of a setting (steermoe.declare.settings; empty cell: none)
+    any setting name                    optional per-row override of a setting (declare/settings.py; empty cell: none)
 Blank lines and lines starting with '#' are ignored (they still count in line numbers).
 
 Every error names the file, the row (1 = the first experiment row) and its line in the file, the column, the bad
 value and what is allowed, and is raised before any job runs.
 
-Settings of one experiment, lowest to highest precedence: the settings' own defaults (steermoe.declare.settings), catalog
-`defaults.settings`, the encoder's, the decoder's and the dataset's `settings`, the row's recipe (catalog
-`recipes.NAME.settings`, then its `encoders.TYPE` block for the row's encoder type), the matrix row's override
-columns, and last, with `quick=True` (the CI-size variant), `defaults.quick.settings` and the dataset's
-`quick.settings`.
+Settings of one experiment, lowest to highest precedence: the settings' own defaults (steermoe.declare.settings),
+catalog `defaults.settings`, the encoder's, the decoder's and the dataset's `settings`, the row's recipe (catalog
+`recipes.NAME.settings`, then its `encoders.TYPE` block for the row's encoder type), the matrix row's override columns,
+and last, with `quick=True` (the CI-size variant), `defaults.quick.settings` and the dataset's `quick.settings`.
 """
 from __future__ import annotations
 
@@ -169,7 +168,7 @@ def _check_column(message: str, column: str) -> None:
 
 
 def read_matrix(path: str | Path) -> tuple[list[str], list[Row]]:
-    """The columns and rows of a matrix: a TSV file (one row per line) or a YAML file with axes (steermoe.declare.axes)."""
+    """The columns and rows of a matrix: a TSV file (one row per line) or a YAML file with axes (declare/axes.py)."""
     if Path(path).suffix not in (".yaml", ".yml"):
         return read_tsv(path)
     rows = read_axes(path, lambda tsv: read_tsv(tsv)[1], _check_column)

@@ -3,10 +3,10 @@
 honest  the whole test split; greedy (or beam) decoding with the config's settings; WER after Whisper's normaliser
         (the raw WER beside it), CER width- and case-folded, QA accuracy against the majority answer (metrics.py).
 original  what the original code's evaluation did (forfrt/SteerMoE at c06a7a5; README, "The original code"), to
-        read its numbers with: the 5 % subset that `datasets.Dataset.train_test_split(test_size=0.05, seed=42)` takes of the test split;
-        sampling with the settings of Qwen2.5-Instruct's generation config (its generate() inherited them), once per
-        sampling seed; raw WER/CER (no normalisation); QA with one row per annotator and the lenient substring match.
-        Torch-free: the workflow reads PROTOCOLS at parse time.
+        read its numbers with: the 5 % subset that `datasets.Dataset.train_test_split(test_size=0.05, seed=42)` takes of
+        the test split; sampling with the settings of Qwen2.5-Instruct's generation config (its generate() inherited
+        them), once per sampling seed; raw WER/CER (no normalisation); QA with one row per annotator and the lenient
+        substring match. Torch-free: the workflow reads PROTOCOLS at parse time.
 """
 from __future__ import annotations
 

@@ -124,9 +124,9 @@ def _template_error(err: Exception, templates: Path, name: str) -> ConfigError:
 
 
 def render(exp: Experiment, templates: str | Path, mode: str, env=None, validated: set | None = None) -> str:
-    """The text of the experiment's `mode` config ('train' or 'test'), validated by steermoe.declare.runconfig. A text whose
-    key is in `validated` (see validation_key) passed the same validator before and is not parsed again; a text that
-    passes now is added to it."""
+    """The text of the experiment's `mode` config ('train' or 'test'), validated by steermoe.declare.runconfig. A text
+    whose key is in `validated` (see validation_key) passed the same validator before and is not parsed again; a text
+    that passes now is added to it."""
     from jinja2 import TemplateError
 
     from steermoe.declare.runconfig import parse_run_config
@@ -158,7 +158,8 @@ def render(exp: Experiment, templates: str | Path, mode: str, env=None, validate
 def _validator_version() -> str:
     """The source of the declaring package, which holds every module the config validator runs: a change to any of
     them validates everything again."""
-    return hashlib.sha256(b"".join(path.read_bytes() for path in sorted(Path(__file__).parent.glob("*.py")))).hexdigest()
+    sources = sorted(Path(__file__).parent.glob("*.py"))
+    return hashlib.sha256(b"".join(path.read_bytes() for path in sources)).hexdigest()
 
 
 def validation_key(text: str, path: str) -> str:

@@ -1,8 +1,8 @@
 """One experiment's YAML config (the original code's schema plus this project's keys), loaded strictly.
 
-Every key the original code's configuration reference names means something here; a key that is unknown, misplaced or of the wrong type
-is an error naming the file, the key and the closest valid key. YAML is read with a safe loader that follows
-YAML 1.2 for numbers, so the original code's `learning_rate: 1e-4` is a float (PyYAML would make it a string).
+Every key the original code's configuration reference names means something here; a key that is unknown, misplaced or of
+the wrong type is an error naming the file, the key and the closest valid key. YAML is read with a safe loader that
+follows YAML 1.2 for numbers, so the original code's `learning_rate: 1e-4` is a float (PyYAML would make it a string).
 
 A `reference` config (the Whisper encoder's own model decoded untrained) needs the whisper_encoder section, the test
 data and where to write; it may leave out llm_decoder and training, and builds no SteerMoE model.

@@ -2,9 +2,10 @@
 keys a catalog or a matrix column may set (the *settings*) their name, their abbreviation in experiment ids, and
 whether they change only how a trained model is evaluated.
 
-Everything else is derived from this table: the config validator (steermoe.declare.runconfig), the catalog and matrix checks,
-the settings blocks of the rendered configs (steermoe.declare.render), the model options (steermoe.declare.model_config.SteerMoEConfig), the
-compute plan and the CLI defaults. Adding a setting is one line here, plus the code that uses it.
+Everything else is derived from this table: the config validator (steermoe.declare.runconfig), the catalog and matrix
+checks, the settings blocks of the rendered configs (steermoe.declare.render), the model options
+(steermoe.declare.model_config.SteerMoEConfig), the compute plan and the CLI defaults. Adding a setting is one line
+here, plus the code that uses it.
 
 Torch-free and cheap to import: everything else builds on it, the Snakefile at parse time.
 """
@@ -35,7 +36,7 @@ TRAINED_METHODS = {  # a SteerMoE model (SteerMoEConfig.method)
     "post_encoder": Method(steering=OUTPUT),
     "lora": Method(lora=True),
 }
-# the frozen encoder's own model decoded with no training, e.g. Whisper's decoder (the original code's "Whisper (frozen)" row)
+# the frozen encoder's own model decoded with no training, e.g. Whisper's decoder (the original's "Whisper (frozen)" row)
 REFERENCE = "reference"
 METHODS = (*TRAINED_METHODS, REFERENCE)
 OWN_DECODER = "own"  # a reference row's decoder: the encoder model's own

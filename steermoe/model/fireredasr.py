@@ -1,4 +1,4 @@
-"""FireRedASR-AED's Conformer encoder (the original code's `conformer`), read from the released model folder as published.
+"""FireRedASR-AED's Conformer encoder (the original code's `conformer`), read from the release folder as published.
 
 The release (FireRedASR-AED-L) is a folder of
     model.pth.tar          torch.save({"args": argparse.Namespace, "model_state_dict": {...}}); encoder.* is ours

@@ -1,7 +1,8 @@
 """`steermoe aggregate`: every experiment of the matrix into one honest table, paired comparisons, and plots.
 
-Reads each experiment's results and status (steermoe/report/results.py), builds the rows (steermoe/report/tables.py) and the
-figures (steermoe/report/plots.py). Outputs (each written atomically, after everything was computed, table.csv last):
+Reads each experiment's results and status (steermoe/report/results.py), builds the rows (steermoe/report/tables.py) and
+the figures (steermoe/report/plots.py). Outputs (each written atomically, after everything was computed, table.csv
+last):
     table.csv          one row per experiment x test set x metric; failed and not-run experiments are rows too
     comparisons.csv    per group with a baseline: each other experiment vs the baseline, paired bootstrap
     plots/metrics.png, plots/steering_gates.png, plots/training_curves.png
@@ -32,7 +33,8 @@ def git_commit(root: Path | None = None) -> str:
     return out.stdout.strip() if out.returncode == 0 else ""
 
 
-def aggregate(experiments: list[Experiment], results_dir: Path, out_dir: Path, logs_dir: Path = Path(WORKFLOW_CONFIG["logs"]),
+def aggregate(experiments: list[Experiment], results_dir: Path, out_dir: Path,
+              logs_dir: Path = Path(WORKFLOW_CONFIG["logs"]),
               root: Path | None = None, commit: str | None = None, seed: int = 0, resamples: int = 1000,
               plots: bool = True, columns: list[str] | None = None, log=print) -> dict:
     """Build table.csv, comparisons.csv and plots/*.png in out_dir. Everything is computed before anything is

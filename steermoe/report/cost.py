@@ -25,11 +25,11 @@ Compute model (training only: dev evaluation during training and test decoding a
                                backward 2 P_dec T + 2 P_head Y + 4 L_dec W T^2 (activation gradients only)
 
 P_front: the encoder's parameters outside its layer stack (conv stem; counted at 2 P per encoder frame, which
-undercounts 2-D conv subsampling); position-embedding tables and the decoder's input embedding are lookups (no
-FLOPs); P_dec: the decoder's layers and final norm; P_head: its LM head (tied or not). Per optimiser step: batch_size (per device) x gradient_accumulation_steps
-x devices (the experiment's `gpus`, data parallel) utterances; steps: max_steps if > 0, else
-ceil(epochs x max(ceil(n_train / (batch_size x devices)) // accumulation, 1)) as the Trainer counts them. Padding
-within a batch, attention's relative-position terms, norms and softmaxes are not counted.
+undercounts 2-D conv subsampling); position-embedding tables and the decoder's input embedding are lookups (no FLOPs);
+P_dec: the decoder's layers and final norm; P_head: its LM head (tied or not). Per optimiser step: batch_size (per
+device) x gradient_accumulation_steps x devices (the experiment's `gpus`, data parallel) utterances; steps: max_steps if
+> 0, else ceil(epochs x max(ceil(n_train / (batch_size x devices)) // accumulation, 1)) as the Trainer counts them.
+Padding within a batch, attention's relative-position terms, norms and softmaxes are not counted.
 
 This is the usual per-token rule (frozen forward 2 P, activation-gradient backward 2 P, trainable 6 P; backward
 through the encoder only where gradients must reach steering or LoRA inside it), applied per encoder frame before

@@ -28,6 +28,7 @@ CHAT_TEMPLATE_TOKENS = 32  # prompt_format chat without a tokenizer at hand: a t
 BYTES_PER_TOKEN = 4
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
 
+
 def setting(exp: Experiment, name: str):
     """The experiment's merged setting, else its default (steermoe.declare.settings)."""
     settings = exp.settings or {}
@@ -44,7 +45,7 @@ def model_config(exp: Experiment) -> dict:
     return {"method": exp.method, **options}
 
 
-# ---------------------------------------------------------------- datasets: lengths and sizes
+# ---------------------------------------------------------------- tokens
 
 @lru_cache(maxsize=None)
 def _tokenizer(path: str | None):
@@ -81,8 +82,8 @@ def _mean(values: list[int]) -> float | None:
     return sum(values) / len(values) if values else None
 
 
-def gpu_memory(exp: Experiment, shape: Shape, method: str, frames: int, decoder_tokens: float, head_tokens: float, batch: int,
-               devices: int) -> dict[str, float]:
+def gpu_memory(exp: Experiment, shape: Shape, method: str, frames: int, decoder_tokens: float, head_tokens: float,
+               batch: int, devices: int) -> dict[str, float]:
     """The experiment's training memory per GPU by part (steermoe/report/memory.py), in the regime a GPU job runs: bf16
     unless the config says otherwise, its DeepSpeed JSON's ZeRO stage and offloads."""
     from steermoe.declare.runconfig import shipped_deepspeed

@@ -21,7 +21,8 @@ def _empty(plt, message: str) -> bytes:
     return figure_bytes(fig)
 
 
-def plot_metrics(experiments: list[Experiment], results: dict[str, ExperimentResult], summaries: dict | None = None) -> bytes:
+def plot_metrics(experiments: list[Experiment], results: dict[str, ExperimentResult],
+                 summaries: dict | None = None) -> bytes:
     """Headline metric per experiment with its 95 % CI, one panel per test set, colour by method. A replicate set is
     one line: each seed's value (small circles), the mean with its crossed-bootstrap CI (diamond), and the mean +- one
     standard deviation across seeds (thick bar); `summaries` are the table's summary rows by set name."""

@@ -135,7 +135,7 @@ def _trainable(result: ExperimentResult):
 
 
 def replicate_sets(experiments: list[Experiment]) -> dict[str, list]:
-    """{set name: its experiments in matrix order} for every replicate set (steermoe.declare.experiments.name_replicates)."""
+    """{set name: its experiments in matrix order} for every replicate set (experiments.name_replicates)."""
     sets: dict[str, list] = {}
     for exp in experiments:
         if exp.replicate_of:

@@ -56,8 +56,8 @@ class AudioRows(torch.utils.data.Dataset):
     @classmethod
     def from_parquet(cls, entries: list[str], audio_column: str = "audio", text_column: str = "text",
                      key: str = "parquet_dirs") -> "AudioRows":
-        """Any parquet (the original code's `parquet_dirs`): each entry a .parquet file or a folder of them. The audio column
-        holds encoded bytes or Hugging Face's {bytes, path} struct; durations are read from the audio header when
+        """Any parquet (the original code's `parquet_dirs`): each entry a .parquet file or a folder of them. The audio
+        column holds encoded bytes or Hugging Face's {bytes, path} struct; durations are read from the audio header when
         the file has no `duration` column."""
         import io
 

@@ -181,11 +181,13 @@ def score_and_write(run: RunConfig, rows: AudioRows, chosen: list[int], hypothes
         score = metrics.score_asr(refs, hyps, ev.metric, seed=top.seed, resamples=ev.bootstrap_resamples)
     per_utterance = score.pop("per_utterance")
     audio_seconds = passes * sum(rows.durations[i] for i in chosen)
-    decoding = {"strategy": "sampling", **ORIGINAL_SAMPLING, "sampling_seeds": passes,
-                "subset": f"datasets' train_test_split(test_size={ORIGINAL_SUBSET['test_size']}, "
-                          f"seed={ORIGINAL_SUBSET['seed']}): {len(chosen)} of {len(rows)} rows"} if original_protocol else \
-        {"strategy": "greedy" if ev.num_beams == 1 else "beam", "num_beams": ev.num_beams,
-         "repetition_penalty": ev.repetition_penalty, "sampling": False}
+    if original_protocol:
+        decoding = {"strategy": "sampling", **ORIGINAL_SAMPLING, "sampling_seeds": passes,
+                    "subset": f"datasets' train_test_split(test_size={ORIGINAL_SUBSET['test_size']}, "
+                              f"seed={ORIGINAL_SUBSET['seed']}): {len(chosen)} of {len(rows)} rows"}
+    else:
+        decoding = {"strategy": "greedy" if ev.num_beams == 1 else "beam", "num_beams": ev.num_beams,
+                    "repetition_penalty": ev.repetition_penalty, "sampling": False}
     result = {
         "config": run.name, "config_sha256": run.sha256, "method": run.method, "protocol": ev.protocol, **score,
         "rtf": decode_seconds / audio_seconds, "decode_seconds": round(decode_seconds, 2),

@@ -155,8 +155,8 @@ def decide(caps: Capabilities, bf16: bool | str | None = AUTO, fp16: bool = Fals
            deepspeed: bool = False, measure=measured_bf16_cost) -> Decision:
     """The precision of a run from the device's capabilities and the config's explicit choices.
 
-    bf16: True / False / 'auto' (None counts as 'auto'); fp16: the original code's switch; dtype: the frozen LLM's weights
-    ('auto' or a torch dtype name); deepspeed: DeepSpeed on a CPU runs fp32 unless bf16 is asked for explicitly
+    bf16: True / False / 'auto' (None counts as 'auto'); fp16: the original code's switch; dtype: the frozen LLM's
+    weights ('auto' or a torch dtype name); deepspeed: DeepSpeed on a CPU runs fp32 unless bf16 is asked for explicitly
     (its CPU accelerator computes bf16, not fp16: the GPU's bf16 regime rehearsed).
     """
     warnings = []

@@ -1,8 +1,8 @@
 """Training: the Hugging Face Trainer driving a SteerMoE model from a run config.
 
 What the original code got wrong and this file gets right: three optimiser groups whose learning rates reach the
-optimiser; steering-only gradient clipping applied right before the step (after the global clip); checkpoints of
-the trainable parameters only, marked complete only once fully written, resumed automatically (steermoe/run/checkpoint.py);
+optimiser; steering-only gradient clipping applied right before the step (after the global clip); checkpoints of the
+trainable parameters only, marked complete only once fully written, resumed automatically (steermoe/run/checkpoint.py);
 NaN losses stop the run with the last good checkpoint kept. The model and rows come from steermoe/run/loading.py.
 """
 from __future__ import annotations

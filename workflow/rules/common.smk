@@ -1,6 +1,6 @@
-"""Load and validate the experiments (config, catalog, matrix) and render every experiment's configs, once, at
-parse time. Nothing here imports torch or transformers: steermoe.declare.matrix and steermoe.declare.render are torch-free, so a
-dry run stays fast. Every error names the file, the row and the column, and stops the workflow before any job."""
+"""Load and validate the experiments (config, catalog, matrix) and render every experiment's configs, once, at parse
+time. Nothing here imports torch or transformers: steermoe.declare.matrix and steermoe.declare.render are torch-free, so
+a dry run stays fast. Every error names the file, the row and the column, and stops the workflow before any job."""
 import inspect
 import re
 import shlex
