@@ -5,6 +5,7 @@ YAML loading (the original code's schema) maps onto this object; the model reads
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, field, fields
 
 from steermoe.declare.checks import check_value
@@ -18,6 +19,19 @@ OPTIMIZER_GROUPS = {"steering": (("steering_vectors", "layer_scales"), "steering
                     "projection": (("projection", "lora"), "learning_rate")}
 PARAMETER_GROUPS = tuple(group for groups, _ in OPTIMIZER_GROUPS.values() for group in groups)
 STEERING_GROUPS = ("steering_vectors", "router", "layer_scales")  # the steering module's own parameters
+
+
+def encoder_frames(seconds: float, frames_per_second: float, window_frames: int | None = None) -> int:
+    """The encoder frames of an utterance: its length at the encoder's frame rate, or the whole window where the
+    input is padded to one (Whisper's 30 s window: `window_frames`)."""
+    return window_frames if window_frames is not None else math.ceil(seconds * frames_per_second)
+
+
+def audio_tokens(frames: int, pooling_kernel_size: int, max_prompt_tokens: int) -> tuple[int, int]:
+    """(pooled frames, audio prompt tokens) of `frames` encoder frames: pooled by the kernel, at most max_prompt_tokens
+    of them reach the LLM."""
+    pooled = math.ceil(frames / pooling_kernel_size)
+    return pooled, min(pooled, max_prompt_tokens)
 
 
 def _default(option: str):

@@ -11,7 +11,6 @@ Methods share one code path and differ only in the trainable part:
 """
 from __future__ import annotations
 
-import math
 import warnings
 from pathlib import Path
 
@@ -23,7 +22,7 @@ from transformers import GenerationConfig
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
-from steermoe.declare.model_config import PARAMETER_GROUPS, SteerMoEConfig
+from steermoe.declare.model_config import PARAMETER_GROUPS, SteerMoEConfig, audio_tokens, encoder_frames
 from steermoe.declare.settings import EVERY_LAYER, OUTPUT, TRAINED_METHODS, WHISPER_WINDOW
 from steermoe.errors import ConfigError
 from steermoe.model.encoders import ENCODER_TYPES, ModelFolderError, load_encoder, read_model_config, weights_dtype
@@ -152,9 +151,9 @@ class SteerMoEModel(nn.Module):
     def audio_prompt_length(self, seconds: float) -> int:
         """Audio prompt tokens for an utterance of this duration (for length filtering before training)."""
         enc = self.encoder
-        frames = enc.max_frames if getattr(enc, "window", None) == WHISPER_WINDOW and enc.kind == "whisper" \
-            else math.ceil(seconds * enc.frames_per_second)
-        return min(math.ceil(frames / self.config.pooling_kernel_size), self.config.max_prompt_tokens)
+        window = enc.max_frames if getattr(enc, "window", None) == WHISPER_WINDOW and enc.kind == "whisper" else None
+        frames = encoder_frames(seconds, enc.frames_per_second, window)
+        return audio_tokens(frames, self.config.pooling_kernel_size, self.config.max_prompt_tokens)[1]
 
     def longest_audio_seconds(self) -> float:
         """The longest utterance the model hears whole: within the encoder's window (Whisper's 30 s) and with its

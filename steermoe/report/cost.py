@@ -45,7 +45,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
-from steermoe.declare.model_config import STEERING_GROUPS
+from steermoe.declare.model_config import STEERING_GROUPS, audio_tokens
 from steermoe.declare.settings import EVERY_LAYER, OUTPUT, TRAINED_METHODS
 
 
@@ -181,8 +181,7 @@ def utterance_flops(shape: Shape, config: dict, frames: int, prompt_tokens: floa
     """The lengths ({pooled_frames, audio_tokens, decoder_tokens}) and training FLOPs by part of one utterance of
     `frames` encoder frames, for a SteerMoEConfig's options `config` (method, pooling, max_prompt_tokens)."""
     k, L = config["pooling_kernel_size"], shape.encoder_layers
-    pooled = math.ceil(frames / k)
-    audio = min(pooled, config["max_prompt_tokens"])
+    pooled, audio = audio_tokens(frames, k, config["max_prompt_tokens"])
     decoder_tokens = audio + prompt_tokens + target_tokens + 1
     position = L if config.get("pooling_position") is None else min(config["pooling_position"], L)
     t = shape.trainable

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from steermoe.data.statistics import dataset_stats
 from steermoe.declare.experiments import Experiment
+from steermoe.declare.model_config import encoder_frames
 from steermoe.declare.settings import MODEL_OPTIONS, REFERENCE, SETTINGS, WHISPER_WINDOW
 from steermoe.report.cost import Shape, model_shape, shape_source, training_steps, utterance_flops
 from steermoe.report.memory import GIB, H100_MEMORY_GIB, gib, training_memory
@@ -168,10 +169,8 @@ def plan_experiment(exp: Experiment, root: Path = Path("."), quick: bool = False
         if stats.mean_seconds is None or targets is None:
             row["notes"].append("utterance lengths unknown: prepare the corpus first")
         return row
-    if config["encoder_window"] == WHISPER_WINDOW and shape.encoder_kind == "whisper":
-        frames = shape.max_frames
-    else:
-        frames = math.ceil(stats.mean_seconds * shape.frames_per_second)
+    whole_window = config["encoder_window"] == WHISPER_WINDOW and shape.encoder_kind == "whisper"
+    frames = encoder_frames(stats.mean_seconds, shape.frames_per_second, shape.max_frames if whole_window else None)
     lengths, parts = utterance_flops(shape, config, frames, prompt_len, targets,
                                      gradient_checkpointing=bool(setting(exp, "gradient_checkpointing")))
     audio, decoder_tokens = lengths["audio_tokens"], lengths["decoder_tokens"]
