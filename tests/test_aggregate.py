@@ -427,6 +427,18 @@ def test_metrics_in_an_older_vocabulary_are_named_invalid_not_read(workdir):
                             f"reference_units); evaluate again (remove results/{BASE}/eval and re-run the workflow)")
 
 
+def test_metrics_of_the_protocol_once_called_seed_are_named_invalid_not_read(workdir):
+    exps = [experiment(BASE, "linear")]
+    write_evaluated(BASE, BASE_ERRORS)
+    path = workdir / "results" / BASE / "eval" / "metrics.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), "protocol": "seed"}))
+    run(exps)
+    (row,) = read_table(workdir / "results/table.csv")
+    assert row["status"] == "invalid results"
+    assert row["error"] == (f"results/{BASE}/eval/metrics.json: written by an older steermoe (protocol seed is now "
+                            f"original); evaluate again (remove results/{BASE}/eval and re-run the workflow)")
+
+
 def test_trained_but_not_evaluated_is_not_run(workdir):
     write_trained(BETTER)
     result = collect(experiment(BETTER, "layer_wise"), agg.Path("results"), agg.Path("logs"))

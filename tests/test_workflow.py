@@ -427,6 +427,16 @@ def test_an_unknown_recipe_is_a_clear_error(tmp_path):
                               f"original-code")
 
 
+def test_the_protocol_once_called_seed_is_refused_with_its_new_name(tmp_path):
+    root = copy_workflow(tmp_path / "wf")
+    matrix = write_matrix(root, "layer_wise\twhisper-tiny.en\tsmollm2\tsynth-en\tseed",
+                          header="method\tencoder\tdecoder\tdataset\tprotocol\n")
+    with pytest.raises(ConfigError) as err:
+        load_matrix(matrix, root / "experiments/catalog.yaml")
+    assert str(err.value) == (f"{matrix}: row 1 (line 2), column 'protocol': 'seed' is called 'original' now (the "
+                              f"original code's evaluation): write protocol: original")
+
+
 def test_rows_that_differ_only_in_evaluation_share_one_training(tmp_path):
     """An evaluation variant (another protocol, beam search) is scored on the same trained model, never retrained."""
     root = copy_workflow(tmp_path / "wf")
