@@ -1,6 +1,6 @@
 """The statistics of a dataset's training split that planning needs (utterances, mean duration, a sample of its
 texts), from the prepared corpus where it exists, else from a synthetic corpus's own generator (texts exact,
-durations typical), else from the corpus's typical published values (steermoe.data.registry)."""
+durations typical), else from the corpus's typical published values (steermoe.declare.corpora)."""
 from __future__ import annotations
 
 import json
