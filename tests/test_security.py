@@ -140,8 +140,8 @@ def test_path_cells_must_be_relative_and_plain(tmp_path, value):
     with pytest.raises(ConfigError, match=r"row 1 \(line 2\), column 'deepspeed_config': .* is not an allowed path: "
                                           r"use letters, digits"):
         load_matrix(root / "experiments/matrix.tsv", root / "experiments/catalog.yaml")
-    write_matrix(root, f"{ROW}\tsteermoe/deepspeed/stage3.json", header="method\tencoder\tdecoder\tdataset\t"
-                                                                       "deepspeed_config\n")
+    write_matrix(root, f"{ROW}\tsteermoe/declare/deepspeed/stage3.json",
+                 header="method\tencoder\tdecoder\tdataset\tdeepspeed_config\n")
     assert load_matrix(root / "experiments/matrix.tsv", root / "experiments/catalog.yaml")[0].settings[
         "deepspeed_config"] == "steermoe/declare/deepspeed/stage3.json"
 

@@ -459,7 +459,7 @@ def test_deepspeed_zero_on_cpu_trains_to_the_same_loss_as_plain_training(tiny, t
     plain = write_config(tmp_path / "plain", tiny, **settings)
     ds = write_config(tmp_path / "ds", tiny, **{**settings, "training": {
         "max_steps": 8, "use_deepspeed": True,
-        "deepspeed_config": str(REPO / "steermoe" / "deepspeed" / f"{stage}.json")}})
+        "deepspeed_config": str(REPO / "steermoe" / "declare" / "deepspeed" / f"{stage}.json")}})
     runs = {name: _cli_train(path) for name, path in (("plain", plain), ("ds", ds))}
     for name, proc in runs.items():
         assert proc.returncode == 0, (name, proc.stdout[-3000:], proc.stderr[-3000:])
