@@ -416,25 +416,19 @@ def test_the_original_code_recipe_renders_exactly_what_the_original_code_ran(tmp
     assert rendered(paper).training.learning_rate == 1e-4 and rendered(paper).training.lr_scheduler == "cosine"
 
 
-def test_an_unknown_recipe_is_a_clear_error(tmp_path):
+@pytest.mark.parametrize("column, cell, message", [
+    ("recipe", "original-cod", "unknown recipe 'original-cod' (not in {catalog}) (did you mean 'original-code'?); "
+                               "allowed: paper, original-code"),
+    ("protocol", "seed", "'seed' is called 'original' now (the original code's evaluation): write protocol: original"),
+])
+def test_an_unknown_recipe_or_the_protocol_once_called_seed_is_a_clear_error(tmp_path, column, cell, message):
     root = copy_workflow(tmp_path / "wf")
-    matrix = write_matrix(root, "layer_wise\twhisper-tiny.en\tsmollm2\tsynth-en\toriginal-cod",
-                          header="method\tencoder\tdecoder\tdataset\trecipe\n")
+    matrix = write_matrix(root, f"layer_wise\twhisper-tiny.en\tsmollm2\tsynth-en\t{cell}",
+                          header=f"method\tencoder\tdecoder\tdataset\t{column}\n")
     with pytest.raises(ConfigError) as err:
         load_matrix(matrix, root / "experiments/catalog.yaml")
-    assert str(err.value) == (f"{matrix}: row 1 (line 2), column 'recipe': unknown recipe 'original-cod' (not in "
-                              f"{root / 'experiments/catalog.yaml'}) (did you mean 'original-code'?); allowed: paper, "
-                              f"original-code")
-
-
-def test_the_protocol_once_called_seed_is_refused_with_its_new_name(tmp_path):
-    root = copy_workflow(tmp_path / "wf")
-    matrix = write_matrix(root, "layer_wise\twhisper-tiny.en\tsmollm2\tsynth-en\tseed",
-                          header="method\tencoder\tdecoder\tdataset\tprotocol\n")
-    with pytest.raises(ConfigError) as err:
-        load_matrix(matrix, root / "experiments/catalog.yaml")
-    assert str(err.value) == (f"{matrix}: row 1 (line 2), column 'protocol': 'seed' is called 'original' now (the "
-                              f"original code's evaluation): write protocol: original")
+    expected = message.format(catalog=root / "experiments/catalog.yaml")
+    assert str(err.value) == f"{matrix}: row 1 (line 2), column '{column}': {expected}"
 
 
 def test_rows_that_differ_only_in_evaluation_share_one_training(tmp_path):
