@@ -34,6 +34,7 @@ from steermoe.fsutil import sha256_file
 # what an older steermoe wrote into metrics.json -> today's name
 OLD_NAMES = {"exact_match": "qa_accuracy", "reference_words": "reference_units",
              "reference_characters": "reference_units"}
+OLD_VALUES = {"protocol": ("seed", "original")}  # a field's value an older steermoe wrote -> today's
 ERROR_PREFIX = "steermoe: error:"
 OK, STALE = "ok", "stale"
 FAILED_TRAIN, FAILED_EVAL, NOT_RUN, INVALID = "failed at train", "failed at evaluate", "not run", "invalid results"
@@ -246,14 +247,11 @@ def _upstream_failure(exp: Experiment, logs: Path, root: Path) -> tuple[str, str
 
 def _check_metrics(metrics: dict, path: Path) -> None:
     metric = metrics.get("metric")
-    old = sorted({key for key in OLD_NAMES if key in metrics or metric == key})
-    if metrics.get("protocol") == "seed":
-        old.append("protocol")
-    if old:
-        renamed = ", ".join(f"{key} is now {OLD_NAMES[key]}" if key in OLD_NAMES else "protocol seed is now original"
-                            for key in old)
-        raise MalformedFile(f"{path}: written by an older steermoe ({renamed}); evaluate again (remove {path.parent} "
-                            f"and re-run the workflow)")
+    changes = [f"{key} is now {OLD_NAMES[key]}" for key in sorted(OLD_NAMES) if key in metrics or metric == key]
+    changes += [f"{key} {value} is now {new}" for key, (value, new) in OLD_VALUES.items() if metrics.get(key) == value]
+    if changes:
+        raise MalformedFile(f"{path}: written by an older steermoe ({', '.join(changes)}); evaluate again (remove "
+                            f"{path.parent} and re-run the workflow)")
     if metric not in METRICS:
         raise MalformedFile(f"{path}: 'metric' is {metric!r}, expected one of {', '.join(METRICS)}")
     for key in ("value", "ci95", "utterances", "reference_units"):
