@@ -46,3 +46,79 @@ def test_data_cli_synth_and_bad_input(tmp_path):
     out = subprocess.run([sys.executable, "-m", "steermoe.cli", "data", "prepare", "--corpus", "aishell1", "--root",
                           str(tmp_path / "nowhere"), "--out", str(tmp_path / "x")], capture_output=True, text=True)
     assert out.returncode == 2 and "AISHELL-1" in out.stderr and "Traceback" not in out.stderr
+
+
+def noise_parquet(path, rows, first=0, row_group_size=5, seconds=lambda i: 0.5 + (i * 37 % 11) / 10, **extra):
+    """A parquet file of `rows` utterances of white noise (FLAC barely compresses it: about 32 kB a second)."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from steermoe.data.audio import encode_flac
+
+    rng = np.random.default_rng(first)
+    audio = [encode_flac(rng.uniform(-0.5, 0.5, int(16000 * seconds(i))).astype("float32"))
+             for i in range(first, first + rows)]
+    table = {"id": [f"utt{i}" for i in range(first, first + rows)], "audio": audio,
+             "text": [f"text {i}" for i in range(first, first + rows)], **extra}
+    pq.write_table(pa.table(table), path, row_group_size=row_group_size)
+    return path
+
+
+def test_lazy_rows_give_the_same_batches_and_audio_as_reading_the_files_whole(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from steermoe.run.loading import dev_holdout
+
+    (tmp_path / "split").mkdir()
+    files = [noise_parquet(tmp_path / "split" / "a.parquet", 23), noise_parquet(tmp_path / "split" / "b.parquet", 18,
+                                                                               first=23, row_group_size=4)]
+    whole = pa.concat_tables([pq.read_table(f) for f in files]).to_pylist()  # what the loader held before
+    rows = AudioRows.from_parquet([str(tmp_path / "split")])
+    assert rows.columns["id"] == [r["id"] for r in whole]
+    train, dev = dev_holdout(rows)
+    for batches, part in ((list(LengthGroupedBatches(train.durations, 4, seed=3)), train), ([[0]], dev)):
+        for batch in batches:
+            for i in batch:
+                expected = whole[rows.columns["id"].index(part.columns["id"][i])]
+                assert part.audio_bytes(i) == expected["audio"] and part[i]["text"] == expected["text"]
+    # a loader worker gets the index, not the audio: the pickled rows are a small part of the files
+    import pickle
+
+    assert len(pickle.dumps(rows)) < sum(f.stat().st_size for f in files) / 10
+
+
+def test_reading_every_row_of_a_corpus_larger_than_the_cache_keeps_memory_bounded(tmp_path):
+    import pyarrow as pa
+
+    file = noise_parquet(tmp_path / "big.parquet", 120, seconds=lambda i: 3.0, row_group_size=8)  # ~11 MB
+    rows = AudioRows.from_parquet([str(file)])
+    group = file.stat().st_size / 15  # one row group's audio
+    peak = 0
+    for i in sorted(range(len(rows)), key=lambda i: (i * 53) % 120):  # out of file order, as training reads
+        rows.audio_bytes(i)
+        peak = max(peak, pa.total_allocated_bytes())
+    assert len(rows._groups) == AudioRows.ROW_GROUP_CACHE
+    assert peak < (AudioRows.ROW_GROUP_CACHE + 2) * group < file.stat().st_size / 2
+
+
+def test_an_undecodable_row_is_named_with_its_file_and_row(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    import pytest
+
+    from steermoe.errors import DataError
+
+    table = pq.read_table(noise_parquet(tmp_path / "x.parquet", 9, row_group_size=4)).to_pylist()
+    table[6]["audio"] = b"not audio at all"
+    with_durations = [{**r, "duration": 1.0} for r in table]
+    pq.write_table(pa.Table.from_pylist(with_durations), tmp_path / "x.parquet", row_group_size=4)
+    rows = AudioRows.from_parquet([str(tmp_path / "x.parquet")])
+    rows[5]
+    with pytest.raises(DataError, match=r"x\.parquet row 6 \(utterance 'utt6'"):
+        rows[6]
+    # without a duration column the headers are read up front: the same row is named before training starts
+    pq.write_table(pa.Table.from_pylist(table), tmp_path / "y.parquet", row_group_size=4)
+    with pytest.raises(DataError, match=r"y\.parquet row 6: undecodable audio"):
+        AudioRows.from_parquet([str(tmp_path / "y.parquet")])

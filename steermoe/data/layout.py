@@ -196,14 +196,19 @@ def only_splits(plans: dict, only: list[str] | None) -> dict:
     return {split: plans[split] for split in only}
 
 
-def read_split(corpus_dir: str | Path, split: str) -> pa.Table:
+def split_file(corpus_dir: str | Path, split: str) -> Path:
+    """The parquet file of a prepared split, checked to exist and to be in the prepared layout (its schema only)."""
     path = Path(corpus_dir) / f"{split}.parquet"
     if not path.is_file():
         available = sorted(p.stem for p in Path(corpus_dir).glob("*.parquet"))
         raise DataError(f"{path} does not exist; prepared splits in {corpus_dir}: {available or 'none'} "
                         f"(run `steermoe data prepare` first)")
-    table = pq.read_table(path)
-    if not table.schema.equals(SCHEMA, check_metadata=False):
-        raise DataError(f"{path} is not in steermoe's prepared layout (columns {table.schema.names}); "
+    schema = pq.read_schema(path)
+    if not schema.equals(SCHEMA, check_metadata=False):
+        raise DataError(f"{path} is not in steermoe's prepared layout (columns {schema.names}); "
                         f"prepare it with `steermoe data prepare`")
-    return table
+    return path
+
+
+def read_split(corpus_dir: str | Path, split: str) -> pa.Table:
+    return pq.read_table(split_file(corpus_dir, split))

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from steermoe.data.audio import AudioError, decode
-from steermoe.data.layout import DataError, read_split
+from steermoe.data.layout import DataError, split_file
 from steermoe.model.features import AudioFeatures
 
 
@@ -36,90 +36,135 @@ def parquet_files(entries: list[str], audio_column: str, text_column: str, key: 
 
 
 class AudioRows(torch.utils.data.Dataset):
-    """Utterances held as encoded audio in memory (FLAC/WAV bytes), decoded per item.
+    """Utterances read lazily from parquet files: the index (ids, durations, texts, ...) is held in memory, the
+    encoded audio (FLAC/WAV bytes) is read from its file's row group when an item is asked for, and decoded.
 
-    columns: id, audio (bytes), duration (s), text; optional prompt (str), answers (list of str) and language (a
-    code such as 'en': what a reference row's multilingual Whisper is told).
+    Audio is never held for the whole split, so N processes on one node share the page cache of the files instead
+    of holding N copies. Each process (each loader worker) keeps the row groups it read last (ROW_GROUP_CACHE).
+
+    columns: id, duration (s), text; optional prompt (str), answers (list of str) and language (a code such as
+    'en': what a reference row's multilingual Whisper is told). where: for each row, (file number, row group,
+    row within the group) in `files`.
     """
 
-    def __init__(self, columns: dict[str, list], source: str = ""):
-        self.columns = columns
+    ROW_GROUP_CACHE = 4  # row groups of audio kept per process: a few, so memory stays bounded by the group size
+
+    def __init__(self, columns: dict[str, list], files: list[Path], where: np.ndarray, audio_column: str = "audio",
+                 source: str = ""):
+        self.columns, self.files, self.where, self.audio_column = columns, files, where, audio_column
         self.durations = columns["duration"]
         self.source = source  # where the rows come from (a config key and its files), for error messages
+        self._groups: dict[tuple[int, int], object] = {}  # (file, row group) -> its audio column, newest last
 
     @classmethod
     def prepared(cls, corpus_dir, split: str) -> "AudioRows":
         """A split of a corpus prepared by `steermoe data prepare|synth`."""
-        table = read_split(corpus_dir, split)
-        return cls({name: table.column(name).to_pylist() for name in table.column_names})
+        return cls.from_parquet([str(split_file(corpus_dir, split))], key=f"{corpus_dir} {split}")
 
     @classmethod
     def from_parquet(cls, entries: list[str], audio_column: str = "audio", text_column: str = "text",
                      key: str = "parquet_dirs") -> "AudioRows":
         """Any parquet (the original code's `parquet_dirs`): each entry a .parquet file or a folder of them. The audio
-        column holds encoded bytes or Hugging Face's {bytes, path} struct; durations are read from the audio header when
-        the file has no `duration` column."""
+        column holds encoded bytes or Hugging Face's {bytes, path} struct; durations are read from the audio headers
+        (one row group at a time) when the file has no `duration` column. Reads every column but the audio."""
         import io
 
         import pyarrow.parquet as pq
         import soundfile as sf
 
-        columns = {"id": [], "audio": [], "duration": [], "text": [], "prompt": [], "answers": [], "language": []}
+        columns = {"id": [], "duration": [], "text": [], "prompt": [], "answers": [], "language": []}
         files = parquet_files(entries, audio_column, text_column, key)
-        starts = []  # (first utterance, file): where each file's rows begin, for messages
-        for file in files:
-            table = pq.read_table(file)
-            starts.append((len(columns["id"]), file))
-            audio = table.column(audio_column).to_pylist()
-            audio = [a["bytes"] if isinstance(a, dict) else a for a in audio]
-            n = len(audio)
-            get = lambda name, fill: table.column(name).to_pylist() if name in table.column_names else [fill] * n
-            columns["audio"] += audio
+        where = []
+        for number, file in enumerate(files):
+            parquet = pq.ParquetFile(file, memory_map=True)
+            names = parquet.schema_arrow.names
+            table = parquet.read(columns=[n for n in names if n != audio_column])
+            n = table.num_rows
+            get = lambda name: table.column(name).to_pylist() if name in names else [None] * n
             columns["text"] += table.column(text_column).to_pylist()
-            columns["id"] += [str(i) for i in get("id", None)] if "id" in table.column_names else \
-                [f"{file.stem}:{i}" for i in range(n)]
-            columns["prompt"] += get("prompt", None)
-            columns["answers"] += get("answers", None)
-            columns["language"] += get("language", None)
-            if "duration" in table.column_names:
+            columns["id"] += [str(i) for i in get("id")] if "id" in names else [f"{file.stem}:{i}" for i in range(n)]
+            columns["prompt"] += get("prompt")
+            columns["answers"] += get("answers")
+            columns["language"] += get("language")
+            for group in range(parquet.num_row_groups):
+                where += [(number, group, i) for i in range(parquet.metadata.row_group(group).num_rows)]
+            if "duration" in names:
                 columns["duration"] += [float(d) for d in table.column("duration").to_pylist()]
-            else:
-                for i, a in enumerate(audio):
+                continue
+            row = 0
+            for group in range(parquet.num_row_groups):
+                group_audio = parquet.read_row_group(group, columns=[audio_column]).column(0)
+                for audio in encoded_column(group_audio).to_pylist():
                     try:
-                        info = sf.info(io.BytesIO(a))
+                        info = sf.info(io.BytesIO(audio))
                     except Exception as err:  # soundfile raises several types for bad data
-                        raise DataError(f"{file} row {i}: undecodable audio in {audio_column!r} ({err}); "
+                        raise DataError(f"{file} row {row}: undecodable audio in {audio_column!r} ({err}); "
                                         f"prepare the data with `steermoe data prepare`") from None
                     columns["duration"].append(info.frames / info.samplerate)
+                    row += 1
         if not columns["id"]:
             raise DataError(f"{key}: {', '.join(map(str, files))} hold(s) no rows (an empty split); prepare the data "
                             f"again or point the key at a split with rows")
-        def origin(n: int) -> str:
-            start, file = next((start, file) for start, file in reversed(starts) if start <= n)
-            return f"{file} row {n - start}"
-
+        rows = cls(columns, files, np.array(where, dtype=np.int64).reshape(-1, 3), audio_column,
+                   f"{key} ({', '.join(map(str, files))})")
         first: dict[str, int] = {}
         for n, utt in enumerate(columns["id"]):
             if utt in first:
-                raise DataError(f"{key}: utterance id {utt!r} is both {origin(first[utt])} and {origin(n)}; "
+                raise DataError(f"{key}: utterance id {utt!r} is both {rows.origin(first[utt])} and {rows.origin(n)}; "
                                 f"predictions and comparisons pair utterances by id: make the ids unique, or "
                                 f"prepare the data with `steermoe data prepare`, which renames duplicates")
             first[utt] = n
-        return cls(columns, f"{key} ({', '.join(map(str, files))})")
+        return rows
+
+    def origin(self, index: int) -> str:
+        """'<file> row <n>' of a row, counted from the file's first row."""
+        import pyarrow.parquet as pq
+
+        number, group, offset = (int(v) for v in self.where[index])
+        metadata = pq.ParquetFile(self.files[number]).metadata
+        return f"{self.files[number]} row {sum(metadata.row_group(g).num_rows for g in range(group)) + offset}"
 
     def subset(self, indices: list[int]) -> "AudioRows":
-        return AudioRows({name: [values[i] for i in indices] for name, values in self.columns.items()}, self.source)
+        return AudioRows({name: [values[i] for i in indices] for name, values in self.columns.items()}, self.files,
+                         self.where[indices], self.audio_column, self.source)
 
     def __len__(self) -> int:
         return len(self.durations)
 
+    def __getstate__(self) -> dict:  # a loader worker starts with an empty cache, not the parent's open files
+        return {**self.__dict__, "_groups": {}}
+
+    def audio_bytes(self, index: int) -> bytes:
+        """The encoded audio of a row, read with its row group (kept in this process's cache)."""
+        import pyarrow.parquet as pq
+
+        number, group, offset = (int(v) for v in self.where[index])
+        audio = self._groups.pop((number, group), None)
+        if audio is None:
+            parquet = pq.ParquetFile(self.files[number], memory_map=True)
+            audio = encoded_column(parquet.read_row_group(group, columns=[self.audio_column]).column(0))
+            while len(self._groups) >= self.ROW_GROUP_CACHE:
+                self._groups.pop(next(iter(self._groups)))
+        self._groups[number, group] = audio
+        return audio[offset].as_py()
+
     def __getitem__(self, index: int) -> dict:
-        row = {name: values[index] for name, values in self.columns.items() if name != "audio"}
+        row = {name: values[index] for name, values in self.columns.items()}
         try:
-            return {**row, "audio": decode(self.columns["audio"][index])}
+            return {**row, "audio": decode(self.audio_bytes(index))}
         except AudioError as err:  # prepared data never has such rows: `steermoe data prepare` lists and skips them
-            raise DataError(f"{self.source}: utterance {row['id']!r}: {err}; prepare the data with `steermoe data "
-                            f"prepare`, which skips such rows and lists them in rejects.jsonl") from None
+            raise DataError(f"{self.origin(index)} (utterance {row['id']!r}, {self.source}): {err}; prepare the "
+                            f"data with `steermoe data prepare`, which skips such rows and lists them in "
+                            f"rejects.jsonl") from None
+
+
+def encoded_column(column):
+    """A parquet audio column as an array of encoded bytes: the bytes themselves, or the `bytes` field of Hugging
+    Face's {bytes, path} struct."""
+    import pyarrow as pa
+
+    column = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    return column.field("bytes") if pa.types.is_struct(column.type) else column
 
 
 class AudioWindows(torch.utils.data.Dataset):
