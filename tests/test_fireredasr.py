@@ -61,6 +61,35 @@ def test_fbank_and_cmvn_match_the_reference_extractor(release, tmp_path):
     assert error < 1e-4
 
 
+def test_the_vectorised_fbank_equals_kaldi_native_fbank_within_float32_rounding():
+    """The release's extractor (kaldi-native-fbank, frame by frame) against ours: within 1e-4 on the parity audio.
+    On 15-s clips both are float32 roundings of one computation: ours stays as close to the exact (float64) value as
+    the release's own (within twice its distance, or 1e-4)."""
+    import kaldi_native_fbank as knf
+
+    from steermoe.model.features import KaldiFbank
+
+    options = knf.FbankOptions()
+    options.frame_opts.dither, options.mel_opts.num_bins = 0.0, 80
+    ours, exact = KaldiFbank(80), KaldiFbank(80)
+    exact.window, exact.banks = exact.window.double(), exact.banks.double()
+    for seed, seconds in enumerate(LENGTHS_S + (0.02, 15.0, 15.0, 15.0)):
+        samples = speech_like(seconds, seed)
+        release = knf.OnlineFbank(options)
+        release.accept_waveform(16000, samples.astype(np.float32).tolist())
+        expected = np.array([release.get_frame(i) for i in range(release.num_frames_ready)]).reshape(-1, 80)
+        got, truth = (f(samples.astype(np.float32) / 32768).numpy() for f in (ours, exact))
+        assert got.shape == expected.shape == (max(0, 1 + (len(samples) - 400) // 160), 80)
+        if not len(got):
+            continue
+        error, release_error = np.abs(got - expected).max(), np.abs(expected - truth).max()
+        print(f"{seconds} s: ours - release {error:.1e}; from exact: ours {np.abs(got - truth).max():.1e}, "
+              f"release {release_error:.1e}")
+        if seconds < 15:
+            assert error < 1e-4
+        assert np.abs(got - truth).max() <= max(2 * release_error, 1e-4)
+
+
 def test_encoder_matches_the_reference_on_a_padded_batch(release):
     """Both load the same release-format checkpoint; encoder outputs agree within 1e-5 on the valid frames."""
     from fireredasr.models.module.conformer_encoder import ConformerEncoder

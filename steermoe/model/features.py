@@ -61,23 +61,40 @@ class AudioFeatures:
 
 
 class KaldiFbank:
-    """FireRedASR's fbank, as its release computes it (fireredasr/data/asr_feat.py): kaldi-native-fbank, 25 ms
-    windows every 10 ms, no dither, on int16-scaled samples (the release reads 16-bit WAV as integers)."""
+    """FireRedASR's fbank as its release computes it (fireredasr/data/asr_feat.py: kaldi-native-fbank with 25 ms
+    windows every 10 ms, no dither, on int16-scaled samples), vectorised over frames in torch: the same steps as
+    Kaldi's (DC offset removed, pre-emphasis 0.97, Povey window, 512-point power spectrum, mel banks from 20 Hz to
+    Nyquist, log floored at float32's epsilon). kaldi-native-fbank computes frame by frame, about 3x slower; the
+    two agree within 1e-4 (tests/test_fireredasr.py)."""
+
+    FRAME, SHIFT, FFT, PREEMPHASIS, LOW_HZ = 400, 160, 512, 0.97, 20.0  # samples at 16 kHz; Kaldi's defaults
 
     def __init__(self, num_mel_bins: int = 80):
-        import kaldi_native_fbank as knf
-
-        self.knf = knf
-        self.options = knf.FbankOptions()
-        self.options.frame_opts.dither = 0.0
-        self.options.frame_opts.snip_edges = True
-        self.options.mel_opts.num_bins = num_mel_bins
+        self.num_mel_bins = num_mel_bins
+        n = np.arange(self.FRAME)
+        self.window = torch.from_numpy((0.5 - 0.5 * np.cos(2 * np.pi * n / (self.FRAME - 1))) ** 0.85).float()
+        self.banks = torch.from_numpy(kaldi_mel_banks(num_mel_bins, self.FFT, self.LOW_HZ).T).float()  # (256, bins)
 
     def __call__(self, waveform: np.ndarray) -> torch.Tensor:
-        """(samples,) float in [-1, 1] at 16 kHz -> (F, n_mels) log fbank."""
-        fbank = self.knf.OnlineFbank(self.options)
-        fbank.accept_waveform(SAMPLE_RATE, (np.asarray(waveform, dtype=np.float32) * 32768.0).tolist())
-        frames = [fbank.get_frame(i) for i in range(fbank.num_frames_ready)]
-        if not frames:
-            return torch.zeros(0, self.options.mel_opts.num_bins)
-        return torch.from_numpy(np.stack(frames)).float()
+        """(samples,) float in [-1, 1] at 16 kHz -> (F, n_mels) log fbank, F = 1 + (samples - 400) // 160."""
+        x = torch.from_numpy(np.asarray(waveform, dtype=np.float32) * 32768.0).to(self.window.dtype)
+        if len(x) < self.FRAME:
+            return torch.zeros(0, self.num_mel_bins)
+        frames = x.unfold(0, self.FRAME, self.SHIFT)  # (F, 400)
+        frames = frames - frames.mean(dim=1, keepdim=True)
+        frames = torch.cat([frames[:, :1] * (1 - self.PREEMPHASIS),  # Kaldi pre-emphasises the first sample by itself
+                            frames[:, 1:] - self.PREEMPHASIS * frames[:, :-1]], dim=1) * self.window
+        power = torch.fft.rfft(frames, n=self.FFT).abs().pow(2)[:, : self.FFT // 2]  # (F, 256): Nyquist unused
+        return (power @ self.banks).clamp_min(float(np.finfo(np.float32).eps)).log().float()
+
+
+def kaldi_mel_banks(num_bins: int, fft: int, low_hz: float, rate: int = SAMPLE_RATE) -> np.ndarray:
+    """Kaldi's triangular mel filters (mel = 1127 ln(1 + f/700)), up to Nyquist: (num_bins, fft // 2)."""
+    mel = lambda hz: 1127.0 * np.log(1.0 + hz / 700.0)
+    low, high = mel(low_hz), mel(rate / 2)
+    delta = (high - low) / (num_bins + 1)
+    bins = mel(rate / fft * np.arange(fft // 2))[None, :]  # (1, fft/2)
+    left = low + delta * np.arange(num_bins)[:, None]  # (num_bins, 1)
+    center, right = left + delta, left + 2 * delta
+    rising, falling = (bins - left) / (center - left), (right - bins) / (right - center)
+    return np.where((bins > left) & (bins < right), np.where(bins <= center, rising, falling), 0.0)
