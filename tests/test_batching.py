@@ -122,3 +122,19 @@ def test_an_undecodable_row_is_named_with_its_file_and_row(tmp_path):
     pq.write_table(pa.Table.from_pylist(table), tmp_path / "y.parquet", row_group_size=4)
     with pytest.raises(DataError, match=r"y\.parquet row 6: undecodable audio"):
         AudioRows.from_parquet([str(tmp_path / "y.parquet")])
+
+
+def test_loader_workers_default_to_none_on_the_cpu_and_to_the_threads_but_one_on_a_gpu(monkeypatch):
+    from steermoe.run.batching import MAX_LOADER_WORKERS, loader_options, loader_workers
+
+    assert loader_workers(None) == 0 and loader_workers(3) == 3 and loader_options(0) == {"num_workers": 0,
+                                                                                         "pin_memory": False}
+    threads = torch.get_num_threads()
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # the rule a GPU job follows
+    try:
+        for given, expected in ((1, 1), (4, 3), (64, MAX_LOADER_WORKERS)):
+            torch.set_num_threads(given)
+            assert loader_workers(None) == expected
+        assert loader_options(3) == {"num_workers": 3, "pin_memory": True, "prefetch_factor": 4}
+    finally:
+        torch.set_num_threads(threads)

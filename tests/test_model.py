@@ -93,12 +93,13 @@ def test_labels_cover_target_and_eos_only():
     model = tiny_model("linear")
     feats, lengths = features("whisper", [30, 60])
     audio, audio_lengths = model.encode(feats, lengths)
-    embeds, mask, positions, labels = model.pack(audio, audio_lengths, None, ["ab", "xyz"])
+    embeds, mask, positions, labels, width = model.pack(audio, audio_lengths, None, ["ab", "xyz"])
     eos = model.tokenizer.eos_token_id
     for b, target in enumerate(["ab", "xyz"]):
         ids = model.tokenizer(target, add_special_tokens=False).input_ids + [eos]
         assert labels[b][labels[b] != IGNORE_INDEX].tolist() == ids
         assert labels[b, -len(ids):].tolist() == ids  # target and EOS close the sequence
+    assert width == max(len(model.tokenizer(t, add_special_tokens=False).input_ids) + 1 for t in ["ab", "xyz"])
     assert mask[0].sum() < mask[1].sum() and mask[0, 0] == 0  # left padding is masked
     assert positions[0, mask[0].argmax()] == 0 and positions[1, 0] == 0
 
@@ -221,7 +222,7 @@ def test_target_only_logits_give_the_decoders_own_loss():
     with torch.no_grad():
         out = model(feats, lengths, TARGETS)
         audio, audio_lengths = model.encode(feats, lengths)
-        embeds, mask, positions, labels = model.pack(audio, audio_lengths, None, TARGETS)
+        embeds, mask, positions, labels, _ = model.pack(audio, audio_lengths, None, TARGETS)
         full = model.decoder(inputs_embeds=embeds, attention_mask=mask, position_ids=positions, labels=labels)
     torch.testing.assert_close(out.loss, full.loss, atol=1e-6, rtol=1e-6)
     width = out.logits.shape[1]

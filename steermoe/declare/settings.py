@@ -166,7 +166,7 @@ TABLE: tuple[Key, ...] = (
     S("pooling_position", int, None, minimum=0, short="poolpos", model="pooling_position"),
     S("pooling_type", str, "avg", choices=POOLING_TYPES, short="pooltype", model="pooling_type"),
     S("gradient_checkpointing", bool, False),
-    S("dataloader_num_workers", int, 0, minimum=0),
+    S("dataloader_num_workers", int, None, minimum=0),  # None: none on the CPU, some on a GPU (run/batching.py)
     K("parquet_dirs", list, REQUIRED),  # train config: training data; test config: the test data
     K("eval_parquet_dirs", list, None, new=True),  # dev data; without it a sample of training rows is held out
     K("audio_column", str, "audio"),

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import warnings
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -30,6 +31,15 @@ from steermoe.model.steering import Steering, pool
 
 AUDIO_MARK = "<|steermoe_audio|>"  # where the audio prompt goes inside a chat template; never tokenised
 IGNORE_INDEX = -100
+
+
+class Packed(NamedTuple):
+    """The decoder's inputs for a batch (SteerMoEModel.pack)."""
+    embeds: torch.Tensor  # (B, S, H)
+    mask: torch.Tensor  # (B, S)
+    positions: torch.Tensor  # (B, S)
+    labels: torch.Tensor | None  # (B, S)
+    target_width: int  # the longest target + EOS: where the loss is computed
 
 
 class SteerMoEModel(nn.Module):
@@ -178,37 +188,46 @@ class SteerMoEModel(nn.Module):
         return self._prompt_cache[prompt]
 
     def pack(self, audio: torch.Tensor, audio_lengths: torch.Tensor, prompts: list[str] | None = None,
-             targets: list[str] | None = None):
+             targets: list[str] | None = None) -> "Packed":
         """Build left-padded decoder inputs [prompt-before ; audio ; prompt-after ; target ; EOS].
 
-        Returns inputs_embeds (B, S, H), attention_mask (B, S), position_ids (B, S), labels (B, S) or None.
-        Labels are IGNORE_INDEX everywhere except target and EOS; padding is masked and positions start at 0 on
-        each sample's first real token, so a sample gives the same result alone and in a batch.
+        Returns inputs_embeds (B, S, H), attention_mask (B, S), position_ids (B, S), labels (B, S) or None, and the
+        longest target + EOS. Labels are IGNORE_INDEX everywhere except target and EOS; padding is masked and
+        positions start at 0 on each sample's first real token, so a sample gives the same result alone and in a
+        batch. Token ids, mask and labels are built on the host and copied once each: the audio lengths are the
+        batch's one host sync, so the loader's next batch overlaps the accelerator's work.
         """
-        tok, embed = self.tokenizer, self.decoder.get_input_embeddings()
+        tok, embed, device = self.tokenizer, self.decoder.get_input_embeddings(), audio.device
         batch = audio.shape[0]
         prompts = prompts or [self.config.textual_prompt] * batch
-        rows, label_rows = [], []
+        n_audio = audio_lengths.tolist()
+        ids, spans = [], []  # every row's text ids, concatenated; per row (before, after, target) lengths
         for b in range(batch):
             before, after = self._prompt_ids(prompts[b])
-            target = [] if targets is None else tok(targets[b], add_special_tokens=False).input_ids
-            target = target + [tok.eos_token_id] if targets is not None else target
-            ids = torch.tensor(before + after + target, dtype=torch.long, device=audio.device)
-            text = embed(ids)
-            n_audio = int(audio_lengths[b])
-            rows.append(torch.cat([text[: len(before)], audio[b, :n_audio].to(text.dtype), text[len(before):]]))
-            label_rows.append([IGNORE_INDEX] * (len(before) + n_audio + len(after)) + target)
-        width = max(len(r) for r in rows)
-        hidden = rows[0].shape[-1]
-        embeds = rows[0].new_zeros(batch, width, hidden)
-        mask = torch.zeros(batch, width, dtype=torch.long, device=audio.device)
-        labels = torch.full((batch, width), IGNORE_INDEX, dtype=torch.long, device=audio.device)
-        for b, row in enumerate(rows):
-            embeds[b, width - len(row):] = row
-            mask[b, width - len(row):] = 1
-            labels[b, width - len(row):] = torch.tensor(label_rows[b], device=audio.device)
+            target = [] if targets is None else tok(targets[b], add_special_tokens=False).input_ids + [tok.eos_token_id]
+            ids += before + after + target
+            spans.append((len(before), len(after), len(target)))
+        lengths = [sum(span) + n for span, n in zip(spans, n_audio)]
+        width = max(lengths)
+        text = embed(torch.tensor(ids, dtype=torch.long, device="cpu").to(device, non_blocking=True))  # (all text tokens, H)
+        embeds = text.new_zeros(batch, width, text.shape[-1])
+        mask = torch.zeros(batch, width, dtype=torch.long, device="cpu")
+        labels = torch.full((batch, width), IGNORE_INDEX, dtype=torch.long, device="cpu")
+        offset = 0
+        for b, ((before, after, target), n, length) in enumerate(zip(spans, n_audio, lengths)):
+            start, row = width - length, text[offset: offset + before + after + target]
+            embeds[b, start: start + before] = row[:before]
+            embeds[b, start + before: start + before + n] = audio[b, :n].to(text.dtype)
+            embeds[b, start + before + n:] = row[before:]
+            mask[b, start:] = 1
+            if target:
+                labels[b, -target:] = torch.tensor(ids[offset + before + after: offset + before + after + target],
+                                                    device="cpu")
+            offset += before + after + target
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        return embeds, mask, positions, (labels if targets is not None else None)
+        move = lambda t: t.to(device, non_blocking=True)
+        return Packed(embeds, move(mask), move(positions), move(labels) if targets is not None else None,
+                      max(target for _, _, target in spans))
 
     # ---- training and generation ---------------------------------------------------------------------------
     def forward(self, features: torch.Tensor, feature_lengths: torch.Tensor, targets: list[str],
@@ -216,13 +235,12 @@ class SteerMoEModel(nn.Module):
         """Teacher-forced loss over target + EOS; logits (B, W, V) for the last W positions, W = longest target + 1.
         With return_gates, also the per-site router gates (for steering analysis)."""
         audio, lengths, *gates = self.encode(features, feature_lengths, return_gates=return_gates)
-        embeds, mask, positions, labels = self.pack(audio, lengths, prompts, targets)
+        embeds, mask, positions, labels, width = self.pack(audio, lengths, prompts, targets)
         base = self.decoder.base_model(inputs_embeds=embeds, attention_mask=mask, position_ids=positions,
                                        use_cache=use_cache)
         # Logits only where target tokens are predicted: every row ends in its target + EOS (left padding), so the
         # last `width` positions cover them all. The LM head over the full vocabulary at every audio and prompt
         # position would cost about a quarter of a small LLM's training step.
-        width = int((labels != IGNORE_INDEX).sum(1).max())
         hidden = base.last_hidden_state[:, -width - 1:-1]  # (B, width, H): position t predicts token t+1
         # 2-D and contiguous: a strided 3-D input sends F.linear through bmm with a batch-expanded weight copy
         logits = self.decoder.get_output_embeddings()(hidden.reshape(-1, hidden.shape[-1]))
@@ -243,7 +261,7 @@ class SteerMoEModel(nn.Module):
         audio, lengths, *gates = self.encode(features, feature_lengths, return_gates=gate_stats is not None)
         if gate_stats is not None:
             gate_stats.add(gates[0])
-        embeds, mask, _, _ = self.pack(audio, lengths, prompts)
+        embeds, mask, *_ = self.pack(audio, lengths, prompts)
         tok = self.tokenizer
         with warnings.catch_warnings():  # the prompt is embeddings: the penalty can only see generated tokens
             warnings.filterwarnings("ignore", message="Passing `repetition_penalty` with `inputs_embeds`")

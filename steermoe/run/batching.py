@@ -219,6 +219,25 @@ class Collator:
                 "ids": [r["id"] for r in rows]}
 
 
+MAX_LOADER_WORKERS = 8
+
+
+def loader_workers(stated: int | None) -> int:
+    """Loader processes (dataloader_num_workers): as stated; unstated, none on the CPU, where the step itself needs
+    every core, and on a GPU this process's threads but one (at most MAX_LOADER_WORKERS), so that decoding and
+    features overlap the accelerator's step."""
+    if stated is not None:
+        return stated
+    return min(MAX_LOADER_WORKERS, max(1, torch.get_num_threads() - 1)) if torch.cuda.is_available() else 0
+
+
+def loader_options(workers: int) -> dict:
+    """DataLoader arguments: `workers` processes, each with four batches ready; on a GPU, batches in pinned memory
+    (the copy to the GPU is then asynchronous)."""
+    return {"num_workers": workers, "pin_memory": torch.cuda.is_available(),
+            **({"prefetch_factor": 4} if workers else {})}
+
+
 class LengthGroupedBatches(torch.utils.data.Sampler):
     """Batches of similar duration (less padding), in a seeded random order that changes per epoch.
 

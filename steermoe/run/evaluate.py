@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Callable
 
 import torch
+from torch.utils.data import DataLoader
 
 from steermoe import metrics
 from steermoe.declare.outputs import METRICS_FILE, PREDICTIONS_FILE, STEERING_FILE, STEERING_PLOT, WEIGHTS
@@ -33,7 +34,7 @@ from steermoe.model.analysis import GateStats, plot_steering, steering_parameter
 from steermoe.model.features import WHISPER_SECONDS, AudioFeatures
 from steermoe.model.reference import DECODER as REFERENCE_DECODER, WhisperReference, language_plan
 from steermoe.run import precision, tracking
-from steermoe.run.batching import AudioRows, AudioWindows, Collator
+from steermoe.run.batching import AudioRows, AudioWindows, Collator, loader_options, loader_workers
 from steermoe.run.checkpoint import check_weights_file, load_trainable
 from steermoe.run.loading import check_inputs, load_model, load_rows
 
@@ -125,11 +126,12 @@ def reference_decoder(run: RunConfig, rows: AudioRows, decision: precision.Decis
                    WHISPER_SECONDS)
 
 
-def decode_split(decoder: Decoder, windows: AudioWindows, passes: int, reseed: bool, batch_size: int,
+def decode_split(decoder: Decoder, windows: AudioWindows, passes: int, reseed: bool, batch_size: int, workers: int,
                  log) -> tuple[list[dict[int, str]], GateStats | None, float, int] | None:
-    """Decode every window, `passes` times, in batches shared out among the launcher's processes. On process 0: per
-    pass {window: hypothesis}, the gate statistics of the first pass, the decoding seconds and the process count;
-    None on the others. reseed: seed torch per batch (sampling draws that do not depend on the sharing)."""
+    """Decode every window, `passes` times, in batches shared out among the launcher's processes (each batch made by
+    `workers` loader processes while the previous one decodes). On process 0: per pass {window: hypothesis}, the gate
+    statistics of the first pass, the decoding seconds and the process count; None on the others. reseed: seed torch
+    per batch (sampling draws that do not depend on the sharing)."""
     # longest first: the slowest batch shows up at once, and similar lengths share a batch
     order = sorted(range(len(windows)), key=lambda i: -windows.durations[i])
     batches = [order[first:first + batch_size] for first in range(0, len(order), batch_size)]
@@ -139,9 +141,10 @@ def decode_split(decoder: Decoder, windows: AudioWindows, passes: int, reseed: b
     mine = range(rank, len(work), world)
     total, prefix = sum(len(batches[work[w][1]]) for w in mine), f"[process {rank} of {world}] " if world > 1 else ""
     decoded = []  # (work item, hypotheses, gate statistics) of this process's batches
-    for item in mine:
+    loader = DataLoader(windows, batch_sampler=[batches[work[item][1]] for item in mine], collate_fn=decoder.collate,
+                        **loader_options(workers))
+    for item, batch in zip(mine, loader):
         sampling_seed, number = work[item]
-        batch = decoder.collate([windows[i] for i in batches[number]])
         stats = GateStats() if decoder.steered is not None and sampling_seed == 0 else None
         if reseed:  # each batch's own draws: the same hypotheses however the batches are shared out
             torch.manual_seed(sampling_seed * 1_000_003 + number)
@@ -243,7 +246,8 @@ def evaluate(run: RunConfig, checkpoint: Path | None = None, output_dir: Path | 
     chosen = original_subset(len(rows)) if original_protocol else list(range(len(rows)))
     passes = ev.sampling_seeds if original_protocol else 1  # the original protocol decodes once per sampling seed
     windows = AudioWindows(rows, chosen, decoder.longest_seconds)
-    decoded = decode_split(decoder, windows, passes, original_protocol, ev.batch_size, log)
+    decoded = decode_split(decoder, windows, passes, original_protocol, ev.batch_size,
+                           loader_workers(top.dataloader_num_workers), log)
     if decoded is None:  # another process: process 0 scores and writes
         return {}
     hypotheses, stats, decode_seconds, world = decoded

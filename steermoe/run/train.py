@@ -23,7 +23,7 @@ from steermoe.errors import ConfigError, TrainingError
 from steermoe.model.encoders import weights_dtype
 from steermoe.model.features import AudioFeatures
 from steermoe.run import precision, tracking
-from steermoe.run.batching import Collator
+from steermoe.run.batching import Collator, loader_workers
 from steermoe.run.checkpoint import (finished_training, load_trainable, resume_point, save_finished, training_is_over,
                                      whole_trainable_state)
 from steermoe.run.loading import check_inputs, dev_holdout, filter_rows, load_model, load_rows
@@ -127,13 +127,14 @@ def training_arguments(run: RunConfig, mixed: str, has_dev: bool) -> TrainingArg
         fp16=mixed == "fp16", bf16=mixed == "bf16",
         # every CPU run; under DeepSpeed it only lets the Trainer accept bf16 (DeepSpeed brings its own accelerator)
         use_cpu=not torch.cuda.is_available(),
-        accelerator_config={"use_configured_state": cpu_deepspeed},
+        accelerator_config={"use_configured_state": cpu_deepspeed, "non_blocking": torch.cuda.is_available()},
         dataloader_pin_memory=torch.cuda.is_available(),
         deepspeed=str(run.resolve(t.deepspeed_config)) if t.use_deepspeed else None,
         logging_steps=top.logging_steps, save_strategy="steps", save_steps=top.save_steps, save_total_limit=None,
         eval_strategy="steps" if evaluate else "no", eval_steps=top.eval_steps if evaluate else None,
         load_best_model_at_end=bool(top.use_early_stopping), metric_for_best_model="loss", greater_is_better=False,
-        seed=top.seed, data_seed=top.seed, dataloader_num_workers=top.dataloader_num_workers,
+        seed=top.seed, data_seed=top.seed, dataloader_num_workers=loader_workers(top.dataloader_num_workers),
+        logging_nan_inf_filter=False,  # a non-finite loss stops the run (SteerMoETrainer.stop_if_nonfinite)
         remove_unused_columns=False, report_to=tracking.trainer_report_to(run), run_name=tracking.run_name(run),
         disable_tqdm=True)
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import signal
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -32,7 +33,7 @@ from steermoe.errors import TrainingError
 from steermoe.fsutil import storage_errors, write_json
 from steermoe.model.analysis import GateStats, scalars, steering_parameters
 from steermoe.run import tracking
-from steermoe.run.batching import LengthGroupedBatches
+from steermoe.run.batching import LengthGroupedBatches, loader_options
 from steermoe.run.checkpoint import (RESUMES, SCALER, SCHEDULER, complete_checkpoints, load_optimizer, gathered,
                                      load_rng, mark_complete, remove_old_checkpoints, rng_stem, save_optimizer,
                                      save_rng, save_trainable, whole_trainable_state)
@@ -73,6 +74,7 @@ class SteerMoETrainer(Trainer):
         super().__init__(*args, **kwargs)
         self.run, self.print = run, log
         self.steering_grad_norms: list[float] = []
+        self.first_nonfinite = None  # (step, loss) on the loss's device: the first step whose loss was not finite
 
     # three groups, each with its learning rate; the scheduler scales each group's own rate
     def create_optimizer(self, model=None):
@@ -94,9 +96,8 @@ class SteerMoETrainer(Trainer):
         sampler = LengthGroupedBatches(self.train_dataset.durations, self.args.per_device_train_batch_size,
                                        seed=self.args.seed)
         return self.accelerator.prepare(DataLoader(self.train_dataset, batch_sampler=sampler,
-                                                   collate_fn=self.data_collator,
-                                                   num_workers=self.args.dataloader_num_workers,
-                                                   worker_init_fn=ignore_stop_signals))
+                                                   collate_fn=self.data_collator, worker_init_fn=ignore_stop_signals,
+                                                   **loader_options(self.args.dataloader_num_workers)))
 
     def get_eval_dataloader(self, eval_dataset=None) -> DataLoader:
         dataset = eval_dataset if eval_dataset is not None else self.eval_dataset
@@ -104,8 +105,8 @@ class SteerMoETrainer(Trainer):
         size = self.args.per_device_eval_batch_size
         batches = [order[i:i + size] for i in range(0, len(order), size)]
         return self.accelerator.prepare(DataLoader(dataset, batch_sampler=batches, collate_fn=self.data_collator,
-                                                   num_workers=self.args.dataloader_num_workers,
-                                                   worker_init_fn=ignore_stop_signals))
+                                                   worker_init_fn=ignore_stop_signals,
+                                                   **loader_options(self.args.dataloader_num_workers)))
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         top = self.run.top
@@ -114,13 +115,7 @@ class SteerMoETrainer(Trainer):
         out = model(inputs["features"], inputs["feature_lengths"], inputs["targets"], inputs["prompts"],
                     return_gates=analyse, use_cache=self.run.decoder.use_cache)
         loss = out["loss"]
-        if not torch.isfinite(loss):
-            kept = complete_checkpoints(Path(self.args.output_dir))
-            raise TrainingError(f"{self.run.path}: the training loss became {float(loss.detach())} at step "
-                                f"{self.state.global_step + 1}; stopped. The last complete checkpoint "
-                                f"({kept[0] if kept else 'none yet'}) is kept. Lower the learning rates or set "
-                                f"gradient_clipping (an edited config starts afresh; the old checkpoints are moved to "
-                                f"superseded/)")
+        self.note_nonfinite(loss)
         if analyse:  # process 0 logs its own batch's gates; under ZeRO-3 every process gathers the steering
             with gathered(self.model.steering.parameters()):
                 parameters = steering_parameters(self.model)
@@ -133,22 +128,52 @@ class SteerMoETrainer(Trainer):
                 self.log(scalars(analysis))
         return (loss, out) if return_outputs else loss
 
+    def note_nonfinite(self, loss: torch.Tensor) -> None:
+        """Remember the first step whose loss is not finite, on the accelerator: a check per step would make the host
+        wait for every step's loss, and the loader could not prepare the next batch meanwhile."""
+        first = self.first_nonfinite
+        if first is None:
+            first = torch.zeros(2, device=loss.device)  # (step, loss); step 0: none yet
+        new = ~torch.isfinite(loss.detach()) & (first[0] == 0)
+        self.first_nonfinite = torch.where(new, torch.stack([torch.full_like(first[0], self.state.global_step + 1),
+                                                             loss.detach().float()]), first)
+
+    def stop_if_nonfinite(self) -> None:
+        """Stop with the step and the loss if one was not finite: checked before each checkpoint and at the end, so no
+        checkpoint holds weights that such a loss updated."""
+        if self.first_nonfinite is None or not int(self.first_nonfinite[0]):
+            return
+        step, loss = self.first_nonfinite.tolist()
+        kept = complete_checkpoints(Path(self.args.output_dir))
+        raise TrainingError(f"{self.run.path}: the training loss became {loss} at step {int(step)}; stopped. The last "
+                            f"complete checkpoint ({kept[0] if kept else 'none yet'}) is kept. Lower the learning "
+                            f"rates or set gradient_clipping (an edited config starts afresh; the old checkpoints are "
+                            f"moved to superseded/)")
+
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
         with torch.no_grad(), self.compute_loss_context_manager():
             loss = self.compute_loss(model, inputs)
         return loss.detach(), None, None
 
     def train(self, *args, **kwargs):
+        with self.non_strict_deepspeed_loading():
+            result = super().train(*args, **kwargs)
+        self.stop_if_nonfinite()
+        return result
+
+    @contextmanager
+    def non_strict_deepspeed_loading(self):
+        """Our DeepSpeed checkpoints hold the trainable parameters only, so they load non-strictly."""
         if not self.is_deepspeed_enabled:
-            return super().train(*args, **kwargs)
+            yield
+            return
         import transformers.trainer as hf_trainer
 
-        # our DeepSpeed checkpoints hold the trainable parameters only, so they load non-strictly
         original = hf_trainer.deepspeed_load_checkpoint
         hf_trainer.deepspeed_load_checkpoint = lambda engine, path, load_module_strict=True: original(
             engine, path, load_module_strict=False)
         try:
-            return super().train(*args, **kwargs)
+            yield
         finally:
             hf_trainer.deepspeed_load_checkpoint = original
 
@@ -208,6 +233,7 @@ class SteerMoETrainer(Trainer):
                                 f"{load_result.unexpected_keys[:3]}")
 
     def _save_checkpoint(self, model, trial) -> None:
+        self.stop_if_nonfinite()
         folder = Path(self.args.output_dir) / f"checkpoint-{self.state.global_step}"
         with storage_errors(folder, "checkpoint", RESUMES):
             super()._save_checkpoint(model, trial)  # the Trainer's rotation is off: it could delete the last good one
