@@ -9,6 +9,7 @@ appearing on disk, or a FIFO the command blocks on while opening an output.
 import csv
 import io
 import json
+import re
 import os
 import shutil
 import signal
@@ -131,10 +132,10 @@ def librispeech(root: Path, sizes: dict[str, int]) -> Path:
     return root
 
 
-def test_sigkill_during_data_preparation_keeps_the_previous_corpus_and_the_rerun_completes(tmp_path):
-    from steermoe.data.layout import read_split
+def test_sigkill_during_data_preparation_keeps_the_previous_corpus_and_the_rerun_resumes(tmp_path):
+    from steermoe.data.layout import CHUNK, PARTIAL_CHUNKS, read_split
 
-    corpus = librispeech(tmp_path / "LibriSpeech", {"dev-clean": 3, "test-clean": 3, "train-clean-100": 240})
+    corpus = librispeech(tmp_path / "LibriSpeech", {"dev-clean": 3, "test-clean": 3, "train-clean-100": 600})
     command = ["data", "prepare", "--corpus", "librispeech", "--root", corpus, "--workers", "2", "--out"]
     finish(command + [tmp_path / "reference"], tmp_path / "reference.log")
     out = tmp_path / "prepared"
@@ -144,8 +145,9 @@ def test_sigkill_during_data_preparation_keeps_the_previous_corpus_and_the_rerun
     log = tmp_path / "prepare.log"
     proc = start(command + [out], log)
     partial = tmp_path / ".prepared.partial"
-    # splits are prepared in name order: killed after test-clean is stored, while train-clean-100 is decoded
-    wait_until(lambda: (partial / "test-clean.parquet").is_file(), proc, "test-clean was stored")
+    # splits are prepared in name order: killed once the first chunk of train-clean-100 is stored
+    first_chunk = partial / PARTIAL_CHUNKS / "train-clean-100" / "000000.json"
+    wait_until(first_chunk.is_file, proc, "a chunk of train-clean-100 was stored")
     proc.kill()  # the main process only (the OOM killer's choice): its two workers must not linger
     assert proc.wait(timeout=60) == -signal.SIGKILL
     assert not (partial / "train-clean-100.parquet").exists() and not (partial / "manifest.json").exists()
@@ -155,7 +157,10 @@ def test_sigkill_during_data_preparation_keeps_the_previous_corpus_and_the_rerun
         "train-clean-100"]["rows"]
 
     text = finish(command + [out], log)
-    assert "train-clean-100: 240 rows" in text
+    assert "train-clean-100: 600 rows" in text
+    assert "test-clean: 0.00 h of audio" in text and "3 of 3 utterances were prepared before (resumed)" in text
+    done = int(re.search(r"train-clean-100: .*; (\d+) of 600 utterances were prepared before", text)[1])
+    assert CHUNK <= done < 600 and done % CHUNK == 0  # the finished chunks are not prepared again
     assert files(out) == files(tmp_path / "reference")  # parquet, manifest and rejects: byte for byte
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []  # no partial folder left
 

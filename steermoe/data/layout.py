@@ -8,10 +8,12 @@ Features are never stored: the collator computes them on the fly.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
 import sys
+import time
 import unicodedata
 from collections import Counter
 from dataclasses import asdict, dataclass, field
@@ -25,7 +27,7 @@ import pyarrow.parquet as pq
 from steermoe.data.audio import AudioError, decode, encode_flac
 from steermoe.declare.settings import SAMPLE_RATE
 from steermoe.errors import DataError
-from steermoe.fsutil import replace_dir
+from steermoe.fsutil import replace_dir, write_atomic
 
 FORMAT_VERSION = 1
 SCHEMA = pa.schema([
@@ -126,17 +128,24 @@ def unique_ids(corpus: str, split: str, items: list[RawItem]) -> list[dict]:
     return renamed
 
 
+CHUNK = 256  # utterances prepared, stored and resumable together; also the parquet row group
+PARTIAL_CHUNKS = "chunks"  # under the partial folder: each split's finished chunks, until the split is written
+
+
 def prepare_corpus(corpus: str, splits: dict[str, Iterable[RawItem | Reject]], out_dir: str | Path,
                    filters: Filters | None = None, workers: int | None = None, progress: bool = True) -> dict:
     """Decode, resample, filter and store every split; returns the manifest. Replaces out_dir atomically. Duplicate
-    ids within a split are renamed (unique_ids; the manifest lists them)."""
+    ids within a split are renamed (unique_ids; the manifest lists them).
+
+    Work is done in chunks of CHUNK utterances, each stored in the partial folder (.{out}.partial) as it finishes:
+    a preparation that was killed resumes from its finished chunks (each checked against its items and the
+    filters), so memory holds one chunk, not a split. Each split reports hours of audio prepared per minute."""
     from tqdm import tqdm
 
     filters = filters or Filters()
     out_dir = Path(out_dir)
     partial = out_dir.parent / f".{out_dir.name}.partial"
-    shutil.rmtree(partial, ignore_errors=True)
-    partial.mkdir(parents=True)
+    partial.mkdir(parents=True, exist_ok=True)
     workers = workers or min(4, os.cpu_count() or 1)
     manifest = {"format_version": FORMAT_VERSION, "corpus": corpus, "sample_rate": SAMPLE_RATE,
                 "filters": asdict(filters), "splits": {}, "filtered": {}, "rejected": {}}
@@ -144,45 +153,114 @@ def prepare_corpus(corpus: str, splits: dict[str, Iterable[RawItem | Reject]], o
     pool = get_context("spawn").Pool(workers) if workers > 1 else None
     try:
         for split, items in splits.items():
-            rows, filtered, rejected = [], Counter(), Counter()
-            formed = []
+            started = time.time()
+            formed, filtered, rejected = [], Counter(), Counter()
             for item in items:
                 if isinstance(item, Reject):
                     rejected[item.reason] += 1
                     rejects.append({"split": split, **asdict(item)})
                 else:
-                    formed.append((item, filters))
-            renamed = unique_ids(corpus, split, [item for item, _ in formed])
-            outcomes = pool.imap(_process, formed, chunksize=4) if pool else map(_process, formed)
-            for outcome in tqdm(outcomes, total=len(formed), desc=f"{corpus}/{split}", unit="utt",
-                                disable=not progress):
-                if outcome.row is not None:
-                    rows.append(outcome.row)
-                    continue
-                (filtered if outcome.drop == "filtered" else rejected)[outcome.reason] += 1
-                rejects.append({"split": split, **outcome.item, "reason": outcome.reason})
+                    formed.append(item)
+            renamed = unique_ids(corpus, split, formed)
+            chunks = partial / PARTIAL_CHUNKS / split
+            chunks.mkdir(parents=True, exist_ok=True)
+            parts, resumed, hours = [], 0, 0.0
+            bar = tqdm(total=len(formed), desc=f"{corpus}/{split}", unit="utt", disable=not progress)
+            for first in range(0, len(formed), CHUNK):
+                done = _prepared_chunk(chunks / f"{first // CHUNK:06d}", formed[first:first + CHUNK], filters, pool)
+                resumed += done["resumed"]
+                for reject in done["rejects"]:
+                    (filtered if reject.pop("drop") == "filtered" else rejected)[reject["reason"]] += 1
+                    rejects.append({"split": split, **reject})
+                parts.append(done["parquet"])
+                hours += done["seconds"] / 3600
+                bar.update(len(formed[first:first + CHUNK]))
+            bar.close()
+            rows, speakers = _write_split(parts, partial / f"{split}.parquet")
             if not rows:
                 raise DataError(f"{corpus}: split {split!r} has no usable rows ({sum(rejected.values())} rejected, "
                                 f"{sum(filtered.values())} filtered: {dict(rejected + filtered)}); check the corpus "
                                 f"layout and the filters (filter_dataset, max_audio_length, max_text_characters)")
-            pq.write_table(pa.Table.from_pylist(rows, schema=SCHEMA), partial / f"{split}.parquet",
-                           row_group_size=256, compression="none")  # FLAC is already compressed
-            manifest["splits"][split] = {"rows": len(rows), "hours": round(sum(r["duration"] for r in rows) / 3600, 4),
-                                         "speakers": len({r["speaker"] for r in rows})}
+            manifest["splits"][split] = {"rows": rows, "hours": round(hours, 4), "speakers": speakers}
             manifest["filtered"][split] = dict(sorted(filtered.items()))
             manifest["rejected"][split] = dict(sorted(rejected.items()))
             if renamed:
                 manifest.setdefault("renamed", {})[split] = renamed
-    except BaseException:
-        shutil.rmtree(partial, ignore_errors=True)
+            if progress:
+                seconds = time.time() - started
+                print(f"{corpus}/{split}: {hours:.2f} h of audio in {seconds:.0f} s"
+                      + (f" ({hours / seconds * 60:.1f} h/min with {workers} worker(s))" if seconds > 0 else "")
+                      + (f"; {resumed} of {len(formed)} utterances were prepared before (resumed)" if resumed else ""))
+    except DataError:
+        shutil.rmtree(partial, ignore_errors=True)  # bad input: nothing worth resuming
         raise
     finally:
         if pool:
             pool.terminate()
+    shutil.rmtree(partial / PARTIAL_CHUNKS)
     (partial / "rejects.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rejects))
     (partial / "manifest.json").write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
     replace_dir(partial, out_dir)
     return manifest
+
+
+def _chunk_key(items: list[RawItem], filters: Filters) -> str:
+    """What a stored chunk was made from: its items (an audio file by path, size and time; bytes by their hash) and
+    the filters. A chunk whose key differs is prepared again."""
+    def audio(item):
+        if isinstance(item.audio, str):
+            stat = os.stat(item.audio) if os.path.isfile(item.audio) else None
+            return [item.audio, stat and stat.st_size, stat and stat.st_mtime_ns]
+        return hashlib.sha256(item.audio).hexdigest()
+    described = [FORMAT_VERSION, asdict(filters)] + [[asdict(item) | {"audio": audio(item)}] for item in items]
+    return hashlib.sha256(json.dumps(described, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
+
+
+def _prepared_chunk(stem: Path, items: list[RawItem], filters: Filters, pool) -> dict:
+    """A chunk's rows (stored at stem.parquet), its rejects and its seconds of audio: read back when stem.json holds
+    the same key, else prepared and stored (parquet first, then the json that marks it finished)."""
+    key, record = _chunk_key(items, filters), stem.with_suffix(".json")
+    if record.is_file():
+        done = json.loads(record.read_text())
+        if done.get("key") == key and stem.with_suffix(".parquet").is_file():
+            return {**done, "parquet": stem.with_suffix(".parquet"), "resumed": len(items)}
+    work = [(item, filters) for item in items]
+    rows, rejects = [], []
+    for outcome in (pool.imap(_process, work, chunksize=4) if pool else map(_process, work)):
+        if outcome.row is not None:
+            rows.append(outcome.row)
+        else:
+            rejects.append({**outcome.item, "reason": outcome.reason, "drop": outcome.drop})
+    table = pa.Table.from_pylist(rows, schema=SCHEMA)
+    write_atomic(stem.with_suffix(".parquet"), _parquet_bytes(table))
+    done = {"key": key, "rejects": rejects, "seconds": sum(r["duration"] for r in rows)}
+    write_atomic(record, json.dumps(done, ensure_ascii=False))
+    return {**done, "parquet": stem.with_suffix(".parquet"), "resumed": 0}
+
+
+def _parquet_bytes(table: pa.Table) -> bytes:
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink, compression="none")
+    return sink.getvalue().to_pybytes()
+
+
+def _write_split(parts: list[Path], path: Path) -> tuple[int, int]:
+    """Join a split's chunks into one parquet file in row groups of CHUNK rows (FLAC is already compressed: no
+    compression). Returns its rows and speakers."""
+    speakers = set()
+    with pq.ParquetWriter(path, SCHEMA, compression="none") as writer:
+        pending = SCHEMA.empty_table()
+        for part in parts:
+            table = pq.read_table(part)
+            speakers.update(table.column("speaker").to_pylist())
+            pending = pa.concat_tables([pending, table])
+            whole = pending.num_rows // CHUNK * CHUNK
+            if whole:
+                writer.write_table(pending.slice(0, whole), row_group_size=CHUNK)
+                pending = pending.slice(whole)
+        if pending.num_rows:
+            writer.write_table(pending, row_group_size=CHUNK)
+    return pq.read_metadata(path).num_rows, len(speakers)
 
 
 def only_splits(plans: dict, only: list[str] | None) -> dict:
