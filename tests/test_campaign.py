@@ -283,6 +283,31 @@ def test_an_utterance_longer_than_whispers_window_is_decoded_in_windows_and_the_
         "; 1 utterance(s) longer than 30 s decoded in consecutive windows (up to 2) and joined"
 
 
+def test_test_utterances_dropped_at_preparation_are_counted_in_metrics_and_the_table_note(tiny, tmp_path):
+    import pyarrow.parquet as pq
+
+    from steermoe.declare.runconfig import load_run_config
+    from steermoe.report.tables import _dropped_note
+    from steermoe.run.evaluate import evaluate
+
+    (tmp_path / "raw").mkdir()
+    pq.write_table(audio_table(None, ["one", "two", "three", "four"]), tmp_path / "raw" / "part.parquet")
+    code, text = steermoe("data", "prepare", "--corpus", "parquet", "--root", tmp_path / "raw", "--split", "test",
+                          "--out", tmp_path / "prepared", "--workers", 1, "--max-audio-length", 0.75)
+    assert code == 0, text[-3000:]  # 0.5 to 0.8 s of audio: the last is longer than 0.75 s
+    trained = write_config(tmp_path, tiny, training={"max_steps": 1})
+    finish(["train", "--config", trained], tmp_path / "train.log")
+    test = write_config(tmp_path, tiny, name="layer_wise_whisper_qwen_tones_test",
+                        parquet_dirs=[str(tmp_path / "prepared" / "test.parquet")],
+                        evaluation={"max_new_tokens": 4, "output_dir": str(tmp_path / "eval")})
+    result = evaluate(load_run_config(test), log=lambda *_: None)
+    reason = "audio longer than max_audio_length (0.75 s)"
+    assert result["utterances"] == 3
+    assert result["dropped_at_preparation"] == {"utterances": 1, "of": 4, "reasons": {reason: 1}}
+    assert _dropped_note(result["dropped_at_preparation"], 3) == \
+        f"; 3 of 4 utterances scored, 1 dropped at preparation ({reason}: 1)"
+
+
 def test_training_on_audio_longer_than_whispers_window_stops_with_one_line(tiny, tmp_path):
     whole, _ = long_test_split(tmp_path)
     config = write_config(tmp_path, tiny, training={"max_steps": 1, "batch_size": 2}, parquet_dirs=[str(whole)],

@@ -274,6 +274,26 @@ def only_splits(plans: dict, only: list[str] | None) -> dict:
     return {split: plans[split] for split in only}
 
 
+def dropped_at_preparation(files: list[Path]) -> dict | None:
+    """What preparation dropped from the splits stored in `files` (filtered by length, or rejected as bad data), from
+    the manifest.json beside each: {"utterances": dropped, "of": the split's utterances before, "reasons": {reason:
+    count}}; None when nothing was dropped or no file is a prepared split."""
+    reasons, kept = Counter(), 0
+    for file in files:
+        manifest = Path(file).parent / "manifest.json"
+        try:
+            found = json.loads(manifest.read_text())
+        except (OSError, ValueError):
+            continue  # not a prepared corpus: nothing is known of what was left out
+        split = Path(file).stem
+        if split in found.get("splits", {}):
+            kept += found["splits"][split]["rows"]
+            reasons.update(found.get("filtered", {}).get(split, {}))
+            reasons.update(found.get("rejected", {}).get(split, {}))
+    dropped = sum(reasons.values())
+    return {"utterances": dropped, "of": kept + dropped, "reasons": dict(sorted(reasons.items()))} if dropped else None
+
+
 def split_file(corpus_dir: str | Path, split: str) -> Path:
     """The parquet file of a prepared split, checked to exist and to be in the prepared layout (its schema only)."""
     path = Path(corpus_dir) / f"{split}.parquet"

@@ -213,7 +213,8 @@ def table_rows(experiments: list[Experiment], results: dict[str, ExperimentResul
                          "eval_seconds": r.metrics.get("decode_seconds"), "rtf": r.metrics.get("rtf"),
                          "note": _reference_label(exp)
                                  + (ORIGINAL_PROTOCOL_NOTES if base["protocol"] == "original" else NOTES)[name]
-                                 + _windowed_note(r.metrics.get("windowed"))})
+                                 + _windowed_note(r.metrics.get("windowed"))
+                                 + _dropped_note(r.metrics.get("dropped_at_preparation"), block.get("utterances"))})
         if r.id in last_of_set:
             name = last_of_set[r.id]
             first = next(row for row in rows if row["experiment"] == str(sets[name][0].id))
@@ -227,6 +228,15 @@ def _windowed_note(windowed: dict | None) -> str:
         return ""
     return (f"; {windowed['utterances']} utterance(s) longer than {windowed['window_seconds']:g} s decoded in "
             f"consecutive windows (up to {windowed['most_windows']}) and joined")
+
+
+def _dropped_note(dropped: dict | None, scored: int | None) -> str:
+    """What the note says of test utterances that preparation left out (too long, bad audio): never silently."""
+    if not dropped:
+        return ""
+    reasons = ", ".join(f"{reason}: {count}" for reason, count in dropped["reasons"].items())
+    return (f"; {scored} of {dropped['of']} utterances scored, {dropped['utterances']} dropped at preparation "
+            f"({reasons})")
 
 
 def _digits(column: str) -> int:

@@ -24,6 +24,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from steermoe import metrics
+from steermoe.data.layout import dropped_at_preparation
 from steermoe.declare.outputs import METRICS_FILE, PREDICTIONS_FILE, STEERING_FILE, STEERING_PLOT, WEIGHTS
 from steermoe.declare.protocols import ORIGINAL_SAMPLING, ORIGINAL_SUBSET, original_subset
 from steermoe.declare.runconfig import RunConfig
@@ -252,9 +253,10 @@ def evaluate(run: RunConfig, checkpoint: Path | None = None, output_dir: Path | 
         return {}
     hypotheses, stats, decode_seconds, world = decoded
     hypotheses = [windows.join(h) for h in hypotheses]
-    windowed = windows.record()
+    windowed, dropped = windows.record(), dropped_at_preparation(rows.files)
     model_record = {
         **decoder.record, **({"windowed": windowed} if windowed else {}),
+        **({"dropped_at_preparation": dropped} if dropped else {}),
         **precision.record(decision, device), "processes": world,
         "threads": torch.get_num_threads(),
         **({"peak_gpu_memory_mb": round(torch.cuda.max_memory_allocated(device) / 2**20)}
