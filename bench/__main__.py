@@ -14,7 +14,7 @@ import time
 from bench.common import REPO
 
 BENCHMARKS = ["precision", "devices", "throughput", "overhead", "evaluation", "orchestration", "storage", "memory",
-              "gpu"]
+              "data", "gpu"]
 
 
 def main() -> int:

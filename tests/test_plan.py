@@ -229,3 +229,24 @@ def test_every_synthetic_corpus_is_planned_before_it_is_built(corpus, tmp_path):
     stats = dataset_stats(entry, "data/not-built", [], tmp_path)
     assert stats.n_train == 30 and stats.source.startswith(f"{corpus} generator (not built yet)")
     assert len(stats.targets) == 30 and all(stats.targets)
+
+
+def test_host_memory_of_a_7b_job_by_hand_and_a_mem_mb_that_cannot_hold_it_is_named():
+    from steermoe.report.memory import GIB
+
+    experiment = full_size_experiment()
+    experiment.resources = {"gpus": 4, "threads": 16, "mem_mb": 128000}
+    (row,) = plan([experiment])
+    parts = row["host_memory_parts"]
+    # per process: 3 GiB runtime, Whisper-large-v3's encoder in fp32 (0.64e9 x 4) and Qwen2.5-7B in bf16 (7.6e9 x
+    # 2), the index of 28,539 rows (2 kB each), 3 loader workers (16 threads / 4 GPUs, less one) of 0.5 GiB
+    assert parts["runtime"] == 3 and parts["workers"] == 1.5 and parts["index"] <= 0.1
+    assert (2 * 7.5e9 + 4 * 0.6e9) / GIB < parts["weights"] < (2 * 7.7e9 + 4 * 0.7e9) / GIB
+    assert abs(row["host_memory_gib"] - 4 * parts["per_process"]) < 0.5 and row["host_memory_gib"] < 125
+    assert not any("mem_mb" in n for n in row["notes"])
+    assert row["suggested_mem_mb"] >= 1.25 * row["host_memory_gib"] * 1024
+    experiment.resources = {"gpus": 4, "threads": 16, "mem_mb": 64000}
+    (row,) = plan([experiment])
+    [note] = [n for n in row["notes"] if "mem_mb" in n]
+    assert note.startswith(f"mem_mb 64000 cannot hold the job: about {row['host_memory_gib']:g} GiB of host memory "
+                           f"(4 process(es) of ") and note.endswith(f"set mem_mb to at least {row['suggested_mem_mb']}")

@@ -166,7 +166,7 @@ TABLE: tuple[Key, ...] = (
     S("pooling_position", int, None, minimum=0, short="poolpos", model="pooling_position"),
     S("pooling_type", str, "avg", choices=POOLING_TYPES, short="pooltype", model="pooling_type"),
     S("gradient_checkpointing", bool, False),
-    S("dataloader_num_workers", int, None, minimum=0),  # None: none on the CPU, some on a GPU (run/batching.py)
+    S("dataloader_num_workers", int, None, minimum=0),  # None: default_loader_workers
     K("parquet_dirs", list, REQUIRED),  # train config: training data; test config: the test data
     K("eval_parquet_dirs", list, None, new=True),  # dev data; without it a sample of training rows is held out
     K("audio_column", str, "audio"),
@@ -174,6 +174,16 @@ TABLE: tuple[Key, ...] = (
     K("sample_rate", int, SAMPLE_RATE, choices=(SAMPLE_RATE,)),  # every corpus is prepared at the encoders' rate
 )
 del S, K
+
+MAX_LOADER_WORKERS = 8
+
+
+def default_loader_workers(threads: int, gpu: bool) -> int:
+    """Loader processes when dataloader_num_workers is unset: none on the CPU, where the step itself needs every
+    core; on a GPU the process's threads but one (at most MAX_LOADER_WORKERS), so that decoding and features overlap
+    the accelerator's step."""
+    return min(MAX_LOADER_WORKERS, max(1, threads - 1)) if gpu else 0
+
 
 KEYS: dict[str, Key] = {key.path: key for key in TABLE}  # dotted path -> key
 SETTINGS: dict[str, Key] = {key.setting: key for key in TABLE if key.setting}  # setting name -> key

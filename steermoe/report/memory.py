@@ -1,4 +1,5 @@
-"""GPU memory per GPU of a training job, estimated before anything runs (`steermoe plan`), beside the GPU's size.
+"""GPU memory per GPU and host memory per job of a training job, estimated before anything runs (`steermoe plan`),
+beside the GPU's size and the job's mem_mb.
 
 Torch-free arithmetic on the plan's shapes and sizes (steermoe/report/plan.py: the means of a batch's utterances; the
 longest batch of a run needs more). Bytes per GPU:
@@ -15,6 +16,17 @@ longest batch of a run needs more). Bytes per GPU:
                  checkpointing each layer keeps only its input (2 H bytes) and one layer is recomputed at a time
     logits       the LM head's output on the scored positions and its gradient, in fp32
     overhead     1.5 GiB: the CUDA context and the allocator's reserve
+
+Host bytes per process (one per GPU), times the processes for the job:
+
+    runtime      3 GiB: Python, torch, CUDA's host side and transformers before any weights
+    weights      the encoder in fp32 and the LLM in its dtype: each process loads them on the host before moving
+                 them to its GPU (under ZeRO-3 with parameter offload they stay there)
+    index        the training rows' ids, texts and durations (INDEX_BYTES_PER_ROW each; the audio stays in the
+                 parquet files, read a row group at a time)
+    workers      each loader worker: the Python heap pages it touches after the fork and its cached row groups
+    optimiser    with optimiser offload: fp32 master, gradient and AdamW's moments of the trainable parameters,
+                 sliced over the processes
 """
 from __future__ import annotations
 
@@ -26,6 +38,10 @@ GIB = 2 ** 30
 OVERHEAD_BYTES = 1.5 * GIB
 ACTIVATION_BYTES_PER_WIDTH = 34  # per layer, position and hidden unit, 16-bit activations
 H100_MEMORY_GIB = 80.0
+RUNTIME_HOST_BYTES = 3 * GIB
+INDEX_BYTES_PER_ROW = 2048  # measured well below this (bench/data.py)
+WORKER_HOST_BYTES = 0.5 * GIB
+HOST_MARGIN = 1.25  # mem_mb by default: the estimate with a quarter more for what it leaves out
 
 
 def training_memory(*, method: str, encoder_parameters: int, decoder_parameters: int, trainable: int,
@@ -58,6 +74,16 @@ def training_memory(*, method: str, encoder_parameters: int, decoder_parameters:
     parts = {"weights": weights, "optimiser": optimiser, "activations": activations, "logits": logits,
              "overhead": OVERHEAD_BYTES}
     return {**parts, "total": sum(parts.values())}
+
+
+def host_memory(*, encoder_parameters: int, decoder_parameters: int, weights_bytes: int, trainable: int,
+                rows: int, workers: int, processes: int, offload_optimizer: bool) -> dict[str, float]:
+    """Host bytes per process by part, the process's total and the job's (`processes` of them)."""
+    parts = {"runtime": RUNTIME_HOST_BYTES, "weights": 4 * encoder_parameters + weights_bytes * decoder_parameters,
+             "index": INDEX_BYTES_PER_ROW * rows, "workers": WORKER_HOST_BYTES * workers,
+             "optimiser": 16 * trainable / processes if offload_optimizer else 0}
+    per_process = sum(parts.values())
+    return {**parts, "per_process": per_process, "job": per_process * processes}
 
 
 def gib(value: float) -> float:

@@ -19,9 +19,9 @@ from pathlib import Path
 from steermoe.data.statistics import dataset_stats
 from steermoe.declare.experiments import Experiment
 from steermoe.declare.model_config import encoder_frames
-from steermoe.declare.settings import MODEL_OPTIONS, REFERENCE, SETTINGS, WHISPER_WINDOW
+from steermoe.declare.settings import MODEL_OPTIONS, REFERENCE, SETTINGS, WHISPER_WINDOW, default_loader_workers
 from steermoe.report.cost import Shape, model_shape, shape_source, training_steps, utterance_flops
-from steermoe.report.memory import GIB, H100_MEMORY_GIB, gib, training_memory
+from steermoe.report.memory import GIB, H100_MEMORY_GIB, HOST_MARGIN, gib, host_memory, training_memory
 
 H100_BF16_TFLOPS = 989.0
 DEFAULT_UTILIZATION = 0.4
@@ -83,31 +83,56 @@ def _mean(values: list[int]) -> float | None:
     return sum(values) / len(values) if values else None
 
 
+def _deepspeed_zero(exp: Experiment) -> dict:
+    """The experiment's DeepSpeed JSON's zero_optimization ({} without DeepSpeed)."""
+    from steermoe.declare.runconfig import shipped_deepspeed
+
+    if not setting(exp, "use_deepspeed"):
+        return {}
+    try:
+        path = Path(shipped_deepspeed(setting(exp, "deepspeed_config") or "stage2_simple"))
+        return json.loads(path.read_text()).get("zero_optimization", {})
+    except (OSError, ValueError):
+        return {"stage": 2}  # the default's stage where the user's JSON cannot be read here
+
+
+def _half_precision(exp: Experiment) -> bool:
+    return bool(setting(exp, "fp16")) or setting(exp, "bf16") in (True, "auto")
+
+
+def _weights_bytes(exp: Experiment) -> int:
+    """Bytes per parameter of the frozen LLM without DeepSpeed: its dtype, else the precision's."""
+    return {"float32": 4, "bfloat16": 2, "float16": 2}.get(setting(exp, "dtype"), 2 if _half_precision(exp) else 4)
+
+
 def gpu_memory(exp: Experiment, shape: Shape, method: str, frames: int, decoder_tokens: float, head_tokens: float,
                batch: int, devices: int) -> dict[str, float]:
     """The experiment's training memory per GPU by part (steermoe/report/memory.py), in the regime a GPU job runs: bf16
     unless the config says otherwise, its DeepSpeed JSON's ZeRO stage and offloads."""
-    from steermoe.declare.runconfig import shipped_deepspeed
-
-    zero = {}
-    if setting(exp, "use_deepspeed"):
-        try:
-            path = Path(shipped_deepspeed(setting(exp, "deepspeed_config") or "stage2_simple"))
-            zero = json.loads(path.read_text()).get("zero_optimization", {})
-        except (OSError, ValueError):
-            zero = {"stage": 2}  # the default's stage where the user's JSON cannot be read here
-    half = bool(setting(exp, "fp16")) or setting(exp, "bf16") in (True, "auto")
-    dtype = setting(exp, "dtype")
-    weights_bytes = {"float32": 4, "bfloat16": 2, "float16": 2}.get(dtype, 2 if half else 4)
+    zero = _deepspeed_zero(exp)
     return training_memory(
         method=method, encoder_parameters=shape.encoder_parameters, decoder_parameters=shape.decoder_parameters,
         trainable=shape.trainable["trainable"], encoder_width=shape.encoder_width,
         encoder_layers=shape.encoder_layers, frames=frames, decoder_hidden=shape.decoder_hidden,
         decoder_layers=shape.decoder_layers, decoder_tokens=decoder_tokens, head_tokens=head_tokens,
-        vocab_size=shape.vocab_size, batch=batch, devices=devices, half_precision=half, weights_bytes=weights_bytes,
-        zero_stage=int(zero.get("stage", 0)) if setting(exp, "use_deepspeed") else 0,
+        vocab_size=shape.vocab_size, batch=batch, devices=devices, half_precision=_half_precision(exp),
+        weights_bytes=_weights_bytes(exp), zero_stage=int(zero.get("stage", 0)) if zero else 0,
         offload_optimizer="offload_optimizer" in zero, offload_parameters="offload_param" in zero,
         gradient_checkpointing=bool(setting(exp, "gradient_checkpointing")))
+
+
+def job_host_memory(exp: Experiment, shape: Shape, rows: int, devices: int) -> dict[str, float]:
+    """The training job's host memory (steermoe/report/memory.py): one process per GPU, each with the loader
+    workers it gets (steermoe/run/batching.py's rule, from the job's threads per process)."""
+    from steermoe.declare.catalog import RESOURCE_DEFAULTS
+
+    resources = {**RESOURCE_DEFAULTS, **(exp.resources or {})}
+    stated = setting(exp, "dataloader_num_workers")
+    workers = stated if stated is not None else default_loader_workers(int(resources["threads"]) // devices,
+                                                                       bool(resources["gpus"]))
+    return host_memory(encoder_parameters=shape.encoder_parameters, decoder_parameters=shape.decoder_parameters,
+                       weights_bytes=_weights_bytes(exp), trainable=shape.trainable["trainable"], rows=rows,
+                       workers=workers, processes=devices, offload_optimizer="offload_optimizer" in _deepspeed_zero(exp))
 
 
 def plan_experiment(exp: Experiment, root: Path = Path("."), quick: bool = False, peak_tflops: float = H100_BF16_TFLOPS,
@@ -191,6 +216,15 @@ def plan_experiment(exp: Experiment, root: Path = Path("."), quick: bool = False
         row["notes"].append(f"needs about {gib(memory['total']):g} GiB per GPU ({shown}), more than a "
                             f"{gpu_memory_gib:g} GiB GPU holds: lower batch_size (raise gradient_accumulation_steps "
                             f"to keep the batch), set gradient_checkpointing, or use ZeRO-3 over more GPUs")
+    host = job_host_memory(exp, shape, stats.n_train or 0, devices)
+    row.update(host_memory_gib=gib(host["job"]), host_memory_parts={k: gib(v) for k, v in host.items()},
+               suggested_mem_mb=math.ceil(host["job"] * HOST_MARGIN / 2**20 / 1000) * 1000)
+    asked = (exp.resources or {}).get("mem_mb")
+    if asked is not None and asked * 2**20 < host["job"]:
+        shown = ", ".join(f"{k} {gib(v):g}" for k, v in host.items() if k not in ("per_process", "job"))
+        row["notes"].append(f"mem_mb {asked} cannot hold the job: about {gib(host['job']):g} GiB of host memory "
+                            f"({devices} process(es) of {gib(host['per_process']):g} GiB: {shown}); set mem_mb to "
+                            f"at least {row['suggested_mem_mb']}")
     return row
 
 

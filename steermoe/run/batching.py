@@ -10,6 +10,7 @@ import torch
 
 from steermoe.data.audio import AudioError, decode
 from steermoe.data.layout import DataError, split_file
+from steermoe.declare.settings import default_loader_workers
 from steermoe.model.features import AudioFeatures
 
 
@@ -219,16 +220,9 @@ class Collator:
                 "ids": [r["id"] for r in rows]}
 
 
-MAX_LOADER_WORKERS = 8
-
-
 def loader_workers(stated: int | None) -> int:
-    """Loader processes (dataloader_num_workers): as stated; unstated, none on the CPU, where the step itself needs
-    every core, and on a GPU this process's threads but one (at most MAX_LOADER_WORKERS), so that decoding and
-    features overlap the accelerator's step."""
-    if stated is not None:
-        return stated
-    return min(MAX_LOADER_WORKERS, max(1, torch.get_num_threads() - 1)) if torch.cuda.is_available() else 0
+    """Loader processes: dataloader_num_workers as stated, else the default for this process's threads and device."""
+    return stated if stated is not None else default_loader_workers(torch.get_num_threads(), torch.cuda.is_available())
 
 
 def loader_options(workers: int) -> dict:
