@@ -96,6 +96,19 @@ def test_training_benchmarks_quick(embedded_models, tmp_path):
 
 
 @pytest.mark.slow
+def test_data_benchmark_holds_memory_flat_and_the_vectorised_fbank_outruns_the_releases(embedded_models, tmp_path):
+    from bench import data
+
+    result = data.main(["--quick", "--out", str(tmp_path / "data.json")])
+    sizes = [m["rows"] for m in result["memory"]]
+    assert sizes == sorted(sizes) and sizes[-1] > 10 * sizes[0]  # 0.1 to 2 h of audio: 20 times the rows
+    assert result["rss_ratio_largest_to_smallest"] < 1.2
+    fbank = next(r for r in result["loader"] if r["features"] == "fireredasr")["per_core"]
+    assert fbank["ours"] > fbank["kaldi-native-fbank"]
+    assert [p["workers"] for p in result["preparation"]] == [1, 2] and result["projected_minutes_960h_16_cores"] > 0
+
+
+@pytest.mark.slow
 def test_precision_benchmark_reports_both_formats_and_the_policys_choice(embedded_models, tmp_path):
     from bench import precision as bench_precision
 
