@@ -33,18 +33,18 @@ def main(argv=None) -> dict:
     from steermoe.run.checkpoint import load_trainable
     from steermoe.run.loading import load_model, load_rows
 
-    with tempfile.TemporaryDirectory() as tmp:
-        tmp = Path(tmp)
-        run = catalog_run(tmp, synth_en(tmp), mode="test")
-        ev = run.evaluation
-        checkpoint = args.checkpoint or REPO / "results" / run.path.parent.name / "train" / "final"
-        torch.manual_seed(run.top.seed)
-        decision = precision.for_run(run)
-        model = load_model(run, decision.weights).eval()
-        weights = str(checkpoint) if (checkpoint / "model.safetensors").is_file() else "untrained"
-        if weights != "untrained":
-            load_trainable(model, checkpoint)
-        rows = load_rows(run, run.top.parquet_dirs, "parquet_dirs")
+    workspace = tempfile.TemporaryDirectory()  # kept to the end: the rows read their audio from it lazily
+    tmp = Path(workspace.name)
+    run = catalog_run(tmp, synth_en(tmp), mode="test")
+    ev = run.evaluation
+    checkpoint = args.checkpoint or REPO / "results" / run.path.parent.name / "train" / "final"
+    torch.manual_seed(run.top.seed)
+    decision = precision.for_run(run)
+    model = load_model(run, decision.weights).eval()
+    weights = str(checkpoint) if (checkpoint / "model.safetensors").is_file() else "untrained"
+    if weights != "untrained":
+        load_trainable(model, checkpoint)
+    rows = load_rows(run, run.top.parquet_dirs, "parquet_dirs")
     collate = Collator(AudioFeatures(model.encoder.kind, model.encoder.num_mel_bins, run.top.encoder_window),
                        run.top.textual_prompt)
     count = min(len(rows), args.utterances or (ev.batch_size if args.quick else 3 * ev.batch_size))

@@ -154,7 +154,7 @@ class AudioRows(torch.utils.data.Dataset):
         try:
             return {**row, "audio": decode(self.audio_bytes(index))}
         except AudioError as err:  # prepared data never has such rows: `steermoe data prepare` lists and skips them
-            raise DataError(f"{self.origin(index)} (utterance {row['id']!r}, {self.source}): {err}; prepare the "
+            raise DataError(f"{self.source}: utterance {row['id']!r}: {err} ({self.origin(index)}); prepare the "
                             f"data with `steermoe data prepare`, which skips such rows and lists them in "
                             f"rejects.jsonl") from None
 
