@@ -209,7 +209,7 @@ class SteerMoEModel(nn.Module):
             spans.append((len(before), len(after), len(target)))
         lengths = [sum(span) + n for span, n in zip(spans, n_audio)]
         width = max(lengths)
-        text = embed(torch.tensor(ids, dtype=torch.long, device="cpu").to(device, non_blocking=True))  # (all text tokens, H)
+        text = embed(torch.tensor(ids, dtype=torch.long, device="cpu").to(device, non_blocking=True))  # (tokens, H)
         embeds = text.new_zeros(batch, width, text.shape[-1])
         mask = torch.zeros(batch, width, dtype=torch.long, device="cpu")
         labels = torch.full((batch, width), IGNORE_INDEX, dtype=torch.long, device="cpu")

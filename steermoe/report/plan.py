@@ -132,7 +132,8 @@ def job_host_memory(exp: Experiment, shape: Shape, rows: int, devices: int) -> d
                                                                        bool(resources["gpus"]))
     return host_memory(encoder_parameters=shape.encoder_parameters, decoder_parameters=shape.decoder_parameters,
                        weights_bytes=_weights_bytes(exp), trainable=shape.trainable["trainable"], rows=rows,
-                       workers=workers, processes=devices, offload_optimizer="offload_optimizer" in _deepspeed_zero(exp))
+                       workers=workers, processes=devices,
+                       offload_optimizer="offload_optimizer" in _deepspeed_zero(exp))
 
 
 def plan_experiment(exp: Experiment, root: Path = Path("."), quick: bool = False, peak_tflops: float = H100_BF16_TFLOPS,
