@@ -123,6 +123,10 @@ def test_an_undecodable_row_is_named_with_its_file_and_row(tmp_path):
     pq.write_table(pa.Table.from_pylist(table), tmp_path / "y.parquet", row_group_size=4)
     with pytest.raises(DataError, match=r"y\.parquet row 6: undecodable audio"):
         AudioRows.from_parquet([str(tmp_path / "y.parquet")])
+    # the file removed after its index was read: named, not a bare pyarrow error
+    (tmp_path / "x.parquet").unlink()
+    with pytest.raises(DataError, match=r"cannot read \S+x\.parquet .*moved, removed or changed after the run read"):
+        rows[0]
 
 
 def test_loader_workers_default_to_none_on_the_cpu_and_to_the_threads_but_one_on_a_gpu(monkeypatch):

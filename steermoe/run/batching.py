@@ -142,8 +142,13 @@ class AudioRows(torch.utils.data.Dataset):
         number, group, offset = (int(v) for v in self.where[index])
         audio = self._groups.pop((number, group), None)
         if audio is None:
-            parquet = pq.ParquetFile(self.files[number], memory_map=True)
-            audio = encoded_column(parquet.read_row_group(group, columns=[self.audio_column]).column(0))
+            try:
+                parquet = pq.ParquetFile(self.files[number], memory_map=True)
+                audio = encoded_column(parquet.read_row_group(group, columns=[self.audio_column]).column(0))
+            except OSError as err:  # the audio is read as it is needed: the file must stay while the run reads it
+                raise DataError(f"{self.source}: cannot read {self.files[number]} ({err}); it was moved, removed or "
+                                f"changed after the run read its index: put it back and run the same command "
+                                f"again") from None
             while len(self._groups) >= self.ROW_GROUP_CACHE:
                 self._groups.pop(next(iter(self._groups)))
         self._groups[number, group] = audio
