@@ -250,3 +250,77 @@ def test_host_memory_of_a_7b_job_by_hand_and_a_mem_mb_that_cannot_hold_it_is_nam
     [note] = [n for n in row["notes"] if "mem_mb" in n]
     assert note.startswith(f"mem_mb 64000 cannot hold the job: about {row['host_memory_gib']:g} GiB of host memory "
                            f"(4 process(es) of ") and note.endswith(f"set mem_mb to at least {row['suggested_mem_mb']}")
+
+
+@pytest.mark.parametrize("shape", ["whisper-tiny.en", "whisper-base", "whisper-large-v3", "fireredasr-aed-l"])
+def test_every_shipped_encoder_shape_states_the_parameters_of_the_encoder_built_from_it(shape):
+    from steermoe.declare.shapes import parameter_count
+    from steermoe.report.cost import model_shape
+
+    built = model_shape(shape, "smollm2-135m-instruct", json.dumps({"method": "linear"}))
+    assert parameter_count(shape, encoder=True) == built.encoder_parameters
+
+
+@pytest.mark.parametrize("shape", ["smollm2-135m-instruct", "qwen2.5-3b-instruct", "qwen2.5-7b-instruct",
+                                   "llama-2-7b"])
+def test_every_shipped_decoder_shape_states_the_parameters_of_the_llm_built_from_it(shape):
+    from steermoe.declare.shapes import parameter_count
+    from steermoe.report.cost import model_shape
+
+    built = model_shape("whisper-tiny.en", shape, json.dumps({"method": "linear"}))
+    assert parameter_count(shape, encoder=False) == built.decoder_parameters
+
+
+def test_a_folder_s_parameters_are_counted_from_its_safetensors_headers_without_torch(tmp_path):
+    import torch
+    from safetensors.torch import save_file
+
+    from steermoe.declare.shapes import parameter_count
+
+    whisper = {"model.encoder.conv1.weight": torch.zeros(8, 3, 3), "model.encoder.layers.0.fc1.weight":
+               torch.zeros(16, 8), "model.decoder.embed_tokens.weight": torch.zeros(100, 8)}
+    (tmp_path / "whisper").mkdir()
+    save_file(whisper, tmp_path / "whisper" / "model.safetensors")
+    (tmp_path / "llm").mkdir()  # a sharded checkpoint: every shard counts
+    save_file({"model.embed_tokens.weight": torch.zeros(100, 8)}, tmp_path / "llm" / "model-00001-of-00002.safetensors")
+    save_file({"lm_head.weight": torch.zeros(100, 8)}, tmp_path / "llm" / "model-00002-of-00002.safetensors")
+    assert parameter_count(str(tmp_path / "whisper"), encoder=True) == 8 * 3 * 3 + 16 * 8
+    assert parameter_count(str(tmp_path / "whisper"), encoder=False) == 8 * 3 * 3 + 16 * 8 + 100 * 8
+    assert parameter_count(str(tmp_path / "llm"), encoder=False) == 2 * 100 * 8
+    assert parameter_count(str(tmp_path), encoder=False) is None  # no safetensors: unknown
+
+
+def write_7b_matrix(tmp_path, resources: str):
+    from tests.conftest import REPO
+
+    catalog = (REPO / "experiments" / "catalog.yaml").read_text()
+    marker = "    resources: {gpus: 4, runtime: 2880, threads: 16, eval_runtime: 480}\n    settings: {use_deepspeed: true}"
+    assert catalog.count(marker) == 2  # qwen7b and llama7b
+    catalog = catalog.replace(marker, f"    resources: {resources}\n    settings: {{use_deepspeed: true}}", 1)
+    (tmp_path / "catalog.yaml").write_text(catalog)
+    (tmp_path / "matrix.tsv").write_text("method\tencoder\tdecoder\tdataset\trecipe\n"
+                                         "layer_wise\twhisper-large-v3\tqwen7b\tlibri\tpaper\n")
+    return tmp_path / "matrix.tsv", tmp_path / "catalog.yaml"
+
+
+def test_mem_mb_defaults_to_the_host_estimate_and_a_request_too_small_for_its_job_is_refused_at_load(tmp_path):
+    from steermoe.declare.matrix import load_matrix
+    from steermoe.errors import ConfigError
+    from steermoe.report.memory import mem_mb_request
+
+    matrix, catalog = write_7b_matrix(tmp_path, "{gpus: 4, runtime: 2880, threads: 16, eval_runtime: 480}")
+    (experiment, *_) = load_matrix(matrix, catalog)
+    (row,) = plan([experiment])
+    # the request is the plan's estimate and a quarter more; the plan's exact figure adds the offloaded optimiser
+    # share (none under ZeRO-2 without offload), so both agree to the 1000 MB the request is rounded to
+    assert experiment.resources["mem_mb"] == row["suggested_mem_mb"] == mem_mb_request(row["host_memory_gib"] * 2**30)
+    assert 90000 < experiment.resources["mem_mb"] < 130000
+    assert experiment.resources["eval_mem_mb"] < experiment.resources["mem_mb"] / 3  # one process decodes
+    assert not any("mem_mb" in note for note in row["notes"])
+    matrix, catalog = write_7b_matrix(tmp_path, "{gpus: 4, mem_mb: 64000, runtime: 2880, threads: 16}")
+    with pytest.raises(ConfigError) as error:
+        load_matrix(matrix, catalog)
+    message = str(error.value)
+    assert message.startswith(f"{catalog}: decoders.qwen7b.resources.mem_mb: experiment "
+                              f"layer_wise_whisper-large-v3_qwen7b_libri_paper: mem_mb 64000 cannot hold the job: ")
+    assert f"set mem_mb to at least {experiment.resources['mem_mb']}, or remove it" in message

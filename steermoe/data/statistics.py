@@ -31,7 +31,7 @@ def _sample(values: list, n: int = TEXT_SAMPLE) -> list:
     return [values[int(i * step)] for i in range(n)]
 
 
-def _prepared_stats(data_dir: str, train_files: list[str], root: Path) -> DataStats | None:
+def _prepared_stats(data_dir: str, train_files: list[str], root: Path, texts: bool) -> DataStats | None:
     if not data_dir or not (root / data_dir / "manifest.json").is_file():
         return None
     import pyarrow.parquet as pq
@@ -46,7 +46,7 @@ def _prepared_stats(data_dir: str, train_files: list[str], root: Path) -> DataSt
     rows = sum(manifest["splits"][s]["rows"] for s in splits)
     hours = sum(manifest["splits"][s]["hours"] for s in splits)
     targets, questions = [], []
-    for f in files:
+    for f in files if texts else []:
         path = root / f
         if not path.is_file():
             continue
@@ -62,7 +62,7 @@ def _prepared_stats(data_dir: str, train_files: list[str], root: Path) -> DataSt
                      source=f"prepared corpus {manifest_path}")
 
 
-def _synth_stats(entry: dict, quick: bool) -> DataStats:
+def _synth_stats(entry: dict, quick: bool, texts: bool) -> DataStats:
     name = entry["synth"]
     module = corpus_module(name)
     sizes = {**module.DEFAULT_SIZES, **(entry.get("sizes") or {}),
@@ -71,6 +71,8 @@ def _synth_stats(entry: dict, quick: bool) -> DataStats:
     n_train = sum(sizes.get(s, 0) for s in train_splits)
     sample = {s: min(sizes.get(s, 0), TEXT_SAMPLE) for s in train_splits}
     source = f"{name} generator (not built yet)"
+    if not texts:
+        return DataStats(n_train, SYNTH_CORPORA[name].seconds, source=source)
     if hasattr(module, "targets"):
         planned = module.targets(sample, 0)
         targets = [text for s in train_splits for text in planned.get(s, [])]
@@ -81,14 +83,16 @@ def _synth_stats(entry: dict, quick: bool) -> DataStats:
                      source=source)
 
 
-def dataset_stats(entry: dict, data_dir: str, train_files: list[str], root: Path, quick: bool = False) -> DataStats:
+def dataset_stats(entry: dict, data_dir: str, train_files: list[str], root: Path, quick: bool = False,
+                  texts: bool = True) -> DataStats:
     """The training split of catalog dataset `entry` (prepared into `data_dir`, read from `train_files`): the
-    prepared corpus where it exists, else its generator, else the corpus's typical values."""
-    prepared = _prepared_stats(data_dir, train_files, root)
+    prepared corpus where it exists, else its generator, else the corpus's typical values. Without `texts`, no
+    sample of texts is read (what the workflow's memory requests need while the Snakefile parses)."""
+    prepared = _prepared_stats(data_dir, train_files, root, texts)
     if prepared is not None:
         return prepared
     if entry.get("synth"):
-        return _synth_stats(entry, quick)
+        return _synth_stats(entry, quick, texts)
     corpus = (entry.get("prepare") or {}).get("corpus")
     known = typical(corpus) if corpus else None
     if known is not None:

@@ -11,16 +11,10 @@ from pathlib import Path
 import torch
 
 from steermoe.declare.model_config import PARAMETER_GROUPS, SteerMoEConfig
+from steermoe.declare.shapes import SHAPES, shipped_shapes
 from steermoe.model import fireredasr
 from steermoe.model.encoders import FIREREDASR_TYPES, ModelFolderError, encoder_from_config
 from steermoe.model.modeling import SteerMoEModel
-
-SHAPES = Path(__file__).parent / "shapes"
-
-
-def shipped_shapes() -> list[str]:
-    return sorted(p.stem for p in SHAPES.glob("*.json"))
-
 
 def load_shape(name_or_path: str | Path):
     """A transformers config (a FireRedConfig for FireRedASR-AED) from a model folder, a config.json file, or a shipped
@@ -39,11 +33,12 @@ def load_shape(name_or_path: str | Path):
     else:
         raise ModelFolderError(f"{name_or_path!r} is neither a model folder, a config.json, nor a shipped shape "
                                f"({', '.join(shipped_shapes())})")
+    values = {k: v for k, v in values.items() if not k.startswith("_")}  # _source, _parameters: notes of a shape
     model_type = values.pop("model_type", None)
     if model_type is None:
         raise ModelFolderError(f"{name_or_path}: the config has no model_type")
     if model_type in FIREREDASR_TYPES:
-        return fireredasr.FireRedConfig(**{k: v for k, v in values.items() if not k.startswith("_")})
+        return fireredasr.FireRedConfig(**values)
     return AutoConfig.for_model(model_type, **values)
 
 

@@ -119,24 +119,6 @@ def training_steps(n_train: int | None, batch_size: int, accumulation: int, epoc
 
 # ---------------------------------------------------------------- models: shapes and parameter counts
 
-def shape_source(entry: dict, root: Path) -> tuple[str | None, str]:
-    """A model folder if it exists, else a shipped shape by the entry's shape / embedded / folder / catalog name."""
-    from steermoe.model.params import shipped_shapes
-
-    path = entry.get("path")
-    # a Hugging Face folder, or a FireRedASR-AED release (model.pth.tar): its own config or args
-    if path and any((root / path / name).is_file() for name in ("config.json", "model.pth.tar")):
-        return str(root / path), str(path)
-    shapes = {s.lower(): s for s in shipped_shapes()}
-    folder = Path(path).name if path else None
-    for name in (entry.get("shape"), entry.get("embedded"), folder, folder and folder.lower().removesuffix("-hf"),
-                 entry.get("name")):
-        if name and name.lower() in shapes:
-            shape = shapes[name.lower()]
-            return shape, f"shape {shape}" + (f" ({path} not there)" if path else "")
-    return None, f"unknown ({path or entry.get('name')} not there, no shipped shape of that name)"
-
-
 def _non_embedding(module) -> tuple[int, set]:
     from torch import nn
 

@@ -19,7 +19,8 @@ longest batch of a run needs more). Bytes per GPU:
 
 Host bytes per process (one per GPU), times the processes for the job:
 
-    runtime      3 GiB: Python, torch, CUDA's host side and transformers before any weights
+    runtime      Python, torch and transformers before any weights: 3 GiB with CUDA's host side, 1.5 GiB on a CPU
+                 (a CPU training process of the embedded default peaks at 1.2 GiB with its weights, bench/data.py)
     weights      the encoder in fp32 and the LLM in its dtype: each process loads them on the host before moving
                  them to its GPU (under ZeRO-3 with parameter offload they stay there)
     index        the training rows' ids, texts and durations (INDEX_BYTES_PER_ROW each; the audio stays in the
@@ -38,10 +39,11 @@ GIB = 2 ** 30
 OVERHEAD_BYTES = 1.5 * GIB
 ACTIVATION_BYTES_PER_WIDTH = 34  # per layer, position and hidden unit, 16-bit activations
 H100_MEMORY_GIB = 80.0
-RUNTIME_HOST_BYTES = 3 * GIB
+RUNTIME_HOST_BYTES = {"gpu": 3 * GIB, "cpu": 1.5 * GIB}
 INDEX_BYTES_PER_ROW = 2048  # measured well below this (bench/data.py)
 WORKER_HOST_BYTES = 0.5 * GIB
 HOST_MARGIN = 1.25  # mem_mb by default: the estimate with a quarter more for what it leaves out
+FALLBACK_MEM_MB = 8000  # mem_mb where the models' parameter counts are unknown (a folder without safetensors)
 
 
 def training_memory(*, method: str, encoder_parameters: int, decoder_parameters: int, trainable: int,
@@ -77,13 +79,28 @@ def training_memory(*, method: str, encoder_parameters: int, decoder_parameters:
 
 
 def host_memory(*, encoder_parameters: int, decoder_parameters: int, weights_bytes: int, trainable: int,
-                rows: int, workers: int, processes: int, offload_optimizer: bool) -> dict[str, float]:
+                rows: int, workers: int, processes: int, gpu: bool, offload_optimizer: bool) -> dict[str, float]:
     """Host bytes per process by part, the process's total and the job's (`processes` of them)."""
-    parts = {"runtime": RUNTIME_HOST_BYTES, "weights": 4 * encoder_parameters + weights_bytes * decoder_parameters,
+    parts = {"runtime": RUNTIME_HOST_BYTES["gpu" if gpu else "cpu"], "weights": 4 * encoder_parameters + weights_bytes * decoder_parameters,
              "index": INDEX_BYTES_PER_ROW * rows, "workers": WORKER_HOST_BYTES * workers,
              "optimiser": 16 * trainable / processes if offload_optimizer else 0}
     per_process = sum(parts.values())
     return {**parts, "per_process": per_process, "job": per_process * processes}
+
+
+def mem_mb_request(job_bytes: float) -> int:
+    """The mem_mb a job asks for by default: its host estimate and HOST_MARGIN, rounded up to 1000 MB."""
+    return math.ceil(job_bytes * HOST_MARGIN / 2 ** 20 / 1000) * 1000
+
+
+def too_small(mem_mb: int, host: dict[str, float], processes: int) -> str | None:
+    """What is wrong with a job's mem_mb that cannot hold its host estimate `host` (host_memory's), else None."""
+    if mem_mb * 2 ** 20 >= host["job"]:
+        return None
+    shown = ", ".join(f"{k} {gib(v):g}" for k, v in host.items() if k not in ("per_process", "job"))
+    return (f"mem_mb {mem_mb} cannot hold the job: about {gib(host['job']):g} GiB of host memory ({processes} "
+            f"process(es) of {gib(host['per_process']):g} GiB: {shown}); set mem_mb to at least "
+            f"{mem_mb_request(host['job'])}")
 
 
 def gib(value: float) -> float:

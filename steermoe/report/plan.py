@@ -20,8 +20,10 @@ from steermoe.data.statistics import dataset_stats
 from steermoe.declare.experiments import Experiment
 from steermoe.declare.model_config import encoder_frames
 from steermoe.declare.settings import MODEL_OPTIONS, REFERENCE, SETTINGS, WHISPER_WINDOW, default_loader_workers
-from steermoe.report.cost import Shape, model_shape, shape_source, training_steps, utterance_flops
-from steermoe.report.memory import GIB, H100_MEMORY_GIB, HOST_MARGIN, gib, host_memory, training_memory
+from steermoe.declare.shapes import parameter_count, shape_source
+from steermoe.report.cost import Shape, model_shape, training_steps, utterance_flops
+from steermoe.report.memory import (GIB, H100_MEMORY_GIB, gib, host_memory, mem_mb_request, too_small,
+                                    training_memory)
 
 H100_BF16_TFLOPS = 989.0
 DEFAULT_UTILIZATION = 0.4
@@ -121,19 +123,38 @@ def gpu_memory(exp: Experiment, shape: Shape, method: str, frames: int, decoder_
         gradient_checkpointing=bool(setting(exp, "gradient_checkpointing")))
 
 
-def job_host_memory(exp: Experiment, shape: Shape, rows: int, devices: int) -> dict[str, float]:
+def job_host_memory(exp: Experiment, *, encoder_parameters: int, decoder_parameters: int, trainable: int,
+                    rows: int) -> dict[str, float]:
     """The training job's host memory (steermoe/report/memory.py): one process per GPU, each with the loader
     workers it gets (steermoe/run/batching.py's rule, from the job's threads per process)."""
     from steermoe.declare.catalog import RESOURCE_DEFAULTS
 
     resources = {**RESOURCE_DEFAULTS, **(exp.resources or {})}
+    devices = max(1, int(resources["gpus"] or 1))
     stated = setting(exp, "dataloader_num_workers")
     workers = stated if stated is not None else default_loader_workers(int(resources["threads"]) // devices,
                                                                        bool(resources["gpus"]))
-    return host_memory(encoder_parameters=shape.encoder_parameters, decoder_parameters=shape.decoder_parameters,
-                       weights_bytes=_weights_bytes(exp), trainable=shape.trainable["trainable"], rows=rows,
-                       workers=workers, processes=devices,
+    return host_memory(encoder_parameters=encoder_parameters, decoder_parameters=decoder_parameters,
+                       weights_bytes=_weights_bytes(exp), trainable=trainable, rows=rows, workers=workers,
+                       processes=devices, gpu=bool(resources["gpus"]),
                        offload_optimizer="offload_optimizer" in _deepspeed_zero(exp))
+
+
+def estimated_host_memory(exp: Experiment, root: Path = Path(".")) -> dict[str, float] | None:
+    """job_host_memory without torch, while the Snakefile parses: parameter counts from the shipped shapes or the
+    folders' safetensors headers (steermoe.declare.shapes), training rows without reading texts. The trainable
+    parameters (an offloaded optimiser's share, some hundred MB for SteerMoE's) are left to the margin. None where
+    a model's parameter count is unknown."""
+    counts = []
+    for entry, name, encoder in ((exp.encoder_entry, exp.encoder, True), (exp.decoder_entry, exp.decoder, False)):
+        source, _ = shape_source(entry or {"name": name}, root)
+        counts.append(parameter_count(source, encoder) if source else None)
+    if None in counts:
+        return None
+    stats = dataset_stats(exp.dataset_entry or {}, exp.data_dir, (exp.parquet or {}).get("train") or [], root,
+                          texts=False)
+    return job_host_memory(exp, encoder_parameters=counts[0], decoder_parameters=counts[1], trainable=0,
+                           rows=stats.n_train or 0)
 
 
 def plan_experiment(exp: Experiment, root: Path = Path("."), quick: bool = False, peak_tflops: float = H100_BF16_TFLOPS,
@@ -217,15 +238,14 @@ def plan_experiment(exp: Experiment, root: Path = Path("."), quick: bool = False
         row["notes"].append(f"needs about {gib(memory['total']):g} GiB per GPU ({shown}), more than a "
                             f"{gpu_memory_gib:g} GiB GPU holds: lower batch_size (raise gradient_accumulation_steps "
                             f"to keep the batch), set gradient_checkpointing, or use ZeRO-3 over more GPUs")
-    host = job_host_memory(exp, shape, stats.n_train or 0, devices)
+    host = job_host_memory(exp, encoder_parameters=shape.encoder_parameters,
+                           decoder_parameters=shape.decoder_parameters, trainable=shape.trainable["trainable"],
+                           rows=stats.n_train or 0)
     row.update(host_memory_gib=gib(host["job"]), host_memory_parts={k: gib(v) for k, v in host.items()},
-               suggested_mem_mb=math.ceil(host["job"] * HOST_MARGIN / 2**20 / 1000) * 1000)
-    asked = (exp.resources or {}).get("mem_mb")
-    if asked is not None and asked * 2**20 < host["job"]:
-        shown = ", ".join(f"{k} {gib(v):g}" for k, v in host.items() if k not in ("per_process", "job"))
-        row["notes"].append(f"mem_mb {asked} cannot hold the job: about {gib(host['job']):g} GiB of host memory "
-                            f"({devices} process(es) of {gib(host['per_process']):g} GiB: {shown}); set mem_mb to "
-                            f"at least {row['suggested_mem_mb']}")
+               mem_mb=(exp.resources or {}).get("mem_mb"), suggested_mem_mb=mem_mb_request(host["job"]))
+    short = row["mem_mb"] is not None and too_small(row["mem_mb"], host, devices)
+    if short:
+        row["notes"].append(short)
     return row
 
 
@@ -255,7 +275,7 @@ def _si(value: float | None, unit: str = "") -> str:
 
 CSV_COLUMNS = ("experiment", "method", "encoder", "decoder", "dataset", "trainable_parameters", "encoder_frames",
                "audio_tokens", "decoder_tokens", "batch_size", "gradient_accumulation_steps", "devices", "steps",
-               "flops_per_step", "flops", "gpu_hours", "gpu_memory_gib", "notes")
+               "flops_per_step", "flops", "gpu_hours", "gpu_memory_gib", "host_memory_gib", "mem_mb", "notes")
 
 
 def plan_csv(rows: list[dict]) -> str:
@@ -276,7 +296,7 @@ def format_plan(rows: list[dict], peak_tflops: float = H100_BF16_TFLOPS,
                 utilization: float = DEFAULT_UTILIZATION) -> str:
     width = max([len("experiment"), *(len(r["experiment"]) for r in rows)]) + 2
     header = (f"{'experiment':<{width}}{'trainable':>12}{'frames':>8}{'audio':>7}{'dec.tok':>8}{'batch':>9}{'steps':>8}"
-              f"{'FLOP/step':>12}{'FLOP total':>12}{'GPU-h':>9}{'GiB/GPU':>9}")
+              f"{'FLOP/step':>12}{'FLOP total':>12}{'GPU-h':>9}{'GiB/GPU':>9}{'host GiB':>10}{'mem_mb':>9}")
     lines = [header]
     for r in rows:
         def num(value, fmt="{:,}"):
@@ -290,14 +310,16 @@ def format_plan(rows: list[dict], peak_tflops: float = H100_BF16_TFLOPS,
                      f"{num(r['audio_tokens']):>7}{num(r['decoder_tokens'], '{:.0f}'):>8}{batch:>9}"
                      f"{num(r['steps']):>8}{_si(r['flops_per_step']) if r['flops_per_step'] else '?':>12}"
                      f"{_si(r['flops']) if r['flops'] else '?':>12}{gpu:>9}"
-                     f"{num(r.get('gpu_memory_gib'), '{:g}'):>9}")
+                     f"{num(r.get('gpu_memory_gib'), '{:g}'):>9}{num(r.get('host_memory_gib'), '{:g}'):>10}"
+                     f"{num(r.get('mem_mb'), '{}'):>9}")
     lines.append("")
     lines.append(f"GPU-hours at {100 * utilization:g} % of {peak_tflops:g} TFLOP/s"
                  + (" (H100 bf16 dense)" if peak_tflops == H100_BF16_TFLOPS else "")
                  + "; training only (no dev evaluation, no test decoding). Per-utterance sizes are means; "
                  "batch: per device [x gradient accumulation] [x devices]. GiB/GPU: training memory per GPU in a "
                  "GPU job's regime (bf16 unless set otherwise; the DeepSpeed JSON's ZeRO stage and offloads) at the "
-                 "mean utterance.")
+                 "mean utterance. host GiB: the job's host memory (all its processes); mem_mb: what the job asks "
+                 "for (by default the estimate and a quarter more).")
     for r in rows:
         notes = [f"encoder {r['encoder_shape']}", f"decoder {r['decoder_shape']}", f"data: {r['data_source']}",
                  f"tokens: {r['token_counts']}", *r["notes"]]
