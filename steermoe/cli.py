@@ -267,7 +267,8 @@ def build_parser() -> argparse.ArgumentParser:
                                                                                               required=True)
     p = data.add_parser("prepare", help="prepare a real corpus from its published layout")
     p.add_argument("--corpus", required=True, choices=PREPARE_CORPORA)
-    p.add_argument("--root", required=True, nargs="+", help="corpus folder (parquet: one or more folders/files)")
+    p.add_argument("--root", required=True, nargs="+",
+                   help="corpus folder (parquet: one or more folders/files; lhotse: a CutSet manifest or a folder)")
     p.add_argument("--out", required=True, help="prepared corpus folder")
     p.add_argument("--audio-column", default=default("audio_column"), help="parquet: the audio column (audio_column)")
     p.add_argument("--text-column", default=default("text_column"), help="parquet: the text column (text_column)")

@@ -3,6 +3,7 @@ file, a stereo 44.1 kHz file, an empty transcript, an over-long clip, malformed 
 import csv
 import io
 import json
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -138,6 +139,76 @@ def test_aishell2(tmp_path):
     assert manifest["rejected"]["train"]["malformed wav.scp line (expected ID<TAB>path)"] == 1
     assert manifest["rejected"]["train"]["malformed trans.txt line (expected ID<TAB>text)"] == 1
     assert read_split(out, "train").to_pylist()[0]["speaker"] == "C0001"
+
+
+def write_lhotse_corpus(tmp_path):
+    """A CutSet as a Lhotse recipe leaves it: recordings with relative paths, cuts that are segments of them, one of
+    them stereo at 44.1 kHz, and the damage (a corrupted file, an empty and a missing supervision, a missing file, a
+    URL, an over-long cut)."""
+    from lhotse import CutSet, Recording, SupervisionSegment
+
+    root = tmp_path / "lhotse"
+    write_audio(root / "audio" / "book.flac", 3.0)
+    write_audio(root / "audio" / "stereo.wav", 1.2, rate=44100, channels=2)
+    write_audio(root / "audio" / "long.flac", 2.5)
+    write_audio(root / "audio" / "broken.flac", 1.0)
+    write_audio(root / "audio" / "gone.flac", 1.0)
+
+    def cut(name, text, offset=0.0, duration=None):
+        recording = Recording.from_file(root / "audio" / name, recording_id=Path(name).stem)
+        whole = recording.to_cut()
+        part = whole.truncate(offset=offset, duration=duration) if duration else whole
+        part = part.with_id(f"{Path(name).stem}-{offset:g}")
+        part.supervisions = [] if text is None else [SupervisionSegment(
+            part.id, recording.id, 0.0, part.duration, channel=0, text=text, speaker="spk1", language="English")]
+        return part
+
+    import lhotse
+
+    cuts = [cut("book.flac", "FIRST HALF", 0.0, 1.5), cut("book.flac", "SECOND HALF", 1.5, 1.5),
+            cut("stereo.wav", "TWO CHANNELS"), cut("long.flac", "TOO LONG"), cut("broken.flac", "BROKEN"),
+            cut("book.flac", "", 0.5, 1.0), cut("book.flac", None, 1.0, 1.0), cut("gone.flac", "GONE")]
+    (root / "audio" / "gone.flac").unlink()  # damaged after the recipe listed them
+    (root / "audio" / "broken.flac").write_bytes(b"fLaC not really")
+    web = lhotse.Recording(id="web", sources=[lhotse.AudioSource("url", [0], "https://example.org/a.flac")],
+                           sampling_rate=16000, num_samples=16000, duration=1.0).to_cut()
+    web.supervisions = [SupervisionSegment("web", "web", 0.0, 1.0, text="ON THE WEB")]
+    for c in cuts:  # a recipe stores paths relative to where it ran: here, the corpus folder
+        for source in c.recording.sources:
+            source.source = str(Path(source.source).relative_to(root))
+    CutSet.from_cuts(cuts + [web]).to_file(root / "librispeech_cuts_train-clean-5.jsonl.gz")
+    CutSet.from_cuts(cuts[:1]).to_file(root / "cuts_dev.jsonl")
+    return root
+
+
+def test_lhotse_cutset_prepares_segments_channels_and_damage_like_the_other_corpora(tmp_path):
+    root = write_lhotse_corpus(tmp_path)
+    out, manifest, rejects = prepared(tmp_path, "lhotse", corpora.lhotse_cuts(root))
+    assert set(manifest["splits"]) == {"train-clean-5", "dev"}
+    check_damage(out, "train-clean-5", manifest, rejects, ["book-0", "book-1.5", "stereo-0"], "stereo-0")
+    rows = {r["id"]: r for r in read_split(out, "train-clean-5").to_pylist()}
+    # each cut is its own segment of the recording, exactly
+    whole = tone(3.0)
+    for cut_id, start in (("book-0", 0), ("book-1.5", 24000)):
+        audio = decode(rows[cut_id]["audio"])
+        assert len(audio) == 24000 and np.abs(audio - whole[start:start + 24000]).max() < 1e-4
+    assert rows["book-1.5"]["text"] == "SECOND HALF" and rows["book-0"]["speaker"] == "spk1"
+    assert rows["book-0"]["language"] == "en"
+    counted = manifest["rejected"]["train-clean-5"]
+    assert counted["no supervision in the cut"] == 1
+    assert counted["audio file not found"] == 1 and counted["audio source is a URL (nothing is downloaded)"] == 1
+    assert any(r["id"] == "gone-0" and "gone.flac" in r["detail"] for r in rejects)
+
+
+def test_lhotse_manifests_that_are_not_there_or_not_cutsets_are_named(tmp_path):
+    with pytest.raises(DataError, match="does not exist"):
+        corpora.lhotse_cuts(tmp_path / "nowhere")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match="no CutSet manifests"):
+        corpora.lhotse_cuts(tmp_path / "empty")
+    (tmp_path / "cuts_train.jsonl").write_text('{"not": "a cut"}\n')
+    with pytest.raises(DataError, match=r"cuts_train.jsonl is not a CutSet manifest"):
+        corpora.lhotse_cuts(tmp_path / "cuts_train.jsonl")
 
 
 def test_clotho_aqa(tmp_path):

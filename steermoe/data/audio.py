@@ -1,7 +1,8 @@
-"""Audio I/O for preparation: decode anything soundfile reads, down-mix to mono, resample to 16 kHz, encode FLAC."""
+"""Audio I/O for preparation: decode anything soundfile reads (or a Lhotse cut), down-mix to mono, resample to 16 kHz, encode FLAC."""
 from __future__ import annotations
 
 import io
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -16,18 +17,41 @@ class AudioError(ValueError):
         self.reason, self.detail = reason, detail
 
 
+@dataclass(frozen=True)
+class CutAudio:
+    """A Lhotse cut's audio, as its to_dict() describes it, read by Lhotse itself: a segment of a recording, some of
+    its channels, its transforms (speed, volume)."""
+    cut: dict
+
+    def files(self) -> list[str]:
+        return [s["source"] for s in self.cut.get("recording", {}).get("sources", []) if s["type"] == "file"]
+
+    def load(self) -> tuple[np.ndarray, int]:
+        """(samples, channels) float32 at the cut's sampling rate."""
+        from lhotse.serialization import deserialize_item
+
+        try:
+            cut = deserialize_item(self.cut)
+            return np.asarray(cut.load_audio(), dtype=np.float32).T, int(cut.sampling_rate)
+        except Exception as err:  # Lhotse raises what its audio backends raise
+            raise AudioError("undecodable audio", f"{type(err).__name__}: {err}") from None
+
+
 def decode(source, target_rate: int = SAMPLE_RATE) -> np.ndarray:
-    """Path or encoded bytes -> float32 mono at target_rate. Deterministic (soxr, fixed quality)."""
+    """Path, encoded bytes or a CutAudio -> float32 mono at target_rate. Deterministic (soxr, fixed quality)."""
     import soundfile as sf
     import soxr
 
-    try:
-        with sf.SoundFile(io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else source) as handle:
-            data, rate, cut = handle.read(dtype="float32", always_2d=True), handle.samplerate, _truncated(handle)
-    except Exception as err:  # soundfile raises several types for bad data; all mean the same here
-        raise AudioError("undecodable audio", f"{type(err).__name__}: {err}") from None
-    if cut:
-        raise AudioError("truncated audio", cut)
+    if isinstance(source, CutAudio):
+        data, rate = source.load()
+    else:
+        try:
+            with sf.SoundFile(io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else source) as handle:
+                data, rate, cut = handle.read(dtype="float32", always_2d=True), handle.samplerate, _truncated(handle)
+        except Exception as err:  # soundfile raises several types for bad data; all mean the same here
+            raise AudioError("undecodable audio", f"{type(err).__name__}: {err}") from None
+        if cut:
+            raise AudioError("truncated audio", cut)
     if data.shape[0] == 0:
         raise AudioError("empty audio", "0 samples")
     mono = data.mean(axis=1) if data.shape[1] > 1 else data[:, 0]

@@ -189,6 +189,70 @@ def clotho_aqa(root: str | Path) -> Splits:
     return splits
 
 
+LHOTSE_MANIFESTS = ("*.jsonl.gz", "*.jsonl")
+LANGUAGES = {"english": "en", "en": "en", "chinese": "zh", "mandarin": "zh", "zh": "zh", "cmn": "zh"}
+
+
+def lhotse_split(manifest: Path) -> str:
+    """The split a CutSet manifest holds, by its name: librispeech_cuts_train-clean-100.jsonl.gz (icefall) ->
+    train-clean-100, cuts_dev.jsonl.gz -> dev, train.jsonl -> train."""
+    stem = manifest.name.removesuffix(".gz").removesuffix(".jsonl")
+    return re.sub(r"^(.*[_-])?cuts[_-]", "", stem) or stem
+
+
+def lhotse_cuts(root: str | Path) -> Splits:
+    """Lhotse CutSets (jsonl or jsonl.gz manifests, one per split: lhotse_split names it), read by Lhotse: each cut
+    is an utterance (its id; its supervisions' texts joined in time order; a segment and channels of its recording,
+    read by Lhotse at preparation). A relative audio path is looked for under the folder of the manifests, then
+    under the working directory (where Lhotse recipes write them)."""
+    from lhotse import load_manifest_lazy
+
+    root = Path(root)
+    if not root.exists():
+        raise DataError(f"Lhotse: {root} does not exist (expected a CutSet manifest, or a folder of them: "
+                        f"cuts_{{split}}.jsonl.gz)")
+    manifests = [root] if root.is_file() else sorted({m for pattern in LHOTSE_MANIFESTS for m in root.glob(pattern)})
+    if not manifests:
+        raise DataError(f"Lhotse: no CutSet manifests (*.jsonl.gz, *.jsonl) in {root}")
+    splits: Splits = {}
+    for manifest in manifests:
+        items = splits.setdefault(lhotse_split(manifest), [])
+        try:
+            cuts = list(enumerate(load_manifest_lazy(manifest), 1))
+        except Exception as err:  # Lhotse raises what its JSON reader and deserialisers raise
+            raise DataError(f"Lhotse: {manifest} is not a CutSet manifest ({type(err).__name__}: {err})") from None
+        for number, cut in cuts:
+            items.append(_lhotse_item(cut, f"{manifest}:{number}", manifest.parent))
+    return splits
+
+
+def _lhotse_item(cut, source: str, folder: Path) -> RawItem | Reject:
+    from steermoe.data.audio import CutAudio
+
+    recording = getattr(cut, "recording", None)
+    if recording is None:
+        return Reject(cut.id, source, "no recording in the cut (features only)")
+    supervisions = sorted(cut.supervisions, key=lambda s: s.start)
+    if not supervisions:
+        return Reject(cut.id, source, "no supervision in the cut")
+    description = cut.to_dict()
+    for audio in description["recording"]["sources"]:
+        if audio["type"] == "url":
+            return Reject(cut.id, source, "audio source is a URL (nothing is downloaded)", audio["source"])
+        if audio["type"] == "file" and not Path(audio["source"]).is_absolute():
+            found = [p for p in (folder / audio["source"], Path(audio["source"])) if p.is_file()]
+            if not found:
+                return Reject(cut.id, source, "audio file not found",
+                              f"{audio['source']} (under {folder} or the working directory)")
+            audio["source"] = str(found[0].resolve())
+        elif audio["type"] == "file" and not Path(audio["source"]).is_file():
+            return Reject(cut.id, source, "audio file not found", audio["source"])
+    first = supervisions[0]
+    language = LANGUAGES.get((first.language or "en").lower(), (first.language or "en").lower())
+    return RawItem(cut.id, CutAudio(description), " ".join((s.text or "").strip() for s in supervisions).strip(), source,
+                   speaker=first.speaker or "", language=language)
+
+
 def generic_parquet(paths: list[str | Path], audio_column: str = "audio", text_column: str = "text",
                     split: str | None = None) -> Splits:
     """The original code's generic path: parquet files with `audio_column` (bytes, or a struct with bytes) and

@@ -24,7 +24,7 @@ from typing import Iterable
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from steermoe.data.audio import AudioError, decode, encode_flac
+from steermoe.data.audio import AudioError, CutAudio, decode, encode_flac
 from steermoe.declare.settings import SAMPLE_RATE
 from steermoe.errors import DataError
 from steermoe.fsutil import replace_dir, write_atomic
@@ -44,9 +44,9 @@ SCHEMA = pa.schema([
 
 @dataclass
 class RawItem:
-    """One utterance as a reader found it: audio is a path or encoded bytes, not yet decoded."""
+    """One utterance as a reader found it: audio is a path, encoded bytes or a Lhotse cut's, not yet decoded."""
     id: str
-    audio: str | bytes
+    audio: str | bytes | CutAudio
     text: str
     source: str  # where it came from, for the rejects file (path, or file:line)
     speaker: str = ""
@@ -205,12 +205,17 @@ def prepare_corpus(corpus: str, splits: dict[str, Iterable[RawItem | Reject]], o
 
 
 def _chunk_key(items: list[RawItem], filters: Filters) -> str:
-    """What a stored chunk was made from: its items (an audio file by path, size and time; bytes by their hash) and
-    the filters. A chunk whose key differs is prepared again."""
+    """What a stored chunk was made from: its items (an audio file by path, size and time; bytes by their hash; a
+    Lhotse cut by its description and its files) and the filters. A chunk whose key differs is prepared again."""
+    def file(path: str) -> list:
+        stat = os.stat(path) if os.path.isfile(path) else None
+        return [path, stat and stat.st_size, stat and stat.st_mtime_ns]
+
     def audio(item):
         if isinstance(item.audio, str):
-            stat = os.stat(item.audio) if os.path.isfile(item.audio) else None
-            return [item.audio, stat and stat.st_size, stat and stat.st_mtime_ns]
+            return file(item.audio)
+        if isinstance(item.audio, CutAudio):
+            return [item.audio.cut, [file(path) for path in item.audio.files()]]
         return hashlib.sha256(item.audio).hexdigest()
     described = [FORMAT_VERSION, asdict(filters)] + [[asdict(item) | {"audio": audio(item)}] for item in items]
     return hashlib.sha256(json.dumps(described, sort_keys=True, ensure_ascii=False).encode()).hexdigest()

@@ -42,6 +42,7 @@ REAL_CORPORA = {
     "aishell1": RealCorpus("aishell1", Typical(4.5, 43, 0, {"train": (120098, 150.0)})),  # ~14 characters
     "aishell2": RealCorpus("aishell2", Typical(3.6, 33, 0)),  # 1000 h, ~1M utterances, ~11 characters
     "clotho-aqa": RealCorpus("clotho_aqa", Typical(22.5, 8, 40)),  # 15-30 s clips, one- or two-word answers
+    "lhotse": RealCorpus("lhotse_cuts", Typical()),  # any corpus, as Lhotse CutSets: nothing is typical
 }
 GENERIC = "parquet"  # the generic preparer: any parquet files with an audio and a text column
 PREPARE_CORPORA = (*REAL_CORPORA, GENERIC)
