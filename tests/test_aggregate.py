@@ -191,6 +191,11 @@ def test_comparisons_paired_bootstrap(workdir):
     assert same["significant"] == "false" and float(same["p_value"]) == 1.0
     assert same["verdict"] == "no clear difference"
     assert rows[FAILED]["status"] == "not available" and "failed at train" in rows[FAILED]["error"]
+    # one training per row: the interval says it covers the test utterances only, in both files
+    single = "test utterances only (one training per row; training variance not included)"
+    assert better["interval_covers"] == same["interval_covers"] == single
+    table = {r["experiment"]: r for r in read_table(workdir / "results/table.csv") if r["headline"] == "true"}
+    assert table[BETTER]["interval_covers"] == single
 
 
 def test_comparison_needs_the_same_utterances(workdir):
@@ -564,6 +569,10 @@ def test_replicate_sets_get_a_summary_row_and_are_compared_as_sets_paired_by_see
     assert [float(comparisons[0]["ci_low"]), float(comparisons[0]["ci_high"])] == \
         pytest.approx(expected["ci95"], abs=1e-6)
     assert comparisons[0]["verdict"] == "better"
+    # the verdict of replicate sets comes from the crossed bootstrap, and says so; each seed's own row does not
+    assert comparisons[0]["interval_covers"] == summary["interval_covers"] == \
+        "seeds x test utterances (3 trainings per row)"
+    assert rows[0]["interval_covers"].startswith("test utterances only")
 
 
 def test_a_replicate_set_with_a_missing_seed_says_so_and_is_not_compared(workdir):

@@ -52,14 +52,25 @@ TIMING_COLUMNS = ("train_seconds", "eval_seconds", "rtf")
 PRECISION_COLUMNS = ("precision", "weights_dtype", "device", "device_model", "cpu_flags")
 
 COMPARISON_COLUMNS = ["group", "baseline", "experiment", "test_set", "metric", "direction", "baseline_value", "value",
-                      "delta", "ci_low", "ci_high", "p_value", "significant", "verdict", "utterances", "seeds",
-                      "resamples", "status", "error"]
+                      "delta", "ci_low", "ci_high", "p_value", "significant", "verdict", "interval_covers",
+                      "utterances", "seeds", "resamples", "status", "error"]
+
+
+def interval_covers(trainings: int | None) -> str:
+    """What a confidence interval resamples, for rows of `trainings` trainings each (None: nothing is trained):
+    a single training's interval leaves out what another seed or another machine's kernels would change."""
+    if trainings is None:
+        return "test utterances (nothing trained)"
+    if trainings == 1:
+        return "test utterances only (one training per row; training variance not included)"
+    return f"seeds x test utterances ({trainings} trainings per row)"
 
 
 def table_columns(override_columns: list[str]) -> list[str]:
     return ["experiment", "method", "encoder", "decoder", "dataset", "recipe", "group", "baseline", "tags",
             *override_columns, "replicate_of", "seeds",
-            "test_set", "protocol", "metric", "headline", "value", "std", "ci_low", "ci_high", "substitutions",
+            "test_set", "protocol", "metric", "headline", "value", "std", "ci_low", "ci_high", "interval_covers",
+            "substitutions",
             "deletions",
             "insertions", "correct", "reference_units", "utterances", "trainable_parameters", "train_steps",
             "train_seconds", "eval_seconds", "rtf", "precision", "weights_dtype", "device", "device_model",
@@ -162,6 +173,7 @@ def _summary_row(name: str, members: list, results: dict[str, ExperimentResult],
     row = {**{k: first_row.get(k) for k in ("method", "encoder", "decoder", "dataset", "recipe", "group", "baseline",
                                             "tags", "test_set", "protocol", "trainable_parameters", "train_steps")},
            "experiment": name, "seeds": seeds, "metric": first_row["metric"], "headline": True,
+           "interval_covers": interval_covers(len(members)),
            "note": f"mean of {len(members)} seeds; std across seeds; 95 % CI: crossed bootstrap over seeds and "
                    f"utterances"}
     done = [results[str(e.id)] for e in members]
@@ -195,6 +207,7 @@ def table_rows(experiments: list[Experiment], results: dict[str, ExperimentResul
                 **{c: overrides.get(c, "") for c in override_columns},
                 "replicate_of": exp.replicate_of or "",
                 "test_set": r.test_set, "protocol": _protocol(exp, r), "trainable_parameters": _trainable(r),
+                "interval_covers": interval_covers(None if exp.method == REFERENCE else 1),
                 "train_steps": (r.summary or {}).get("steps"),
                 "train_seconds": (r.summary or {}).get("train_seconds_this_run"),
                 **{c: (r.summary or r.metrics or {}).get(c) for c in PRECISION_COLUMNS},
@@ -374,7 +387,8 @@ def _compare(base_exp, base: ExperimentResult, exp, r: ExperimentResult, seed: i
         result = paired_bootstrap(a, b, seed=seed, resamples=resamples)
     except (DataError, ValueError) as err:
         return {"status": "error", "error": str(err)}
-    return _verdict(result, r.metrics["metric"], str(exp.metric or ""), len(a))
+    return {**_verdict(result, r.metrics["metric"], str(exp.metric or ""), len(a)),
+            "interval_covers": interval_covers(1)}
 
 
 def _compare_sets(baseline: list, members: list, results: dict[str, ExperimentResult], seed: int,
@@ -404,7 +418,7 @@ def _compare_sets(baseline: list, members: list, results: dict[str, ExperimentRe
         return {"status": "error", "error": str(err)}
     out = _verdict(result, runs[0][1].metrics["metric"], str(members[0].metric or ""),
                    len(aligned[0]))
-    return {**out, "seeds": len(runs)}
+    return {**out, "seeds": len(runs), "interval_covers": interval_covers(len(runs))}
 
 
 def summary_text(table: list[dict], comparisons: list[dict]) -> str:
@@ -421,7 +435,7 @@ def summary_text(table: list[dict], comparisons: list[dict]) -> str:
         if c["status"] == OK:
             lines.append(f"{c['experiment']} vs {c['baseline']}: delta {c['delta']:+.4f} "
                          f"[{c['ci_low']:+.4f}, {c['ci_high']:+.4f}] p={c['p_value']:.3f} ({c['direction']}): "
-                         f"{c['verdict']}")
+                         f"{c['verdict']} ({c['interval_covers']})")
         else:
             lines.append(f"{c['experiment']} vs {c['baseline']}: {c['status']}: {c['error']}")
     return "\n".join(lines)
