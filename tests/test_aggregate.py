@@ -196,6 +196,30 @@ def test_comparisons_paired_bootstrap(workdir):
     assert better["interval_covers"] == same["interval_covers"] == single
     table = {r["experiment"]: r for r in read_table(workdir / "results/table.csv") if r["headline"] == "true"}
     assert table[BETTER]["interval_covers"] == single
+    # each row names what it changes against the baseline; the baseline and rows in no group name nothing
+    assert better["differs_from_baseline"] == table[BETTER]["differs_from_baseline"] == "method=layer_wise, num_experts=4"
+    assert same["differs_from_baseline"] == "method=layer_wise, num_experts=4, pooling_kernel_size=2"
+    assert table[BASE]["differs_from_baseline"] == table[NOT_RUN]["differs_from_baseline"] == ""
+
+
+def test_a_row_differs_from_its_baseline_by_its_merged_settings_and_a_default_it_leaves_unset(tmp_path):
+    from steermoe.declare.experiments import differences
+    from steermoe.declare.matrix import load_matrix
+    from tests.conftest import REPO
+
+    (tmp_path / "m.tsv").write_text(
+        "method\tencoder\tdecoder\tdataset\tgroup\tbaseline\tnum_experts\tsteering_learning_rate\tseeds\n"
+        "layer_wise\twhisper-tiny.en\tsmollm2\tsynth-en\tg\ttrue\t\t\t1,2\n"
+        "layer_wise\twhisper-tiny.en\tsmollm2\tsynth-en\tg\tfalse\t2\t0.001\t1,2\n"
+        "linear\twhisper-tiny.en\tsmollm2\tsynth-en\tg\tfalse\t\t\t1,2\n")
+    experiments = [e for e in load_matrix(tmp_path / "m.tsv", REPO / "experiments/catalog.yaml")
+                   if e.test_set == "test"]
+    base, swept, linear = experiments[0], experiments[2], experiments[4]
+    assert (base.overrides["seed"], swept.overrides["seed"]) == (1, 1)
+    assert differences(swept, base) == "num_experts=2, steering_learning_rate=0.001"
+    assert differences(base, swept) == "num_experts=8, steering_learning_rate=0.01"  # the defaults it leaves unset
+    assert differences(experiments[3], base) == differences(swept, base)  # another seed is no difference
+    assert differences(linear, base) == "method=linear"
 
 
 def test_comparison_needs_the_same_utterances(workdir):

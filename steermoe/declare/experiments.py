@@ -9,7 +9,7 @@ import zlib
 from dataclasses import dataclass, field
 
 from steermoe.declare.checks import check_safe_path, closest, listed, parse_bool
-from steermoe.declare.settings import EVALUATION_ONLY, REFERENCE, WORKFLOW_CONFIG
+from steermoe.declare.settings import EVALUATION_ONLY, REFERENCE, SETTINGS, WORKFLOW_CONFIG
 from steermoe.errors import ConfigError
 
 def master_port(name: str) -> int:
@@ -158,6 +158,28 @@ def check_groups(file: str, experiments: list[Experiment]) -> None:
                 raise ConfigError(f"{file}: row {exp.row} (line {exp.line}), column 'dataset': group '{name}' "
                                   f"compares on the test set of its baseline (row {base.row}: {base.dataset!r}), but "
                                   f"this row uses {exp.dataset!r}; use one group per dataset")
+
+
+NOT_DIFFERENCES = ("seed", "test_set")  # replicates are paired by seed; a group compares per test set
+SHOWN_CHARACTERS = 40
+
+
+def differences(exp: Experiment, baseline: Experiment) -> str:
+    """The settings by which `exp` differs from `baseline` (its group's), e.g. "num_experts=2,
+    steering_learning_rate=0.001": the catalog entries it uses, then every merged setting (the rows' own cells
+    first), with the default where one of them leaves a setting unset."""
+    def shown(settings: dict, key: str) -> str:
+        value = settings.get(key, SETTINGS[key].default if key in SETTINGS else None)
+        text = str(value).lower() if isinstance(value, bool) else str(value)
+        return text if len(text) <= SHOWN_CHARACTERS else text[:SHOWN_CHARACTERS - 3] + "..."
+
+    parts = [f"{name}={getattr(exp, name)}" for name in ("method", "encoder", "decoder")
+             if getattr(exp, name) != getattr(baseline, name)]
+    ours, theirs = ({**e.settings, **e.overrides} for e in (exp, baseline))  # the row's own cells last, as merged
+    for key in dict.fromkeys([*exp.overrides, *baseline.overrides, *theirs, *ours]):  # the matrix's columns first
+        if key not in NOT_DIFFERENCES and shown(ours, key) != shown(theirs, key):
+            parts.append(f"{key}={shown(ours, key)}")
+    return ", ".join(parts)
 
 
 def embedded_models_used(experiments: list[Experiment]) -> list[str]:

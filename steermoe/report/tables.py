@@ -24,7 +24,7 @@ import io
 import math
 from pathlib import Path
 
-from steermoe.declare.experiments import Experiment
+from steermoe.declare.experiments import Experiment, differences
 from steermoe.declare.settings import REFERENCE
 from steermoe.errors import DataError
 from steermoe.report.results import OK, ExperimentResult, MalformedFile, read_predictions
@@ -51,7 +51,7 @@ TIMING_COLUMNS = ("train_seconds", "eval_seconds", "rtf")
 # only between runs that agree on these (steermoe/run/precision.py)
 PRECISION_COLUMNS = ("precision", "weights_dtype", "device", "device_model", "cpu_flags")
 
-COMPARISON_COLUMNS = ["group", "baseline", "experiment", "test_set", "metric", "direction", "baseline_value", "value",
+COMPARISON_COLUMNS = ["group", "baseline", "experiment", "differs_from_baseline", "test_set", "metric", "direction", "baseline_value", "value",
                       "delta", "ci_low", "ci_high", "p_value", "significant", "verdict", "interval_covers",
                       "utterances", "seeds", "resamples", "status", "error"]
 
@@ -67,7 +67,8 @@ def interval_covers(trainings: int | None) -> str:
 
 
 def table_columns(override_columns: list[str]) -> list[str]:
-    return ["experiment", "method", "encoder", "decoder", "dataset", "recipe", "group", "baseline", "tags",
+    return ["experiment", "method", "encoder", "decoder", "dataset", "recipe", "group", "baseline",
+            "differs_from_baseline", "tags",
             *override_columns, "replicate_of", "seeds",
             "test_set", "protocol", "metric", "headline", "value", "std", "ci_low", "ci_high", "interval_covers",
             "substitutions",
@@ -145,6 +146,11 @@ def _trainable(result: ExperimentResult):
     return counts
 
 
+def group_baselines(experiments: list[Experiment]) -> dict[tuple, Experiment]:
+    """{(group, test set): its baseline experiment} (a replicate set's first seed)."""
+    return {(e.group, e.test_set): e for e in reversed(experiments) if e.group and e.baseline}
+
+
 def replicate_sets(experiments: list[Experiment]) -> dict[str, list]:
     """{set name: its experiments in matrix order} for every replicate set (experiments.name_replicates)."""
     sets: dict[str, list] = {}
@@ -171,7 +177,7 @@ def _summary_row(name: str, members: list, results: dict[str, ExperimentResult],
 
     seeds = ",".join(str(_seed_of(e)) for e in members)
     row = {**{k: first_row.get(k) for k in ("method", "encoder", "decoder", "dataset", "recipe", "group", "baseline",
-                                            "tags", "test_set", "protocol", "trainable_parameters", "train_steps")},
+                                            "differs_from_baseline", "tags", "test_set", "protocol", "trainable_parameters", "train_steps")},
            "experiment": name, "seeds": seeds, "metric": first_row["metric"], "headline": True,
            "interval_covers": interval_covers(len(members)),
            "note": f"mean of {len(members)} seeds; std across seeds; 95 % CI: crossed bootstrap over seeds and "
@@ -196,14 +202,17 @@ def table_rows(experiments: list[Experiment], results: dict[str, ExperimentResul
                git_commit: str, seed: int = 0, resamples: int = 1000) -> list[dict]:
     sets = replicate_sets(experiments)
     last_of_set = {members[-1].id: name for name, members in sets.items()}
+    baselines = group_baselines(experiments)
     rows = []
     for exp in experiments:
         r = results[str(exp.id)]
         overrides = exp.overrides or {}
+        baseline = baselines.get((exp.group, exp.test_set))
         base = {"experiment": r.id, "method": exp.method, "encoder": exp.encoder,
                 "decoder": exp.decoder, "dataset": exp.dataset,
                 "recipe": exp.recipe or "", "group": exp.group or "",
                 "baseline": bool(exp.baseline), "tags": ",".join(exp.tags or []),
+                "differs_from_baseline": differences(exp, baseline) if baseline and not exp.baseline else "",
                 **{c: overrides.get(c, "") for c in override_columns},
                 "replicate_of": exp.replicate_of or "",
                 "test_set": r.test_set, "protocol": _protocol(exp, r), "trainable_parameters": _trainable(r),
@@ -327,7 +336,7 @@ def comparison_rows(experiments: list[Experiment], results: dict[str, Experiment
             r = results[str(exp.id)]
             metric = str(exp.metric or "")
             row = {"group": group, "baseline": base_set or base.id, "experiment": name or r.id,
-                   "test_set": r.test_set, "metric": metric,
+                   "differs_from_baseline": differences(exp, base_exp), "test_set": r.test_set, "metric": metric,
                    "direction": "lower is better" if LOWER_IS_BETTER.get(metric, True) else "higher is better",
                    "resamples": resamples}
             if name:
