@@ -197,7 +197,8 @@ def test_comparisons_paired_bootstrap(workdir):
     table = {r["experiment"]: r for r in read_table(workdir / "results/table.csv") if r["headline"] == "true"}
     assert table[BETTER]["interval_covers"] == single
     # each row names what it changes against the baseline; the baseline and rows in no group name nothing
-    assert better["differs_from_baseline"] == table[BETTER]["differs_from_baseline"] == "method=layer_wise, num_experts=4"
+    assert better["differs_from_baseline"] == table[BETTER]["differs_from_baseline"] == \
+        "method=layer_wise, num_experts=4"
     assert same["differs_from_baseline"] == "method=layer_wise, num_experts=4, pooling_kernel_size=2"
     assert table[BASE]["differs_from_baseline"] == table[NOT_RUN]["differs_from_baseline"] == ""
 

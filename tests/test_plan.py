@@ -294,7 +294,8 @@ def write_7b_matrix(tmp_path, resources: str):
     from tests.conftest import REPO
 
     catalog = (REPO / "experiments" / "catalog.yaml").read_text()
-    marker = "    resources: {gpus: 4, runtime: 2880, threads: 16, eval_runtime: 480}\n    settings: {use_deepspeed: true}"
+    marker = ("    resources: {gpus: 4, runtime: 2880, threads: 16, eval_runtime: 480}\n"
+              "    settings: {use_deepspeed: true}")
     assert catalog.count(marker) == 2  # qwen7b and llama7b
     catalog = catalog.replace(marker, f"    resources: {resources}\n    settings: {{use_deepspeed: true}}", 1)
     (tmp_path / "catalog.yaml").write_text(catalog)

@@ -1,4 +1,5 @@
-"""Audio I/O for preparation: decode anything soundfile reads (or a Lhotse cut), down-mix to mono, resample to 16 kHz, encode FLAC."""
+"""Audio I/O for preparation: decode anything soundfile reads (or a Lhotse cut), down-mix to mono, resample to
+16 kHz, encode FLAC."""
 from __future__ import annotations
 
 import io

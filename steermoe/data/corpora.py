@@ -249,8 +249,8 @@ def _lhotse_item(cut, source: str, folder: Path) -> RawItem | Reject:
             return Reject(cut.id, source, "audio file not found", audio["source"])
     first = supervisions[0]
     language = LANGUAGES.get((first.language or "en").lower(), (first.language or "en").lower())
-    return RawItem(cut.id, CutAudio(description), " ".join((s.text or "").strip() for s in supervisions).strip(), source,
-                   speaker=first.speaker or "", language=language)
+    text = " ".join((s.text or "").strip() for s in supervisions).strip()
+    return RawItem(cut.id, CutAudio(description), text, source, speaker=first.speaker or "", language=language)
 
 
 def generic_parquet(paths: list[str | Path], audio_column: str = "audio", text_column: str = "text",

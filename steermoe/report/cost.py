@@ -43,7 +43,6 @@ import json
 import math
 from dataclasses import dataclass
 from functools import lru_cache
-from pathlib import Path
 
 from steermoe.declare.model_config import STEERING_GROUPS, audio_tokens
 from steermoe.declare.settings import EVERY_LAYER, OUTPUT, TRAINED_METHODS

@@ -81,7 +81,8 @@ def training_memory(*, method: str, encoder_parameters: int, decoder_parameters:
 def host_memory(*, encoder_parameters: int, decoder_parameters: int, weights_bytes: int, trainable: int,
                 rows: int, workers: int, processes: int, gpu: bool, offload_optimizer: bool) -> dict[str, float]:
     """Host bytes per process by part, the process's total and the job's (`processes` of them)."""
-    parts = {"runtime": RUNTIME_HOST_BYTES["gpu" if gpu else "cpu"], "weights": 4 * encoder_parameters + weights_bytes * decoder_parameters,
+    parts = {"runtime": RUNTIME_HOST_BYTES["gpu" if gpu else "cpu"],
+             "weights": 4 * encoder_parameters + weights_bytes * decoder_parameters,
              "index": INDEX_BYTES_PER_ROW * rows, "workers": WORKER_HOST_BYTES * workers,
              "optimiser": 16 * trainable / processes if offload_optimizer else 0}
     per_process = sum(parts.values())

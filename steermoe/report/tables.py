@@ -51,9 +51,9 @@ TIMING_COLUMNS = ("train_seconds", "eval_seconds", "rtf")
 # only between runs that agree on these (steermoe/run/precision.py)
 PRECISION_COLUMNS = ("precision", "weights_dtype", "device", "device_model", "cpu_flags")
 
-COMPARISON_COLUMNS = ["group", "baseline", "experiment", "differs_from_baseline", "test_set", "metric", "direction", "baseline_value", "value",
-                      "delta", "ci_low", "ci_high", "p_value", "significant", "verdict", "interval_covers",
-                      "utterances", "seeds", "resamples", "status", "error"]
+COMPARISON_COLUMNS = ["group", "baseline", "experiment", "differs_from_baseline", "test_set", "metric", "direction",
+                      "baseline_value", "value", "delta", "ci_low", "ci_high", "p_value", "significant", "verdict",
+                      "interval_covers", "utterances", "seeds", "resamples", "status", "error"]
 
 
 def interval_covers(trainings: int | None) -> str:
@@ -177,7 +177,8 @@ def _summary_row(name: str, members: list, results: dict[str, ExperimentResult],
 
     seeds = ",".join(str(_seed_of(e)) for e in members)
     row = {**{k: first_row.get(k) for k in ("method", "encoder", "decoder", "dataset", "recipe", "group", "baseline",
-                                            "differs_from_baseline", "tags", "test_set", "protocol", "trainable_parameters", "train_steps")},
+                                            "differs_from_baseline", "tags", "test_set", "protocol",
+                                            "trainable_parameters", "train_steps")},
            "experiment": name, "seeds": seeds, "metric": first_row["metric"], "headline": True,
            "interval_covers": interval_covers(len(members)),
            "note": f"mean of {len(members)} seeds; std across seeds; 95 % CI: crossed bootstrap over seeds and "
