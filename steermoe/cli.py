@@ -166,9 +166,10 @@ def _status(args) -> None:
 
 def _plan(args) -> None:
     from steermoe.declare.matrix import load_matrix
-    from steermoe.report.plan import format_plan, plan
+    from steermoe.report.plan import format_plan, plan, request_memory
 
     experiments = load_matrix(args.matrix, args.catalog, quick=args.quick, data=args.data, models=args.models)
+    request_memory(experiments)
     rows = plan(experiments, quick=args.quick, peak_tflops=args.peak_tflops, utilization=args.utilization,
                 gpu_memory_gib=args.gpu_memory)
     document = {"peak_tflops": args.peak_tflops, "utilization": args.utilization, "experiments": rows}

@@ -12,7 +12,7 @@ from steermoe.data.statistics import dataset_stats
 from steermoe.declare.corpora import SYNTH_CORPORA
 from steermoe.declare.experiments import Experiment
 from steermoe.report.cost import training_flops, training_steps
-from steermoe.report.plan import format_plan, plan, plan_experiment
+from steermoe.report.plan import format_plan, plan, plan_experiment, request_memory
 
 TINY = dict(frames=10, pooled_frames=5, decoder_tokens=12, layers=2, layers_before_pool=1, width=4, p_front=100,
             p_layers=1000, p_steering=50, p_lora=0, p_projection=20, p_decoder=2000, p_head=500, head_tokens=3,
@@ -304,13 +304,15 @@ def write_7b_matrix(tmp_path, resources: str):
     return tmp_path / "matrix.tsv", tmp_path / "catalog.yaml"
 
 
-def test_mem_mb_defaults_to_the_host_estimate_and_a_request_too_small_for_its_job_is_refused_at_load(tmp_path):
+def test_mem_mb_defaults_to_the_host_estimate_and_a_request_too_small_for_its_job_is_refused_before_submission(
+        tmp_path):
     from steermoe.declare.matrix import load_matrix
     from steermoe.errors import ConfigError
     from steermoe.report.memory import mem_mb_request
 
     matrix, catalog = write_7b_matrix(tmp_path, "{gpus: 4, runtime: 2880, threads: 16, eval_runtime: 480}")
-    (experiment, *_) = load_matrix(matrix, catalog)
+    (experiment, *_) = experiments = load_matrix(matrix, catalog)
+    request_memory(experiments)
     (row,) = plan([experiment])
     # the request is the plan's estimate and a quarter more; the plan's exact figure adds the offloaded optimiser
     # share (none under ZeRO-2 without offload), so both agree to the 1000 MB the request is rounded to
@@ -320,7 +322,7 @@ def test_mem_mb_defaults_to_the_host_estimate_and_a_request_too_small_for_its_jo
     assert not any("mem_mb" in note for note in row["notes"])
     matrix, catalog = write_7b_matrix(tmp_path, "{gpus: 4, mem_mb: 64000, runtime: 2880, threads: 16}")
     with pytest.raises(ConfigError) as error:
-        load_matrix(matrix, catalog)
+        request_memory(load_matrix(matrix, catalog))
     message = str(error.value)
     assert message.startswith(f"{catalog}: decoders.qwen7b.resources.mem_mb: experiment "
                               f"layer_wise_whisper-large-v3_qwen7b_libri_paper: mem_mb 64000 cannot hold the job: ")

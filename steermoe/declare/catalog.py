@@ -22,7 +22,8 @@ from steermoe.errors import ConfigError
 ENCODER_TYPES = ("whisper", "conformer")
 # a job's resources where neither the decoder's `resources` nor the catalog's `defaults.resources` give them (the one
 # layer of defaults); mem_mb, where neither gives it, is the job's host memory estimate with its margin
-# (steermoe/declare/matrix.py); an evaluation job takes eval_runtime and eval_mem_mb where given, else the training's
+# (steermoe.report.plan.request_memory); an evaluation job takes eval_runtime and eval_mem_mb where given, else the
+# training's
 RESOURCE_DEFAULTS = {"gpus": 0, "runtime": 240, "threads": 1}  # runtime in minutes
 RESOURCE_KEYS = (*RESOURCE_DEFAULTS, "mem_mb", "eval_runtime", "eval_mem_mb")
 

@@ -64,6 +64,7 @@ class Experiment:
     settings: dict = field(default_factory=dict)  # the settings given (catalog, row, quick), merged in order of
     #                                               precedence (module docstring); unset ones take runconfig's default
     resources: dict = field(default_factory=dict)  # train job: gpus, mem_mb, runtime (minutes), threads, ...
+    mem_mb_from: str | None = None  # the catalog key that states mem_mb; None: the plan's estimate (request_memory)
     train_dir: str = ""  # results/{id}/train (checkpoints; final/ is the trained artefact)
     final_dir: str = ""  # results/{id}/train/final (model.safetensors, steermoe.json, train_summary.json)
     eval_dir: str = ""  # results/{id}/eval (metrics.json, predictions.jsonl, steering.json, steering.png)

@@ -255,7 +255,7 @@ def load_matrix(matrix_path: str | Path, catalog_path: str | Path, quick: bool =
         chosen = catalog.recipes[recipe] if recipe else {"settings": {}, "encoders": {}}
         resources = {**RESOURCE_DEFAULTS, **catalog.defaults["resources"], **decoder["resources"]}
         mem_mb_from = f"{catalog.path}: " + (f"decoders.{dec}.resources.mem_mb" if "mem_mb" in decoder["resources"]
-                                             else "defaults.resources.mem_mb")
+                                             else "defaults.resources.mem_mb")  # mem_mb, if either states it
 
         test_sets = list(dataset["test_sets"])
         if "test_set" in overrides and overrides["test_set"] not in test_sets:
@@ -307,7 +307,7 @@ def load_matrix(matrix_path: str | Path, catalog_path: str | Path, quick: bool =
                 decoder_entry=decoder if reference else
                 {**decoder, "path": model_path(decoder, "decoders", dec, models, catalog.path)},
                 dataset_entry=dataset)
-            exp.resources.update(_memory_requests(exp, resources.get("mem_mb"), mem_mb_from))
+            exp.mem_mb_from = mem_mb_from if "mem_mb" in resources else None
             # a replicate set is named by the id without its seed (name_replicates keeps it for sets of 2 or more)
             unseeded = "-".join(p for p in (explicit or recipe, explicit is None and auto_variant(trained),
                                             auto_variant(on)) if p)
@@ -322,24 +322,6 @@ def load_matrix(matrix_path: str | Path, catalog_path: str | Path, quick: bool =
     return experiments
 
 
-
-
-def _memory_requests(exp: Experiment, stated: int | None, where: str) -> dict[str, int]:
-    """The job's mem_mb: the stated figure, refused where it cannot hold the job's host memory estimate
-    (steermoe/report/memory.py), else the estimate with its margin, else (models of unknown size) a fixed figure;
-    and, where the estimate is known and eval_mem_mb is not stated, an evaluation's (one process's estimate)."""
-    from steermoe.report.memory import FALLBACK_MEM_MB, mem_mb_request, too_small
-    from steermoe.report.plan import estimated_host_memory
-
-    host = None if exp.method == REFERENCE else estimated_host_memory(exp)
-    if host is None:
-        return {"mem_mb": FALLBACK_MEM_MB if stated is None else stated}
-    short = stated is not None and too_small(stated, host, max(1, int(exp.resources["gpus"] or 1)))
-    if short:
-        raise ConfigError(f"{where}: experiment {exp.id}: {short}, or remove it (by default a job asks for its "
-                          f"estimate and a quarter more)")
-    evaluation = {} if "eval_mem_mb" in exp.resources else {"eval_mem_mb": mem_mb_request(host["per_process"])}
-    return {"mem_mb": mem_mb_request(host["job"]) if stated is None else stated, **evaluation}
 
 
 def explicit_rows(experiments: list[Experiment]) -> str:

@@ -22,8 +22,8 @@ from steermoe.declare.model_config import encoder_frames
 from steermoe.declare.settings import MODEL_OPTIONS, REFERENCE, SETTINGS, WHISPER_WINDOW, default_loader_workers
 from steermoe.declare.shapes import parameter_count, shape_source
 from steermoe.report.cost import Shape, model_shape, training_steps, utterance_flops
-from steermoe.report.memory import (GIB, H100_MEMORY_GIB, gib, host_memory, mem_mb_request, too_small,
-                                    training_memory)
+from steermoe.report.memory import (FALLBACK_MEM_MB, GIB, H100_MEMORY_GIB, gib, host_memory, mem_mb_request,
+                                    too_small, training_memory)
 
 H100_BF16_TFLOPS = 989.0
 DEFAULT_UTILIZATION = 0.4
@@ -155,6 +155,27 @@ def estimated_host_memory(exp: Experiment, root: Path = Path(".")) -> dict[str, 
                           texts=False)
     return job_host_memory(exp, encoder_parameters=counts[0], decoder_parameters=counts[1], trainable=0,
                            rows=stats.n_train or 0)
+
+
+def request_memory(experiments: list[Experiment], root: Path = Path(".")) -> None:
+    """Each job's mem_mb, in its resources: the catalog's figure, refused (ConfigError) where it cannot hold the
+    job's host memory estimate, else the estimate with its margin, else (models of unknown size) a fixed figure;
+    and, where the estimate is known and eval_mem_mb is not stated, an evaluation's (one process's estimate). The
+    workflow calls it while the Snakefile parses, before anything is submitted."""
+    from steermoe.errors import ConfigError
+
+    for exp in experiments:
+        stated = exp.resources.get("mem_mb") if exp.mem_mb_from else None
+        host = None if exp.method == REFERENCE else estimated_host_memory(exp, root)
+        if host is None:
+            exp.resources["mem_mb"] = FALLBACK_MEM_MB if stated is None else stated
+            continue
+        short = stated is not None and too_small(stated, host, max(1, int(exp.resources.get("gpus") or 1)))
+        if short:
+            raise ConfigError(f"{exp.mem_mb_from}: experiment {exp.id}: {short}, or remove it (by default a job "
+                              f"asks for its estimate and a quarter more)")
+        exp.resources["mem_mb"] = mem_mb_request(host["job"]) if stated is None else stated
+        exp.resources.setdefault("eval_mem_mb", mem_mb_request(host["per_process"]))
 
 
 def plan_experiment(exp: Experiment, root: Path = Path("."), quick: bool = False, peak_tflops: float = H100_BF16_TFLOPS,

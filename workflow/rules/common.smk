@@ -15,6 +15,7 @@ from steermoe.declare.matrix import load_matrix
 from steermoe.declare.outputs import META, METRICS_FILE, PREDICTIONS_FILE, SUMMARY, WEIGHTS, experiment_files, log_file
 from steermoe.declare.render import render_all, sha256, store_configs
 from steermoe.errors import ConfigError
+from steermoe.report.plan import request_memory
 
 
 try:
@@ -34,6 +35,7 @@ QUICK = bool(config["quick"])
 try:
     EXPERIMENTS = load_matrix(config["matrix"], config["catalog"], quick=QUICK, results=RESULTS, data=DATA,
                               models=MODELS)
+    request_memory(EXPERIMENTS)  # mem_mb from the host memory estimate; a request too small is refused here
     # configs validated by an earlier run of this workflow (same text, same validator) are not parsed again
     RENDERED = render_all(EXPERIMENTS, config["templates"], memo=Path(".snakemake/steermoe-validated-configs"))
 except ConfigError as err:
