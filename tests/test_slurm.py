@@ -1,19 +1,23 @@
 """profiles/slurm on a real SLURM: a private one-node cluster on this machine (scripts/local-slurm.sh: munge,
-slurmctld, slurmd), and a one-row quick matrix through the SLURM executor plugin to results/table.csv.
+slurmctld, slurmd), and a one-row quick matrix through the SLURM executor plugin to results/table.csv, its training
+requeued half-way (as a preemption does) and its three evaluations run as one SLURM job.
 
 Skipped only outside CI when SLURM is not installed (or not root); with CI=true it always runs (.ci/run installs
 SLURM with scripts/setup.sh --slurm), so a cluster that does not start fails the test.
 """
 import csv
+import json
 import os
 import re
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
 import yaml
 
+from steermoe.run.checkpoint import COMPLETE
 from tests.test_workflow import REPO, VENV_BIN, copy_workflow, write_matrix
 
 SCRIPT = REPO / "scripts" / "local-slurm.sh"
@@ -61,14 +65,31 @@ def test_slurm_profile_keeps_the_catalogs_gpus(tmp_path):
     assert all(gpus == ("4" if "7b" in exp else "1") for exp, gpus in train_gpus.items()), train_gpus
 
 
+def requeue_when_checkpointed(proc, checkpoint: Path, env: dict, timeout: float = 900) -> str:
+    """The SLURM job id of the running train job, requeued (`scontrol requeue`, what a preemption does) once its
+    first checkpoint is complete."""
+    deadline = time.monotonic() + timeout
+    while not (checkpoint / COMPLETE).is_file():
+        assert proc.poll() is None and time.monotonic() < deadline, "training never wrote its first checkpoint"
+        time.sleep(0.5)
+    jobs = subprocess.run(["squeue", "-h", "-o", "%i %k"], env=env, capture_output=True, text=True).stdout
+    (job_id,) = [line.split()[0] for line in jobs.splitlines() if "rule_train" in line]
+    requeue = subprocess.run(["scontrol", "requeue", job_id], env=env, capture_output=True, text=True)
+    assert requeue.returncode == 0, requeue.stderr
+    return job_id
+
+
 @pytest.mark.slow
-def test_quick_matrix_runs_through_slurm(slurm_conf, embedded_models, tmp_path):
+def test_quick_matrix_runs_through_slurm_resumes_a_requeued_training_and_groups_its_evaluations(
+        slurm_conf, embedded_models, tmp_path):
     models = Path(next(iter(embedded_models.values()))).parent
     root = copy_workflow(tmp_path / "wf")
     write_matrix(root, ROW)
     catalog = root / "experiments" / "catalog.yaml"  # 2 threads (the shipped smollm2 asks for 1, SLURM's default)
     entries = yaml.safe_load(catalog.read_text())
     entries["decoders"]["smollm2"]["resources"]["threads"] = 2
+    # long enough to be requeued after its first checkpoint (step 5) and before its end
+    entries["defaults"]["quick"]["settings"].update(max_steps=60, save_steps=5, eval_steps=60)
     catalog.write_text(yaml.safe_dump(entries, sort_keys=False))
     command = [str(VENV_BIN / "snakemake"), "--workflow-profile", "profiles/slurm", "results/table.csv",
                "--config", "quick=true", f"models={models}",
@@ -78,9 +99,16 @@ def test_quick_matrix_runs_through_slurm(slurm_conf, embedded_models, tmp_path):
                "--slurm-keep-successful-logs",
                # the data rules ask for 8 CPUs; this cluster's one node has 2 (SLURM would keep them pending)
                "--set-threads", "prepare_data=2", "prepare_test_set=2"]
-    proc = subprocess.run(command, cwd=root, env=snakemake_env(SLURM_CONF=str(slurm_conf)), capture_output=True,
-                          text=True, timeout=1500)
-    output = proc.stdout + proc.stderr
+    env = snakemake_env(SLURM_CONF=str(slurm_conf))
+    with open(tmp_path / "snakemake.log", "w+") as log:
+        proc = subprocess.Popen(command, cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT, text=True)
+        try:
+            requeued = requeue_when_checkpointed(proc, root / "results" / EXP / "train" / "checkpoint-5", env)
+            proc.wait(timeout=1500)
+        finally:
+            proc.kill()
+        log.seek(0)
+        output = log.read()
     controller_log = (slurm_conf.parent / "log" / "slurmctld.log").read_text()[-3000:]
     assert proc.returncode == 0, f"{output[-6000:]}\n--- slurmctld.log\n{controller_log}"
 
@@ -92,10 +120,11 @@ def test_quick_matrix_runs_through_slurm(slurm_conf, embedded_models, tmp_path):
     # every non-local job was a SLURM job of this run: its log is where the executor put it, and the
     # controller's job completion log has it, completed, under the run's job name and in this workflow's folder
     run_id = re.search(r"SLURM run ID: (\S+)", output).group(1)
-    logs = sorted((root / ".snakemake" / "slurm_logs").glob("rule_*/**/*.log"))
+    logs = sorted((root / ".snakemake" / "slurm_logs").glob("*/**/*.log"))
     jobs = {log.stem: log.relative_to(root / ".snakemake" / "slurm_logs").parts[0] for log in logs}
-    assert sorted(jobs.values()) == ["rule_evaluate"] * 3 + ["rule_prepare_data"] + ["rule_prepare_test_set"] * 2 + \
-        ["rule_train"], output[-3000:]
+    # the three evaluations of the model ran as one SLURM job (profiles/slurm: group-components)
+    assert sorted(jobs.values()) == [f"group_evaluate-{EXP}", "rule_prepare_data"] + \
+        ["rule_prepare_test_set"] * 2 + ["rule_train"], output[-3000:]
     completed = {}
     for line in (slurm_conf.parent / "jobcomp.log").read_text().splitlines():
         fields = dict(re.findall(r"(\w+)=(\S*)", line))
@@ -105,6 +134,11 @@ def test_quick_matrix_runs_through_slurm(slurm_conf, embedded_models, tmp_path):
         assert (record["Name"], record["JobState"], record["WorkDir"]) == (run_id, "COMPLETED", str(root)), rule
     train = completed[next(job for job, rule in jobs.items() if rule == "rule_train")]
     assert train["ProcCnt"] == "2"  # the catalog's threads for smollm2 (set to 2 above) became --cpus-per-task
+    # the requeued training went back to the queue under its job id and resumed from a checkpoint
+    assert train["JobId"] == requeued
+    summary = json.loads((root / "results" / EXP / "train" / "final" / "train_summary.json").read_text())
+    assert re.fullmatch(r".*/checkpoint-\d+", summary["resumed_from"] or ""), summary
+    assert summary["steps"] == 60
     assert completed[next(job for job, rule in jobs.items() if rule == "rule_prepare_data")]["ProcCnt"] == "2"
     # the local rule (aggregate) ran here, not on SLURM
     assert "localrule aggregate:" in output

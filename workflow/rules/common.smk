@@ -131,6 +131,22 @@ def resource(key, evaluate=False):
     return job_function(lambda wildcards: _job_resource(EXP[wildcards.exp].resources, key, evaluate))
 
 
+EVALUATION_GROUP = "evaluate"  # the key of group-components (profiles/slurm): how many evaluations one job holds
+
+
+@job_function
+def evaluation_group(wildcards):
+    """The group id of an evaluation: that of its model (a reference row's: its encoder's), so that under the SLURM
+    profile the evaluations of one model run as one job; local runs ignore groups. The evaluations are unconnected
+    in the DAG, so group-components joins them, counted under EVALUATION_GROUP as Snakemake counts the ids of a
+    group pattern with wildcards."""
+    exp = EXP[wildcards.exp]
+    model = (exp.trained_by or exp.id) if exp.trains else f"reference-{exp.encoder}"
+    groupid = f"{EVALUATION_GROUP}-{model}"
+    workflow.parent_groupids[groupid] = EVALUATION_GROUP
+    return groupid
+
+
 @job_function
 def master_port(wildcards):
     return EXP[wildcards.exp].port

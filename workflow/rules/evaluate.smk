@@ -4,7 +4,8 @@
 # (metrics.json with counts and a 95 % bootstrap CI, predictions.jsonl per utterance; steering.json/.png for
 # steering methods). An experiment that differs from an earlier one only in evaluation settings evaluates that
 # one's model. Its inputs are its test set's data and the model (training's inputs bring the embedded models; a
-# reference row, which trains nothing, reads them itself).
+# reference row, which trains nothing, reads them itself). Under the SLURM profile the evaluations of one model run
+# as one SLURM job (evaluation_group, the profile's group-components).
 
 
 rule evaluate:
@@ -20,6 +21,8 @@ rule evaluate:
         config_sha256=config_sha256("test"),
         store=CONFIG_STORE,
     threads: resource("threads")
+    group:
+        evaluation_group
     resources:
         gpu=resource("gpu", evaluate=True),
         mem_mb=resource("mem_mb", evaluate=True),
