@@ -99,14 +99,18 @@ start() {
     --pid-file="$dir/run/munged.pid" --log-file="$dir/log/munged.log" --seed-file="$dir/munge/munged.seed" \
     || abort "munged did not start"
 
-  # one node: this machine, as slurmd sees it (CPUs, sockets, cores). Memory is not enforced here (no cgroups);
-  # it is advertised as at least 64 GiB (config_overrides) so that a profile's requests fit on a small machine.
-  local host node memory
+  # one node: this machine, as slurmd sees it (CPUs, sockets, cores). CPUs and memory are not enforced here (no
+  # cgroups); they are advertised as at least 8 CPUs and 64 GiB (config_overrides) so that a profile's requests fit
+  # on a small machine (a group of three evaluations side by side asks for three times one's threads).
+  local host node memory cpus
   host=$(hostname -s)
   node=$(slurmd -C | head -n 1)
-  case $node in NodeName=*RealMemory=*) ;; *) abort "slurmd -C gave no node description: $node" ;; esac
+  case $node in NodeName=*CPUs=*RealMemory=*) ;; *) abort "slurmd -C gave no node description: $node" ;; esac
   memory=${node##*RealMemory=}; memory=${memory%% *}
   [ "$memory" -ge 65536 ] || node=${node/RealMemory=$memory/RealMemory=65536}
+  cpus=${node##*CPUs=}; cpus=${cpus%% *}
+  [ "$cpus" -ge 8 ] || node="${node%% *} CPUs=8 Boards=1 SocketsPerBoard=1 CoresPerSocket=8 ThreadsPerCore=1 \
+RealMemory=$(( memory > 65536 ? memory : 65536 ))"
   cat > "$conf" <<EOF
 $HEADER
 ClusterName=steermoe-local
