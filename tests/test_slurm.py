@@ -123,7 +123,7 @@ def test_quick_matrix_runs_through_slurm_resumes_a_requeued_training_and_groups_
     logs = sorted((root / ".snakemake" / "slurm_logs").glob("*/**/*.log"))
     jobs = {log.stem: log.relative_to(root / ".snakemake" / "slurm_logs").parts[0] for log in logs}
     # the three evaluations of the model ran as one SLURM job (profiles/slurm: group-components)
-    assert sorted(jobs.values()) == [f"group_evaluate-{EXP}", "rule_prepare_data"] + \
+    assert sorted(jobs.values()) == [f"group_evaluate-{EXP}_evaluate", "rule_prepare_data"] + \
         ["rule_prepare_test_set"] * 2 + ["rule_train"], output[-3000:]
     completed = {}
     for line in (slurm_conf.parent / "jobcomp.log").read_text().splitlines():

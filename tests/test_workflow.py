@@ -73,7 +73,8 @@ def snakemake(root: Path, *args, stub: bool = True, env: dict | None = None, che
     return proc
 
 
-JOB = re.compile(r"^(?:local)?rule (\w+):\n(?:    .*\n)*?    output: (.*)$", re.M)
+# a job of a group (the evaluations of one model) is printed indented under its group
+JOB = re.compile(r"^( *)(?:local)?rule (\w+):\n(?:\1    .*\n)*?\1    output: (.*)$", re.M)
 
 
 def planned(root: Path, *args) -> set[tuple[str, str]]:
@@ -83,7 +84,7 @@ def planned(root: Path, *args) -> set[tuple[str, str]]:
     if "Nothing to be done" in out:
         return set()
     jobs = set()
-    for rule, outputs in JOB.findall(out):
+    for _, rule, outputs in JOB.findall(out):
         first = outputs.split(", ")[0]
         parts = Path(first).parts
         what = parts[1] if parts[0] in ("results", "data", "models") and len(parts) > 2 else first

@@ -259,8 +259,7 @@ def evaluate(run: RunConfig, checkpoint: Path | None = None, output_dir: Path | 
         **({"dropped_at_preparation": dropped} if dropped else {}),
         **precision.record(decision, device), "processes": world,
         "threads": torch.get_num_threads(),
-        **({"peak_gpu_memory_mb": round(torch.cuda.max_memory_allocated(device) / 2**20)}
-           if device.type == "cuda" else {}),
+        **precision.peak_memory(device),
     }
     analysis = {**stats.result(), **steering_parameters(decoder.steered)} if stats is not None else None
     return score_and_write(run, rows, chosen, hypotheses, decode_seconds, model_record, analysis, output_dir, log)

@@ -21,6 +21,7 @@ from __future__ import annotations
 import functools
 import os
 import platform
+import resource
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -245,6 +246,15 @@ def record(decision: Decision, device: torch.device | str) -> dict:
     device = torch.device(device)
     shown = "cpu" if device.type == "cpu" else str(device)  # DDP on CPUs calls it cpu:0; the index means nothing there
     return {**decision.record(), "device": shown, **detect().record()}
+
+
+def peak_memory(device: torch.device) -> dict:
+    """This process's peak host memory (its resident set, what a SLURM mem_mb limit counts) and, on a GPU, the
+    peak of torch's allocations, in MB: the measurements the plan's estimates are checked against."""
+    host = {"peak_host_memory_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)}
+    if device.type != "cuda":
+        return host
+    return {**host, "peak_gpu_memory_mb": round(torch.cuda.max_memory_allocated(device) / 2**20)}
 
 
 def summary() -> dict:

@@ -231,8 +231,7 @@ def train(run: RunConfig, log=print) -> dict:
                "trainable_parameters": counts,
                "compute_dtypes": compute_dtypes(model),
                "train_utterances": len(train_rows), "processes": args.world_size, "resumed_from": resume,
-               **({"peak_gpu_memory_mb": round(torch.cuda.max_memory_allocated(args.device) / 2**20)}
-                  if args.device.type == "cuda" else {}),
+               **precision.peak_memory(args.device),
                "best_checkpoint": trainer.state.best_model_checkpoint,
                "log_history": trainer.state.log_history}
     state = whole_trainable_state(model)
