@@ -23,6 +23,7 @@ from steermoe.declare.render import environment, render, render_all
 from steermoe.declare.runconfig import load_run_config, parse_run_config
 from steermoe.declare.settings import SETTINGS
 from steermoe.errors import ConfigError
+from steermoe.report.plan import estimated_host_memory
 
 REPO = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(sys.executable).parent
@@ -798,17 +799,21 @@ def test_tiny_matrix_end_to_end(tmp_path):
     table = list(csv.DictReader((root / "results" / "table.csv").open()))
     ids = ["layer_wise_tiny-whisper_tiny-qwen_tones", "linear_tiny-whisper_tiny-qwen_tones"]
     assert {r["experiment"] for r in table} == set(ids) and all(r["status"] == "ok" for r in table)
+    experiments = load_matrix(root / "experiments/matrix.tsv", root / "experiments/catalog.yaml")
     for exp in ids:
         metrics = json.loads((root / "results" / exp / "eval" / "metrics.json").read_text())
         assert metrics["metric"] == "wer" and metrics["utterances"] == 8
         summary = json.loads((root / "results" / exp / "train" / "final" / "train_summary.json").read_text())
         assert summary["steps"] == 2
         assert list((root / "results" / exp / "train").glob("checkpoint-*"))  # checkpoints kept, not outputs
+        # what the job used, measured, lies within the host memory estimate its mem_mb request is made from
+        estimate = estimated_host_memory(next(e for e in experiments if e.id == exp), root)
+        assert 0 < summary["peak_host_memory_mb"] * 2**20 <= estimate["job"]
+        assert 0 < metrics["peak_host_memory_mb"] * 2**20 <= estimate["per_process"]
     assert (root / "results" / "comparisons.csv").is_file() and list((root / "results" / "plots").glob("*.png"))
     # the cost plan was written before any training job started (each writes its config first)
     plan = list(csv.DictReader((root / "results" / "plan.csv").open()))
     assert [r["experiment"] for r in plan] == ids and all(int(r["trainable_parameters"]) > 0 for r in plan)
-    experiments = load_matrix(root / "experiments/matrix.tsv", root / "experiments/catalog.yaml")
     assert all((root / "results" / "plan.csv").stat().st_mtime <= (root / e.train_config).stat().st_mtime
                for e in experiments)
     assert "Nothing to be done" in snakemake(root, "-n", stub=False).stdout
