@@ -16,6 +16,7 @@ import torch
 from safetensors.torch import load_file
 
 from steermoe.declare.runconfig import load_run_config
+from tests.test_crash import MEASURED_KEYS
 from tests.test_train import REPO, write_config
 
 BIN = Path(sys.executable).parent
@@ -162,8 +163,8 @@ def test_two_process_evaluation_equals_one_process_byte_for_byte(tiny, tmp_path,
     assert "[process 1 of 2] decoded 4/4 utterances" in two.stdout  # 8 utterances, 4 batches, 2 each
     for name in ("predictions.jsonl", "steering.json"):
         assert (tmp_path / "two" / name).read_bytes() == (tmp_path / "one" / name).read_bytes()
-    timing = {"rtf", "decode_seconds", "processes"}
-    metrics = [{k: v for k, v in json.loads((tmp_path / run / "metrics.json").read_text()).items() if k not in timing}
+    measured = {*MEASURED_KEYS, "processes"}
+    metrics = [{k: v for k, v in json.loads((tmp_path / run / "metrics.json").read_text()).items() if k not in measured}
                for run in ("one", "two")]
     assert metrics[0] == metrics[1]
     assert json.loads((tmp_path / "two" / "metrics.json").read_text())["processes"] == 2
