@@ -166,17 +166,19 @@ def _status(args) -> None:
 
 def _plan(args) -> None:
     from steermoe.declare.matrix import load_matrix
-    from steermoe.report.plan import format_plan, plan, request_memory
+    from steermoe.report.plan import format_plan, plan, request_memory, seed_advice
 
     experiments = load_matrix(args.matrix, args.catalog, quick=args.quick, data=args.data, models=args.models)
     request_memory(experiments)
     rows = plan(experiments, quick=args.quick, peak_tflops=args.peak_tflops, utilization=args.utilization,
                 gpu_memory_gib=args.gpu_memory)
-    document = {"peak_tflops": args.peak_tflops, "utilization": args.utilization, "experiments": rows}
+    advice = seed_advice(experiments)
+    document = {"peak_tflops": args.peak_tflops, "utilization": args.utilization, "experiments": rows,
+                "seeds": advice}
     if args.json == "-":
         print(json.dumps(document, indent=2))
         return
-    print(format_plan(rows, peak_tflops=args.peak_tflops, utilization=args.utilization))
+    print(format_plan(rows, peak_tflops=args.peak_tflops, utilization=args.utilization, advice=advice))
     if args.json:
         from steermoe.fsutil import write_json
 

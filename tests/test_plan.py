@@ -327,3 +327,35 @@ def test_mem_mb_defaults_to_the_host_estimate_and_a_request_too_small_for_its_jo
     assert message.startswith(f"{catalog}: decoders.qwen7b.resources.mem_mb: experiment "
                               f"layer_wise_whisper-large-v3_qwen7b_libri_paper: mem_mb 64000 cannot hold the job: ")
     assert f"set mem_mb to at least {experiment.resources['mem_mb']}, or remove it" in message
+
+
+def test_the_plan_says_how_many_seeds_each_group_has_and_the_margin_training_variance_puts_on_its_differences(
+        tmp_path):
+    from steermoe.declare.matrix import load_matrix
+    from steermoe.report.plan import seed_advice
+    from steermoe.report.seeds import DEFAULT_DIFFERENCE_SD_POINTS
+    from tests.conftest import REPO
+
+    assert DEFAULT_DIFFERENCE_SD_POINTS > 0  # measured (RESULTS.md), not a placeholder
+    catalog = REPO / "experiments" / "catalog.yaml"
+    [single] = seed_advice(load_matrix(REPO / "experiments" / "matrix.tsv", catalog))
+    assert (single["group"], single["seeds"]) == ("synth-en", 1)
+    assert single["interval_covers"].startswith("test utterances only")
+    assert single["margin_points"] == {n: round(1.96 * DEFAULT_DIFFERENCE_SD_POINTS / math.sqrt(n), 1)
+                                       for n in (1, 3, 5)}
+    assert f"±{single['margin_points'][1]:g} points at 1 seed, " in single["text"]
+    [replicated] = seed_advice(load_matrix(REPO / "experiments" / "seeds.yaml", catalog))
+    assert (replicated["group"], replicated["seeds"]) == ("seeds", 3) and list(replicated["margin_points"]) == [3, 5]
+    assert replicated["interval_covers"] == "seeds x test utterances (3 trainings per row)"
+    # a group counts its fewest seeds; a group of one row, or rows outside a group, compare nothing
+    (tmp_path / "matrix.tsv").write_text(
+        "method\tencoder\tdecoder\tdataset\tgroup\tbaseline\tseeds\tnum_experts\n"
+        "layer_wise\twhisper-tiny.en\tsmollm2\tsynth-en\tg\tfalse\t3\t\n"
+        "linear\twhisper-tiny.en\tsmollm2\tsynth-en\tg\ttrue\t0,1\t\n"
+        "layer_wise\twhisper-tiny.en\tsmollm2\tsynth-en\talone\ttrue\t2\t4\n")
+    [mixed] = seed_advice(load_matrix(tmp_path / "matrix.tsv", catalog))
+    assert (mixed["group"], mixed["seeds"]) == ("g", 2)
+    out = subprocess.run([sys.executable, "-m", "steermoe.cli", "plan", "--matrix", str(tmp_path / "matrix.tsv"),
+                          "--catalog", str(catalog)], capture_output=True, text=True, cwd=REPO)
+    assert out.returncode == 0, out.stderr
+    assert f"seeds: {mixed['text']}" in out.stdout.splitlines()

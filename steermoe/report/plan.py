@@ -285,6 +285,27 @@ def plan(experiments: list[Experiment], *, root: Path | str = ".", quick: bool =
     return [plan_experiment(e, Path(root), quick, peak_tflops, utilization, gpu_memory_gib) for e in experiments]
 
 
+def seed_advice(experiments: list[Experiment]) -> list[dict]:
+    """Per group that compares trained rows: its seeds per row, what its verdicts' intervals cover, and the margin
+    that training variance (as measured on the embedded default) puts on a difference at that many seeds, at 3 and
+    at 5."""
+    from steermoe.report.seeds import DEFAULT_DIFFERENCE_SD_POINTS, seeds_per_group, training_margin
+    from steermoe.report.tables import interval_covers
+
+    advice = []
+    for group, seeds in seeds_per_group(experiments).items():
+        margins = {n: round(training_margin(n), 1) for n in sorted({seeds, 3, 5})}
+        shown = ", ".join(f"±{m:g} points at {n} seed{'s' * (n > 1)}" for n, m in margins.items())
+        advice.append({"group": group, "seeds": seeds, "interval_covers": interval_covers(seeds),
+                       "margin_points": margins,
+                       "text": f"group {group}: {seeds} seed{'s' * (seeds > 1)} per trained row, so its intervals "
+                               f"cover {interval_covers(seeds)}. Training variance alone puts about {shown} per "
+                               f"row on a difference (from the embedded default's layer_wise - linear WER, sd "
+                               f"{DEFAULT_DIFFERENCE_SD_POINTS:g} points over seeds, RESULTS.md); a `seeds` column "
+                               f"or key adds seeds"})
+    return advice
+
+
 def _si(value: float | None, unit: str = "") -> str:
     if value is None:
         return "unknown"
@@ -314,7 +335,7 @@ def plan_csv(rows: list[dict]) -> str:
 
 
 def format_plan(rows: list[dict], peak_tflops: float = H100_BF16_TFLOPS,
-                utilization: float = DEFAULT_UTILIZATION) -> str:
+                utilization: float = DEFAULT_UTILIZATION, advice: list[dict] = ()) -> str:
     width = max([len("experiment"), *(len(r["experiment"]) for r in rows)]) + 2
     header = (f"{'experiment':<{width}}{'trainable':>12}{'frames':>8}{'audio':>7}{'dec.tok':>8}{'batch':>9}{'steps':>8}"
               f"{'FLOP/step':>12}{'FLOP total':>12}{'GPU-h':>9}{'GiB/GPU':>9}{'host GiB':>10}{'mem_mb':>9}")
@@ -348,5 +369,6 @@ def format_plan(rows: list[dict], peak_tflops: float = H100_BF16_TFLOPS,
     total = sum(r["gpu_hours"] for r in rows if r["gpu_hours"] is not None)
     lines.append(f"total: {total:.3g} GPU-hours over {sum(r['gpu_hours'] is not None for r in rows)} of "
                  f"{len(rows)} experiments with an estimate")
+    lines += [f"seeds: {a['text']}" for a in advice]
     return "\n".join(lines)
 

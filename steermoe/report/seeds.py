@@ -13,6 +13,10 @@ import numpy as np
 
 from steermoe.metrics import BLOCK_ELEMENTS, two_sided_p
 
+# The training variance measured on the embedded default (experiments/seeds.yaml, RESULTS.md): the standard deviation
+# over seeds of layer_wise's WER minus linear's on synth-en's test set, in points
+DEFAULT_DIFFERENCE_SD_POINTS = 0.0
+
 
 def _matrix(runs: list[list[dict]]) -> tuple[np.ndarray, np.ndarray]:
     """Per-seed per-utterance records -> errors (S, U) and the shared reference units (U,)."""
@@ -75,3 +79,20 @@ def paired(a: list[list[dict]], b: list[list[dict]], seed: int = 0, resamples: i
     return {"a": float(rate_a.mean()), "b": float(rate_b.mean()), "delta": float((rate_b - rate_a).mean()),
             "ci95": [float(low), float(high)], "p_value": two_sided_p(deltas),
             "seeds": len(rate_a), "resamples": resamples}
+
+
+def training_margin(seeds: int, sd_points: float = DEFAULT_DIFFERENCE_SD_POINTS) -> float:
+    """The 95 % margin, in points, that training variance alone puts on a paired difference of two rows trained
+    with `seeds` seeds each (a normal approximation: 1.96 sd / sqrt(seeds))."""
+    return 1.96 * sd_points / seeds ** 0.5
+
+
+def seeds_per_group(experiments: list) -> dict[str, int]:
+    """Each group's fewest seeds per trained row (a replicate set counts its members, a single training 1)."""
+    sets: dict[str, dict[str, int]] = {}
+    for exp in experiments:
+        if exp.group and exp.trains and exp.trained_by is None:
+            members = sets.setdefault(exp.group, {})
+            name = exp.replicate_of or exp.id
+            members[name] = members.get(name, 0) + 1
+    return {group: min(members.values()) for group, members in sets.items() if len(members) > 1}
