@@ -6,6 +6,7 @@ which catalog entry each model is read from, and its parameter count, for the wo
 from __future__ import annotations
 
 import json
+import math
 import struct
 from functools import lru_cache
 from pathlib import Path
@@ -49,13 +50,7 @@ def parameter_count(source: str, encoder: bool) -> int | None:
         return None
     if encoder and any(name.startswith(ENCODER_PREFIXES) for name in shapes):
         shapes = {name: shape for name, shape in shapes.items() if name.startswith(ENCODER_PREFIXES)}
-    total = 0
-    for shape in shapes.values():
-        count = 1
-        for size in shape:
-            count *= size
-        total += count
-    return total
+    return sum(math.prod(shape) for shape in shapes.values())
 
 
 def _safetensors_shapes(file: Path) -> dict[str, list[int]]:

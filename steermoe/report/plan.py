@@ -21,6 +21,7 @@ from steermoe.declare.experiments import Experiment
 from steermoe.declare.model_config import encoder_frames
 from steermoe.declare.settings import MODEL_OPTIONS, REFERENCE, SETTINGS, WHISPER_WINDOW, default_loader_workers
 from steermoe.declare.shapes import parameter_count, shape_source
+from steermoe.errors import ConfigError
 from steermoe.report.cost import Shape, model_shape, training_steps, utterance_flops
 from steermoe.report.memory import (FALLBACK_MEM_MB, GIB, H100_MEMORY_GIB, gib, host_memory, mem_mb_request,
                                     too_small, training_memory)
@@ -162,8 +163,6 @@ def request_memory(experiments: list[Experiment], root: Path = Path(".")) -> Non
     job's host memory estimate, else the estimate with its margin, else (models of unknown size) a fixed figure;
     and, where the estimate is known and eval_mem_mb is not stated, an evaluation's (one process's estimate). The
     workflow calls it while the Snakefile parses, before anything is submitted."""
-    from steermoe.errors import ConfigError
-
     for exp in experiments:
         stated = exp.resources.get("mem_mb") if exp.mem_mb_from else None
         host = None if exp.method == REFERENCE else estimated_host_memory(exp, root)
@@ -274,8 +273,6 @@ def plan(experiments: list[Experiment], *, root: Path | str = ".", quick: bool =
          peak_tflops: float = H100_BF16_TFLOPS, utilization: float = DEFAULT_UTILIZATION,
          gpu_memory_gib: float = H100_MEMORY_GIB) -> list[dict]:
     """One plan row per experiment (matrix order)."""
-    from steermoe.errors import ConfigError
-
     if not 0 < utilization <= 1:
         raise ConfigError(f"--utilization: must be in (0, 1], got {utilization}")
     if peak_tflops <= 0:
