@@ -91,7 +91,11 @@ def _train(args) -> None:
         run.training.use_deepspeed, run.training.deepspeed_config = True, shipped_deepspeed(args.deepspeed_config)
     from steermoe.run.train import train
 
-    train(run)
+    if (args.until_step is None) != (args.rung_dir is None):
+        from steermoe.errors import ConfigError
+
+        raise ConfigError("--until-step and --rung-dir go together: the step of a halving rung and its folder")
+    train(run, rung=None if args.until_step is None else (args.until_step, Path(args.rung_dir)))
 
 
 def _check(args) -> int:
@@ -136,6 +140,7 @@ def _evaluate(args) -> None:
 
 
 def _aggregate(args) -> None:
+    from steermoe.declare.halving import load_halving
     from steermoe.declare.matrix import load_matrix, read_matrix
     from steermoe.declare.settings import SETTINGS
     from steermoe.report.aggregate import aggregate
@@ -144,7 +149,8 @@ def _aggregate(args) -> None:
                               models=args.models)
     columns = [c for c in read_matrix(args.matrix)[0] if c in SETTINGS]  # the matrix's override columns
     aggregate(experiments, Path(args.results), Path(args.out), logs_dir=Path(args.logs), seed=args.seed,
-              resamples=args.resamples, columns=columns)
+              resamples=args.resamples, columns=columns,
+              halvings=load_halving(args.matrix, experiments, quick=args.quick))
 
 
 def _status(args) -> None:
@@ -189,6 +195,22 @@ def _plan(args) -> None:
 
         Path(args.csv).parent.mkdir(parents=True, exist_ok=True)
         write_atomic(Path(args.csv), plan_csv(rows))
+
+
+def _decide(args) -> None:
+    from steermoe.declare.halving import decide, load_halving
+    from steermoe.declare.matrix import load_matrix
+    from steermoe.errors import ConfigError
+
+    experiments = load_matrix(args.matrix, args.catalog, quick=args.quick, results=args.results)
+    halvings = load_halving(args.matrix, experiments, quick=args.quick)
+    if args.group not in halvings:
+        raise ConfigError(f"{args.matrix}: group {args.group!r} declares no halving; groups with one: "
+                          f"{', '.join(halvings) or 'none'}")
+    decision = decide(halvings[args.group], args.results, args.rung)
+    for entry in decision["ranking"]:
+        print(f"{entry['rank']:>3}/{entry['of']}  {entry[decision['by']]:.4f}  "
+              f"{'kept   ' if entry['kept'] else 'stopped'}  {entry['cell']}")
 
 
 def _matrix(args) -> None:
@@ -294,6 +316,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train one experiment from its YAML config (resumes automatically)")
     p.add_argument("--config", required=True, help="{method}_{encoder}_{decoder}_{dataset}_train.yaml")
+    p.add_argument("--until-step", type=int, default=None,
+                   help="stop at this step (a successive-halving rung; the schedule stays that of max_steps)")
+    p.add_argument("--rung-dir", default=None, help="with --until-step: the rung's folder (weights, dev loss)")
     p.add_argument("--deepspeed_config", "--deepspeed-config", default=None,
                    help="DeepSpeed JSON (sets training.use_deepspeed, as the original code's launcher flag did)")
     p.set_defaults(func=_train)
@@ -340,6 +365,14 @@ def build_parser() -> argparse.ArgumentParser:
     _matrix_arguments(p)
     p.add_argument("--ids", action="store_true", help="print only the experiment ids")
     p.set_defaults(func=_matrix)
+
+    p = sub.add_parser("decide", help="a successive halving's decision after a rung: rank the cells that reached it "
+                                      "by their dev measure, keep the best (results/halving/GROUP/decisionK.json)")
+    _matrix_arguments(p)
+    p.add_argument("--results", default=WORKFLOW["results"], help="folder holding results/{experiment}/")
+    p.add_argument("--group", required=True, help="the group whose halving decides")
+    p.add_argument("--rung", type=int, required=True, help="the rung just reached (1 = the first)")
+    p.set_defaults(func=_decide)
 
     p = sub.add_parser("plan", help="per experiment: trainable parameters, training FLOPs and GPU-hours")
     _matrix_arguments(p)

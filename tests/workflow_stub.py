@@ -24,7 +24,7 @@ def _record(command, target):
 
 
 def main(argv):
-    if argv[0] in ("render", "launch"):
+    if argv[0] in ("render", "launch", "decide"):
         from steermoe.cli import main as real
 
         return real(argv)
@@ -41,6 +41,15 @@ def main(argv):
             (checkpoint / "complete.json").write_text("{}\n")
             print("stub: training failed on purpose", file=sys.stderr)
             return 1
+        if "--until-step" in argv:  # a halving rung: a made-up dev loss, from the config and the step
+            import zlib
+
+            step, rung = int(_arg(argv, "--until-step")), Path(_arg(argv, "--rung-dir"))
+            rung.mkdir(parents=True, exist_ok=True)
+            (rung / "model.safetensors").write_text("stub weights\n")
+            dev_loss = zlib.crc32(f"{Path(config).name} {step}".encode()) / 2 ** 32
+            (rung / "train_summary.json").write_text(json.dumps({"steps": step, "dev_loss": dev_loss}) + "\n")
+            return 0
         final = Path(run.training.output_dir) / "final"
         final.mkdir(parents=True, exist_ok=True)
         (final / "model.safetensors").write_text("stub weights\n")

@@ -27,7 +27,7 @@ import yaml
 from steermoe.declare.checks import YamlLoader, check_mapping, load_yaml, shown
 from steermoe.errors import ConfigError
 
-KEYS = ("fixed", "include", "blocks", "exclude")
+KEYS = ("fixed", "include", "blocks", "exclude", "halving")  # halving: steermoe/declare/halving.py
 # rows one axes file may declare: a few short lists multiply to millions; the largest sweeps run thousands
 MAX_ROWS = 20_000
 

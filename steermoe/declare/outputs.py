@@ -4,8 +4,10 @@ are named. The Snakefile's rules, training, evaluation, the table and `steermoe 
     {results}/{id}/{name}_train[_{variant}].yaml, ..._test[_{variant}].yaml   the rendered configs
     {results}/{id}/train/                  checkpoints, finished/ (steermoe train)
     {results}/{id}/train/final/            model.safetensors, steermoe.json, train_summary.json
+    {results}/{id}/train/rungs/rung{k}/    the same at rung k of a successive halving (train_summary.json: dev_loss)
+    {results}/halving/{group}/decision{k}.json   the halving decision after rung k
     {results}/{id}/eval/                   metrics.json, predictions.jsonl, steering.json, steering.png
-    {logs}/{id}/train.log, evaluate.log    one per job; {logs}/data/{dataset}.log, {logs}/models/{name}.log
+    {logs}/{id}/train.log, evaluate.log    one per job (train-rung{k}.log: a halving rung's); {logs}/data/{dataset}.log, {logs}/models/{name}.log
 """
 from __future__ import annotations
 
@@ -24,6 +26,16 @@ def folders(results: str, exp_id: str) -> dict:
             "eval_dir": f"{results}/{exp_id}/{EVAL_DIR}"}
 
 
+def rung_dir(train_dir: str, rung: int | str) -> str:
+    """The trained folder of a training stopped at rung `rung` (1 = the first) of a successive halving."""
+    return f"{train_dir}/rungs/rung{rung}"
+
+
+def decision_file(results: str, group: str, rung: int | str) -> str:
+    """The decision of group `group`'s successive halving after rung `rung`: which cells train on."""
+    return f"{results}/halving/{group}/decision{rung}.json"
+
+
 def experiment_files(results: str, name: str, variant: str | None) -> dict:
     """Every file and folder of experiment `{name}[_{variant}]` under `results`."""
     suffix = f"_{variant}" if variant else ""
@@ -38,6 +50,11 @@ def log_file(logs: str, job: str, name: str | None = None) -> str:
     if name is None:
         return f"{logs}/{job}.log"
     return f"{logs}/{name}/{job}.log" if job in ("train", "evaluate") else f"{logs}/{job}/{name}.log"
+
+
+def rung_log(logs: str, name: str, rung: int | str) -> str:
+    """The log of experiment `name`'s training to rung `rung` of a successive halving."""
+    return f"{logs}/{name}/train-rung{rung}.log"
 
 
 # ---- the progress line: `step N/M  loss 1.23  eval_loss 2.5  61s  ETA 120s` ----------------------------------

@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 from steermoe.declare.experiments import Experiment
+from steermoe.declare.halving import Halving, halving_states
 from steermoe.declare.settings import WORKFLOW_CONFIG
 from steermoe.errors import DataError
 from steermoe.fsutil import write_atomic
@@ -36,17 +37,20 @@ def git_commit(root: Path | None = None) -> str:
 def aggregate(experiments: list[Experiment], results_dir: Path, out_dir: Path,
               logs_dir: Path = Path(WORKFLOW_CONFIG["logs"]),
               root: Path | None = None, commit: str | None = None, seed: int = 0, resamples: int = 1000,
-              plots: bool = True, columns: list[str] | None = None, log=print) -> dict:
+              plots: bool = True, columns: list[str] | None = None, halvings: dict[str, Halving] | None = None,
+              log=print) -> dict:
     """Build table.csv, comparisons.csv and plots/*.png in out_dir. Everything is computed before anything is
     written, and every file is replaced atomically, table.csv last: a failure leaves the previous outputs."""
     ids = [str(e.id) for e in experiments]
     duplicates = sorted({i for i in ids if ids.count(i) > 1})
     if duplicates:
         raise DataError(f"experiment ids must be unique; repeated: {', '.join(duplicates)}")
-    results = {i: collect(e, Path(results_dir), Path(logs_dir), root) for i, e in zip(ids, experiments)}
+    states = halving_states(halvings or {}, experiments, str(results_dir))
+    results = {i: collect(e, Path(results_dir), Path(logs_dir), root, trained=states.get(i, {}).get("trained"))
+               for i, e in zip(ids, experiments)}
     columns = override_columns(experiments, columns)
     commit = git_commit(root) if commit is None else commit
-    table = table_rows(experiments, results, columns, commit, seed=seed, resamples=resamples)
+    table = table_rows(experiments, results, columns, commit, seed=seed, resamples=resamples, halving=states)
     comparisons = comparison_rows(experiments, results, seed=seed, resamples=resamples)
     outputs: dict[Path, bytes | str] = {}
     if plots:

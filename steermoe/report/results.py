@@ -139,8 +139,10 @@ def _test_set(exp: Experiment, test_config: Path | None) -> str:
     return f"{exp.dataset}/test"
 
 
-def collect(exp: Experiment, results: Path, logs: Path, root: Path | None = None) -> ExperimentResult:
-    """Everything known about one experiment; never raises for a missing or broken experiment."""
+def collect(exp: Experiment, results: Path, logs: Path, root: Path | None = None,
+            trained: Path | None = None) -> ExperimentResult:
+    """Everything known about one experiment; never raises for a missing or broken experiment. `trained`: the
+    folder its model is in when not its final one (a halving rung's)."""
     root = Path(root) if root is not None else Path(".")
     exp_id = str(exp.id)
     folder = Path(results) / exp_id
@@ -158,7 +160,7 @@ def collect(exp: Experiment, results: Path, logs: Path, root: Path | None = None
     train_config, test_config = rendered("train_config", "train"), rendered("test_config", "test")
     out = ExperimentResult(id=exp_id, status=NOT_RUN, test_set=_test_set(exp, test_config),
                            train_config_sha256=_file_sha(train_config))
-    evaluated, final = Path(folders(results, exp_id)["eval_dir"]), Path(folders(results, trainer)["final_dir"])
+    evaluated, final = Path(folders(results, exp_id)["eval_dir"]), Path(trained or folders(results, trainer)["final_dir"])
     metrics_path, predictions_path = evaluated / METRICS_FILE, evaluated / PREDICTIONS_FILE
     steering_path = evaluated / STEERING_FILE
     summary_path, meta_path = final / SUMMARY, final / META

@@ -70,6 +70,7 @@ def table_columns(override_columns: list[str]) -> list[str]:
     return ["experiment", "method", "encoder", "decoder", "dataset", "recipe", "group", "baseline",
             "differs_from_baseline", "tags",
             *override_columns, "replicate_of", "seeds",
+            "halving", "halving_rung", "halving_rank", "halving_measure",
             "test_set", "protocol", "metric", "headline", "value", "std", "ci_low", "ci_high", "interval_covers",
             "substitutions",
             "deletions",
@@ -199,8 +200,19 @@ def _summary_row(name: str, members: list, results: dict[str, ExperimentResult],
             "utterances": first_row.get("utterances"), "status": OK, "error": ""}
 
 
+HALVING_STOPPED = "stopped"  # the status of a cell that successive halving stopped and that is not evaluated
+
+
+def _halving_columns(state: dict | None) -> dict:
+    if state is None:
+        return {}
+    return {"halving": state["status"], "halving_rung": state["rung"], "halving_rank":
+            f"{state['rank']}/{state['of']}" if state["rank"] else "", "halving_measure": state["measure"]}
+
+
 def table_rows(experiments: list[Experiment], results: dict[str, ExperimentResult], override_columns: list[str],
-               git_commit: str, seed: int = 0, resamples: int = 1000) -> list[dict]:
+               git_commit: str, seed: int = 0, resamples: int = 1000, halving: dict | None = None) -> list[dict]:
+    """`halving`: the fates of successive halving's cells (steermoe.declare.halving.halving_states)."""
     sets = replicate_sets(experiments)
     last_of_set = {members[-1].id: name for name, members in sets.items()}
     baselines = group_baselines(experiments)
@@ -222,7 +234,10 @@ def table_rows(experiments: list[Experiment], results: dict[str, ExperimentResul
                 "train_seconds": (r.summary or {}).get("train_seconds_this_run"),
                 **{c: (r.summary or r.metrics or {}).get(c) for c in PRECISION_COLUMNS},
                 "config_sha256": r.config_sha256, "train_config_sha256": r.train_config_sha256,
-                "git_commit": git_commit, "status": r.status, "error": r.error, "log": r.log}
+                "git_commit": git_commit, "status": r.status, "error": r.error, "log": r.log,
+                **_halving_columns((halving or {}).get(exp.id))}
+        if exp.id in (halving or {}) and not halving[exp.id]["evaluated"]:
+            base.update(status=HALVING_STOPPED, error=halving[exp.id]["text"])
         if r.metrics is None:
             headline = str(exp.metric or "")
             rows.append({**base, "metric": headline, "headline": True, "note": NOTES.get(headline, "")})
@@ -237,7 +252,8 @@ def table_rows(experiments: list[Experiment], results: dict[str, ExperimentResul
                          "note": _reference_label(exp)
                                  + (ORIGINAL_PROTOCOL_NOTES if base["protocol"] == "original" else NOTES)[name]
                                  + _windowed_note(r.metrics.get("windowed"))
-                                 + _dropped_note(r.metrics.get("dropped_at_preparation"), block.get("utterances"))})
+                                 + _dropped_note(r.metrics.get("dropped_at_preparation"), block.get("utterances"))
+                                 + (f"; {halving[exp.id]['text']}" if exp.id in (halving or {}) else "")})
         if r.id in last_of_set:
             name = last_of_set[r.id]
             first = next(row for row in rows if row["experiment"] == str(sets[name][0].id))

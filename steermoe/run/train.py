@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -17,9 +18,11 @@ from pathlib import Path
 import torch
 from transformers import EarlyStoppingCallback, PrinterCallback, TrainingArguments
 
+from steermoe.declare.outputs import META, SUMMARY, WEIGHTS
 from steermoe.declare.runconfig import DEEPSPEED_DIR, RunConfig
 from steermoe.declare.settings import REFERENCE
 from steermoe.errors import ConfigError, TrainingError
+from steermoe.fsutil import write_json
 from steermoe.model.encoders import weights_dtype
 from steermoe.model.features import AudioFeatures
 from steermoe.run import precision, tracking
@@ -27,7 +30,7 @@ from steermoe.run.batching import Collator, loader_workers
 from steermoe.run.checkpoint import (finished_training, load_trainable, resume_point, save_finished, training_is_over,
                                      whole_trainable_state)
 from steermoe.run.loading import check_inputs, dev_holdout, filter_rows, load_model, load_rows
-from steermoe.run.trainer import Progress, SteerMoETrainer, StopOnSignal, TrackConfig
+from steermoe.run.trainer import Progress, SteerMoETrainer, StopAtStep, StopOnSignal, TrackConfig
 
 
 # ---- launch ----------------------------------------------------------------------------------------------
@@ -166,8 +169,10 @@ def preflight(run: RunConfig, log=print) -> tuple[precision.Decision, TrainingAr
     return decision, args
 
 
-def train(run: RunConfig, log=print) -> dict:
-    """Train one run to `training.output_dir/final`; resumes from the newest intact checkpoint."""
+def train(run: RunConfig, log=print, rung: tuple[int, Path] | None = None) -> dict:
+    """Train one run to `training.output_dir/final`; resumes from the newest intact checkpoint. `rung` (step,
+    folder): stop at that step of a successive halving instead, and write its weights and dev loss to the folder
+    (save_rung); the learning-rate schedule stays that of max_steps."""
     from torch.utils.tensorboard import SummaryWriter
     from transformers import set_seed
     from transformers.integrations import TensorBoardCallback
@@ -176,10 +181,15 @@ def train(run: RunConfig, log=print) -> dict:
     if int(os.environ.get("RANK", "0")) != 0:
         log = quiet  # under a launcher, process 0 speaks for every process
     decision, args = preflight(run, log)
+    if rung is not None:
+        check_rung(run, rung[0])
     output_dir = run.resolve(t.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     with args.main_process_first(desc="finished check"):  # process 0 restores final/, the others then read it
         finished = finished_training(output_dir, run, log, tidy=args.should_save)
+    if finished is not None and rung is not None:
+        raise TrainingError(f"{run.path}: the training has ended ({output_dir}/finished), so it has no checkpoint "
+                            f"of step {rung[0]} to stop at; its rung was decided with other halving settings")
     if finished is not None:
         if torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
@@ -215,6 +225,14 @@ def train(run: RunConfig, log=print) -> dict:
     log(f"{run.name}: {len(train_rows)} training utterances, {sum(counts.values()):,} trainable parameters, "
         f"{decision.precision} ({decision.reason}; LLM weights in {decision.weights})"
         + (f", resuming from {resume}" if resume else ""))
+    if rung is not None:
+        trainer.add_callback(StopAtStep(rung[0]))
+        reached = checkpoint_step(resume)
+        if reached > rung[0]:
+            raise TrainingError(f"{run.path}: the newest checkpoint ({resume}) is past step {rung[0]}, the rung to "
+                                f"stop at (the halving settings changed?); its rung cannot be measured again")
+        if reached == rung[0]:  # killed after the rung's checkpoint: nothing to train
+            return save_rung(run, Path(resume), rung[1], precision.record(decision, args.device), log)
     start = time.time()
     if resume and training_is_over(Path(resume), top.early_stopping_patience if top.use_early_stopping else None):
         train_loss = end_without_steps(trainer, Path(resume), log)  # killed after its last checkpoint
@@ -225,6 +243,16 @@ def train(run: RunConfig, log=print) -> dict:
     if signal_stop:
         raise TrainingError(f"stopped by {signal_stop} at step {trainer.state.global_step}; a checkpoint was saved, "
                             f"run the same command to resume")
+
+    if rung is not None:
+        checkpoint = output_dir / f"checkpoint-{trainer.state.global_step}"
+        summary = {"train_seconds_this_run": round(seconds, 1), **precision.record(decision, args.device),
+                   **precision.peak_memory(args.device)}
+        result = save_rung(run, checkpoint, rung[1], summary, log) if args.should_save else {}
+        if torch.distributed.is_initialized():
+            trainer.accelerator.wait_for_everyone()
+            torch.distributed.destroy_process_group()
+        return result
 
     summary = {"steps": trainer.state.global_step, "train_seconds_this_run": round(seconds, 1),
                "train_loss": train_loss, **precision.record(decision, args.device),
@@ -241,6 +269,40 @@ def train(run: RunConfig, log=print) -> dict:
     if torch.distributed.is_initialized():
         trainer.accelerator.wait_for_everyone()  # no process exits (ending the launch) before final/ is written
         torch.distributed.destroy_process_group()
+    return summary
+
+
+def check_rung(run: RunConfig, step: int) -> None:
+    if not 0 < step < run.training.max_steps:
+        raise ConfigError(f"{run.path}: a rung stops before the end of training: step {step} is not between 1 and "
+                          f"max_steps - 1 ({run.training.max_steps - 1})")
+    if run.top.eval_steps is None:
+        raise ConfigError(f"{run.path}: a rung is ranked by its dev loss, and eval_steps is not set (no dev data)")
+
+
+def checkpoint_step(checkpoint: str | None) -> int:
+    return int(Path(checkpoint).name.removeprefix("checkpoint-")) if checkpoint else 0
+
+
+def save_rung(run: RunConfig, checkpoint: Path, folder: Path, record: dict, log=print) -> dict:
+    """A halving rung's trained folder, written whole or not at all: the checkpoint's weights and META, and a
+    train_summary.json with its step, its dev loss there and the log history up to it."""
+    state = json.loads((checkpoint / "trainer_state.json").read_text())
+    step = state["global_step"]
+    dev = [e["eval_loss"] for e in state["log_history"] if "eval_loss" in e and e.get("step") == step]
+    if not dev:
+        raise TrainingError(f"{checkpoint}: no dev loss at step {step}, the rung's step (was it saved by a run "
+                            f"without the rung?); delete the checkpoint to train the rung again")
+    summary = {"steps": step, "dev_loss": dev[-1], **record, "log_history": state["log_history"]}
+    partial = folder.with_name(f".{folder.name}.partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
+    for name in (WEIGHTS, META):
+        shutil.copy2(checkpoint / name, partial / name)
+    write_json(partial / SUMMARY, summary)
+    shutil.rmtree(folder, ignore_errors=True)
+    partial.rename(folder)
+    log(f"{run.name}: rung at step {step}: dev loss {summary['dev_loss']:.4f}, weights in {folder}")
     return summary
 
 

@@ -274,6 +274,18 @@ class StopOnSignal(TrainerCallback):
             control.should_training_stop = True
 
 
+class StopAtStep(TrainerCallback):
+    """A successive-halving rung: at `step`, evaluate on the dev data, save a checkpoint and stop. The scheduler
+    keeps the schedule of max_steps, so a run resumed from here goes on as if it had never stopped."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step >= self.step:
+            control.should_evaluate = control.should_save = control.should_training_stop = True
+
+
 class Progress(TrainerCallback):
     """One plain line per logging step, with the time since this run started and the ETA: readable in Snakemake
     and SLURM logs, unlike a progress bar (steermoe status reads these lines)."""

@@ -7,6 +7,7 @@
 rule aggregate:
     input:
         metrics=all_metrics(),
+        halving_metrics=halving_metrics,
         plan=f"{RESULTS}/plan.csv",
         matrix=config["matrix"],
         catalog=config["catalog"],

@@ -2,17 +2,21 @@
 time. Nothing here imports torch or transformers: steermoe.declare.matrix and steermoe.declare.render are torch-free, so
 a dry run stays fast. Every error names the file, the row and the column, and stops the workflow before any job."""
 import inspect
+import json
 import re
 import shlex
 from pathlib import Path, PurePosixPath
 
 from snakemake.common import overwrite_function_params
 from snakemake.exceptions import WorkflowError
+from snakemake.logging import logger
 
 from steermoe.declare.catalog import data_command, data_folder, separate_test_sets
 from steermoe.declare.experiments import check_workflow_config, embedded_models_used
+from steermoe.declare.halving import STOPPED_AT, cell_of, fate, load_halving, read_decision
 from steermoe.declare.matrix import load_matrix
-from steermoe.declare.outputs import META, METRICS_FILE, PREDICTIONS_FILE, SUMMARY, WEIGHTS, experiment_files, log_file
+from steermoe.declare.outputs import (META, METRICS_FILE, PREDICTIONS_FILE, SUMMARY, WEIGHTS, decision_file,
+                                      experiment_files, log_file, rung_dir, rung_log)
 from steermoe.declare.render import render_all, sha256, store_configs
 from steermoe.errors import ConfigError
 from steermoe.report.plan import request_memory
@@ -35,6 +39,7 @@ QUICK = bool(config["quick"])
 try:
     EXPERIMENTS = load_matrix(config["matrix"], config["catalog"], quick=QUICK, results=RESULTS, data=DATA,
                               models=MODELS)
+    HALVING = load_halving(config["matrix"], EXPERIMENTS, quick=QUICK)  # group -> its successive halving
     request_memory(EXPERIMENTS)  # mem_mb from the host memory estimate; a request too small is refused here
     # configs validated by an earlier run of this workflow (same text, same validator) are not parsed again
     RENDERED = render_all(EXPERIMENTS, config["templates"], memo=Path(".snakemake/steermoe-validated-configs"))
@@ -49,6 +54,7 @@ class _Experiments(dict):
 
 
 EXP = _Experiments((exp.id, exp) for exp in EXPERIMENTS)
+HALVING_CELL = cell_of(HALVING, EXPERIMENTS)  # experiment id -> (its group's halving, its cell)
 CONFIG_SHA256 = {exp_id: {mode: sha256(text) for mode, text in texts.items()} for exp_id, texts in RENDERED.items()}
 # every rendered config by its sha256: a train or evaluate job copies its own from here. Nothing in a job's command
 # names the matrix file, so the same experiment declared in another matrix (explicit rows or axes) is the same job.
@@ -70,6 +76,8 @@ wildcard_constraints:
     dataset=_alternatives(DATASETS),
     name=_alternatives(EMBEDDED),
     test_set=r"[A-Za-z0-9.-]+",
+    rung=r"[1-9][0-9]*",
+    group=r"[A-Za-z0-9.-]+",
 
 
 # ---- per-experiment lookups used by the rules ----------------------------------------------------------------
@@ -100,7 +108,28 @@ def evaluation_inputs(wildcards):
     """Its test set, and the model it evaluates: its own, or that of the experiment it shares training with; a
     reference row evaluates the encoder's own model, untrained, so it reads what training would."""
     exp = EXP[wildcards.exp]
+    if exp.id in HALVING_CELL:
+        return {"test_data": exp.test_data, "model": f"{halving_model(exp)}/{WEIGHTS}"}
     return {"test_data": exp.test_data, **({"model": exp.model} if exp.trains else train_inputs(wildcards))}
+
+
+@job_function
+def checkpoint_option(wildcards):
+    """The evaluation of a cell that successive halving stopped reads its last rung's weights."""
+    exp = EXP[wildcards.exp]
+    return f"--checkpoint {halving_model(exp)}" if exp.id in HALVING_CELL and cell_fate(exp)["status"] == STOPPED_AT \
+        else ""
+
+
+@job_function
+def final_train_inputs(wildcards):
+    """What a training to the end reads; a halving cell's also waits for the last decision, which kept it."""
+    exp = EXP[wildcards.exp]
+    inputs = train_inputs(wildcards)
+    if exp.id in HALVING_CELL:
+        halving = HALVING_CELL[exp.id][0]
+        inputs["decision"] = halving.decision(RESULTS, len(halving.rungs) - 1)
+    return inputs
 
 
 @job_function
@@ -165,12 +194,47 @@ def prepare_test_set_command(wildcards):
 
 
 def all_metrics():
-    return [exp.metrics for exp in EXPERIMENTS]
+    """Every experiment's metrics, but those of successive halving's cells (halving_metrics)."""
+    return [exp.metrics for exp in EXPERIMENTS if exp.id not in HALVING_CELL]
+
+
+def halving_metrics(wildcards):
+    """The metrics of the cells of successive halvings, but those that were stopped with `stopped: skip`: known
+    once the decisions exist (the other experiments' jobs are planned and run meanwhile)."""
+    return [exp.metrics for exp in EXPERIMENTS if exp.id in HALVING_CELL and halving_evaluates(exp)]
+
+
+# ---- successive halving (steermoe/declare/halving.py): what the decisions say, once Snakemake has made them ------
+def cell_fate(exp):
+    """kept / stopped, the rung reached, rank: read from the decisions, each of which Snakemake makes first (a
+    checkpoint: the jobs that depend on it are planned once it exists)."""
+    halving, cell = HALVING_CELL[exp.id]
+    return fate(halving, cell, lambda rung: read_decision(checkpoints.decide.get(group=halving.group,
+                                                                                rung=rung).output[0]))
+
+
+def halving_model(exp):
+    """The trained folder an evaluation of a halving cell reads: its final one, or its last rung's if stopped."""
+    state = cell_fate(exp)
+    if state["status"] == STOPPED_AT:
+        if not halving_evaluates(exp):
+            raise WorkflowError(f"{exp.id} was stopped at rung {state['rung']} (halving.{exp.group}.stopped: skip), "
+                                f"so it has no evaluation")
+        return rung_dir(exp.train_dir, state["rung"])
+    return exp.final_dir
+
+
+def halving_evaluates(exp):
+    halving = HALVING_CELL[exp.id][0]
+    return halving.stopped == "evaluate" or cell_fate(exp)["status"] != STOPPED_AT
 
 
 AGGREGATE_COMMAND = shlex.join(["steermoe", "aggregate", "--matrix", config["matrix"], "--catalog", config["catalog"],
                                 "--results", RESULTS, "--logs", LOGS, "--data", DATA, "--models", MODELS,
                                 "--out", RESULTS] + (["--quick"] if QUICK else []))
+
+DECIDE_COMMAND = shlex.join(["steermoe", "decide", "--matrix", config["matrix"], "--catalog", config["catalog"],
+                             "--results", RESULTS] + (["--quick"] if QUICK else []))
 
 PLAN_COMMAND = shlex.join(["steermoe", "plan", "--matrix", config["matrix"], "--catalog", config["catalog"],
                            "--data", DATA, "--models", MODELS, "--csv", f"{RESULTS}/plan.csv"]

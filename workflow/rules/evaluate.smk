@@ -20,6 +20,7 @@ rule evaluate:
         config=test_config,
         config_sha256=config_sha256("test"),
         store=CONFIG_STORE,
+        checkpoint=checkpoint_option,
     threads: resource("threads")
     group:
         evaluation_group
@@ -33,5 +34,5 @@ rule evaluate:
         """
         cp {params.store}/{params.config_sha256}.yaml {params.config} > {log} 2>&1 &&
         steermoe launch --gpus {resources.gpu} --threads {threads} -- \
-            steermoe evaluate --config {params.config} >> {log} 2>&1
+            steermoe evaluate --config {params.config} {params.checkpoint} >> {log} 2>&1
         """

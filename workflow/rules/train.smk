@@ -13,7 +13,7 @@
 
 rule train:
     input:
-        unpack(train_inputs),
+        unpack(final_train_inputs),
     output:
         model=f"{EXPERIMENT['final_dir']}/{WEIGHTS}",
         meta=f"{EXPERIMENT['final_dir']}/{META}",
