@@ -154,13 +154,15 @@ def _aggregate(args) -> None:
 
 
 def _status(args) -> None:
+    from steermoe.declare.halving import load_halving
     from steermoe.declare.matrix import load_matrix
     from steermoe.errors import ConfigError
     from steermoe.report.status import status, watch
 
     def read() -> str:  # the matrix is read again each time: rows added while it runs show up
         experiments = load_matrix(args.matrix, args.catalog, quick=args.quick, results=args.results)
-        return status(experiments, Path(args.results), Path(args.logs))
+        halvings = load_halving(args.matrix, experiments, quick=args.quick)
+        return status(experiments, Path(args.results), Path(args.logs), halvings)
 
     if args.watch is not None:
         if args.watch <= 0:
@@ -171,20 +173,23 @@ def _status(args) -> None:
 
 
 def _plan(args) -> None:
+    from steermoe.declare.halving import load_halving
     from steermoe.declare.matrix import load_matrix
-    from steermoe.report.plan import format_plan, plan, request_memory, seed_advice
+    from steermoe.report.plan import format_plan, halving_plan, plan, request_memory, seed_advice
 
     experiments = load_matrix(args.matrix, args.catalog, quick=args.quick, data=args.data, models=args.models)
+    halvings = load_halving(args.matrix, experiments, quick=args.quick)
     request_memory(experiments)
     rows = plan(experiments, quick=args.quick, peak_tflops=args.peak_tflops, utilization=args.utilization,
                 gpu_memory_gib=args.gpu_memory)
-    advice = seed_advice(experiments)
+    advice, halving = seed_advice(experiments), halving_plan(halvings, rows)
     document = {"peak_tflops": args.peak_tflops, "utilization": args.utilization, "experiments": rows,
-                "seeds": advice}
+                "seeds": advice, "halving": halving}
     if args.json == "-":
         print(json.dumps(document, indent=2))
         return
-    print(format_plan(rows, peak_tflops=args.peak_tflops, utilization=args.utilization, advice=advice))
+    print(format_plan(rows, peak_tflops=args.peak_tflops, utilization=args.utilization, advice=advice,
+                      halving=halving))
     if args.json:
         from steermoe.fsutil import write_json
 

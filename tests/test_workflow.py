@@ -74,8 +74,8 @@ def snakemake(root: Path, *args, stub: bool = True, env: dict | None = None, che
     return proc
 
 
-# a job of a group (the evaluations of one model) is printed indented under its group
-JOB = re.compile(r"^( *)(?:local)?rule (\w+):\n(?:\1    .*\n)*?\1    output: (.*)$", re.M)
+# a job of a group (the evaluations of one model) is printed indented under its group; a checkpoint job as such
+JOB = re.compile(r"^( *)(?:local)?(?:rule|checkpoint) (\w+):\n(?:\1    .*\n)*?\1    output: (.*)$", re.M)
 
 
 def planned(root: Path, *args) -> set[tuple[str, str]]:

@@ -183,7 +183,9 @@ def decide(halving: Halving, results: str, rung: int, out: str | Path | None = N
     measures = {cell: [rung_measure(exp, rung, halving.by) for exp in halving.cells[cell]]
                 for cell in candidates(halving, results, rung)}
     decision = rank(halving, measures, rung)
-    write_json(Path(out or halving.decision(results, rung)), decision)
+    out = Path(out or halving.decision(results, rung))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    write_json(out, decision)
     return decision
 
 

@@ -331,8 +331,33 @@ def plan_csv(rows: list[dict]) -> str:
     return buffer.getvalue()
 
 
+def halving_plan(halvings: dict, rows: list[dict]) -> list[dict]:
+    """Per successive halving: the GPU-hours of its cells' full grid and of its schedule, worst and expected case
+    (steermoe.declare.halving.halving_hours), and the share of the grid they spend."""
+    from steermoe.declare.halving import halving_hours
+
+    hours = {r["experiment"]: r["gpu_hours"] for r in rows}
+    plans = []
+    for group, halving in halvings.items():
+        trainings = [e.id for exps in halving.cells.values() for e in exps]
+        if any(hours.get(i) is None for i in trainings):
+            plans.append({"group": group, "text": f"group {group}: successive halving; GPU-hours unknown (a cell "
+                                                  f"has no estimate)"})
+            continue
+        cost = halving_hours(halving, hours)
+        counts = " -> ".join(map(str, cost["cells_per_rung"]))
+        share = {k: cost[k] / cost["full_grid"] if cost["full_grid"] else 0.0 for k in ("worst", "expected")}
+        plans.append({"group": group, **cost, "text":
+                      f"group {group}: successive halving, {counts} cells at rungs "
+                      f"{', '.join(f'{r:g}' for r in halving.rungs)} of their steps, keeping {halving.keep:g} by "
+                      f"{halving.by}: {cost['expected']:.3g} GPU-hours expected ({100 * share['expected']:.0f} % of "
+                      f"the full grid's {cost['full_grid']:.3g}), {cost['worst']:.3g} at worst (the costliest cells "
+                      f"kept, {100 * share['worst']:.0f} %); the group's baseline and reference rows run in full"})
+    return plans
+
+
 def format_plan(rows: list[dict], peak_tflops: float = H100_BF16_TFLOPS,
-                utilization: float = DEFAULT_UTILIZATION, advice: list[dict] = ()) -> str:
+                utilization: float = DEFAULT_UTILIZATION, advice: list[dict] = (), halving: list[dict] = ()) -> str:
     width = max([len("experiment"), *(len(r["experiment"]) for r in rows)]) + 2
     header = (f"{'experiment':<{width}}{'trainable':>12}{'frames':>8}{'audio':>7}{'dec.tok':>8}{'batch':>9}{'steps':>8}"
               f"{'FLOP/step':>12}{'FLOP total':>12}{'GPU-h':>9}{'GiB/GPU':>9}{'host GiB':>10}{'mem_mb':>9}")
@@ -367,5 +392,6 @@ def format_plan(rows: list[dict], peak_tflops: float = H100_BF16_TFLOPS,
     lines.append(f"total: {total:.3g} GPU-hours over {sum(r['gpu_hours'] is not None for r in rows)} of "
                  f"{len(rows)} experiments with an estimate")
     lines += [f"seeds: {a['text']}" for a in advice]
+    lines += [f"halving: {h['text']}" for h in halving]
     return "\n".join(lines)
 

@@ -3,7 +3,9 @@ so it works while the matrix runs and on a cluster's shared filesystem. Torch-fr
 
 States: done (evaluated with the current configs), stale (evaluated, but a config changed since), failed (the
 reason is in the log shown), preparing / training / evaluating (a job's log is growing: its data or models, its
-training, its evaluation), stalled (such a log has not moved for 10 minutes), pending (nothing yet).
+training, its evaluation), stalled (such a log has not moved for 10 minutes), pending (nothing yet), stopped (a
+successive halving stopped it and it is not evaluated). A halving cell's line also says its rung, its rank at the
+last decision and whether it was kept or stopped; while it trains to a rung, the step is that rung's training's.
 """
 from __future__ import annotations
 
@@ -13,7 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from steermoe.declare.experiments import Experiment
-from steermoe.declare.outputs import log_file, parse_progress_line
+from steermoe.declare.halving import DECIDING, halving_states
+from steermoe.declare.outputs import log_file, parse_progress_line, rung_log
 from steermoe.report.results import ERROR_PREFIX, NOT_RUN, OK, STALE, collect, log_error
 
 QUIET_SECONDS = 600  # a job log untouched this long, with no result and no error, is reported as stalled
@@ -70,12 +73,16 @@ def _job_state(log: Path, running: str, now: float) -> str:
     return running if quiet < QUIET_SECONDS else f"stalled {_duration(quiet)}"
 
 
-def experiment_line(exp: Experiment, results: Path, logs: Path, now: float | None = None) -> dict:
-    """What one experiment is doing: state, step/total, elapsed and ETA of training, losses, metric, log."""
+def experiment_line(exp: Experiment, results: Path, logs: Path, now: float | None = None,
+                    halving: dict | None = None) -> dict:
+    """What one experiment is doing: state, step/total, elapsed and ETA of training, losses, metric, log.
+    `halving`: its state in a successive halving (steermoe.declare.halving.halving_states)."""
     now = time.time() if now is None else now
-    result = collect(exp, results, logs)
+    result = collect(exp, results, logs, trained=(halving or {}).get("trained"))
     trainer = str(exp.trained_by or result.id)
     train_log, eval_log = Path(log_file(logs, "train", trainer)), Path(log_file(logs, "evaluate", result.id))
+    if halving is not None and halving["status"] == DECIDING:  # training to a rung
+        train_log = Path(rung_log(logs, trainer, halving["rung"]))
     progress = read_progress(train_log)
     line = {"experiment": result.id, "state": "pending", "step": progress.step, "total": progress.total,
             "elapsed": progress.seconds, "eta": None, "loss": progress.loss, "dev_loss": progress.dev_loss,
@@ -96,6 +103,12 @@ def experiment_line(exp: Experiment, results: Path, logs: Path, now: float | Non
         line.update(state=_job_state(Path(result.log), "preparing", now), log=result.log)
     if line["state"] == "failed":
         line["metric"] = (result.error or log_error(Path(line["log"])) or "")[:70]
+    if halving is not None:
+        if not halving["evaluated"]:
+            line.update(state="stopped", log=rung_log(logs, trainer, halving["rung"]))
+        rank = f", rank {halving['rank']}/{halving['of']}" if halving["rank"] else ""
+        line["metric"] = " ".join(part for part in (line["metric"], f"[{halving['status']}: rung {halving['rung']}"
+                                                    f"{rank}]") if part)
     return line
 
 
@@ -116,8 +129,9 @@ def format_lines(lines: list[dict]) -> str:
     return "\n".join(rows)
 
 
-def status(experiments: list[Experiment], results: Path, logs: Path) -> str:
-    return format_lines([experiment_line(exp, results, logs) for exp in experiments])
+def status(experiments: list[Experiment], results: Path, logs: Path, halvings: dict | None = None) -> str:
+    states = halving_states(halvings or {}, experiments, str(results))
+    return format_lines([experiment_line(exp, results, logs, halving=states.get(exp.id)) for exp in experiments])
 
 
 def watch(read, every: float, out=print) -> None:
