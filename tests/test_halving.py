@@ -117,7 +117,9 @@ def _train(config: Path, *args: str) -> subprocess.CompletedProcess:
 def test_a_cell_stopped_at_a_rung_and_resumed_ends_with_the_weights_of_an_uninterrupted_run(tiny, tmp_path):
     settings = dict(training={"max_steps": 12, "warmup_steps": 2}, save_steps=6, eval_steps=6,
                     eval_parquet_dirs=[f"{tiny['corpus']}/dev.parquet"], dataloader_num_workers=0)
-    whole, halved = (write_config(tmp_path / x, tiny, **settings) for x in "ab" if (tmp_path / x).mkdir() is None)
+    for folder in "ab":
+        (tmp_path / folder).mkdir()
+    whole, halved = (write_config(tmp_path / folder, tiny, **settings) for folder in "ab")
     assert _train(whole).returncode == 0
     rung = tmp_path / "b" / "out" / "rungs" / "rung1"
     first = _train(halved, "--until-step", "4", "--rung-dir", str(rung))
@@ -200,3 +202,36 @@ def test_stopped_cells_are_evaluated_with_their_last_rungs_weights_when_the_swee
             assert f"--config results/{cell}/" in out
             assert f"--checkpoint results/{cell}/train/rungs/rung{rung} " in out
     assert f"{decisions[1]['kept'][0]}/train/final" not in out.split("rule evaluate")[-1].split("--checkpoint")[0]
+
+
+# ---- the shipped sweep, for real ---------------------------------------------------------------------------------
+@pytest.mark.slow
+def test_the_shipped_sweep_runs_end_to_end_at_quick_size_and_its_table_marks_every_cell(embedded_models, tmp_path):
+    """experiments/sweep.yaml with the real steermoe at quick size (2 steps: rungs at steps 1, 1 and 2): 9 cells
+    to rung 1, 3 to rung 2, one to the end, the baseline in full; the stopped cells are rows with their rung, dev
+    loss and rank, and the kept cell's final training resumed from its rung checkpoint."""
+    import csv
+
+    root = copy_workflow(tmp_path / "wf")
+    models = Path(next(iter(embedded_models.values()))).parent
+    snakemake(root, "--config", f"matrix={SWEEP}", "quick=true", f"models={models}", stub=False)
+    decisions = [json.loads((root / f"results/halving/sweep/decision{k}.json").read_text()) for k in (1, 2)]
+    [kept] = decisions[1]["kept"]
+    rows = {r["experiment"]: r for r in csv.DictReader((root / "results" / "table.csv").open())
+            if r["headline"] == "true"}
+    assert len(rows) == 10 and rows[LINEAR]["status"] == "ok" and rows[LINEAR]["halving"] == ""
+    assert rows[kept]["status"] == "ok" and rows[kept]["halving"] == "kept" and rows[kept]["halving_rank"] == "1/3"
+    assert float(rows[kept]["value"]) >= 0 and rows[kept]["train_steps"] == "2"
+    stopped = [r for name, r in rows.items() if name not in (kept, LINEAR)]
+    assert all(r["status"] == "stopped" and r["value"] == "" and r["halving"] == "stopped" for r in stopped)
+    for rung, decision in enumerate(decisions, 1):
+        for entry in decision["ranking"]:
+            if not entry["kept"]:
+                row = rows[entry["cell"]]
+                assert (row["halving_rung"], row["halving_rank"]) == (str(rung), f"{entry['rank']}/{entry['of']}")
+                assert float(row["halving_measure"]) == pytest.approx(entry["dev_loss"])
+                assert not (root / "results" / entry["cell"] / "eval").exists()  # stopped: skip
+    train_log = (root / "logs" / kept / "train.log").read_text()
+    assert "resuming from" in train_log and "checkpoint-1" in train_log
+    assert "Nothing to be done" in snakemake(root, "-n", "--config", f"matrix={SWEEP}", "quick=true",
+                                             f"models={models}", stub=False).stdout

@@ -1,7 +1,8 @@
 """A stand-in `steermoe` command for fast workflow tests: the Snakemake DAG, re-run semantics and launch logic
-are tested without training anything. `render` (a train or evaluate job's first step: it writes the job's config) and
-`launch` run the real command, so the configs are the real ones and the stub reads them with the real loader; every
-other subcommand writes its rule's outputs.
+are tested without training anything. `render` (a train or evaluate job's first step: it writes the job's config),
+`launch` and `decide` (a successive halving's decision, from the rung folders) run the real command, so the configs
+are the real ones and the stub reads them with the real loader; every other subcommand writes its rule's outputs (a
+halving rung's training: a dev loss made up from its config's name and the step).
 
 Each call is appended to $STEERMOE_STUB_LOG as one JSON line: {"command": ..., "target": ...}.
 $STEERMOE_STUB_FAIL: a substring; a train call whose config path contains it writes a checkpoint, then fails.

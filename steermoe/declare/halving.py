@@ -34,7 +34,7 @@ KEYS = ("rungs", "keep", "by", "stopped")
 MEASURES = {"dev_loss": "the dev loss at the rung's step (lower is better)"}
 STOPPED = ("evaluate", "skip")
 TIE_RULE = "equal measures rank in matrix order (the earlier cell first)"
-KEPT, STOPPED_AT, DECIDING = "kept", "stopped", "deciding"
+KEPT, STOPPED_AT, RUNNING = "kept", "stopped", "running"
 
 
 @dataclass
@@ -202,10 +202,10 @@ def read_decision(path: str | Path) -> dict:
 
 
 def fate(halving: Halving, cell: str, decisions) -> dict:
-    """Where a cell stands: {"status": kept|stopped|deciding, "rung": the last rung it reached (or trains to),
+    """Where a cell stands: {"status": kept|stopped|running, "rung": the last rung it reached (or trains to),
     "rank", "of", "measure" at its last decision}. `decisions(rung)` gives the decision after rung `rung`, or None
     when not made yet."""
-    state = {"status": DECIDING, "rung": 1, "rank": None, "of": None, "measure": None}
+    state = {"status": RUNNING, "rung": 1, "rank": None, "of": None, "measure": None}
     for rung in range(1, len(halving.rungs)):
         decision = decisions(rung)
         if decision is None:
@@ -248,11 +248,12 @@ def halving_states(halvings: dict[str, Halving], experiments: list[Experiment], 
             f", {halving.by} {state['measure']:.4f}, rank {state['rank']}/{state['of']}"
         stopped = state["status"] == STOPPED_AT
         text = {KEPT: f"kept to the end by successive halving{measure}",
-                DECIDING: f"successive halving: training to {rung}{measure}",
+                RUNNING: f"successive halving: training to {rung}{measure}",
                 STOPPED_AT: f"stopped by successive halving at {rung} (step {halving.step(exp, state['rung'])})"
                             f"{measure}" + ("; not evaluated (stopped: skip)" if halving.stopped == "skip" else
                                             "; evaluated with that rung's weights")}[state["status"]]
         states[exp.id] = {**state, "trained": rung_dir(exp.train_dir, state["rung"]) if stopped else None,
+                          "step": halving.step(exp, state["rung"]),
                           "text": text, "evaluated": not stopped or halving.stopped == "evaluate"}
     return states
 

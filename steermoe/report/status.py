@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from steermoe.declare.experiments import Experiment
-from steermoe.declare.halving import DECIDING, halving_states
+from steermoe.declare.halving import RUNNING, halving_states
 from steermoe.declare.outputs import log_file, parse_progress_line, rung_log
 from steermoe.report.results import ERROR_PREFIX, NOT_RUN, OK, STALE, collect, log_error
 
@@ -81,7 +81,7 @@ def experiment_line(exp: Experiment, results: Path, logs: Path, now: float | Non
     result = collect(exp, results, logs, trained=(halving or {}).get("trained"))
     trainer = str(exp.trained_by or result.id)
     train_log, eval_log = Path(log_file(logs, "train", trainer)), Path(log_file(logs, "evaluate", result.id))
-    if halving is not None and halving["status"] == DECIDING:  # training to a rung
+    if halving is not None and halving["status"] == RUNNING:  # training to a rung
         train_log = Path(rung_log(logs, trainer, halving["rung"]))
     progress = read_progress(train_log)
     line = {"experiment": result.id, "state": "pending", "step": progress.step, "total": progress.total,
@@ -98,7 +98,8 @@ def experiment_line(exp: Experiment, results: Path, logs: Path, now: float | Non
     elif train_log.is_file():
         line.update(state=_job_state(train_log, "training", now), log=str(train_log))
         if line["state"] == "training" and progress.seconds_per_step is not None:
-            line["eta"] = progress.seconds_per_step * (progress.total - progress.step)
+            until = halving["step"] if halving is not None else progress.total  # a rung's training stops there
+            line["eta"] = progress.seconds_per_step * max(0, until - progress.step)
     elif result.error and result.status != NOT_RUN:  # a step before training (data, models) has a log
         line.update(state=_job_state(Path(result.log), "preparing", now), log=result.log)
     if line["state"] == "failed":
