@@ -8,52 +8,6 @@
 # edited halving settings (a param of `decide`) re-decide from the rung folders that exist.
 
 
-def halving_of(wildcards):
-    exp = EXP[wildcards.exp]
-    if exp.id not in HALVING_CELL or exp.trained_by:
-        raise WorkflowError(f"{exp.id} is not a cell of a successive halving: it has no rungs")
-    halving = HALVING_CELL[exp.id][0]
-    if not 1 <= int(wildcards.rung) < len(halving.rungs):
-        raise WorkflowError(f"{exp.id}: its halving has rungs 1 to {len(halving.rungs) - 1} before the full "
-                            f"training, not {wildcards.rung}")
-    return exp, halving
-
-
-@job_function
-def rung_inputs(wildcards):
-    """A rung's training reads what training reads and, after the first rung, the decision that kept it."""
-    exp, halving = halving_of(wildcards)
-    rung = int(wildcards.rung)
-    return {**train_inputs(wildcards), **({"decision": halving.decision(RESULTS, rung - 1)} if rung > 1 else {})}
-
-
-@job_function
-def rung_step(wildcards):
-    exp, halving = halving_of(wildcards)
-    return halving.step(exp, int(wildcards.rung))
-
-
-@job_function
-def decision_inputs(wildcards):
-    """The rung folders of the cells that reached the rung: every cell at the first, then those kept before."""
-    halving, rung = HALVING[wildcards.group], int(wildcards.rung)
-    cells = list(halving.cells) if rung == 1 else \
-        read_decision(checkpoints.decide.get(group=wildcards.group, rung=rung - 1).output[0])["kept"]
-    return [f"{rung_dir(exp.train_dir, rung)}/{SUMMARY}" for cell in cells for exp in halving.cells[cell]]
-
-
-@job_function
-def halving_settings(wildcards):
-    return json.dumps(HALVING[wildcards.group].settings, sort_keys=True)
-
-
-for _group, _halving in HALVING.items():
-    if not Path(_halving.decision(RESULTS, 1)).is_file():
-        logger.info(f"successive halving of group {_group}: rung 1 of {len(_halving.rungs)} trains "
-                    f"{len(_halving.cells)} cells; the later rungs' jobs ({' and '.join(map(str, _halving.schedule()[1:]))} "
-                    f"cells) depend on the decisions in {RESULTS}/halving/{_group}/ and are planned once they exist")
-
-
 rule train_rung:
     input:
         unpack(rung_inputs),
