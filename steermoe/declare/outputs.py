@@ -7,7 +7,8 @@ are named. The Snakefile's rules, training, evaluation, the table and `steermoe 
     {results}/{id}/train/rungs/rung{k}/    the same at rung k of a successive halving (train_summary.json: dev_loss)
     {results}/halving/{group}/decision{k}.json   the halving decision after rung k
     {results}/{id}/eval/                   metrics.json, predictions.jsonl, steering.json, steering.png
-    {logs}/{id}/train.log, evaluate.log    one per job (train-rung{k}.log: a halving rung's); {logs}/data/{dataset}.log, {logs}/models/{name}.log
+    {logs}/{id}/train.log, evaluate.log    one per job (train-rung{k}.log: a halving rung's training);
+                                           {logs}/data/{dataset}.log, {logs}/models/{name}.log
 """
 from __future__ import annotations
 

@@ -160,7 +160,8 @@ def collect(exp: Experiment, results: Path, logs: Path, root: Path | None = None
     train_config, test_config = rendered("train_config", "train"), rendered("test_config", "test")
     out = ExperimentResult(id=exp_id, status=NOT_RUN, test_set=_test_set(exp, test_config),
                            train_config_sha256=_file_sha(train_config))
-    evaluated, final = Path(folders(results, exp_id)["eval_dir"]), Path(trained or folders(results, trainer)["final_dir"])
+    evaluated = Path(folders(results, exp_id)["eval_dir"])
+    final = Path(trained or folders(results, trainer)["final_dir"])
     metrics_path, predictions_path = evaluated / METRICS_FILE, evaluated / PREDICTIONS_FILE
     steering_path = evaluated / STEERING_FILE
     summary_path, meta_path = final / SUMMARY, final / META

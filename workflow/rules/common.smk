@@ -268,11 +268,12 @@ def halving_settings(wildcards):
     return json.dumps(HALVING[wildcards.group].settings, sort_keys=True)
 
 
-for _group, _halving in HALVING.items():
+for _group, _halving in HALVING.items():  # a dry run lists jobs up to the first decision only: say so
     if not Path(_halving.decision(RESULTS, 1)).is_file():
+        _later = " and ".join(map(str, _halving.schedule()[1:]))
         logger.info(f"successive halving of group {_group}: rung 1 of {len(_halving.rungs)} trains "
-                    f"{len(_halving.cells)} cells; the later rungs' jobs ({' and '.join(map(str, _halving.schedule()[1:]))} "
-                    f"cells) depend on the decisions in {RESULTS}/halving/{_group}/ and are planned once they exist")
+                    f"{len(_halving.cells)} cells; the later rungs' jobs ({_later} cells) depend on the decisions "
+                    f"in {RESULTS}/halving/{_group}/ and are planned once they exist")
 
 
 AGGREGATE_COMMAND = shlex.join(["steermoe", "aggregate", "--matrix", config["matrix"], "--catalog", config["catalog"],
