@@ -19,6 +19,7 @@ exist: a run killed between rungs redoes nothing decided, and edited halving set
 """
 from __future__ import annotations
 
+import functools
 import json
 import math
 from dataclasses import dataclass, field
@@ -238,11 +239,12 @@ def halving_states(halvings: dict[str, Halving], experiments: list[Experiment], 
     """Each halving cell's experiment -> its fate from the decision files that exist, with "trained": its last
     rung's folder where a decision stopped it (else None: its final folder) and "text", a sentence for the table."""
     states, cells = {}, cell_of(halvings, experiments)
+    decisions = {group: functools.cache(decisions_on_disk(h, results)) for group, h in halvings.items()}  # read once
     for exp in experiments:
         if exp.id not in cells:
             continue
         halving, cell = cells[exp.id]
-        state = fate(halving, cell, decisions_on_disk(halving, results))
+        state = fate(halving, cell, decisions[halving.group])
         rung = f"rung {state['rung']} of {len(halving.rungs)}"
         measure = "" if state["measure"] is None else \
             f", {halving.by} {state['measure']:.4f}, rank {state['rank']}/{state['of']}"
