@@ -18,16 +18,18 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
+from steermoe.declare.settings import TRAINED_METHODS
 from tests.test_distributed import BIN, ENV, STEERMOE, free_port
 from tests.test_train import REPO, write_config
 
 ENCODERS = ("whisper", "conformer", "parakeet")  # conformer: FireRedASR-AED's
-METHODS = ("layer_wise", "linear", "post_encoder", "lora")
-# every encoder x method pair once, each ZeRO stage with every encoder and every method
+METHODS = ("layer_wise", "linear", "post_encoder", "lora", "llm_lora")
+# every encoder x method pair once (llm_lora with Whisper), each ZeRO stage with every encoder and every method
 CELLS = [("stage2", "whisper", "layer_wise"), ("stage2", "whisper", "post_encoder"), ("stage2", "conformer", "linear"),
          ("stage2", "conformer", "lora"), ("stage2", "parakeet", "layer_wise"), ("stage2", "parakeet", "post_encoder"),
          ("stage3", "whisper", "linear"), ("stage3", "whisper", "lora"), ("stage3", "conformer", "layer_wise"),
-         ("stage3", "conformer", "post_encoder"), ("stage3", "parakeet", "linear"), ("stage3", "parakeet", "lora")]
+         ("stage3", "conformer", "post_encoder"), ("stage3", "parakeet", "linear"), ("stage3", "parakeet", "lora"),
+         ("stage3", "whisper", "llm_lora")]  # trainable adapters inside the sliced LLM
 QUICK = {("stage2", "conformer", "lora"), ("stage3", "conformer", "layer_wise")}  # the rest: slow
 STEPS = 4
 
@@ -112,7 +114,7 @@ def test_two_process_deepspeed_bf16_trains_resumes_and_evaluates(folders, tmp_pa
         assert value.dtype == torch.float32 and any(m.shape == value.shape and torch.equal(m, value)
                                                     for m in masters), key
     assert any(bool((v.bfloat16().float() != v).any()) for v in final.values())
-    if method != "linear" and method != "lora":
+    if TRAINED_METHODS[method].steering is not None:
         assert len((out / "steering_log.jsonl").read_text().splitlines()) == STEPS  # read whole under ZeRO-3 too
 
     # killed after checkpoint-2: the same command resumes to the same weights

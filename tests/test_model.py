@@ -8,7 +8,7 @@ from steermoe.model.modeling import IGNORE_INDEX
 from steermoe.model.steering import pool
 from tests.tiny import features, tiny_model
 
-METHODS = ["layer_wise", "linear", "post_encoder", "lora"]
+METHODS = ["layer_wise", "linear", "post_encoder", "lora", "llm_lora"]
 TARGETS = ["hello there", "a much longer target sentence here"]
 
 
@@ -35,7 +35,8 @@ def test_only_trainable_parameters_change(method, encoder):
             assert torch.equal(param, frozen_before[name]), f"frozen {name} changed"
     expected = {"layer_wise": {"steering_vectors", "layer_scales", "router", "projection"},
                 "post_encoder": {"steering_vectors", "layer_scales", "router", "projection"},
-                "linear": {"projection"}, "lora": {"projection", "lora"}}[method]
+                "linear": {"projection"}, "lora": {"projection", "lora"},
+                "llm_lora": {"projection", "llm_lora"}}[method]
     assert {g for g, ps in groups.items() if ps} == expected
 
 
@@ -206,6 +207,8 @@ def test_model_rejects_inconsistent_options():
         tiny_model("linear", use_adapter=False)
     with pytest.raises(ValueError, match="30s"):
         tiny_model("linear", "parakeet", encoder_window="30s")
+    with pytest.raises(ConfigError, match="projector: mlp .* use_adapter: false"):
+        SteerMoEConfig(method="linear", projector="mlp", use_adapter=False)
 
 
 def test_lora_targets_attention_and_feed_forward():
@@ -213,6 +216,38 @@ def test_lora_targets_attention_and_feed_forward():
     names = [n for n, p in model.encoder.named_parameters() if p.requires_grad]
     for target in ["q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"]:
         assert any(f".{target}.lora_A" in n for n in names), target
+
+
+@pytest.mark.parametrize("decoder_kind", ["qwen2", "llama"])
+def test_llm_lora_adapts_the_llms_query_and_value_in_fp32_and_starts_as_the_plain_llm(decoder_kind):
+    """LoRA's B starts at zero: before training, llm_lora's loss is linear's with the same projection; the adapters
+    stay fp32 in a bf16 LLM, and only they and the projection train."""
+    model = tiny_model("llm_lora", decoder_kind=decoder_kind, lora_r=4)
+    names = [n for n, p in model.decoder.named_parameters() if p.requires_grad]
+    layers = model.decoder.config.num_hidden_layers
+    assert len(names) == 2 * 2 * layers and all(".q_proj.lora_" in n or ".v_proj.lora_" in n for n in names)
+    assert not any(p.requires_grad for p in model.encoder.parameters())
+    linear = tiny_model("linear", decoder_kind=decoder_kind)
+    linear.prompt_proj.load_state_dict(model.prompt_proj.state_dict())
+    feats, lengths = features("whisper", [40, 64])
+    with torch.no_grad():
+        torch.testing.assert_close(model(feats, lengths, TARGETS).loss, linear(feats, lengths, TARGETS).loss)
+    half = tiny_model("llm_lora", decoder_kind=decoder_kind, lora_r=4, decoder_dtype=torch.bfloat16)
+    assert {p.dtype for p in half.decoder.parameters() if p.requires_grad} == {torch.float32}
+    assert torch.isfinite(half.train()(feats, lengths, TARGETS).loss)
+
+
+def test_mlp_projector_is_two_layers_with_a_relu_and_trains():
+    model = tiny_model("layer_wise", projector="mlp", projector_hidden=24)
+    first, relu, second = model.prompt_proj
+    assert isinstance(relu, torch.nn.ReLU) and first.out_features == second.in_features == 24
+    seen = {}
+    model.prompt_proj.register_forward_hook(lambda module, args, out: seen.update(x=args[0], out=out))
+    feats, lengths = features("whisper", [40, 64])
+    model.train()(feats, lengths, TARGETS).loss.backward()
+    torch.testing.assert_close(seen["out"], second(torch.relu(first(seen["x"]))))
+    assert seen["out"].shape[-1] == model.decoder.config.hidden_size
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.prompt_proj.parameters())
 
 
 def test_target_only_logits_give_the_decoders_own_loss():

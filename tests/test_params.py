@@ -46,6 +46,18 @@ def test_lora_count(tmp_path):
     assert counts["lora"] == 2 * per_layer
 
 
+def test_llm_lora_and_mlp_projector_counts(tmp_path):
+    enc, dec = write_shapes(tmp_path, 2, 32, 48)
+    counts = count_parameters(meta_model(SteerMoEConfig(method="llm_lora", lora_r=4), enc, dec))
+    # per LLM layer: q (48 -> 48) and v (48 -> 2 KV heads x 12 = 24); LoRA adds r * (in + out) each; 2 layers
+    assert counts["llm_lora"] == 2 * (4 * (48 + 48) + 4 * (48 + 24))
+    assert counts["lora"] == 0 and counts["trainable"] == counts["llm_lora"] + 32 * 48 + 48
+    plain = count_parameters(meta_model(SteerMoEConfig(method="linear"), enc, dec))
+    assert counts["frozen_decoder"] == plain["frozen_decoder"]  # the adapters are trainable, not frozen weights
+    mlp = count_parameters(meta_model(SteerMoEConfig(method="linear", projector="mlp", projector_hidden=100), enc, dec))
+    assert mlp["projection"] == (32 * 100 + 100) + (100 * 48 + 48)
+
+
 def test_full_size_shapes_on_meta_device():
     model = meta_model(SteerMoEConfig(), "whisper-large-v3", "qwen2.5-7b-instruct")
     assert all(p.device.type == "meta" for p in model.parameters())

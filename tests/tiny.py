@@ -57,8 +57,9 @@ def decoder(kind="qwen2", hidden=48, vocab=128):
 
 
 def tiny_model(method="layer_wise", encoder="whisper", decoder_kind="qwen2", seed=0, decoder_generation=None,
-               **options) -> SteerMoEModel:
-    """decoder_generation: a GenerationConfig the decoder comes with, as a released LLM's folder has one."""
+               decoder_dtype=torch.float32, **options) -> SteerMoEModel:
+    """decoder_generation: a GenerationConfig the decoder comes with, as a released LLM's folder has one;
+    decoder_dtype: the frozen LLM's weights (training's llm_decoder.dtype)."""
     torch.manual_seed(seed)
     enc_cfg = {"whisper": whisper_config, "parakeet": parakeet_config, "fireredasr": fireredasr_config}[encoder]()
     window = options.pop("encoder_window", "dynamic")
@@ -68,7 +69,7 @@ def tiny_model(method="layer_wise", encoder="whisper", decoder_kind="qwen2", see
             if "pos_bias" in name:
                 param.data.normal_()
     config = SteerMoEConfig(method=method, encoder_window=window, num_experts=4, **options)
-    llm = decoder(decoder_kind).eval()
+    llm = decoder(decoder_kind).to(decoder_dtype).eval()
     if decoder_generation is not None:
         llm.generation_config = decoder_generation
     return SteerMoEModel(config, stack, llm, char_tokenizer()).eval()

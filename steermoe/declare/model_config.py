@@ -16,7 +16,8 @@ from steermoe.errors import ConfigError
 # the trainable parameters by group, in the optimiser's groups with the setting that gives each its learning rate
 OPTIMIZER_GROUPS = {"steering": (("steering_vectors", "layer_scales"), "steering_learning_rate"),
                     "router": (("router",), "router_learning_rate"),
-                    "projection": (("projection", "lora"), "learning_rate")}
+                    "projection": (("projection", "lora"), "learning_rate"),
+                    "llm_lora": (("llm_lora",), "llm_lora_learning_rate")}
 PARAMETER_GROUPS = tuple(group for groups, _ in OPTIMIZER_GROUPS.values() for group in groups)
 STEERING_GROUPS = ("steering_vectors", "router", "layer_scales")  # the steering module's own parameters
 
@@ -52,17 +53,19 @@ class SteerMoEConfig:
     pooling_position: int | None = _default("pooling_position")
     # projection into the LLM
     use_adapter: bool = _default("use_adapter")
+    projector: str = _default("projector")
+    projector_hidden: int = _default("projector_hidden")
     max_prompt_tokens: int = _default("max_prompt_tokens")
     # encoder input: pad to Whisper's 30 s window (original behaviour) or run on the batch's real length
     encoder_window: str = _default("encoder_window")
     # decoder prompt
     prompt_format: str = _default("prompt_format")
     textual_prompt: str = _default("textual_prompt")
-    # lora ablation
+    # LoRA: in the encoder's layers (method lora) or in the LLM's attention (method llm_lora)
     lora_r: int = _default("lora_r")
     lora_alpha: int = _default("lora_alpha")
     lora_dropout: float = _default("lora_dropout")
-    lora_target_modules: list[str] = field(default_factory=list)  # empty: the encoder's attention + FFN projections
+    lora_target_modules: list[str] = field(default_factory=list)  # empty: the method's default targets
 
     def __post_init__(self):
         if self.method is None:
@@ -72,6 +75,9 @@ class SteerMoEConfig:
                               f"untrained); one of {', '.join(TRAINED_METHODS)}")
         for option, key in MODEL_OPTIONS.items():
             setattr(self, option, check_value(option, key, getattr(self, option)))
+        if self.projector != "linear" and not self.use_adapter:
+            raise ConfigError(f"projector: {self.projector} is the adapter that use_adapter: false leaves out; "
+                              f"set use_adapter: true or remove projector")
 
     def to_dict(self) -> dict:
         return asdict(self)

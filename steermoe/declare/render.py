@@ -29,7 +29,7 @@ from pathlib import Path
 
 from steermoe.declare.checks import shown
 from steermoe.declare.experiments import Experiment
-from steermoe.declare.settings import SAMPLE_RATE, SETTINGS
+from steermoe.declare.settings import SAMPLE_RATE, SETTINGS, TRAINED_METHODS
 from steermoe.errors import ConfigError
 from steermoe.fsutil import write_atomic
 
@@ -84,6 +84,7 @@ def context(exp: Experiment, mode: str) -> dict:
         # only what defines the run: the matrix row number, group, baseline and tags are left out on purpose,
         # so that reordering or regrouping rows re-runs nothing
         "exp": {"id": exp.id, "name": exp.name, "method": exp.method, "encoder": exp.encoder,
+                "uses_lora": exp.method in TRAINED_METHODS and TRAINED_METHODS[exp.method].uses_lora,
                 "decoder": exp.decoder, "dataset": exp.dataset, "variant": exp.variant, "metric": exp.metric,
                 "train_dir": exp.train_dir, "final_dir": exp.final_dir, "eval_dir": exp.eval_dir,
                 "parquet": exp.parquet, "train_config": exp.train_config, "test_config": exp.test_config},

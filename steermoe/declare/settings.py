@@ -22,11 +22,17 @@ class Method:
     """What a trained method adds to the frozen encoder: the model builds it, the plan costs it."""
     steering: str | None = None  # where steering sits: EVERY_LAYER (after each encoder layer), OUTPUT, or nowhere
     lora: bool = False  # LoRA adapters inside the encoder's layers
+    llm_lora: bool = False  # LoRA adapters inside the frozen LLM's attention (SLAM-LLM's, WavLLM's)
 
     def encoder_backward_layers(self, layers: int) -> int:
         """Encoder layers gradients flow back through (activation gradients only: the weights stay frozen):
         steering from layer 0's output on needs layers 1.., LoRA every layer, the others none."""
         return layers - 1 if self.steering == EVERY_LAYER else layers if self.lora else 0
+
+    @property
+    def uses_lora(self) -> bool:
+        """Whether the config's `lora` section (rank, alpha, dropout, targets) applies."""
+        return self.lora or self.llm_lora
 
 
 EVERY_LAYER, OUTPUT = "every layer", "output"
@@ -35,12 +41,15 @@ TRAINED_METHODS = {  # a SteerMoE model (SteerMoEConfig.method)
     "linear": Method(),  # the projection only
     "post_encoder": Method(steering=OUTPUT),
     "lora": Method(lora=True),
+    "llm_lora": Method(llm_lora=True),  # the projection and LoRA in the LLM: the field's lever for a small LLM
 }
 # the frozen encoder's own model decoded with no training, e.g. Whisper's decoder (the original's "Whisper (frozen)" row)
 REFERENCE = "reference"
 METHODS = (*TRAINED_METHODS, REFERENCE)
 OWN_DECODER = "own"  # a reference row's decoder: the encoder model's own
 POOLING_TYPES = ("avg", "max")
+# the projection into the LLM: one linear layer, or SLAM-LLM's two-layer MLP (linear, ReLU, linear)
+PROJECTORS = ("linear", "mlp")
 SAMPLE_RATE = 16000  # the encoders' rate: every corpus is prepared at it (the sample_rate key)
 # the encoder's input: padded to Whisper's 30 s window (the original code), or the batch's real length
 WHISPER_WINDOW, DYNAMIC_WINDOW = "30s", "dynamic"
@@ -125,7 +134,9 @@ TABLE: tuple[Key, ...] = (
     S("lora.r", int, 8, positive=True, setting="lora_r", model="lora_r", new=True),
     S("lora.alpha", int, 16, positive=True, setting="lora_alpha", model="lora_alpha", new=True),
     S("lora.dropout", float, 0.0, minimum=0, setting="lora_dropout", model="lora_dropout", new=True),
-    K("lora.target_modules", list, None, model="lora_target_modules", new=True),  # None: attention + FFN
+    # None: the encoder's attention + FFN (lora), the LLM's q_proj and v_proj (llm_lora, as SLAM-LLM)
+    K("lora.target_modules", list, None, model="lora_target_modules", new=True),
+    S("training.llm_lora_learning_rate", float, 1e-4, minimum=0, short="llmlr", new=True),  # LoRA inside the LLM
     S("llm_decoder.max_length", int, 512, positive=True),  # longest packed sequence; longer rows are dropped
     S("llm_decoder.dtype", str, "auto", choices=DTYPES, new=True),  # frozen LLM weights; trainable parts stay fp32
     K("evaluation.checkpoint", str, None, new=True),  # trained folder; default training.output_dir/final
@@ -152,6 +163,8 @@ TABLE: tuple[Key, ...] = (
     S("filter_dataset", bool, True),
     S("max_prompt_tokens", int, 2048, positive=True, short="maxprompt", model="max_prompt_tokens"),
     S("use_adapter", bool, True, model="use_adapter"),
+    S("projector", str, "linear", choices=PROJECTORS, short="proj", model="projector", new=True),
+    S("projector_hidden", int, 2048, positive=True, short="projhidden", model="projector_hidden", new=True),  # mlp
     S("save_total_limit", int, None, positive=True),
     S("logging_steps", int, 100, positive=True),
     S("eval_steps", int, None, positive=True),  # None: no dev evaluation during training

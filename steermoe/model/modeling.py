@@ -8,6 +8,8 @@ Methods share one code path and differ only in the trainable part:
     post_encoder  one steering block on the encoder output
     linear        no steering (frozen encoder -> pool -> LN -> projection)
     lora          LoRA on the encoder's attention and feed-forward projections
+    llm_lora      LoRA on the frozen LLM's attention projections (no steering)
+Every method trains the projection into the LLM: one linear layer, or SLAM-LLM's two-layer MLP (projector: mlp).
 """
 from __future__ import annotations
 
@@ -29,6 +31,7 @@ from steermoe.errors import ConfigError
 from steermoe.model.encoders import ENCODER_TYPES, ModelFolderError, load_encoder, read_model_config, weights_dtype
 from steermoe.model.steering import Steering, pool
 
+LLM_LORA_TARGETS = ["q_proj", "v_proj"]  # SLAM-LLM's: the query and value projections of every LLM layer
 AUDIO_MARK = "<|steermoe_audio|>"  # where the audio prompt goes inside a chat template; never tokenised
 IGNORE_INDEX = -100
 
@@ -64,8 +67,13 @@ class SteerMoEModel(nn.Module):
             sites = n_layers if self.method.steering == EVERY_LAYER else 1
             self.steering = Steering(sites, d, config.num_experts, config.steering_scale, config.use_layer_scales)
         if self.method.lora:
-            self._add_lora()
-        if config.use_adapter:
+            self._add_lora(self.encoder.layers, self.encoder.lora_targets)
+        if self.method.llm_lora:
+            self._add_lora(self.decoder, LLM_LORA_TARGETS)
+        if config.use_adapter and config.projector == "mlp":
+            self.prompt_proj = nn.Sequential(nn.Linear(d, config.projector_hidden), nn.ReLU(),
+                                             nn.Linear(config.projector_hidden, h))
+        elif config.use_adapter:
             self.prompt_proj = nn.Linear(d, h)
         elif d == h:
             self.prompt_proj = nn.Identity()
@@ -74,15 +82,18 @@ class SteerMoEModel(nn.Module):
                               f"set use_adapter: true")
         self._prompt_cache: dict[str, tuple[list[int], list[int]]] = {}
 
-    def _add_lora(self):
+    def _add_lora(self, module: nn.Module, default_targets: list[str]):
+        """LoRA adapters (trainable, fp32) on `module`'s frozen projections: lora_target_modules, else the defaults."""
         from peft import LoraConfig, inject_adapter_in_model
 
         cfg = self.config
         lora = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
-                          target_modules=cfg.lora_target_modules or self.encoder.lora_targets)
-        inject_adapter_in_model(lora, self.encoder.layers)
-        for name, param in self.encoder.named_parameters():
+                          target_modules=cfg.lora_target_modules or default_targets)
+        inject_adapter_in_model(lora, module)
+        for name, param in module.named_parameters():
             param.requires_grad_("lora_" in name)
+            if param.requires_grad:  # peft gives the adapters the base layer's dtype: a bf16 LLM's would be bf16
+                param.data = param.data.float()
 
     def set_gradient_checkpointing(self, enabled: bool) -> None:
         """Recompute the encoder's layers and the frozen LLM's layers in backward instead of keeping their
@@ -117,6 +128,7 @@ class SteerMoEModel(nn.Module):
                 groups["layer_scales"].append(self.steering.layer_scales)
         groups["projection"] += list(self.prompt_proj.parameters())
         groups["lora"] += [p for p in self.encoder.parameters() if p.requires_grad]
+        groups["llm_lora"] += [p for p in self.decoder.parameters() if p.requires_grad]
         return groups
 
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:

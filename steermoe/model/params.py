@@ -57,7 +57,7 @@ def count_parameters(model: SteerMoEModel) -> dict[str, int]:
     counts = {group: sum(p.numel() for p in params) for group, params in model.parameter_groups().items()}
     counts["trainable"] = sum(counts.values())
     counts["frozen_encoder"] = sum(p.numel() for p in model.encoder.parameters() if not p.requires_grad)
-    counts["frozen_decoder"] = sum(p.numel() for p in model.decoder.parameters())
+    counts["frozen_decoder"] = sum(p.numel() for p in model.decoder.parameters() if not p.requires_grad)
     return counts
 
 

@@ -20,13 +20,14 @@ Compute model (training only: dev evaluation during training and test decoding a
                                (recomputation)
     trainable parameters       6 P_train per position they act on: 6 ((P_steer + P_lora) / L) FL for layer_wise and
                                lora (every layer has its share), 6 P_steer F' for post_encoder, plus 6 P_proj F'
+                               and, for llm_lora, 6 P_llm_lora T (LoRA in the LLM acts on every decoder token)
     frozen decoder             forward 2 P_dec T + 2 P_head Y + 2 L_dec W T^2 (causal attention, W = heads x
                                head_dim; the LM head runs only on the Y = target + 1 positions that are scored);
                                backward 2 P_dec T + 2 P_head Y + 4 L_dec W T^2 (activation gradients only)
 
 P_front: the encoder's parameters outside its layer stack (conv stem; counted at 2 P per encoder frame, which
 undercounts 2-D conv subsampling); position-embedding tables and the decoder's input embedding are lookups (no FLOPs);
-P_dec: the decoder's layers and final norm; P_head: its LM head (tied or not). Per optimiser step: batch_size (per
+P_dec: the decoder's frozen layers and final norm; P_head: its LM head (tied or not). Per optimiser step: batch_size (per
 device) x gradient_accumulation_steps x devices (the experiment's `gpus`, data parallel) utterances; steps: max_steps if
 > 0, else ceil(epochs x max(ceil(n_train / (batch_size x devices)) // accumulation, 1)) as the Trainer counts them.
 Padding within a batch, attention's relative-position terms, norms and softmaxes are not counted.
@@ -51,7 +52,7 @@ from steermoe.declare.settings import EVERY_LAYER, OUTPUT, TRAINED_METHODS
 @dataclass
 class Shape:
     """What the compute model needs to know about the encoder, decoder and trainable parts."""
-    trainable: dict  # per group: steering_vectors, router, layer_scales, projection, lora; and 'trainable'
+    trainable: dict  # per group (model_config.PARAMETER_GROUPS); and 'trainable'
     encoder_kind: str
     encoder_layers: int
     encoder_width: int
@@ -72,7 +73,7 @@ class Shape:
 def training_flops(*, method: str, frames: int, pooled_frames: int, decoder_tokens: int, layers: int,
                    layers_before_pool: int, width: int, p_front: int, p_layers: int, p_steering: int, p_lora: int,
                    p_projection: int, p_decoder: int, p_head: int, head_tokens: float, decoder_layers: int,
-                   decoder_attention_width: int, gradient_checkpointing: bool = False) -> dict:
+                   decoder_attention_width: int, p_llm_lora: int = 0, gradient_checkpointing: bool = False) -> dict:
     """FLOPs of one training utterance (forward + backward), by part; see the module docstring."""
     F, Fp, T, L, lp = frames, pooled_frames, decoder_tokens, layers, layers_before_pool
     frame_layers = lp * F + (L - lp) * Fp
@@ -91,7 +92,7 @@ def training_flops(*, method: str, frames: int, pooled_frames: int, decoder_toke
         positions = p_steering * Fp
     else:
         positions = 0
-    trainable = 6 * (positions + p_projection * Fp)
+    trainable = 6 * (positions + p_projection * Fp + p_llm_lora * T)
     decoder_attention = 2 * decoder_layers * decoder_attention_width * T * T
     head = 2 * p_head * head_tokens
     decoder_forward = 2 * p_decoder * T + head + decoder_attention
@@ -140,6 +141,7 @@ def model_shape(encoder_source: str, decoder_source: str, config_json: str) -> S
     enc_frozen -= sum(p.numel() for p in enc.parameters() if p.requires_grad)
     decoder = model.decoder
     dec_total, embedding_ids = _non_embedding(decoder)
+    dec_total -= sum(p.numel() for p in decoder.parameters() if p.requires_grad)  # LoRA in the LLM: trainable
     head = decoder.get_output_embeddings()
     p_head = sum(p.numel() for p in head.parameters()) if head is not None else 0
     if head is not None and id(head.weight) not in embedding_ids:  # an untied head is not an embedding table
@@ -170,7 +172,8 @@ def utterance_flops(shape: Shape, config: dict, frames: int, prompt_tokens: floa
         method=config["method"], frames=frames, pooled_frames=pooled, decoder_tokens=decoder_tokens, layers=L,
         layers_before_pool=position if k > 1 else L, width=shape.encoder_width, p_front=shape.p_front,
         p_layers=shape.p_layers, p_steering=sum(t.get(g, 0) for g in STEERING_GROUPS), p_lora=t.get("lora", 0),
-        p_projection=t.get("projection", 0), p_decoder=shape.p_decoder, p_head=shape.p_head,
+        p_projection=t.get("projection", 0), p_llm_lora=t.get("llm_lora", 0), p_decoder=shape.p_decoder,
+        p_head=shape.p_head,
         head_tokens=target_tokens + 1, decoder_layers=shape.decoder_layers,
         decoder_attention_width=shape.decoder_attention_width, gradient_checkpointing=gradient_checkpointing)
     return {"pooled_frames": pooled, "audio_tokens": audio, "decoder_tokens": decoder_tokens}, parts
