@@ -41,6 +41,9 @@ def test_flops_formula_by_hand():
     # lora: gradients through every layer (g = 1); LoRA weights act on every frame-layer (6 * ((40/2)*15 + 100))
     lora = training_flops(method="lora", **{**TINY, "p_steering": 0, "p_lora": 40})
     assert lora["encoder_backward"] == 19000 and lora["trainable"] == 2400 and lora["total"] == 156224
+    # llm_lora: no backward through the encoder; LoRA in the LLM acts on every decoder token (6 * (20*5 + 30*12))
+    llm = training_flops(method="llm_lora", **{**TINY, "p_steering": 0, "p_llm_lora": 30})
+    assert llm["encoder_backward"] == 0 and llm["trainable"] == 2760 and llm["total"] == 135424 - 600 + 2760
 
 
 def test_training_steps_like_the_trainer():
@@ -89,7 +92,8 @@ def test_plan_of_a_tiny_configuration_by_hand(tmp_path):
     row = plan_experiment(tiny_experiment(), root=tmp_path, peak_tflops=100.0, utilization=0.5)
     # E = L N D = 2*4*32; router = D N L + N L = 264; scales = 2; projection = D H + H = 32*48 + 48
     assert row["parameter_groups"] == {"steering_vectors": 256, "router": 264, "layer_scales": 2, "projection": 1584,
-                                       "lora": 0, "frozen_encoder": row["parameter_groups"]["frozen_encoder"],
+                                       "lora": 0, "llm_lora": 0,
+                                       "frozen_encoder": row["parameter_groups"]["frozen_encoder"],
                                        "frozen_decoder": row["parameter_groups"]["frozen_decoder"]}
     assert row["trainable_parameters"] == 2106
     # 2 s x 50 frames/s = 100 frames, pooled by 2 -> 50 audio tokens; prompt "1234567" 2 tokens; target 2; EOS 1
