@@ -19,7 +19,7 @@ from steermoe.declare.protocols import PROTOCOLS
 
 @dataclass(frozen=True)
 class Method:
-    """What a trained method adds to the frozen encoder: the model builds it, the plan costs it."""
+    """What a trained method adds to the frozen encoder and LLM: the model builds it, the plan costs it."""
     steering: str | None = None  # where steering sits: EVERY_LAYER (after each encoder layer), OUTPUT, or nowhere
     lora: bool = False  # LoRA adapters inside the encoder's layers
     llm_lora: bool = False  # LoRA adapters inside the frozen LLM's attention (SLAM-LLM's, WavLLM's)
@@ -164,7 +164,8 @@ TABLE: tuple[Key, ...] = (
     S("max_prompt_tokens", int, 2048, positive=True, short="maxprompt", model="max_prompt_tokens"),
     S("use_adapter", bool, True, model="use_adapter"),
     S("projector", str, "linear", choices=PROJECTORS, short="proj", model="projector", new=True),
-    S("projector_hidden", int, 2048, positive=True, short="projhidden", model="projector_hidden", new=True),  # mlp
+    # the MLP's hidden width (projector: mlp only)
+    S("projector_hidden", int, 2048, positive=True, short="projhidden", model="projector_hidden", new=True),
     S("save_total_limit", int, None, positive=True),
     S("logging_steps", int, 100, positive=True),
     S("eval_steps", int, None, positive=True),  # None: no dev evaluation during training
