@@ -27,7 +27,7 @@ Compute model (training only: dev evaluation during training and test decoding a
 
 P_front: the encoder's parameters outside its layer stack (conv stem; counted at 2 P per encoder frame, which
 undercounts 2-D conv subsampling); position-embedding tables and the decoder's input embedding are lookups (no FLOPs);
-P_dec: the decoder's frozen layers and final norm; P_head: its LM head (tied or not). Per optimiser step: batch_size (per
+P_dec: the LLM's frozen layers, final norm; P_head: its LM head (tied or not). Per optimiser step: batch_size (per
 device) x gradient_accumulation_steps x devices (the experiment's `gpus`, data parallel) utterances; steps: max_steps if
 > 0, else ceil(epochs x max(ceil(n_train / (batch_size x devices)) // accumulation, 1)) as the Trainer counts them.
 Padding within a batch, attention's relative-position terms, norms and softmaxes are not counted.
