@@ -141,7 +141,7 @@ def model_shape(encoder_source: str, decoder_source: str, config_json: str) -> S
     enc_frozen -= sum(p.numel() for p in enc.parameters() if p.requires_grad)
     decoder = model.decoder
     dec_total, embedding_ids = _non_embedding(decoder)
-    dec_total -= sum(p.numel() for p in decoder.parameters() if p.requires_grad)  # LoRA in the LLM: trainable
+    dec_total -= counts["llm_lora"]  # LoRA in the LLM is trainable, not the frozen decoder
     head = decoder.get_output_embeddings()
     p_head = sum(p.numel() for p in head.parameters()) if head is not None else 0
     if head is not None and id(head.weight) not in embedding_ids:  # an untied head is not an embedding table
